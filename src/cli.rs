@@ -1,0 +1,151 @@
+//! Command-line definitions only; no logic.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "infra", version, about = "Run experiment campaigns on AWS (or this machine) within a budget",
+    after_help = "Exit codes: 0 ok, 1 task failures, 2 bad input, 3 budget refused, 4 cloud/provider error, 130 interrupted")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Machine-readable output on stdout (progress and logs go to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Override the plan's provider.
+    #[arg(long, global = true, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// AWS region (default: the plan's).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// AWS profile from the shared config files.
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Work in this folder instead of the current one.
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ProviderArg {
+    Local,
+    Aws,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Validate a plan, render its tasks and stacks, estimate, and show the verdict. Changes nothing.
+    Plan { phase: String },
+    /// Deploy the phase's nodes (stacks on AWS, folders locally).
+    Apply {
+        phase: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run the selected work: all, a layer id, or pattern ids. Resumable.
+    Run(RunArgs),
+    /// plan + apply + run all + destroy.
+    Up {
+        phase: String,
+        /// Leave the nodes up afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        retry_failed: bool,
+    },
+    /// Nodes, tasks (queued, running, done, failed) and missing cells.
+    Status { phase: String },
+    /// Plans, or the layers and patterns of one plan.
+    List { phase: Option<String> },
+    /// A task's stdout and stderr.
+    Logs {
+        phase: String,
+        pattern: String,
+        /// Only stderr.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Aggregate the per-task outputs into one table.
+    Results {
+        phase: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: TableFormat,
+    },
+    /// Remove the phase's nodes (results stay).
+    Destroy {
+        phase: Option<String>,
+        /// Also the project's base stack.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The budget report.
+    Budget {
+        phase: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write the report to a file instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// The instance and price catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogCmd,
+    },
+    /// Print the JSON Schema of the plan format.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub phase: String,
+    /// all | <layer id> | <pattern id>...
+    #[arg(default_value = "all")]
+    pub select: Vec<String>,
+    /// Run failed tasks again (only those).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Queue order (longest estimate first by default).
+    #[arg(long, value_enum, default_value = "longest-first")]
+    pub order: OrderArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OrderArg {
+    LongestFirst,
+    Fifo,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+    Html,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Print the catalog, or one instance type.
+    Show {
+        instance_type: Option<String>,
+    },
+    /// Rebuild the catalog for a region from the AWS APIs.
+    Refresh,
+}

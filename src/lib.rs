@@ -1,0 +1,14 @@
+#![recursion_limit = "256"]
+//! `infra`: experiment campaigns on AWS, or on this machine, within a budget.
+//!
+//! The core (plan, tasks, scheduler, stacks, cost) is pure and deterministic;
+//! effects (processes, files, AWS) sit behind the provider.
+
+pub mod app;
+pub mod cli;
+pub mod plan;
+pub mod provider;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod tasks;

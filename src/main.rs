@@ -1,0 +1,9 @@
+//! Argument parsing → command → exit code.
+
+use clap::Parser;
+
+fn main() {
+    let cli = infra::cli::Cli::parse();
+    let code = infra::app::main(cli);
+    std::process::exit(code);
+}

@@ -1,0 +1,109 @@
+//! Finding and reading plan files; the only part of `plan` that does I/O.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::decode::{decode, default_root_for, Source};
+use super::diag::{closest, Diag, PlanErrors};
+use super::json::{parse, Pos};
+use super::model::Plan;
+
+pub const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("no plan named \"{name}\" (looked for {looked})\n  (hint: {hint})")]
+    NotFound { name: String, looked: String, hint: String },
+    #[error("cannot read plan {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("plan {path} is {size} bytes, larger than the {MAX_PLAN_BYTES}-byte limit\n  (hint: split the campaign into phases, or describe large sweeps with a \"grid\")")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{0}")]
+    Invalid(PlanErrors),
+}
+
+/// `phase15` → `plans/phase15.json` under `cwd`; anything with a `/` or a
+/// `.json` suffix is a path.
+pub fn resolve(name: &str, cwd: &Path) -> Result<PathBuf, LoadError> {
+    let as_path = Path::new(name);
+    if name.contains('/') || name.ends_with(".json") {
+        let p = if as_path.is_absolute() { as_path.to_path_buf() } else { cwd.join(as_path) };
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(LoadError::NotFound { name: name.into(), looked: p.display().to_string(), hint: "check the path".into() });
+    }
+    let candidate = cwd.join("plans").join(format!("{name}.json"));
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    let known = list_plans(&cwd.join("plans"));
+    let near = closest(name, known.iter().map(String::as_str), 3);
+    let hint = if let Some(n) = near.first() {
+        format!("did you mean \"{n}\"? plans here: {}", known.join(", "))
+    } else if known.is_empty() {
+        "run infra from the folder that holds plans/, or give a path to the plan file".into()
+    } else {
+        format!("plans here: {}", known.join(", "))
+    };
+    Err(LoadError::NotFound { name: name.into(), looked: format!("plans/{name}.json"), hint })
+}
+
+pub fn list_plans(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let p = e.path();
+                    (p.extension().is_some_and(|x| x == "json") && p.is_file())
+                        .then(|| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+                        .flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Parse and validate plan text. `file` only labels messages and anchors
+/// relative paths; `file_exists` answers for template files.
+pub fn parse_plan(text: &str, file: &Path, file_exists: &dyn Fn(&Path) -> bool) -> Result<Plan, PlanErrors> {
+    let (root, plan_dir) = default_root_for(file);
+    let name_key = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "plan".into());
+    let node = parse(text).map_err(|e| PlanErrors {
+        file: display_path(file),
+        diags: vec![Diag { path: String::new(), pos: e.pos, message: format!("invalid JSON: {}", e.message), hint: Some("fix the syntax at this position".into()) }],
+    })?;
+    let src = Source { file, name_key: &name_key, root: &root, plan_dir: &plan_dir, file_exists };
+    decode(&node, &src).map_err(|d| PlanErrors { file: display_path(file), diags: d.list })
+}
+
+fn display_path(file: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| file.strip_prefix(&cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| file.to_path_buf())
+}
+
+pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
+    let path = resolve(name, cwd)?;
+    let meta = std::fs::metadata(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+    if meta.len() > MAX_PLAN_BYTES {
+        return Err(LoadError::TooLarge { path, size: meta.len() });
+    }
+    let bytes = std::fs::read(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = upto.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+            return Err(LoadError::Invalid(PlanErrors {
+                file: display_path(&path),
+                diags: vec![Diag { path: String::new(), pos: Pos { line, col: 1 }, message: "the file is not valid UTF-8".into(), hint: Some("save the plan as UTF-8 text".into()) }],
+            }));
+        }
+    };
+    parse_plan(&text, &path, &|p: &Path| p.is_file()).map_err(LoadError::Invalid)
+}

@@ -1,0 +1,14 @@
+//! Experiment plans: the file format, its validation, and grid expansion.
+
+pub mod decode;
+pub mod diag;
+pub mod grid;
+pub mod json;
+pub mod load;
+pub mod model;
+pub mod schema;
+pub mod select;
+
+pub use diag::PlanErrors;
+pub use load::{load, LoadError};
+pub use model::*;

@@ -1,0 +1,3 @@
+//! Everything users see: progress, tables.
+
+pub mod progress;
