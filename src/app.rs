@@ -116,7 +116,7 @@ impl Ctx {
         Ok(p)
     }
 
-    fn out(&self, human: &str, json_value: serde_json::Value) {
+    pub fn out(&self, human: &str, json_value: serde_json::Value) {
         let mut o = std::io::stdout().lock();
         if self.json {
             let _ = writeln!(o, "{}", serde_json::to_string_pretty(&json_value).unwrap_or_default());

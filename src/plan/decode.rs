@@ -763,7 +763,7 @@ fn decode_pattern(d: &mut Diags, p: &Spanned, path: &str, legacy: bool, groups: 
         }
     }
     Some(RawPattern {
-        id: id?, backend: backend?, overrides, factors: Map::new(), estimate, node_group,
+        id: id?, backend: backend?, factors: overrides.clone(), overrides, estimate, node_group,
         pos: o.get("id").map(|v| v.pos).unwrap_or(p.pos), path: path.to_string(), id_path_is_template: false,
     })
 }

@@ -125,7 +125,7 @@ pub struct Pattern {
     /// Template variables: infrastructure, common settings, grid cell and the
     /// pattern's own overrides, in that order of precedence (last wins).
     pub vars: Map<String, Value>,
-    /// The grid factors of a cell (empty for hand-written patterns).
+    /// What varies: a grid cell's factors, or a hand-written pattern's own settings.
     pub factors: Map<String, Value>,
     pub estimate: Option<Duration>,
     pub node_group: String,

@@ -25,6 +25,10 @@ pub struct TemplateOutput {
     /// Files (relative to the task's working folder, on whichever rank writes them) to collect.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Outputs whose rows go into `infra results` (JSON object or array of
+    /// objects, or CSV); they are collected like any output.
+    #[serde(default)]
+    pub table: Vec<String>,
     pub steps: Vec<StepSpec>,
 }
 
@@ -90,6 +94,7 @@ pub struct TaskDef {
     pub partition: Option<(u32, u32)>,
     pub env: BTreeMap<String, String>,
     pub outputs: Vec<String>,
+    pub table: Vec<String>,
     pub steps: Vec<Step>,
     pub factors: Map<String, Value>,
     pub vars: Map<String, Value>,

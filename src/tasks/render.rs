@@ -214,7 +214,13 @@ fn build(plan: &Plan, p: &Pattern, text: &str) -> Result<TaskDef, (String, Strin
     if steps.iter().all(|s| s.background) {
         return Err(("every step is a background step".into(), "a task needs at least one foreground step (the benchmark, the job)".into()));
     }
-    for o in &out.outputs {
+    let mut outputs = out.outputs.clone();
+    for t in &out.table {
+        if !outputs.contains(t) {
+            outputs.push(t.clone());
+        }
+    }
+    for o in &outputs {
         let path = Path::new(o);
         let bad = o.is_empty() || path.is_absolute() || path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
         if bad {
@@ -228,7 +234,7 @@ fn build(plan: &Plan, p: &Pattern, text: &str) -> Result<TaskDef, (String, Strin
     Ok(TaskDef {
         version: TASK_FORMAT_VERSION, id: p.id.clone(), key: p.key.clone(), phase: plan.phase.clone(), layer: p.layer.clone(),
         backend: p.backend.clone(), node_group: p.node_group.clone(), nodes: out.nodes, attempts,
-        estimate_seconds: p.estimate.map(|d| d.as_secs_f64()), partition: p.partition, env: out.env, outputs: out.outputs,
+        estimate_seconds: p.estimate.map(|d| d.as_secs_f64()), partition: p.partition, env: out.env, outputs, table: out.table,
         steps, factors: p.factors.clone(), vars: p.vars.clone(),
     })
 }
