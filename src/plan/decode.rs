@@ -73,7 +73,7 @@ pub(crate) fn obj<'a>(d: &mut Diags, v: &'a Spanned, path: &str) -> Option<Obj<'
     match &v.node {
         Node::Obj(fields) => Some(Obj { path: path.to_string(), pos: v.pos, fields }),
         _ => {
-            d.err(path, v.pos, format!("expected an object, found {}", v.kind()));
+            d.hint(path, v.pos, format!("expected an object, found {}", v.kind()), "write an object: { \"field\": value, ... }");
             None
         }
     }
@@ -83,7 +83,7 @@ pub(crate) fn string(d: &mut Diags, v: &Spanned, path: &str) -> Option<String> {
     match &v.node {
         Node::Str(s) => Some(s.clone()),
         _ => {
-            d.err(path, v.pos, format!("expected a string, found {}", v.kind()));
+            d.hint(path, v.pos, format!("expected a string, found {}", v.kind()), "write text in double quotes");
             None
         }
     }
@@ -103,7 +103,7 @@ pub(crate) fn number(d: &mut Diags, v: &Spanned, path: &str) -> Option<f64> {
     match &v.node {
         Node::Num(n) => n.as_f64().filter(|f| f.is_finite()),
         _ => {
-            d.err(path, v.pos, format!("expected a number, found {}", v.kind()));
+            d.hint(path, v.pos, format!("expected a number, found {}", v.kind()), "write a number without quotes, e.g. 1000");
             None
         }
     }
@@ -112,7 +112,7 @@ pub(crate) fn number(d: &mut Diags, v: &Spanned, path: &str) -> Option<f64> {
 /// A positive whole number no larger than `max`.
 pub(crate) fn count(d: &mut Diags, v: &Spanned, path: &str, max: u64) -> Option<u32> {
     let Node::Num(n) = &v.node else {
-        d.err(path, v.pos, format!("expected a whole number, found {}", v.kind()));
+        d.hint(path, v.pos, format!("expected a whole number, found {}", v.kind()), "write a whole number without quotes, e.g. 2");
         return None;
     };
     match n.as_u64() {
@@ -513,7 +513,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
                                     }
                                 }
                             }
-                            _ => d.err(&child(&lpath, "patterns"), pv.pos, format!("expected an array of patterns, found {}", pv.kind())),
+                            _ => d.hint(&child(&lpath, "patterns"), pv.pos, format!("expected an array of patterns, found {}", pv.kind()), "write \"patterns\": [{\"id\": ..., \"backend\": ...}]"),
                         }
                     }
                     let mut grid_cells = 0;
@@ -579,7 +579,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
                     layers.push(Layer { id: lid, name: lname, priority, description: ldesc, node_group: lgroup, partitions, grid_cells, patterns });
                 }
             }
-            _ => d.err("layers", v.pos, format!("expected an array of layers, found {}", v.kind())),
+            _ => d.hint("layers", v.pos, format!("expected an array of layers, found {}", v.kind()), "write \"layers\": [{\"id\": \"L0\", \"patterns\": [...]}]"),
         },
         None => {}
     }

@@ -135,7 +135,7 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         let mut out = Vec::new();
         let Some(ev) = o.get(key) else { return out };
         let Node::Arr(items) = &ev.node else {
-            d.err(&o.child(key), ev.pos, format!("expected a list of cells, found {}", ev.kind()));
+            d.hint(&o.child(key), ev.pos, format!("expected a list of cells, found {}", ev.kind()), "write a list of objects, e.g. [{\"lr\": 0.1}]");
             return out;
         };
         for (i, it) in items.iter().enumerate() {
