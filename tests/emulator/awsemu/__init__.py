@@ -1,0 +1,20 @@
+"""Local AWS emulator for the tests of `infra`: moto plus small, named additions.
+
+Every addition lives in its own module and says in its docstring what moto
+lacks and what the addition does:
+
+- ``runcommand``   -- Run Command that runs (SendCommand & co., addition 1)
+- ``instance_info`` -- DescribeInstanceInformation (addition 2)
+- ``imds``         -- simulated instance metadata endpoint (part of 1 and 6)
+- ``cfn_fleets``   -- CloudFormation spot fleets with LaunchTemplateConfigs,
+                      EC2Fleet, fleet replacement (addition 3)
+- ``cfn_delete``   -- stack deletion that deletes (addition 4)
+- ``prices``       -- realistic spot prices and a Pricing API (addition 5)
+- ``faults``       -- fault injection (addition 6)
+- ``cfn_extra_types`` -- SecurityGroupEgress and PlacementGroup in stacks
+                      (addition 8)
+- ``control``      -- the /_emulator control API, reset and call counts
+                      (addition 7)
+
+``app`` is the WSGI middleware in front of moto's own server application.
+"""
