@@ -8,13 +8,17 @@ use std::sync::Arc;
 use serde_json::json;
 use thiserror::Error;
 
-use crate::cli::{Cli, Cmd, Global, OrderArg, ProviderArg, RunArgs};
+use crate::catalog::Catalog;
+use crate::cli::{CatalogCmd, Cli, Cmd, Global, OrderArg, ProviderArg, ReportFormat, RunArgs};
+use crate::cost::{estimate as est, ledger};
+use crate::stacks;
 use crate::plan::{self, LoadError, Plan, ProviderKind};
 use crate::provider::local;
 use crate::report::progress::{human_duration, Reporter};
 use crate::runner::journal::{self, Status};
 use crate::runner::run::{self as runner, Paths, RunOptions, RunSummary};
-use crate::runner::scheduler::{simulate, Policy, Pool, SimTask};
+
+use crate::runner::scheduler::Policy;
 use crate::tasks::render::{render_all, write_all, RenderError};
 use crate::tasks::TaskDef;
 
@@ -90,6 +94,13 @@ pub struct Ctx {
     pub cwd: PathBuf,
     pub json: bool,
     pub provider: Option<ProviderKind>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// The user's refreshed catalog (`infra catalog refresh`), if any.
+    pub catalog_path: PathBuf,
+    pub yes: bool,
+    /// How often the budget watchdog looks at the spend.
+    pub watchdog_interval: std::time::Duration,
 }
 
 impl Ctx {
@@ -98,9 +109,28 @@ impl Ctx {
             Some(d) => d.clone(),
             None => std::env::current_dir().map_err(io_err("."))?,
         };
+        let catalog_path = match std::env::var_os("INFRA_CATALOG") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("infra")
+                .join("catalog.json"),
+        };
         Ok(Ctx {
             cwd,
             json: g.json,
+            region: g.region.clone(),
+            profile: g.profile.clone(),
+            catalog_path,
+            yes: false,
+            watchdog_interval: std::env::var("INFRA_WATCHDOG_SECONDS")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .map(std::time::Duration::from_secs_f64)
+                .unwrap_or(std::time::Duration::from_secs(30)),
             provider: g.provider.map(|p| match p {
                 ProviderArg::Local => ProviderKind::Local,
                 ProviderArg::Aws => ProviderKind::Aws,
@@ -113,7 +143,34 @@ impl Ctx {
         if let Some(pk) = self.provider {
             p.provider = pk;
         }
+        if let Some(r) = &self.region {
+            p.region = r.clone();
+        }
         Ok(p)
+    }
+
+    pub fn catalog(&self) -> Result<(Catalog, String), AppError> {
+        let cat = Catalog::load_or_builtin(&self.catalog_path).map_err(|e| AppError::Usage(e.to_string()))?;
+        let from = if self.catalog_path.is_file() {
+            format!("refreshed catalog {}", self.catalog_path.display())
+        } else {
+            "built-in catalog".to_string()
+        };
+        Ok((cat, from))
+    }
+
+    /// Load the plan and check it against the catalog and AWS's limits:
+    /// every problem at once, before anything is rendered.
+    pub fn prepare(&self, name: &str) -> Result<(Plan, Catalog, String), AppError> {
+        let plan = self.load(name)?;
+        let (catalog, from) = self.catalog()?;
+        let mut d = plan::diag::Diags::default();
+        stacks::validate(&plan, &catalog, &mut d);
+        if !d.is_empty() {
+            let file = plan.source.strip_prefix(&self.cwd).map(|p| p.to_path_buf()).unwrap_or_else(|_| plan.source.clone());
+            return Err(AppError::Load(LoadError::Invalid(plan::PlanErrors { file, diags: d.list })));
+        }
+        Ok((plan, catalog, from))
     }
 
     pub fn out(&self, human: &str, json_value: serde_json::Value) {
@@ -144,17 +201,22 @@ async fn dispatch(cli: Cli) -> Result<i32, AppError> {
             if keep {
                 eprintln!("--keep: nodes left up; `infra destroy {phase}` removes them");
             } else {
-                cmd_destroy(&ctx, Some(&phase), false).await?;
+                cmd_destroy(&ctx, Some(&phase), Default::default()).await?;
             }
             Ok(code)
         }
-        Cmd::Status { phase } => cmd_status(&ctx, &phase),
+        Cmd::Status { phase } => cmd_status(&ctx, &phase).await,
         Cmd::List { phase } => cmd_list(&ctx, phase.as_deref()),
         Cmd::Logs { phase, pattern, stderr } => cmd_logs(&ctx, &phase, &pattern, stderr),
         Cmd::Results { phase, format } => crate::results::cmd_results(&ctx, &phase, format),
-        Cmd::Destroy { phase, all, yes: _ } => cmd_destroy(&ctx, phase.as_deref(), all).await,
-        Cmd::Budget { .. } => Err(AppError::Provider("`infra budget` is not available in this build yet".into())),
-        Cmd::Catalog { .. } => Err(AppError::Provider("`infra catalog` is not available in this build yet".into())),
+        Cmd::Destroy { phase, all, yes: _, delete_results, force } => {
+            cmd_destroy(&ctx, phase.as_deref(), crate::provider::aws::cli::DestroyOpts { all, delete_results, force }).await
+        }
+        Cmd::Budget { phase, format, output } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()),
+        Cmd::Catalog { action: CatalogCmd::Show { instance_type } } => cmd_catalog_show(&ctx, instance_type.as_deref()),
+        Cmd::Catalog { action: CatalogCmd::Refresh } => Err(AppError::Provider(
+            "`infra catalog refresh` needs the AWS provider, which is not in this build yet\n  (hint: the built-in catalog is used; `infra catalog show` prints it)".into(),
+        )),
         Cmd::Schema => {
             let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&plan::schema::schema()).unwrap_or_default());
             Ok(exit::OK)
@@ -171,22 +233,73 @@ pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
     Ok((rendered.tasks, written))
 }
 
-fn pool_for(plan: &Plan) -> Pool {
-    Pool::new(plan.node_groups.iter().flat_map(|g| (0..g.count).map(move |i| (format!("{}-{i}", g.name), g.name.clone(), g.slots))))
+/// Tasks not yet completed according to the journal.
+fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
+    let state = journal::read(&plan.state_dir().join("journal.jsonl")).map(|(s, _)| s).unwrap_or_default();
+    tasks.iter().filter(|t| state.status_of(&t.key) != Status::Succeeded).collect()
 }
 
-fn schedule(plan: &Plan, tasks: &[TaskDef]) -> Option<crate::runner::scheduler::Simulation> {
-    if tasks.iter().all(|t| t.estimate_seconds.is_none()) {
-        return None;
+fn spent(plan: &Plan) -> f64 {
+    ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+}
+
+fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
+    let mut h = String::new();
+    let hours = e.hours.map(|x| human_duration(x * 3600.0)).unwrap_or_else(|| "unknown".into());
+    h.push_str(&format!("  estimate ({} in {}, prices from the {} of {}):
+", hours, e.region, e.prices_from, e.prices_date));
+    h.push_str(&format!("    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
+", "group", "type", "market", "nodes", "$/h", "total", "worst AZ", "on-demand"));
+    for g in &e.groups {
+        let money = |x: Option<f64>| x.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into());
+        h.push_str(&format!(
+            "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
+",
+            g.group, g.instance_type, g.market, g.nodes, money(Some(g.hourly_usd)), money(Some(g.total_usd)),
+            money(Some(g.total_worst_usd)), money(g.total_on_demand_usd)
+        ));
     }
-    let sim: Vec<SimTask> = tasks.iter().map(|t| SimTask { seconds: t.estimate_seconds.unwrap_or(0.0), ranks: t.nodes, group: t.node_group.clone() }).collect();
-    Some(simulate(&sim, &pool_for(plan), Policy::LongestFirst))
+    h.push_str(&format!(
+        "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
+",
+        "total", "", "", "", format!("${:.2}", e.hourly_usd), format!("${:.2}", e.total_usd), format!("${:.2}", e.total_worst_usd),
+        e.total_on_demand_usd.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into())
+    ));
+    match (v.budget_usd, v.remaining_usd) {
+        (Some(b), Some(r)) => h.push_str(&format!(
+            "  budget: ${b:.2}, spent ${:.2}, remaining ${r:.2}{} -> {}\n",
+            v.spent_usd,
+            v.max_hourly_usd.map(|m| format!(", cap ${m:.2}/h")).unwrap_or_default(),
+            if v.ok { "OK" } else { "REFUSED" }
+        )),
+        _ => h.push_str("  budget: none set\n"),
+    }
+    for r in &v.reasons {
+        h.push_str(&format!("    refused: {r}\n"));
+    }
+    for w in &v.warnings {
+        h.push_str(&format!("    warning: {w}\n"));
+    }
+    h
 }
 
 fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
-    let plan = ctx.load(name)?;
+    let (plan, catalog, prices_from) = ctx.prepare(name)?;
     let (tasks, written) = render_tasks(&plan)?;
-    let sim = schedule(&plan, &tasks);
+    let all: Vec<&TaskDef> = tasks.iter().collect();
+    let sim = est::schedule(&plan, &all);
+    let left = remaining(&plan, &tasks);
+    let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
+    let verdict = est::verdict(&plan, &estimate, spent(&plan));
+    let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
+    let rendered = if deployable {
+        let st = stacks::render(&plan, &catalog).map_err(|e| AppError::Provider(e.to_string()))?;
+        let dir = plan.state_dir().join("stacks");
+        stacks::write(&dir, &st).map_err(|e| AppError::Provider(e.to_string()))?;
+        Some(st)
+    } else {
+        None
+    };
     let mut h = String::new();
     h.push_str(&format!("plan {} ({}): {}\n", plan.name_key, plan::decode::rel(&plan.source, &ctx.cwd), plan.name));
     h.push_str(&format!("  provider {}, project {}, region {}\n", plan.provider.as_str(), plan.project, plan.region));
@@ -210,7 +323,7 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
             if l.patterns.len() > 3 { ", ..." } else { "" }
         ));
     }
-    h.push_str(&format!("  tasks: {} rendered into {} ({} changed)\n", tasks.len(), plan::decode::rel(&plan.state_dir().join("tasks"), &ctx.cwd), written));
+    h.push_str(&format!("  tasks: {} rendered into {} ({} changed), {} still to run\n", tasks.len(), plan::decode::rel(&plan.state_dir().join("tasks"), &ctx.cwd), written, left.len()));
     if let Some(s) = &sim {
         h.push_str(&format!(
             "  schedule: makespan {} (lower bound {}), longest estimate first\n",
@@ -218,37 +331,83 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
             human_duration(s.lower_bound)
         ));
     }
+    if let Some(st) = &rendered {
+        h.push_str(&format!("  stacks (written to {}):\n", plan::decode::rel(&plan.state_dir().join("stacks"), &ctx.cwd)));
+        for stack in [&st.base, &st.compute] {
+            let sum = stack.summary();
+            h.push_str(&format!(
+                "    {} — {} resources, {} bytes{}\n",
+                stack.name,
+                sum.len(),
+                stack.body.len(),
+                if stack.needs_upload { " (over 51,200: uploaded to the bucket, deployed by TemplateURL)" } else { "" }
+            ));
+            for r in sum.iter().take(40) {
+                h.push_str(&format!("      {:<28} {:<36} {}\n", r.logical_id, r.resource_type, r.key_properties));
+            }
+            if sum.len() > 40 {
+                h.push_str(&format!("      ... {} more\n", sum.len() - 40));
+            }
+        }
+    }
+    h.push_str(&estimate_text(&estimate, &verdict));
     let layers: Vec<serde_json::Value> = plan.layers.iter().map(|l| json!({"id": l.id, "name": l.name, "tasks": l.patterns.len(), "grid_cells": l.grid_cells})).collect();
+    let stacks_json = rendered.as_ref().map(|st| {
+        [&st.base, &st.compute]
+            .iter()
+            .map(|s| json!({"name": s.name, "bytes": s.body.len(), "needs_upload": s.needs_upload,
+                "resources": s.summary().iter().map(|r| json!({"logical_id": r.logical_id, "type": r.resource_type, "properties": r.key_properties})).collect::<Vec<_>>()}))
+            .collect::<Vec<_>>()
+    });
     ctx.out(
         h.trim_end(),
         json!({
             "plan": plan.name_key, "phase": plan.phase, "project": plan.project, "provider": plan.provider.as_str(),
-            "tasks": tasks.len(), "written": written, "layers": layers,
+            "tasks": tasks.len(), "written": written, "remaining": left.len(), "layers": layers,
             "node_groups": plan.node_groups,
             "schedule": sim.map(|s| json!({"makespan_seconds": s.makespan, "lower_bound_seconds": s.lower_bound})),
+            "stacks": stacks_json,
+            "estimate": estimate, "verdict": verdict,
         }),
     );
     Ok(())
 }
 
-fn require_local(plan: &Plan, what: &str) -> Result<(), AppError> {
-    if plan.provider == ProviderKind::Aws {
-        return Err(AppError::Provider(format!(
-            "the aws provider cannot {what} in this build\n  (hint: try the campaign locally first with --provider local)"
+/// The budget gate of `apply` and `run`: exit 3 with the numbers.
+pub fn gate(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef], catalog: &Catalog, from: &str) -> Result<est::Estimate, AppError> {
+    let left = remaining(plan, tasks);
+    let e = est::estimate(plan, &left, catalog, from);
+    let v = est::verdict(plan, &e, spent(plan));
+    for w in &v.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !v.ok {
+        let _ = ctx;
+        return Err(AppError::Budget(format!(
+            "the budget refuses {}:\n  {}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
+            plan.name_key,
+            v.reasons.join("\n  ")
         )));
     }
-    Ok(())
+    Ok(e)
 }
 
-fn local_nodes(plan: &Plan) -> Vec<local::LocalNode> {
-    local::nodes_for(plan, &|_, _| None, &|_| None)
+fn local_nodes(plan: &Plan, catalog: &Catalog) -> Vec<local::LocalNode> {
+    local::nodes_for(
+        plan,
+        &|it, market| catalog.price(it, &plan.region, market).map(|p| p.usd_per_hour),
+        &|it| catalog.get(it).map(|t| (t.vcpus, t.gpus)),
+    )
 }
 
-async fn cmd_apply(ctx: &Ctx, name: &str, _yes: bool) -> Result<i32, AppError> {
-    let plan = ctx.load(name)?;
-    render_tasks(&plan)?;
-    require_local(&plan, "apply")?;
-    let st = local::apply(&plan, local_nodes(&plan)).map_err(io_err(plan.state_dir()))?;
+async fn cmd_apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
+    let (plan, catalog, from) = ctx.prepare(name)?;
+    let (tasks, _) = render_tasks(&plan)?;
+    gate(ctx, &plan, &tasks, &catalog, &from)?;
+    if plan.provider == ProviderKind::Aws {
+        return crate::provider::aws::cli::apply(ctx, &plan, &catalog, yes).await;
+    }
+    let st = local::apply(&plan, local_nodes(&plan, &catalog)).map_err(io_err(plan.state_dir()))?;
     local::run_setup(&plan, &st.nodes).await.map_err(AppError::Provider)?;
     let slots: u32 = st.nodes.iter().map(|n| n.slots).sum();
     ctx.out(
@@ -259,16 +418,19 @@ async fn cmd_apply(ctx: &Ctx, name: &str, _yes: bool) -> Result<i32, AppError> {
 }
 
 async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
-    let plan = ctx.load(&args.phase)?;
+    let (plan, catalog, from) = ctx.prepare(&args.phase)?;
     let (tasks, _) = render_tasks(&plan)?;
     let selected: std::collections::HashSet<String> = plan::select::select(&plan, &args.select)?.into_iter().map(|p| p.id.clone()).collect();
     let tasks: Vec<TaskDef> = tasks.into_iter().filter(|t| selected.contains(&t.id)).collect();
-    require_local(&plan, "run tasks")?;
+    gate(ctx, &plan, &tasks, &catalog, &from)?;
+    if plan.provider == ProviderKind::Aws {
+        return crate::provider::aws::cli::run(ctx, &plan, &catalog, tasks, args).await;
+    }
     let st = match local::load_state(&plan) {
         Some(st) => st,
         None => {
             eprintln!("no local nodes for {} yet: applying", plan.name_key);
-            local::apply(&plan, local_nodes(&plan)).map_err(io_err(plan.state_dir()))?
+            local::apply(&plan, local_nodes(&plan, &catalog)).map_err(io_err(plan.state_dir()))?
         }
     };
     let killed = crate::provider::process::reap_orphans(&plan.state_dir().join("pids"), &local::marker(&plan));
@@ -276,20 +438,59 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         eprintln!("stopped {killed} process group(s) left by an earlier run");
     }
     local::run_setup(&plan, &st.nodes).await.map_err(AppError::Provider)?;
+    let hourly: f64 = st.nodes.iter().map(|n| n.hourly_usd).sum();
     let exec = Arc::new(local::LocalExecutor::new(&plan, &st));
     let paths = Paths { state_dir: plan.state_dir(), results_dir: plan.results_dir() };
+    let watchdog = plan.budget.as_ref().map(|b| runner::Watchdog {
+        budget_usd: b.usd,
+        spent_before_usd: spent(&plan),
+        hourly_usd: hourly,
+        hard_stop: b.hard_stop,
+        interval: ctx.watchdog_interval,
+    });
     let opts = RunOptions {
         retry_failed: args.retry_failed,
         policy: Some(if args.order == OrderArg::Fifo { Policy::Fifo } else { Policy::LongestFirst }),
         retry: plan.retry.clone(),
+        watchdog,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let mut rep = Reporter::new();
+    let started = chrono::Utc::now();
     let summary = runner::run(tasks, exec, &paths, "local", &opts, stop_rx, &mut |e| rep.event(e)).await;
     rep.finish();
     let summary = summary?;
+    // what the same nodes would have cost for as long as the run lasted
+    let end = chrono::Utc::now();
+    let hours = summary.wall_seconds / 3600.0;
+    let entries: Vec<ledger::Spend> = st
+        .nodes
+        .iter()
+        .map(|n| ledger::Spend {
+            v: 1,
+            phase: plan.name_key.clone(),
+            provider: "local".into(),
+            node: n.name.clone(),
+            group: n.group.clone(),
+            instance_type: n.instance_type.clone(),
+            market: plan.node_group(&n.group).map(|g| g.market.as_str()).unwrap_or("on-demand").into(),
+            start: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            hours,
+            usd_per_hour: n.hourly_usd,
+            usd: n.hourly_usd * hours,
+            kind: "simulated".into(),
+        })
+        .collect();
+    ledger::append(&plan.root, &entries).map_err(io_err(ledger::path(&plan.root)))?;
+    if summary.budget_stop {
+        let (nodes, _) = local::destroy(&plan).map_err(io_err(plan.state_dir()))?;
+        eprintln!("budget reached: dispatching stopped and {nodes} node(s) destroyed; results so far are in {}", plan::decode::rel(&plan.results_dir(), &ctx.cwd));
+    }
     print_summary(ctx, &plan, &summary);
-    Ok(if summary.interrupted {
+    Ok(if summary.budget_stop {
+        exit::BUDGET
+    } else if summary.interrupted {
         exit::INTERRUPTED
     } else if summary.failed > 0 {
         exit::TASK_FAILURES
@@ -298,7 +499,7 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     })
 }
 
-fn print_summary(ctx: &Ctx, plan: &Plan, s: &RunSummary) {
+pub(crate) fn print_summary(ctx: &Ctx, plan: &Plan, s: &RunSummary) {
     let mut h = format!(
         "{}: {} succeeded, {} failed, {} already done{}{} in {}\nresults in {}",
         plan.name_key,
@@ -316,9 +517,12 @@ fn print_summary(ctx: &Ctx, plan: &Plan, s: &RunSummary) {
     ctx.out(&h, json!({"plan": plan.name_key, "summary": s}));
 }
 
-fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
+async fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let plan = ctx.load(name)?;
     let (tasks, _) = render_tasks(&plan)?;
+    if plan.provider == ProviderKind::Aws {
+        return crate::provider::aws::cli::status(ctx, &plan, &tasks).await;
+    }
     let (state, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
     let mut counts = std::collections::BTreeMap::new();
     let mut missing = Vec::new();
@@ -367,7 +571,7 @@ fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     Ok(exit::OK)
 }
 
-fn is_locked(path: &std::path::Path) -> bool {
+pub(crate) fn is_locked(path: &std::path::Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else { return false };
     // SAFETY: flock on our own descriptor; released when `f` drops.
@@ -456,19 +660,133 @@ fn cmd_logs(ctx: &Ctx, name: &str, pattern: &str, only_stderr: bool) -> Result<i
     Ok(exit::OK)
 }
 
-async fn cmd_destroy(ctx: &Ctx, name: Option<&str>, _all: bool) -> Result<i32, AppError> {
+async fn cmd_destroy(ctx: &Ctx, name: Option<&str>, opts: crate::provider::aws::cli::DestroyOpts) -> Result<i32, AppError> {
     let Some(name) = name else {
         return Err(AppError::Usage("name the phase to destroy: infra destroy <phase>".into()));
     };
     let plan = ctx.load(name)?;
-    require_local(&plan, "destroy")?;
     if is_locked(&plan.state_dir().join("run.lock")) {
         return Err(AppError::Usage(format!("`infra run {name}` is still running\n  (hint: stop it with Ctrl-C first)")));
+    }
+    if plan.provider == ProviderKind::Aws {
+        return crate::provider::aws::cli::destroy(ctx, &plan, opts).await;
     }
     let (nodes, killed) = local::destroy(&plan).map_err(io_err(plan.state_dir()))?;
     ctx.out(
         &format!("destroyed {}: {} local node(s) removed, {} leftover process group(s) stopped; results kept in {}", plan.name_key, nodes, killed, plan::decode::rel(&plan.results_dir(), &ctx.cwd)),
         json!({"plan": plan.name_key, "nodes_removed": nodes, "processes_stopped": killed, "results": plan.results_dir()}),
     );
+    Ok(exit::OK)
+}
+
+fn phase_report(ctx: &Ctx, name: &str, spend: &[ledger::Spend]) -> Result<crate::cost::report::PhaseReport, AppError> {
+    use crate::cost::report::{build, Inputs, PatternRow};
+    let (plan, catalog, from) = ctx.prepare(name)?;
+    let (tasks, _) = render_tasks(&plan)?;
+    let all: Vec<&TaskDef> = tasks.iter().collect();
+    let left = remaining(&plan, &tasks);
+    let full = est::estimate(&plan, &all, &catalog, &from);
+    let rest = est::estimate(&plan, &left, &catalog, &from);
+    let (state, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
+    let slot_price = |t: &TaskDef| {
+        let g = plan.node_group(&t.node_group)?;
+        let p = catalog.price(&g.instance_type, &plan.region, g.market)?.usd_per_hour;
+        Some(p / g.slots.max(1) as f64 * t.nodes as f64)
+    };
+    let patterns: Vec<PatternRow> = tasks
+        .iter()
+        .map(|t| {
+            let st = state.tasks.get(&t.key);
+            PatternRow {
+                task: t.id.clone(),
+                status: format!("{:?}", state.status_of(&t.key)).to_lowercase(),
+                estimated_usd: t.estimate_seconds.and_then(|s| slot_price(t).map(|p| (p * s / 3600.0 * 1e4).round() / 1e4)),
+                metered_usd: st.and_then(|x| x.cost_usd),
+                wall_seconds: st.and_then(|x| x.wall_seconds),
+            }
+        })
+        .collect();
+    let done = tasks.iter().filter(|t| state.status_of(&t.key) == Status::Succeeded).count();
+    let stopped = state.last_stop.clone().filter(|r| r.starts_with("budget"));
+    Ok(build(Inputs {
+        phase: &plan.name_key,
+        name: &plan.name,
+        provider: plan.provider.as_str(),
+        budget_usd: plan.budget.as_ref().map(|b| b.usd),
+        max_hourly_usd: plan.budget.as_ref().and_then(|b| b.max_hourly_usd),
+        full: &full,
+        remaining: &rest,
+        spend,
+        patterns,
+        tasks_done: done,
+        stopped_by_budget: stopped,
+    }))
+}
+
+fn cmd_budget(ctx: &Ctx, phase: Option<&str>, format: ReportFormat, output: Option<&std::path::Path>) -> Result<i32, AppError> {
+    use crate::cost::report;
+    let spend = ledger::read(&ctx.cwd);
+    let names: Vec<String> = match phase {
+        Some(p) => vec![p.to_string()],
+        None => plan::load::list_plans(&ctx.cwd.join("plans")),
+    };
+    let mut reports = Vec::new();
+    for n in &names {
+        match phase_report(ctx, n, &spend) {
+            Ok(r) => reports.push(r),
+            Err(e) if phase.is_some() => return Err(e),
+            Err(_) => eprintln!("skipping {n}: the plan is not valid (`infra plan {n}` says why)"),
+        }
+    }
+    let text = match (format, ctx.json) {
+        (ReportFormat::Json, _) | (_, true) => serde_json::to_string_pretty(&reports).unwrap_or_default() + "\n",
+        (ReportFormat::Table, _) => report::table(&reports),
+        (ReportFormat::Csv, _) => report::csv(&reports),
+        (ReportFormat::Html, _) => report::html(&reports, &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    };
+    match output {
+        Some(path) => {
+            let path = if path.is_absolute() { path.to_path_buf() } else { ctx.cwd.join(path) };
+            std::fs::write(&path, text).map_err(io_err(&path))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            let _ = write!(std::io::stdout(), "{text}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_catalog_show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppError> {
+    let (cat, from) = ctx.catalog()?;
+    let region = ctx.region.clone().unwrap_or_else(|| "us-east-1".into());
+    let names: Vec<&str> = match instance_type {
+        Some(t) => {
+            if cat.get(t).is_none() {
+                return Err(AppError::Usage(format!(
+                    "\"{t}\" is not in the catalog\n  (hint: {})",
+                    plan::diag::did_you_mean(t, cat.names())
+                )));
+            }
+            vec![t]
+        }
+        None => cat.names().collect(),
+    };
+    let mut h = format!("{} ({}, prices of {}), region {region}\n", from, cat.source, cat.date);
+    h.push_str(&format!("{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n", "type", "vcpu", "mem GiB", "gpu", "efa", "nics", "on-demand", "spot med", "spot max"));
+    let mut rows = Vec::new();
+    for n in &names {
+        let Some(t) = cat.get(n) else { continue };
+        let od = cat.price(n, &region, crate::plan::Market::OnDemand).map(|p| p.usd_per_hour);
+        let sp = cat.price(n, &region, crate::plan::Market::Spot).and_then(|p| p.spot);
+        let m = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        h.push_str(&format!(
+            "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
+            n, t.vcpus, t.memory_gib, t.gpus, if t.efa { format!("yes/{}", t.max_efa_interfaces) } else { "no".into() }, t.network_cards,
+            m(od), m(sp.map(|s| s.median)), m(sp.map(|s| s.max))
+        ));
+        rows.push(json!({"instance_type": n, "details": t}));
+    }
+    ctx.out(h.trim_end(), json!({"source": from, "date": cat.date, "region": region, "instance_types": rows}));
     Ok(exit::OK)
 }

@@ -87,6 +87,12 @@ pub enum Cmd {
         all: bool,
         #[arg(long)]
         yes: bool,
+        /// Also delete the phase's results from the bucket (only once they are all downloaded).
+        #[arg(long)]
+        delete_results: bool,
+        /// Terminate whatever tagged, billable resource is still there afterwards.
+        #[arg(long)]
+        force: bool,
     },
     /// The budget report.
     Budget {

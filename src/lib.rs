@@ -5,10 +5,13 @@
 //! effects (processes, files, AWS) sit behind the provider.
 
 pub mod app;
+pub mod catalog;
 pub mod cli;
+pub mod cost;
 pub mod plan;
 pub mod provider;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod stacks;
 pub mod tasks;

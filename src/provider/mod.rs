@@ -1,4 +1,5 @@
 //! Where tasks run: this machine (`local`) or AWS.
 
+pub mod aws;
 pub mod local;
 pub mod process;

@@ -83,6 +83,8 @@ impl Reporter {
                 self.line(&format!("requeued {task}: {reason}"));
             }
             RunEvent::Stopping { reason } => self.line(&format!("stopping: {reason}; running tasks are being stopped")),
+            RunEvent::NodeLost { node, reason } => self.line(&format!("node {node} lost: {reason}")),
+            RunEvent::NodeAdded { node, group } => self.line(&format!("node {node} joined group {group}")),
         }
         self.refresh();
     }

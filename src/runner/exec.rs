@@ -5,8 +5,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::tasks::TaskDef;
 
@@ -47,11 +48,33 @@ pub enum Outcome {
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A change to the set of nodes while a run goes on (cloud providers: a spot
+/// interruption, a fleet's replacement instance).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeChange {
+    /// Place nothing more on this node: it is gone or about to go. Attempts
+    /// running on it end as `Outcome::Lost`.
+    Lost { node: usize, reason: String },
+    /// A node joined; `node` is the next index (`node_names().len()` plus
+    /// the nodes added before it).
+    Added { node: usize, name: String, group: String, slots: u32 },
+}
+
 pub trait Executor: Send + Sync + 'static {
     fn node_names(&self) -> Vec<(String, String, u32)>;
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome>;
     /// Hourly price of a node (for per-task cost), in USD.
     fn node_hourly_usd(&self, _node: usize) -> f64 {
         0.0
+    }
+    /// Node changes during the run; the runner takes the receiver once.
+    /// `None`: the nodes never change (the local provider).
+    fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
+        None
+    }
+    /// How long the runner waits for new nodes when the nodes left cannot
+    /// run what is queued, before it stops with those tasks pending.
+    fn replacement_wait(&self) -> Duration {
+        Duration::ZERO
     }
 }

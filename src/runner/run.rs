@@ -13,7 +13,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use super::exec::{AttemptRequest, Executor, Measured, Outcome, Seat};
+use super::exec::{AttemptRequest, Executor, Measured, NodeChange, Outcome, Seat};
 use super::journal::{self, Entry, Journal, JournalError, Status};
 use super::scheduler::{order, Placement, Policy, Pool};
 use crate::tasks::TaskDef;
@@ -40,6 +40,10 @@ pub enum RunEvent {
     Failed { task: String, attempt: u32, error: String },
     Requeued { task: String, reason: String },
     Stopping { reason: String },
+    /// A node went away (spot interruption, termination); nothing more runs on it.
+    NodeLost { node: String, reason: String },
+    /// A node joined (a fleet's replacement).
+    NodeAdded { node: String, group: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,19 @@ pub struct RunOptions {
     pub retry_failed: bool,
     pub policy: Option<Policy>,
     pub retry: crate::plan::RetryPolicy,
+    pub watchdog: Option<Watchdog>,
+}
+
+/// Stops the run before the budget is spent: metered spend is what the
+/// nodes cost while the run lasts; when the next interval would reach the
+/// budget, dispatching stops (and running tasks are cancelled on a hard stop).
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    pub budget_usd: f64,
+    pub spent_before_usd: f64,
+    pub hourly_usd: f64,
+    pub hard_stop: bool,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -61,6 +78,9 @@ pub struct RunSummary {
     pub reason: String,
     pub failed_tasks: Vec<String>,
     pub wall_seconds: f64,
+    /// What the nodes cost during this run (node-hours x price).
+    pub metered_usd: f64,
+    pub budget_stop: bool,
 }
 
 /// Where a phase's files live.
@@ -122,7 +142,10 @@ pub async fn run<E: Executor>(
     state.apply(&Entry::RunStarted { run: run_no, pid: 0, provider: String::new(), selected: 0 });
 
     let mut pool = Pool::new(exec.node_names());
-    let node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut node_changes = exec.node_changes();
+    // since when the queue has waited for nodes with nothing running
+    let mut starved: Option<tokio::time::Instant> = None;
     let mut summary = RunSummary { selected: tasks.len(), ..Default::default() };
     let tasks: Vec<Arc<TaskDef>> = tasks.into_iter().map(Arc::new).collect();
 
@@ -164,6 +187,9 @@ pub async fn run<E: Executor>(
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(io(&paths.state_dir))?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io(&paths.state_dir))?;
     let staging_root = paths.state_dir.join("staging");
+    let watch_every = opts.watchdog.as_ref().map(|w| w.interval).unwrap_or(Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval(watch_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if stopping.is_none() {
@@ -209,6 +235,13 @@ pub async fn run<E: Executor>(
         if running == 0 && (stopping.is_some() || (pending.is_empty() && waiting.is_empty())) {
             break;
         }
+        // nothing runs, nothing waits for a retry, and the queue fits on no
+        // node left: wait a while for new nodes, then stop
+        starved = if running == 0 && waiting.is_empty() && !pending.is_empty() && stopping.is_none() {
+            Some(starved.unwrap_or_else(|| tokio::time::Instant::now() + exec.replacement_wait()))
+        } else {
+            None
+        };
         let next_wake = waiting.iter().map(|(t, _)| *t).min();
         tokio::select! {
             Some(done) = rx.recv() => {
@@ -254,6 +287,11 @@ pub async fn run<E: Executor>(
                         }
                     }
                     Outcome::Lost { reason } => {
+                        // the executor reports the node before the attempt: apply it first so
+                        // that the task is not placed on the same node again
+                        while let Some(ch) = node_changes.as_mut().and_then(|r| r.try_recv().ok()) {
+                            apply_node_change(&mut pool, &mut node_names, ch, report);
+                        }
                         journal.append(Entry::Requeued { task: t.id.clone(), key: t.key.clone(), attempt: done.attempt, reason: reason.clone() })?;
                         report(&RunEvent::Requeued { task: t.id.clone(), reason });
                         let _ = std::fs::remove_dir_all(&staging);
@@ -275,26 +313,76 @@ pub async fn run<E: Executor>(
                     pending.push_front(i);
                 }
             }
-            _ = sigint.recv() => { stop(&mut stopping, &stop_tx, "interrupted (SIGINT)", report); summary.interrupted = true; }
-            _ = sigterm.recv() => { stop(&mut stopping, &stop_tx, "interrupted (SIGTERM)", report); summary.interrupted = true; }
+            _ = sigint.recv() => { stop(&mut stopping, &stop_tx, "interrupted (SIGINT)", true, report); summary.interrupted = true; }
+            _ = sigterm.recv() => { stop(&mut stopping, &stop_tx, "interrupted (SIGTERM)", true, report); summary.interrupted = true; }
             Ok(()) = stop_rx_external.changed() => {
                 let why = stop_rx_external.borrow().clone();
-                if let Some(why) = why { stop(&mut stopping, &stop_tx, &why, report); }
+                if let Some(why) = why { stop(&mut stopping, &stop_tx, &why, true, report); }
+            }
+            Some(ch) = async { match node_changes.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                apply_node_change(&mut pool, &mut node_names, ch, report);
+            }
+            _ = async { match starved { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                let groups: std::collections::BTreeSet<&str> = pending.iter().map(|i| tasks[*i].node_group.as_str()).collect();
+                let why = format!(
+                    "{} task(s) need more nodes of group {} than are left, and no replacement came within {:.0}s",
+                    pending.len(),
+                    groups.into_iter().collect::<Vec<_>>().join(", "),
+                    exec.replacement_wait().as_secs_f64()
+                );
+                stop(&mut stopping, &stop_tx, &why, true, report);
+            }
+            _ = ticker.tick(), if opts.watchdog.is_some() => {
+                if let Some(w) = &opts.watchdog {
+                    let spent = w.spent_before_usd + w.hourly_usd * clock.elapsed().as_secs_f64() / 3600.0;
+                    let next = spent + w.hourly_usd * w.interval.as_secs_f64() / 3600.0;
+                    if next >= w.budget_usd && stopping.is_none() {
+                        let why = format!(
+                            "budget: ${spent:.4} spent of ${:.4}; the next {:.0}s at ${:.2}/h would reach it ({})",
+                            w.budget_usd, w.interval.as_secs_f64(), w.hourly_usd,
+                            if w.hard_stop { "hard stop: running tasks cancelled" } else { "running tasks finish" }
+                        );
+                        summary.budget_stop = true;
+                        stop(&mut stopping, &stop_tx, &why, w.hard_stop, report);
+                    }
+                }
             }
         }
     }
     summary.pending = pending.len() + waiting.len();
     summary.reason = stopping.clone().unwrap_or_else(|| "done".into());
     summary.wall_seconds = clock.elapsed().as_secs_f64();
+    summary.metered_usd = (0..pool.nodes.len()).map(|i| exec.node_hourly_usd(i)).sum::<f64>() * summary.wall_seconds / 3600.0;
     journal.append(Entry::RunFinished { run: run_no, succeeded: summary.succeeded, failed: summary.failed, pending: summary.pending, reason: summary.reason.clone() })?;
     let _ = std::fs::remove_dir_all(&staging_root);
     Ok(summary)
 }
 
-fn stop(stopping: &mut Option<String>, tx: &watch::Sender<bool>, why: &str, report: &mut dyn FnMut(&RunEvent)) {
+fn apply_node_change(pool: &mut Pool, names: &mut Vec<String>, ch: NodeChange, report: &mut dyn FnMut(&RunEvent)) {
+    match ch {
+        NodeChange::Lost { node, reason } => {
+            if pool.nodes.get(node).is_some_and(|n| !n.retired) {
+                pool.retire(node);
+                report(&RunEvent::NodeLost { node: names.get(node).cloned().unwrap_or_default(), reason });
+            }
+        }
+        NodeChange::Added { node, name, group, slots } => {
+            // indices are the executor's; they only grow
+            if node == pool.nodes.len() {
+                pool.add(name.clone(), group.clone(), slots);
+                names.push(name.clone());
+                report(&RunEvent::NodeAdded { node: name, group });
+            }
+        }
+    }
+}
+
+fn stop(stopping: &mut Option<String>, tx: &watch::Sender<bool>, why: &str, cancel_running: bool, report: &mut dyn FnMut(&RunEvent)) {
     if stopping.is_none() {
         *stopping = Some(why.to_string());
-        let _ = tx.send(true);
+        if cancel_running {
+            let _ = tx.send(true);
+        }
         report(&RunEvent::Stopping { reason: why.to_string() });
     }
 }

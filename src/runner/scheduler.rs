@@ -10,6 +10,8 @@ pub struct NodeSlots {
     pub name: String,
     pub group: String,
     pub busy: Vec<bool>,
+    /// Gone (or going): nothing more is placed on it.
+    pub retired: bool,
 }
 
 impl NodeSlots {
@@ -28,7 +30,25 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(nodes: impl IntoIterator<Item = (String, String, u32)>) -> Pool {
-        Pool { nodes: nodes.into_iter().map(|(name, group, slots)| NodeSlots { name, group, busy: vec![false; slots as usize] }).collect() }
+        Pool { nodes: nodes.into_iter().map(|(name, group, slots)| NodeSlots { name, group, busy: vec![false; slots as usize], retired: false }).collect() }
+    }
+
+    /// A node that joined (it gets the next index).
+    pub fn add(&mut self, name: String, group: String, slots: u32) -> usize {
+        self.nodes.push(NodeSlots { name, group, busy: vec![false; slots as usize], retired: false });
+        self.nodes.len() - 1
+    }
+
+    /// Place nothing more on node `i`.
+    pub fn retire(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.retired = true;
+        }
+    }
+
+    /// Nodes of `group` that can take tasks.
+    pub fn live_nodes(&self, group: &str) -> usize {
+        self.nodes.iter().filter(|n| n.group == group && !n.retired && !n.busy.is_empty()).count()
     }
 
     /// One free slot on each of `ranks` distinct nodes of `group`; the nodes
@@ -38,7 +58,7 @@ impl Pool {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.group == group)
+            .filter(|(_, n)| n.group == group && !n.retired)
             .map(|(i, n)| (i, n.free()))
             .filter(|(_, f)| *f > 0)
             .collect();
@@ -204,6 +224,17 @@ mod tests {
         assert!(pool.place("other", 1).is_none());
         pool.release(&p);
         assert_eq!(pool.busy(), 1);
+    }
+
+    #[test]
+    fn retired_nodes_take_nothing_and_added_nodes_do() {
+        let mut pool = Pool::new([("a".into(), "g".into(), 1), ("b".into(), "g".into(), 1)]);
+        pool.retire(0);
+        assert_eq!(pool.live_nodes("g"), 1);
+        assert_eq!(pool.place("g", 1), Some(vec![(1, 0)]));
+        assert!(pool.place("g", 1).is_none());
+        assert_eq!(pool.add("c".into(), "g".into(), 1), 2);
+        assert_eq!(pool.place("g", 1), Some(vec![(2, 0)]));
     }
 
     #[test]

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Dispatch overhead: 2,000 no-op tasks on 2 slots, whole-command wall time of
+# `infra run` against `xargs -P2` and GNU `parallel -j2` doing the same work.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-2000}
+RUNS=${RUNS:-5}
+BIN=$PWD/target/release/infra
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+mkdir -p "$W/plans/templates"
+cat > "$W/plans/templates/noop.json.hbs" <<'T'
+{"steps": [{"name": "noop", "command": "true"}]}
+T
+python3 - "$W/plans/noop.json" "$N" <<'P'
+import json, sys
+path, n = sys.argv[1], int(sys.argv[2])
+json.dump({"phase": "noop", "name": "dispatch benchmark",
+           "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1, "slots": 2}},
+           "layers": [{"id": "L0", "grid": {"backend": "noop", "id": "noop-{i}", "factors": {"i": list(range(n))}}}]}, open(path, "w"))
+P
+"$BIN" -C "$W" plan noop > /dev/null
+seq "$N" > "$W/ids"
+hyperfine --warmup 1 --runs "$RUNS" --export-json "$W/h.json" -N \
+  --prepare "rm -rf $W/.infra/noop/journal.jsonl $W/results" \
+  "$BIN -C $W run noop all" \
+  "xargs -P2 -n1 -a $W/ids sh -c true" \
+  "parallel -j2 -a $W/ids sh -c true" > "$W/out.txt" 2>&1 || { cat "$W/out.txt"; exit 1; }
+python3 - "$W/h.json" "$N" <<'P'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+med = {x["command"].split()[0].split("/")[-1]: x["median"] for x in r}
+print(f"dispatch, {sys.argv[2]} no-op tasks on 2 slots (median of {len(r[0]['times'])} runs):")
+for k, v in med.items():
+    print(f"  {k:10s} {v:7.3f} s")
+print(f"  infra / xargs -P2    = {med['infra']/med['xargs']:.2f}x")
+print(f"  infra / parallel -j2 = {med['infra']/med['parallel']:.2f}x")
+P

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Re-runs every benchmark and prints the figures for docs/BENCHMARKS.md.
+# Release build; needs GNU parallel, hyperfine and GNU time (Debian packages
+# parallel, hyperfine, time).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --quiet
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr); date: $(date -u +%F)"
+scripts/bench/dispatch.sh
+scripts/bench/plan-throughput.sh
+cargo test --release --quiet --test it scheduling_a_heterogeneous -- --nocapture 2>&1 | grep "500 tasks" || true

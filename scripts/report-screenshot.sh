@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Render the budget report of a local campaign and take a screenshot of it
+# in headless Chromium (Debian's chromium package): docs/budget-report.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-docs/budget-report.png}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+cp -r plans scripts "$W/"
+BIN=${INFRA_BIN:-$PWD/target/debug/infra}
+[ -x "$BIN" ] || cargo build --quiet
+"$BIN" -C "$W" run quickstart all > /dev/null 2>&1
+"$BIN" -C "$W" run quickstart all > /dev/null 2>&1   # a second (no-op) run adds a point
+"$BIN" -C "$W" run sweep train > /dev/null 2>&1 || true
+"$BIN" -C "$W" budget --format html -o "$W/budget.html"
+mkdir -p "$(dirname "$OUT")"
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$W/chrome" --hide-scrollbars --window-size=1280,1600 \
+  --screenshot="$PWD/$OUT" "file://$W/budget.html" 2>/dev/null
+echo "wrote $OUT"

@@ -1,0 +1,182 @@
+//! The cost estimate, pure: nodes × hours × price per node group, hours
+//! from the tasks' estimates scheduled onto the slots, plus storage.
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::plan::{Market, Plan};
+use crate::runner::scheduler::{simulate, Policy, Pool, SimTask, Simulation};
+use crate::tasks::TaskDef;
+
+/// gp3 storage, USD per GB-month (us-east-1), and hours in a billing month.
+pub const GP3_USD_PER_GB_MONTH: f64 = 0.08;
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupEstimate {
+    pub group: String,
+    pub instance_type: String,
+    pub market: String,
+    pub nodes: u32,
+    pub hours: f64,
+    /// The per-node price planned with (on-demand, or spot median).
+    pub usd_per_node_hour: Option<f64>,
+    pub spot_worst_usd_per_node_hour: Option<f64>,
+    pub on_demand_usd_per_node_hour: Option<f64>,
+    pub storage_usd: f64,
+    pub compute_usd: f64,
+    pub total_usd: f64,
+    pub total_worst_usd: f64,
+    pub total_on_demand_usd: Option<f64>,
+    pub hourly_usd: f64,
+    /// Busy slot-hours of the group's tasks.
+    pub task_hours: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Estimate {
+    pub region: String,
+    pub groups: Vec<GroupEstimate>,
+    /// Hours the nodes are up: provisioning + setup + the scheduled makespan,
+    /// or the plan's explicit `estimate.duration`.
+    pub hours: Option<f64>,
+    pub makespan_hours: Option<f64>,
+    pub lower_bound_hours: Option<f64>,
+    pub total_usd: f64,
+    pub total_worst_usd: f64,
+    pub total_on_demand_usd: Option<f64>,
+    pub hourly_usd: f64,
+    pub prices_from: String,
+    pub prices_date: String,
+    /// Groups whose instance type or region has no price in the catalog.
+    pub unpriced: Vec<String>,
+    pub tasks: usize,
+    pub tasks_without_estimate: usize,
+}
+
+pub fn pool_for(plan: &Plan) -> Pool {
+    Pool::new(plan.node_groups.iter().flat_map(|g| (0..g.count).map(move |i| (format!("{}-{i}", g.name), g.name.clone(), g.slots))))
+}
+
+pub fn schedule(plan: &Plan, tasks: &[&TaskDef]) -> Option<Simulation> {
+    if tasks.is_empty() || tasks.iter().all(|t| t.estimate_seconds.is_none()) {
+        return None;
+    }
+    let sim: Vec<SimTask> = tasks.iter().map(|t| SimTask { seconds: t.estimate_seconds.unwrap_or(0.0), ranks: t.nodes, group: t.node_group.clone() }).collect();
+    Some(simulate(&sim, &pool_for(plan), Policy::LongestFirst))
+}
+
+/// Estimate the cost of running `tasks` (the whole plan, or what is left).
+pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from: &str) -> Estimate {
+    let sim = schedule(plan, tasks);
+    let overhead = plan.estimate.provisioning.map(|d| d.as_secs_f64()).unwrap_or(0.0) + plan.estimate.setup.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let hours = match (plan.estimate.duration, &sim) {
+        (Some(d), _) => Some(d.as_secs_f64() / 3600.0),
+        (None, Some(s)) => Some((s.makespan + overhead) / 3600.0),
+        (None, None) if tasks.is_empty() => Some(0.0),
+        (None, None) => None,
+    };
+    let h = hours.unwrap_or(0.0);
+    let mut groups = Vec::new();
+    let mut unpriced = Vec::new();
+    for g in &plan.node_groups {
+        let local = g.instance_type == "local";
+        let price = catalog.price(&g.instance_type, &plan.region, g.market);
+        let od = catalog.price(&g.instance_type, &plan.region, Market::OnDemand).map(|p| p.usd_per_hour);
+        if price.is_none() && !local {
+            unpriced.push(g.name.clone());
+        }
+        let per = price.map(|p| p.usd_per_hour).or(if local { Some(0.0) } else { None });
+        let worst = price.map(|p| p.spot.map(|s| s.max).unwrap_or(p.usd_per_hour)).or(per);
+        let n = g.count as f64;
+        let storage = if local { 0.0 } else { n * g.volume_gb as f64 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * h };
+        let compute = n * h * per.unwrap_or(0.0);
+        let task_hours = tasks.iter().filter(|t| t.node_group == g.name).map(|t| t.estimate_seconds.unwrap_or(0.0) * t.nodes as f64).sum::<f64>() / 3600.0;
+        groups.push(GroupEstimate {
+            group: g.name.clone(),
+            instance_type: g.instance_type.clone(),
+            market: g.market.as_str().into(),
+            nodes: g.count,
+            hours: h,
+            usd_per_node_hour: per,
+            spot_worst_usd_per_node_hour: if g.market == Market::Spot { worst } else { None },
+            on_demand_usd_per_node_hour: od,
+            storage_usd: round(storage),
+            compute_usd: round(compute),
+            total_usd: round(compute + storage),
+            total_worst_usd: round(n * h * worst.unwrap_or(0.0) + storage),
+            total_on_demand_usd: od.map(|p| round(n * h * p + storage)),
+            hourly_usd: round(n * per.unwrap_or(0.0)),
+            task_hours: round(task_hours),
+        });
+    }
+    let sum = |f: &dyn Fn(&GroupEstimate) -> f64| round(groups.iter().map(f).sum());
+    let all_od = groups.iter().all(|g| g.total_on_demand_usd.is_some() || g.instance_type == "local");
+    Estimate {
+        region: plan.region.clone(),
+        hours,
+        makespan_hours: sim.as_ref().map(|s| s.makespan / 3600.0),
+        lower_bound_hours: sim.as_ref().map(|s| s.lower_bound / 3600.0),
+        total_usd: sum(&|g| g.total_usd),
+        total_worst_usd: sum(&|g| g.total_worst_usd),
+        total_on_demand_usd: all_od.then(|| sum(&|g| g.total_on_demand_usd.unwrap_or(0.0))),
+        hourly_usd: sum(&|g| g.hourly_usd),
+        prices_from: prices_from.into(),
+        prices_date: catalog.date.clone(),
+        unpriced,
+        tasks: tasks.len(),
+        tasks_without_estimate: tasks.iter().filter(|t| t.estimate_seconds.is_none()).count(),
+        groups,
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub budget_usd: Option<f64>,
+    pub spent_usd: f64,
+    pub remaining_usd: Option<f64>,
+    pub max_hourly_usd: Option<f64>,
+    pub reasons: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Does the budget pay for the estimate? `spent` is what the ledger holds.
+pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+    let budget = plan.budget.as_ref();
+    let remaining = budget.map(|b| b.usd - spent);
+    if let Some(b) = budget {
+        let rem = b.usd - spent;
+        if est.hours.is_none() && est.tasks > 0 {
+            warnings.push("no task has a duration estimate, so the total cost is unknown (hint: add \"estimate\": {\"default\": \"30m\"} to the plan)".into());
+        }
+        if est.total_usd > rem + 1e-9 {
+            reasons.push(format!(
+                "the estimate ${:.2} exceeds the remaining budget ${:.2} (budget ${:.2} - spent ${:.2})\n  (hint: raise \"budget.usd\" in the plan, run fewer patterns, use fewer or cheaper nodes, or spot instances)",
+                est.total_usd, rem, b.usd, spent
+            ));
+        } else if est.total_worst_usd > rem + 1e-9 {
+            warnings.push(format!("at the worst AZ's spot price the campaign would cost ${:.2}, more than the remaining ${:.2}", est.total_worst_usd, rem));
+        }
+        if let Some(cap) = b.max_hourly_usd {
+            if est.hourly_usd > cap + 1e-9 {
+                reasons.push(format!(
+                    "the nodes cost ${:.2}/h, above \"budget.max_hourly_usd\" ${:.2}/h\n  (hint: raise max_hourly_usd, or use fewer or cheaper nodes)",
+                    est.hourly_usd, cap
+                ));
+            }
+        }
+    } else if est.total_usd > 0.0 {
+        warnings.push("the plan has no budget: nothing limits the spend (hint: add \"budget\": {\"usd\": ...})".into());
+    }
+    if !est.unpriced.is_empty() {
+        warnings.push(format!("no catalog price for node group(s) {} in {}; they count as $0", est.unpriced.join(", "), est.region));
+    }
+    Verdict { ok: reasons.is_empty(), budget_usd: budget.map(|b| b.usd), spent_usd: spent, remaining_usd: remaining, max_hourly_usd: budget.and_then(|b| b.max_hourly_usd), reasons, warnings }
+}

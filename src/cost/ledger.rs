@@ -1,0 +1,62 @@
+//! The spend ledger (`.infra/ledger.jsonl`, one per project): every node's
+//! metered lifetime × its price, appended as the runner observes it.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    pub v: u32,
+    pub phase: String,
+    pub provider: String,
+    pub node: String,
+    pub group: String,
+    pub instance_type: String,
+    pub market: String,
+    pub start: String,
+    pub end: String,
+    pub hours: f64,
+    pub usd_per_hour: f64,
+    pub usd: f64,
+    /// "simulated" on the local provider (what the plan's types would cost),
+    /// "metered" for real instances.
+    pub kind: String,
+}
+
+pub fn path(root: &Path) -> PathBuf {
+    root.join(".infra").join("ledger.jsonl")
+}
+
+pub fn append(root: &Path, entries: &[Spend]) -> std::io::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let p = path(root);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut f = OpenOptions::new().create(true).append(true).open(&p)?;
+    let mut buf = String::new();
+    for e in entries {
+        buf.push_str(&serde_json::to_string(e).unwrap_or_default());
+        buf.push('\n');
+    }
+    f.write_all(buf.as_bytes())?;
+    f.sync_data()
+}
+
+/// Every entry; torn or foreign lines are skipped.
+pub fn read(root: &Path) -> Vec<Spend> {
+    std::fs::read_to_string(path(root))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub fn spent(entries: &[Spend], phase: Option<&str>) -> f64 {
+    entries.iter().filter(|e| phase.is_none_or(|p| e.phase == p)).map(|e| e.usd).sum()
+}

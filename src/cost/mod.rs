@@ -1,0 +1,5 @@
+//! Cost: the estimate, the budget verdict, the spend ledger, the report.
+
+pub mod estimate;
+pub mod ledger;
+pub mod report;

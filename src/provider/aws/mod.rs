@@ -1,0 +1,15 @@
+//! The AWS provider: CloudFormation stacks, EC2 nodes reached through SSM
+//! Run Command, the results bucket in S3. `cli` holds the commands
+//! (apply, run, status, destroy); `executor` runs tasks for the shared
+//! runner; the other modules are thin wrappers over one service each.
+
+pub mod cfn;
+pub mod cli;
+pub mod config;
+pub mod ec2;
+pub mod error;
+pub mod executor;
+pub mod s3;
+pub mod script;
+pub mod ssm;
+pub mod state;

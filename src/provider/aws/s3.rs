@@ -1,0 +1,208 @@
+//! The results bucket: the task bundle going up (only what changed, by a
+//! manifest of content hashes), results coming down, and clean-up.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use sha2::{Digest, Sha256};
+
+use super::config::Clients;
+use super::error::{api, code, AwsError};
+use super::script::BundleRef;
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bucket a base stack of `prefix` made in `region` earlier, if it is
+/// still there (it is retained when the base stack goes).
+pub async fn find_bucket(c: &Clients, prefix: &str, region: &str) -> Result<Option<String>, AwsError> {
+    let out = c.s3.list_buckets().send().await.map_err(api("list the S3 buckets"))?;
+    let suffix = format!("-{region}");
+    Ok(out.buckets().iter().filter_map(|b| b.name()).find_map(|n| {
+        let middle = n.strip_prefix(prefix)?.strip_prefix('-')?.strip_suffix(&suffix)?;
+        (middle.len() == 12 && middle.chars().all(|c| c.is_ascii_digit())).then(|| n.to_string())
+    }))
+}
+
+pub async fn put(c: &Clients, bucket: &str, key: &str, bytes: Vec<u8>) -> Result<(), AwsError> {
+    c.s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(bytes))
+        .send()
+        .await
+        .map_err(api(format!("upload s3://{bucket}/{key}")))?;
+    Ok(())
+}
+
+pub async fn get(c: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, AwsError> {
+    match c.s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => {
+            let data = o.body.collect().await.map_err(|e| AwsError::Api { action: format!("download s3://{bucket}/{key}"), message: e.to_string() })?;
+            Ok(Some(data.into_bytes().to_vec()))
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+        Err(e) => Err(api(format!("download s3://{bucket}/{key}"))(e)),
+    }
+}
+
+/// Keys (and sizes) under `prefix`.
+pub async fn list(c: &Clients, bucket: &str, prefix: &str) -> Result<Vec<(String, i64)>, AwsError> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = c
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .map_err(api(format!("list s3://{bucket}/{prefix}")))?;
+        for o in page.contents() {
+            if let Some(k) = o.key() {
+                out.push((k.to_string(), o.size().unwrap_or(0)));
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() || page.is_truncated() != Some(true) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// A relative path from an object key, refusing anything that would leave
+/// the destination folder.
+fn safe_rel(rel: &str) -> Option<&Path> {
+    let p = Path::new(rel);
+    (!rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))).then_some(p)
+}
+
+/// Download everything under `prefix` into `dir` (keys relative to the
+/// prefix); returns the relative paths written.
+pub async fn download_prefix(c: &Clients, bucket: &str, prefix: &str, dir: &Path) -> Result<Vec<String>, AwsError> {
+    let mut written = Vec::new();
+    for (key, _) in list(c, bucket, prefix).await? {
+        let rel = key[prefix.len()..].trim_start_matches('/').to_string();
+        let Some(relp) = safe_rel(&rel) else { continue };
+        let Some(bytes) = get(c, bucket, &key).await? else { continue };
+        let to = dir.join(relp);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(AwsError::io(parent))?;
+        }
+        std::fs::write(&to, bytes).map_err(AwsError::io(&to))?;
+        written.push(rel);
+    }
+    Ok(written)
+}
+
+/// Delete every object under `prefix`; returns how many.
+pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
+    let keys = list(c, bucket, prefix).await?;
+    for chunk in keys.chunks(1000) {
+        let ids: Vec<ObjectIdentifier> = chunk.iter().filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok()).collect();
+        let del = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| AwsError::Failed(e.to_string()))?;
+        c.s3.delete_objects().bucket(bucket).delete(del).send().await.map_err(api(format!("delete objects under s3://{bucket}/{prefix}")))?;
+    }
+    Ok(keys.len())
+}
+
+pub async fn delete_bucket(c: &Clients, bucket: &str) -> Result<bool, AwsError> {
+    match c.s3.delete_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if code(&e) == Some("NoSuchBucket") => Ok(false),
+        Err(e) => Err(api(format!("delete bucket {bucket}"))(e)),
+    }
+}
+
+/// What the bundle holds: key (relative to the bundle prefix) → bytes.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// Every file under `dir`, keyed `<under>/<relative path>`.
+pub fn collect_dir(dir: &Path, under: &str, out: &mut Files) -> std::io::Result<()> {
+    fn walk(base: &Path, dir: &Path, under: &str, out: &mut Files) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                if e.file_name().to_string_lossy().starts_with('.') || e.file_name() == "__pycache__" {
+                    continue;
+                }
+                walk(base, &p, under, out)?;
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+                out.insert(format!("{under}/{rel}"), std::fs::read(&p)?);
+            }
+        }
+        Ok(())
+    }
+    if dir.is_dir() {
+        walk(dir, dir, under, out)?;
+    }
+    Ok(())
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uploaded {
+    pub bundle: BundleRef,
+    pub files: usize,
+    pub uploaded: usize,
+    pub deleted: usize,
+}
+
+/// Upload the bundle under `<phase>/_bundle/`, only the files whose content
+/// changed since the last upload (by the manifest `<phase>/_bundle.manifest`,
+/// content hashes); files gone from the bundle are deleted.
+pub async fn upload_bundle(c: &Clients, bucket: &str, phase: &str, files: &Files) -> Result<Uploaded, AwsError> {
+    let prefix = format!("{phase}/_bundle");
+    let manifest_key = format!("{phase}/_bundle.manifest");
+    let new: BTreeMap<String, String> = files.iter().map(|(k, v)| (k.clone(), sha256_hex(v))).collect();
+    let old: BTreeMap<String, String> = match get(c, bucket, &manifest_key).await? {
+        Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    let mut uploaded = 0;
+    for (k, h) in &new {
+        if old.get(k) != Some(h) {
+            put(c, bucket, &format!("{prefix}/{k}"), files[k].clone()).await?;
+            uploaded += 1;
+        }
+    }
+    let mut deleted = 0;
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        c.s3.delete_object().bucket(bucket).key(format!("{prefix}/{k}")).send().await.map_err(api(format!("delete s3://{bucket}/{prefix}/{k}")))?;
+        deleted += 1;
+    }
+    let text = serde_json::to_vec_pretty(&new).unwrap_or_default();
+    if uploaded + deleted > 0 || old.is_empty() {
+        put(c, bucket, &manifest_key, text.clone()).await?;
+    }
+    Ok(Uploaded {
+        bundle: BundleRef { url: format!("s3://{bucket}/{prefix}"), hash: sha256_hex(&text)[..16].to_string(), region: c.settings.region.clone() },
+        files: new.len(),
+        uploaded,
+        deleted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_destination() {
+        assert!(safe_rel("a/b.txt").is_some());
+        assert!(safe_rel("../x").is_none());
+        assert!(safe_rel("a/../../x").is_none());
+        assert!(safe_rel("/etc/passwd").is_none());
+        assert!(safe_rel("").is_none());
+    }
+}

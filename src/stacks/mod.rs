@@ -1,0 +1,18 @@
+//! CloudFormation stacks from plans: validation against the catalog and
+//! the limits of AWS (`validate`), rendering of the base and compute stacks
+//! from the Handlebars templates in `stacks/` (`render`), and writing them
+//! to `.infra/<phase>/stacks/` (`write`).
+
+pub mod limits;
+mod model;
+pub mod names;
+mod render;
+mod summary;
+mod validate;
+mod write;
+
+pub use limits::{group_limits, GroupLimits};
+pub use model::{RenderedStack, ResourceSummary, StackError, Stacks, MAX_BODY, MAX_INLINE_BODY};
+pub use render::{compute_parameters, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON};
+pub use validate::{validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES, MAX_ZONES};
+pub use write::write;
