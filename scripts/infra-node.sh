@@ -90,15 +90,15 @@ cmd_step() {
   task=$1 attempt=$2 k=$3 name=$4 rank=$5 dest=$6 timeout=$7 bg=$8 outputs=$9
   shift 9
   command=$1
-  work="$ROOT/work/$task.$attempt"
-  run="$ROOT/run/$task.$attempt/$k"
+  work="$ROOT/work/$task/$attempt"
+  run="$ROOT/run/$task/$attempt/$k"
   up="$run/upload"
   stepdir="$up/steps/$k"
-  export INFRA_WORK_DIR="$work" INFRA_OUTPUT_DIR="$ROOT/out/$task.$attempt/$rank"
-  if [ "$k" = 0 ] || [ ! -d "$work" ]; then
-    # a fresh work folder for the first step of an attempt; older attempts go
-    for old in "$ROOT/work/$task."* "$ROOT/run/$task."* "$ROOT/out/$task."*; do
-      case "$old" in *".$attempt"|*".$attempt/"*) ;; *) rm -rf "$old" ;; esac
+  export INFRA_WORK_DIR="$work" INFRA_OUTPUT_DIR="$ROOT/out/$task/$attempt/$rank"
+  if [ ! -d "$work" ]; then
+    # the first step of this attempt on this node: earlier attempts' folders go
+    for old in "$ROOT/work/$task/"* "$ROOT/run/$task/"* "$ROOT/out/$task/"*; do
+      [ "${old##*/}" = "$attempt" ] || rm -rf "$old"
     done
   fi
   rm -rf "$run"
@@ -119,6 +119,8 @@ cmd_step() {
   fi
   pid=$!
   echo "$pid" >"$run/pid"
+  # SSM may TERM the wrapper (cancel, timeout): the step goes with it
+  trap 'kill_group "$pid"; exit 143' TERM INT HUP
   status=""
   code=""
   deadline=""
@@ -190,7 +192,9 @@ cmd_step() {
 
 cmd_health() {
   task=$1 attempt=$2 k=$3 timeout=$4 interval=$5 url=$6 command=$7
-  run="$ROOT/run/$task.$attempt/$k"
+  run="$ROOT/run/$task/$attempt/$k"
+  shell=bash
+  command -v bash >/dev/null 2>&1 || shell=sh
   started=$(now)
   while :; do
     if [ -f "$run/rc" ]; then
@@ -200,7 +204,7 @@ cmd_health() {
     if [ -n "$url" ]; then
       curl -sf -m 5 -o /dev/null "$url" && { echo "infra-node: healthy ($url)"; exit 0; }
     else
-      ( cd "$ROOT/work/$task.$attempt" 2>/dev/null; timeout 10 bash -c "$command" ) >/dev/null 2>&1 && { echo "infra-node: healthy"; exit 0; }
+      ( cd "$ROOT/work/$task/$attempt" 2>/dev/null; timeout 10 "$shell" -c "$command" ) >/dev/null 2>&1 && { echo "infra-node: healthy"; exit 0; }
     fi
     if spot_notice; then
       exit $EXIT_INTERRUPTED
@@ -217,7 +221,7 @@ cmd_stop() {
   task=$1 attempt=$2
   shift 2
   for k in "$@"; do
-    d="$ROOT/run/$task.$attempt/$k"
+    d="$ROOT/run/$task/$attempt/$k"
     [ -d "$d" ] && : >"$d/stop"
   done
   exit 0
@@ -227,7 +231,7 @@ cmd_stop() {
 # stop it (its wrapper, if alive, uploads and exits) and kill its group
 cmd_reap() {
   n=0
-  for p in "$ROOT"/run/*/*/pid; do
+  for p in "$ROOT"/run/*/*/*/pid; do
     [ -f "$p" ] || continue
     d=$(dirname "$p")
     [ -f "$d/rc" ] && continue

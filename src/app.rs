@@ -294,8 +294,8 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
     let rendered = if deployable {
         let st = stacks::render(&plan, &catalog).map_err(|e| AppError::Provider(e.to_string()))?;
-        let dir = plan.state_dir().join("stacks");
-        stacks::write(&dir, &st).map_err(|e| AppError::Provider(e.to_string()))?;
+        // `write` puts the files under `<dir>/stacks/`
+        stacks::write(&plan.state_dir(), &st).map_err(|e| AppError::Provider(e.to_string()))?;
         Some(st)
     } else {
         None

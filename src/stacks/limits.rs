@@ -18,14 +18,17 @@ pub struct GroupLimits {
     /// What one node costs per hour on the group's market (on-demand, or the
     /// spot median), when the catalog knows.
     pub node_usd_per_hour: Option<f64>,
-    /// The fleet's total hourly price cap (`MaxTotalPrice`), when one can be
-    /// derived: the budget's hourly cap (given, or `usd / lifetime`) split
-    /// over the groups in proportion to their nominal cost, and never above
-    /// the group's on-demand cost; without a budget, the on-demand cost.
+    /// The fleet's total hourly price cap (`MaxTotalPrice`) when the budget
+    /// gives one: the plan's hourly cap (`max_hourly_usd`, or `usd` over the
+    /// longest lifetime when every group has one) split over the groups in
+    /// proportion to their nominal cost (nodes × on-demand or spot median).
+    /// `None` without a budget or without an hourly figure: spot prices never
+    /// exceed on-demand, so such a fleet pays at most on-demand.
     pub hourly_cap_usd: Option<f64>,
     /// How long the group's nodes and fleet may live: the group's
-    /// `max_lifetime_hours`, or how long the budget lasts with every fleet
-    /// at its cap, or `DEFAULT_LIFETIME_HOURS` without a budget.
+    /// `max_lifetime_hours`; or how long the budget lasts with every fleet
+    /// spending its most (its cap, or on-demand prices if lower); or
+    /// `DEFAULT_LIFETIME_HOURS` without a budget.
     pub lifetime_hours: f64,
 }
 
@@ -70,40 +73,41 @@ pub fn group_limits(plan: &Plan, catalog: &Catalog) -> Vec<GroupLimits> {
     let ceiling: Vec<Option<f64>> = groups.iter().map(|g| node_ceiling(catalog, region, g).map(|p| p * f64::from(g.count))).collect();
     let total_nominal: f64 = nominal.iter().sum();
 
-    let caps: Vec<Option<f64>> = match &plan.budget {
-        Some(b) => {
+    // The plan's hourly cap: given, or the budget spread over the longest
+    // lifetime when every group has one.
+    let plan_cap = plan.budget.as_ref().and_then(|b| {
+        b.max_hourly_usd.or_else(|| {
             let lifetimes: Option<Vec<f64>> = groups.iter().map(|g| g.max_lifetime_hours).collect();
-            let plan_cap = b.max_hourly_usd.or_else(|| {
-                let longest = lifetimes?.into_iter().fold(0.0, f64::max);
-                (longest > 0.0).then(|| b.usd / longest)
-            });
-            groups
-                .iter()
-                .enumerate()
-                .map(|(i, _)| match plan_cap {
-                    Some(h) => {
-                        let share = if total_nominal > 0.0 { nominal[i] / total_nominal } else { 1.0 / groups.len() as f64 };
-                        let c = h * share;
-                        Some(match ceiling[i] {
-                            Some(ceil) => c.min(ceil),
-                            None => c,
-                        })
-                    }
-                    None => ceiling[i],
-                })
-                .collect()
-        }
-        None => ceiling.clone(),
-    };
+            let longest = lifetimes?.into_iter().fold(0.0, f64::max);
+            (longest > 0.0).then(|| b.usd / longest)
+        })
+    });
+    let caps: Vec<Option<f64>> = (0..groups.len())
+        .map(|i| {
+            plan_cap.map(|h| {
+                let share = if total_nominal > 0.0 { nominal[i] / total_nominal } else { 1.0 / groups.len() as f64 };
+                h * share
+            })
+        })
+        .collect();
 
-    let total_cap: f64 = caps.iter().map(|c| c.unwrap_or(0.0)).sum();
+    // What the fleets can spend per hour at worst: the on-demand price of
+    // every node, or the fleet's cap when that is lower.
+    let worst: f64 = caps
+        .iter()
+        .zip(&ceiling)
+        .map(|(c, ceil)| match (c, ceil) {
+            (Some(c), Some(x)) => c.min(*x),
+            (c, x) => c.or(*x).unwrap_or(0.0),
+        })
+        .sum();
     groups
         .iter()
         .zip(caps)
         .map(|(g, cap)| {
             let lifetime = match (g.max_lifetime_hours, &plan.budget) {
                 (Some(h), _) => h,
-                (None, Some(b)) if total_cap > 0.0 => b.usd / total_cap,
+                (None, Some(b)) if worst > 0.0 => b.usd / worst,
                 _ => DEFAULT_LIFETIME_HOURS,
             };
             GroupLimits {

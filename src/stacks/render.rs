@@ -91,9 +91,11 @@ enum Zone {
 }
 
 impl Zone {
-    fn value(&self) -> Value {
+    /// The zone in the base template: a zone the plan names is a parameter
+    /// (defaulting to it) rather than a literal, as cfn-lint asks (W3010).
+    fn value(&self, param: &str) -> Value {
         match self {
-            Zone::Named(z) => Value::String(z.clone()),
+            Zone::Named(_) => json!({"Ref": param}),
             Zone::Index(i) => json!({"Fn::Select": [i, {"Fn::GetAZs": ""}]}),
         }
     }
@@ -170,6 +172,10 @@ fn group_zones(plan: &Plan, layout: &Layout, g: &NodeGroup) -> Vec<usize> {
     }
 }
 
+fn zone_param(i: usize) -> String {
+    format!("Zone{}", i + 1)
+}
+
 fn subnet_id(i: usize) -> String {
     format!("Subnet{}", i + 1)
 }
@@ -183,8 +189,15 @@ struct BaseView {
     bucket_prefix: String,
     name_prefix: String,
     tags: Value,
+    zone_params: Vec<ZoneParam>,
     subnets: Vec<SubnetView>,
     nat: Option<NatView>,
+}
+
+#[derive(Serialize)]
+struct ZoneParam {
+    name: String,
+    zone: String,
 }
 
 #[derive(Serialize)]
@@ -284,17 +297,27 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
         .map(|(i, z)| SubnetView {
             id: subnet_id(i),
             name: format!("public-{}", i + 1),
-            az: z.value(),
+            az: z.value(&zone_param(i)),
             az_label: z.label(),
             cidr: format!("10.0.{}.0/20", i * 16),
         })
         .collect();
     let nat = layout.nat.then(|| NatView {
         public_subnet: subnet_id(layout.efa_zone),
-        az: layout.zones[layout.efa_zone].value(),
+        az: layout.zones[layout.efa_zone].value(&zone_param(layout.efa_zone)),
         cidr: "10.0.128.0/20".into(),
     });
+    let zone_params = layout
+        .zones
+        .iter()
+        .enumerate()
+        .filter_map(|(i, z)| match z {
+            Zone::Named(name) => Some(ZoneParam { name: zone_param(i), zone: name.clone() }),
+            Zone::Index(_) => None,
+        })
+        .collect();
     BaseView {
+        zone_params,
         project: plan.project.clone(),
         export_prefix: stack.clone(),
         bucket_prefix: bucket_prefix(&plan.project),

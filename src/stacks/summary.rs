@@ -14,9 +14,7 @@ fn text(v: &Value) -> String {
         Value::Object(m) => match m.iter().next() {
             Some((k, a)) if k == "Ref" => format!("ref {}", text(a)),
             Some((k, a)) if k == "Fn::ImportValue" => format!("import {}", text(a)),
-            Some((k, Value::Array(a))) if k == "Fn::GetAtt" => {
-                format!("{}", a.iter().map(text).collect::<Vec<_>>().join("."))
-            }
+            Some((k, Value::Array(a))) if k == "Fn::GetAtt" => a.iter().map(text).collect::<Vec<_>>().join("."),
             Some((k, Value::Array(a))) if k == "Fn::Select" && a.len() == 2 => format!("zone {}", a[0].as_u64().map_or(0, |i| i + 1)),
             Some((k, a)) if k == "Fn::Sub" => match a {
                 Value::Array(parts) => parts.first().map(text).unwrap_or_default(),

@@ -404,7 +404,9 @@ fn efa_groups_get_one_interface_per_network_card_and_a_cluster() {
     // one zone, reached through a NAT gateway from the private subnet
     let b = &s.base.template;
     let subnets = resources(b, "AWS::EC2::Subnet");
-    assert!(subnets.iter().all(|(_, r)| r["Properties"]["AvailabilityZone"] == "us-east-1b"), "{subnets:?}");
+    assert!(subnets.iter().all(|(_, r)| r["Properties"]["AvailabilityZone"] == serde_json::json!({"Ref": "Zone1"})), "{subnets:?}");
+    assert_eq!(b["Parameters"]["Zone1"]["Default"], "us-east-1b");
+    assert!(b["Parameters"].get("Zone2").is_none());
     assert_eq!(resources(b, "AWS::EC2::NatGateway").len(), 1);
     assert!(b["Outputs"]["PrivateSubnetId"].is_object());
 }
@@ -463,8 +465,20 @@ fn on_demand_groups_use_on_demand_fleets() {
     let p = &s.compute.template["Resources"]["FleetDefault"]["Properties"];
     assert_eq!(p["TargetCapacitySpecification"]["DefaultTargetCapacityType"], "on-demand");
     assert_eq!(p["TargetCapacitySpecification"]["OnDemandTargetCapacity"], 2);
-    // no budget: capped at the on-demand price of both nodes
-    assert_eq!(p["OnDemandOptions"]["MaxTotalPrice"], "11.3440");
+    // no budget: no cap (the fleet pays on-demand prices), and the nodes'
+    // lifetime is the default day
+    assert!(p["OnDemandOptions"].get("MaxTotalPrice").is_none());
+    let limits = stacks::group_limits(&phase15(), &Catalog::builtin());
+    assert_eq!(limits[0].lifetime_hours, stacks::limits::DEFAULT_LIFETIME_HOURS);
+
+    // the example phase 15 plan: $12/h and $300; two nodes cost $11.344/h
+    // on demand, so the budget lasts 26.4 h
+    let text = PHASE15.replace("\"infrastructure\"", "\"budget\": {\"usd\": 300, \"max_hourly_usd\": 12.0}, \"infrastructure\"");
+    let plan = parse("inference/plans/phase15.json", &text);
+    let s = render(&plan);
+    assert_eq!(s.compute.template["Resources"]["FleetDefault"]["Properties"]["OnDemandOptions"]["MaxTotalPrice"], "12.0000");
+    let limits = stacks::group_limits(&plan, &Catalog::builtin());
+    assert!((limits[0].lifetime_hours - 300.0 / 11.344).abs() < 1e-9, "{}", limits[0].lifetime_hours);
     assert!(p.get("SpotOptions").is_none());
 }
 
@@ -608,7 +622,7 @@ fn validator_efa_on_a_type_without_efa_names_types_with_it() {
     assert!(d.message.contains("g5.xlarge has no EFA"), "{}", d.message);
     let hint = d.hint.unwrap();
     assert!(hint.contains("\"g5.8xlarge\"") && hint.contains("\"efa\": false"), "{hint}");
-    assert_eq!(d.pos.line, 10, "the group's line");
+    assert_eq!(d.pos.line, 12, "the group's line");
 }
 
 #[test]

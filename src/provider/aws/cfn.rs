@@ -8,6 +8,7 @@ use aws_sdk_cloudformation::types::{Capability, ChangeAction, ChangeSetStatus, C
 
 use super::config::Clients;
 use super::error::{api, code, AwsError};
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 
 /// A stack as DescribeStacks shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +112,14 @@ pub async fn preview_update(c: &Clients, name: &str, source: &Source, params: &[
         Source::Body(b) => req.template_body(b),
         Source::Url(u) => req.template_url(u),
     };
-    req.send().await.map_err(api(format!("create a change set for stack {name}")))?;
+    if let Err(e) = req.send().await {
+        // some implementations refuse an empty change right away, with this documented text
+        let nothing = code(&e) == Some("ValidationError") && e.as_service_error().and_then(|x| x.message()).is_some_and(|m| m.contains("No updates are to be performed"));
+        if nothing {
+            return Ok(None);
+        }
+        return Err(api(format!("create a change set for stack {name}"))(e));
+    }
     let started = Instant::now();
     loop {
         let d = c
@@ -331,4 +339,24 @@ pub fn failure_message(op: &str, w: &Waited) -> String {
         _ => {}
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_creation_names_the_resource_its_reason_and_the_rollback() {
+        let w = Waited {
+            stack: StackInfo { name: "p-base".into(), id: "id".into(), status: "ROLLBACK_COMPLETE".into(), reason: Some("The following resource(s) failed to create: [Vpc].".into()), outputs: BTreeMap::new(), parameters: vec![] },
+            ok: false,
+            failures: vec!["Vpc (AWS::EC2::VPC): The maximum number of VPCs has been reached.".into()],
+        };
+        let m = failure_message("create", &w);
+        assert!(m.starts_with("failed to create stack p-base: it ended ROLLBACK_COMPLETE"), "{m}");
+        assert!(m.contains("\n  Vpc (AWS::EC2::VPC): The maximum number of VPCs has been reached."), "{m}");
+        assert!(m.contains("rolled the stack back") && m.contains("(hint: "), "{m}");
+        let c = format_changes("p-x", &[Change { action: "replace".into(), logical_id: "FleetCpu".into(), resource_type: "AWS::EC2::EC2Fleet".into() }]);
+        assert!(c.contains("replace") && c.contains("FleetCpu"), "{c}");
+    }
 }

@@ -331,6 +331,15 @@ fn save(plan: &Plan, st: &mut AwsState) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The nodes the state file knows that EC2 still lists (terminated ones
+/// stay listed for a while, and keep their names); a state file from
+/// another deployment (account, region) is ignored.
+fn known_nodes(plan: &Plan, compute_stack: &str, seen: &[state::Seen]) -> Vec<AwsNode> {
+    let mut nodes = state::load(plan).filter(|s| s.compute_stack == compute_stack).map(|s| s.nodes).unwrap_or_default();
+    nodes.retain(|n| seen.iter().any(|s| s.instance_id == n.instance_id));
+    nodes
+}
+
 fn setup_hash(plan: &Plan) -> Option<String> {
     (!plan.setup.is_empty()).then(|| crate::provider::local::setup_hash(plan))
 }
@@ -365,8 +374,8 @@ pub async fn apply(ctx: &Ctx, plan: &Plan, catalog: &Catalog, yes: bool) -> Resu
     let looked = looked_up(&base, Some(&compute))?;
     // nodes
     let ready = wait_for_nodes(&c, plan, &looked.fleets, nodes_timeout(plan)).await?;
-    let mut st = state::load(plan).filter(|s| s.compute_stack == rendered.compute.name).map(|s| s.nodes).unwrap_or_default();
     let all = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
+    let mut st = known_nodes(plan, &rendered.compute.name, &all);
     state::merge(&mut st, &all);
     let mut state_ = new_state(plan, &looked, (&rendered.base.name, &rendered.compute.name), st);
     save(plan, &mut state_)?;
@@ -402,9 +411,9 @@ async fn deployed(c: &Clients, plan: &Plan) -> Result<(AwsState, Looked), AppErr
     let base = cfn::describe(c, &base_name).await?.filter(|s| !s.dead()).ok_or_else(not_applied)?;
     let compute = cfn::describe(c, &compute_name).await?.filter(|s| !s.dead()).ok_or_else(not_applied)?;
     let looked = looked_up(&base, Some(&compute))?;
-    let nodes = state::load(plan).filter(|s| s.compute_stack == compute_name).map(|s| s.nodes).unwrap_or_default();
-    let mut st = new_state(plan, &looked, (&base_name, &compute_name), nodes);
     let seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
+    let nodes = known_nodes(plan, &compute_name, &seen);
+    let mut st = new_state(plan, &looked, (&base_name, &compute_name), nodes);
     state::merge(&mut st.nodes, &seen);
     Ok((st, looked))
 }
@@ -545,8 +554,8 @@ pub async fn status(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef]) -> Result<i32, Ap
     let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
     let base = cfn::describe(&c, &base_name).await?;
     let compute = cfn::describe(&c, &compute_name).await?;
-    let mut nodes = state::load(plan).map(|s| s.nodes).unwrap_or_default();
     let seen = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
+    let mut nodes = known_nodes(plan, &compute_name, &seen);
     state::merge(&mut nodes, &seen);
     let running: Vec<String> = nodes.iter().filter(|n| n.state == "running").map(|n| n.instance_id.clone()).collect();
     let online = if running.is_empty() { HashSet::new() } else { ec2::ssm_online(&c, &running).await? };

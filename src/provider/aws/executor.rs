@@ -104,6 +104,11 @@ pub struct AwsExecutor {
     pub stats: ExecStats,
 }
 
+/// How long stopped steps get to upload and exit before CancelCommand.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// The same when the run is being stopped (Ctrl-C).
+const CANCEL_GRACE: Duration = Duration::from_secs(8);
+
 enum StepEnd {
     Ok,
     Fail(String),
@@ -329,7 +334,7 @@ impl AwsExecutor {
         self.stats.send_command.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{}/_ssm", self.s.name_key);
         let ids = [node.instance_id.clone()];
-        let send = ssm::Send { instances: &ids, script, execution_timeout: timeout, comment, output: Some((&self.s.bucket, &prefix)) };
+        let send = ssm::SendSpec { instances: &ids, script, execution_timeout: timeout, comment, output: Some((&self.s.bucket, &prefix)) };
         match ssm::send(&self.s.clients, &send).await {
             Ok(id) => Ok(id),
             Err(ssm::SendError::NotReachable(m)) => {
@@ -337,7 +342,12 @@ impl AwsExecutor {
                 match idx {
                     Some(i) => match self.confirm_gone(i).await {
                         Some(r) => Err(StepEnd::Lost(r)),
-                        None => Err(StepEnd::Lost(format!("node {} is not reachable through SSM: {m}", node.name))),
+                        None => {
+                            // running but out of SSM's reach: use it no more (else its tasks would bounce back to it)
+                            let why = format!("not reachable through SSM: {m}");
+                            self.lose(i, &why);
+                            Err(StepEnd::Lost(format!("node {} is {why}", node.name)))
+                        }
                     },
                     None => Err(StepEnd::Lost(m)),
                 }
@@ -357,9 +367,10 @@ impl AwsExecutor {
         f.rx = None;
     }
 
-    /// Ask the wrappers of `flights` to stop (they upload what they have and
-    /// exit), wait for them, then cancel what is still running.
-    async fn stop_flights(&self, req: &AttemptRequest, nodes: &[Arc<Node>], flights: &mut [&mut Flight]) {
+    /// Ask the wrappers of `flights` to stop (they stop their step's process
+    /// group, upload what they have and exit), wait up to `grace` for them,
+    /// then CancelCommand what is still running.
+    async fn stop_flights(&self, req: &AttemptRequest, nodes: &[Arc<Node>], flights: &mut [&mut Flight], grace: Duration) {
         let mut per_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for f in flights.iter() {
             if f.rx.is_some() {
@@ -371,15 +382,13 @@ impl AwsExecutor {
             args.extend(keys.iter().cloned());
             let script = script::command(&self.s.bundle, &[], "stop", &args);
             let comment = format!("infra {} {} a{} stop", self.s.name_key, req.task.id, req.attempt);
-            if let Ok(cmd) = self.send(&nodes[*rank], script, 60, comment).await {
-                // nobody waits for this one
-                let _ = cmd;
-            }
+            // nobody waits for the stop command itself
+            let _ = self.send(&nodes[*rank], script, 60, comment).await;
         }
-        let grace = Duration::from_secs(30) + self.s.clients.settings.poll * 3;
+        let deadline = tokio::time::Instant::now() + grace + self.s.clients.settings.poll * 3;
         for f in flights.iter_mut() {
             if let Some(rx) = f.rx.take() {
-                if tokio::time::timeout(grace, rx).await.is_err() {
+                if tokio::time::timeout_at(deadline, rx).await.is_err() {
                     f.rx = None;
                     self.stats.cancel_command.fetch_add(1, Ordering::Relaxed);
                     ssm::cancel(&self.s.clients, &f.cmd).await;
@@ -451,7 +460,7 @@ impl AwsExecutor {
                 let args = script::step_args(&StepArgs {
                     task: &t.id,
                     attempt: req.attempt,
-                    index: k,
+                    key: &key,
                     name: &step.name,
                     rank: step.node,
                     dest: &dest,
@@ -460,8 +469,6 @@ impl AwsExecutor {
                     outputs: &t.outputs,
                     command: &step.command,
                 });
-                let mut args = args;
-                args[2] = key.clone();
                 let exec_timeout = match (step.background, step.timeout_seconds) {
                     (false, Some(s)) => s + 300,
                     _ => ssm::MAX_EXECUTION_SECONDS,
@@ -484,7 +491,7 @@ impl AwsExecutor {
                             continue 'steps;
                         }
                         StepEnd::Fail(_) if try_no < tries => {
-                            self.stop_flights(&req, &nodes, &mut [&mut flight]).await;
+                            self.stop_flights(&req, &nodes, &mut [&mut flight], STOP_GRACE).await;
                             continue;
                         }
                         other => {
@@ -499,7 +506,8 @@ impl AwsExecutor {
                     _ = wait_stop(&mut req.stop) => None,
                 };
                 let Some(ended) = ended else {
-                    self.stop_flights(&req, &nodes, &mut [&mut flight]).await;
+                    // stopped below, with the background steps
+                    bgs.push(flight);
                     outcome = Some(StepEnd::Stopped);
                     break 'steps;
                 };
@@ -519,10 +527,12 @@ impl AwsExecutor {
                 }
             }
         }
-        // stop the background steps (they upload their logs)
+        // stop the background steps (they upload their logs); on Ctrl-C also
+        // the running step, with less patience before CancelCommand
         if !bgs.is_empty() {
+            let grace = if matches!(outcome, Some(StepEnd::Stopped)) { CANCEL_GRACE } else { STOP_GRACE };
             let mut refs: Vec<&mut Flight> = bgs.iter_mut().collect();
-            self.stop_flights(&req, &nodes, &mut refs).await;
+            self.stop_flights(&req, &nodes, &mut refs, grace).await;
         }
         // a failure on one node while another went away: the node's fault
         if let Some(StepEnd::Fail(_)) = &outcome {
@@ -559,9 +569,7 @@ impl AwsExecutor {
     async fn wait_healthy(&self, req: &AttemptRequest, stop: &mut watch::Receiver<bool>, step: &Step, key: &str, env: &[(String, String)], node: &Arc<Node>, bg: &mut Flight) -> StepEnd {
         let Some(h) = &step.health else { return StepEnd::Ok };
         let url = h.http.as_ref().map(|u| expand_vars(u, env));
-        let args = script::health_args(&req.task.id, req.attempt, 0, h.timeout_seconds, h.interval_seconds, url.as_deref(), h.command.as_deref());
-        let mut args = args;
-        args[2] = key.to_string();
+        let args = script::health_args(&req.task.id, req.attempt, key, h.timeout_seconds, h.interval_seconds, url.as_deref(), h.command.as_deref());
         let comment = format!("infra {} {} a{} health {}", self.s.name_key, req.task.id, req.attempt, step.name);
         let cmd = match self.send(node, script::command(&self.s.bundle, env, "health", &args), h.timeout_seconds + 300, comment).await {
             Ok(c) => c,
@@ -635,7 +643,9 @@ impl AwsExecutor {
             if let Ok(text) = std::fs::read_to_string(dir.join("runtime.json")) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                     peak = peak.max(v["peak_rss_kb"].as_u64().unwrap_or(0));
-                    if v["background"] != serde_json::Value::Bool(true) {
+                    if v["background"] == serde_json::Value::Bool(true) {
+                        out.push_str(&format!("== infra: stopped background step {name} ==\n"));
+                    } else {
                         last = v["exit_code"].as_i64().map(|c| c as i32);
                     }
                 }
@@ -712,7 +722,7 @@ pub async fn setup_nodes(c: &Clients, poller: &Poller, bundle: &BundleRef, bucke
         ];
         let script = script::command(bundle, &env, "setup", &[hash.to_string(), dest.clone()]);
         let ids = [iid.clone()];
-        let send = ssm::Send { instances: &ids, script, execution_timeout: ssm::MAX_EXECUTION_SECONDS, comment: format!("infra {name_key} setup {name}"), output: Some((bucket, &prefix)) };
+        let send = ssm::SendSpec { instances: &ids, script, execution_timeout: ssm::MAX_EXECUTION_SECONDS, comment: format!("infra {name_key} setup {name}"), output: Some((bucket, &prefix)) };
         let cmd = ssm::send(c, &send).await.map_err(|e| format!("cannot start setup on node {name}: {e}"))?;
         waits.push((name.clone(), iid.clone(), poller.watch(&cmd, iid)));
     }
@@ -739,7 +749,7 @@ pub async fn reap(c: &Clients, poller: &Poller, bundle: &BundleRef, bucket: &str
     let mut stopped = 0;
     for chunk in instance_ids.chunks(50) {
         let script = script::command(bundle, &[], "reap", &[]);
-        let send = ssm::Send { instances: chunk, script, execution_timeout: 120, comment: format!("infra {name_key} reap"), output: Some((bucket, &prefix)) };
+        let send = ssm::SendSpec { instances: chunk, script, execution_timeout: 120, comment: format!("infra {name_key} reap"), output: Some((bucket, &prefix)) };
         let Ok(cmd) = ssm::send(c, &send).await else { continue };
         for iid in chunk {
             if let Ok(e) = poller.watch(&cmd, iid).await {

@@ -63,7 +63,8 @@ pub fn command(bundle: &BundleRef, env: &[(String, String)], mode: &str, args: &
 pub struct StepArgs<'a> {
     pub task: &'a str,
     pub attempt: u32,
-    pub index: usize,
+    /// The step's key: `<index>`, or `<index>-<try>` for a retried step.
+    pub key: &'a str,
     pub name: &'a str,
     pub rank: u32,
     /// `s3://<bucket>/<phase>/<task>/attempt-<n>`
@@ -78,7 +79,7 @@ pub fn step_args(a: &StepArgs) -> Vec<String> {
     vec![
         a.task.to_string(),
         a.attempt.to_string(),
-        a.index.to_string(),
+        a.key.to_string(),
         a.name.to_string(),
         a.rank.to_string(),
         a.dest.to_string(),
@@ -90,11 +91,11 @@ pub fn step_args(a: &StepArgs) -> Vec<String> {
 }
 
 /// Arguments of `infra-node.sh health`.
-pub fn health_args(task: &str, attempt: u32, index: usize, timeout: u64, interval: f64, url: Option<&str>, command: Option<&str>) -> Vec<String> {
+pub fn health_args(task: &str, attempt: u32, key: &str, timeout: u64, interval: f64, url: Option<&str>, command: Option<&str>) -> Vec<String> {
     vec![
         task.to_string(),
         attempt.to_string(),
-        index.to_string(),
+        key.to_string(),
         timeout.to_string(),
         format!("{}", interval.clamp(0.1, 60.0)),
         url.unwrap_or("").to_string(),

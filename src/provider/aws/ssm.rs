@@ -20,7 +20,7 @@ const NOT_FOUND_GRACE: Duration = Duration::from_secs(120);
 
 /// What one SendCommand is.
 #[derive(Debug, Clone)]
-pub struct Send<'a> {
+pub struct SendSpec<'a> {
     pub instances: &'a [String],
     pub script: String,
     /// executionTimeout, seconds (capped at 48 h).
@@ -32,7 +32,7 @@ pub struct Send<'a> {
 
 /// Send a script with AWS-RunShellScript, targeting instances by id (at most
 /// 50 per call: the caller splits); returns the command id.
-pub async fn send(c: &Clients, s: &Send<'_>) -> Result<String, SendError> {
+pub async fn send(c: &Clients, s: &SendSpec<'_>) -> Result<String, SendError> {
     let mut comment = s.comment.clone();
     comment.truncate(100);
     let mut req = c
