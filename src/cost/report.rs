@@ -126,8 +126,19 @@ fn r4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
 
+/// Dollars with cents, or four decimals for amounts under a dollar (local
+/// campaigns cost fractions of a cent); never "-0.00".
+fn money(v: f64) -> String {
+    let v = if v.abs() < 5e-7 { 0.0 } else { v };
+    if v != 0.0 && v.abs() < 1.0 {
+        format!("${v:.4}")
+    } else {
+        format!("${v:.2}")
+    }
+}
+
 fn usd(x: Option<f64>) -> String {
-    x.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into())
+    x.map(money).unwrap_or_else(|| "-".into())
 }
 
 pub fn table(reports: &[PhaseReport]) -> String {
@@ -199,10 +210,10 @@ pub fn svg(r: &PhaseReport) -> String {
     s.push_str(&format!("<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>", w - l - rt, h - t - b));
     for k in 0..=4 {
         let v = top * k as f64 / 4.0;
-        s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#555\">${v:.2}</text>", w - rt, l - 6.0, y(v) + 4.0, y = y(v)));
+        s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#555\">{}</text>", w - rt, l - 6.0, y(v) + 4.0, money(v), y = y(v)));
     }
     if budget > 0.0 {
-        s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{yb:.1}\" y2=\"{yb:.1}\" stroke=\"#c62828\" stroke-width=\"2\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#c62828\">budget ${budget:.2}</text>", w - rt, w - rt - 4.0, y(budget) - 5.0, yb = y(budget)));
+        s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{yb:.1}\" y2=\"{yb:.1}\" stroke=\"#c62828\" stroke-width=\"2\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#c62828\">budget {}</text>", w - rt, w - rt - 4.0, y(budget) - 5.0, money(budget), yb = y(budget)));
     }
     if r.timeline.is_empty() {
         s.push_str(&format!("<text x=\"{}\" y=\"{}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#777\">no spend recorded yet</text>", (w + l) / 2.0, h / 2.0));
@@ -216,7 +227,7 @@ pub fn svg(r: &PhaseReport) -> String {
         }
         s.push_str(&format!("<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"2.5\" points=\"{}\"/>", pts.join(" ")));
         let (lt, lc) = r.timeline[r.timeline.len() - 1];
-        s.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1565c0\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#1565c0\">spent ${lc:.2}</text>", x(lt), y(lc), x(lt) - 8.0, y(lc) - 8.0));
+        s.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1565c0\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#1565c0\">spent {}</text>", x(lt), y(lc), x(lt) - 8.0, y(lc) - 8.0, money(lc)));
         let fmt = |ts: i64| chrono::DateTime::from_timestamp(ts, 0).map(|d| d.format("%m-%d %H:%M").to_string()).unwrap_or_default();
         s.push_str(&format!("<text x=\"{l}\" y=\"{}\" font-size=\"11\" fill=\"#555\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"#555\">{} UTC</text>", h - 12.0, fmt(t0), w - rt, h - 12.0, fmt(t1)));
     }

@@ -7,3 +7,4 @@ mod fuzz;
 mod local;
 mod badplans;
 mod sweep;
+mod stacks;
