@@ -214,9 +214,7 @@ async fn dispatch(cli: Cli) -> Result<i32, AppError> {
         }
         Cmd::Budget { phase, format, output } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()),
         Cmd::Catalog { action: CatalogCmd::Show { instance_type } } => cmd_catalog_show(&ctx, instance_type.as_deref()),
-        Cmd::Catalog { action: CatalogCmd::Refresh } => Err(AppError::Provider(
-            "`infra catalog refresh` needs the AWS provider, which is not in this build yet\n  (hint: the built-in catalog is used; `infra catalog show` prints it)".into(),
-        )),
+        Cmd::Catalog { action: CatalogCmd::Refresh } => cmd_catalog_refresh(&ctx).await,
         Cmd::Schema => {
             let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&plan::schema::schema()).unwrap_or_default());
             Ok(exit::OK)
@@ -788,5 +786,32 @@ fn cmd_catalog_show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppEr
         rows.push(json!({"instance_type": n, "details": t}));
     }
     ctx.out(h.trim_end(), json!({"source": from, "date": cat.date, "region": region, "instance_types": rows}));
+    Ok(exit::OK)
+}
+
+async fn cmd_catalog_refresh(ctx: &Ctx) -> Result<i32, AppError> {
+    use crate::provider::aws::{config::AwsSettings, pricing};
+    let region = ctx.region.clone().unwrap_or_else(|| "us-east-1".into());
+    let mut settings = AwsSettings::new(region.clone());
+    settings.profile = ctx.profile.clone();
+    settings.endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.trim().is_empty());
+    let (base, _) = ctx.catalog()?;
+    eprintln!("refreshing {} instance types for {region} from the Pricing API, spot price history and DescribeInstanceTypes", base.instance_types.len());
+    let (cat, report) = pricing::refresh(&settings, base, &region).await?;
+    let path = &ctx.catalog_path;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, cat.to_json()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    ctx.out(
+        &format!(
+            "catalog for {region} refreshed into {}: {} types, {} on-demand prices, {} spot prices, {} hardware records{}",
+            path.display(), report.types, report.on_demand, report.spot, report.hardware,
+            if report.missing.is_empty() { String::new() } else { format!("; no price for {}", report.missing.join(", ")) }
+        ),
+        json!({"path": path, "report": report}),
+    );
     Ok(exit::OK)
 }

@@ -666,3 +666,25 @@ fn api_calls_per_task_and_per_polling_round() {
     assert_eq!(succeeded_counts(&a.p, "calls").len(), tasks);
     ok(&a.infra(&["destroy", "calls", "--all"]), "destroy");
 }
+
+#[test]
+fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
+    let a = Aws::new("catalog_refresh");
+    let cache = a.home.path().join("catalog.json");
+    let r = Run::from(a.cmd(&["catalog", "refresh", "--region", "eu-north-1", "--json"]).env("INFRA_CATALOG", &cache).output().unwrap());
+    ok(&r, "catalog refresh");
+    let rep: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(rep["report"]["on_demand"].as_u64().unwrap() > 40, "{rep}");
+    assert!(rep["report"]["spot"].as_u64().unwrap() > 40, "{rep}");
+    let cat: Value = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    let c6i = &cat["instance_types"]["c6i.4xlarge"]["prices"]["eu-north-1"];
+    // the emulator serves the reference data: on-demand exact, spot min/max per AZ
+    assert_eq!(c6i["on_demand"].as_f64().unwrap(), 0.728);
+    assert_eq!(c6i["spot"]["min"].as_f64().unwrap(), 0.2139);
+    assert_eq!(c6i["spot"]["max"].as_f64().unwrap(), 0.2334);
+    assert!(cat["source"].as_str().unwrap().contains("refreshed"));
+    // estimates now say where their prices came from
+    let r = Run::from(a.cmd(&["catalog", "show", "c6i.4xlarge", "--region", "eu-north-1"]).env("INFRA_CATALOG", &cache).output().unwrap());
+    ok(&r, "catalog show");
+    assert!(r.stdout.contains("refreshed catalog"), "{}", r.stdout);
+}
