@@ -197,7 +197,13 @@ impl Journal {
         line.push('\n');
         let io = |source| JournalError::Io { path: self.path.clone(), source };
         self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        // Outcomes must survive a crash; a lost "dispatched" or "requeued"
+        // line only means the task counts as not started, which is what a
+        // restart assumes of it anyway.
+        if !matches!(rec.entry, Entry::Dispatched { .. } | Entry::Requeued { .. } | Entry::AttemptFailed { .. }) {
+            self.file.sync_data().map_err(io)?;
+        }
+        Ok(())
     }
 }
 
