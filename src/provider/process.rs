@@ -33,15 +33,10 @@ pub fn spawn(
     for (k, v) in env {
         c.env(k, v);
     }
-    // SAFETY: setpgid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Its own process group, so a timeout or Ctrl-C kills everything it
+    // started. `process_group` (unlike a pre_exec hook) keeps std on the
+    // posix_spawn path, which avoids copying this process's page tables.
+    c.process_group(0);
     let child = c.spawn()?;
     let pid = child.id() as i32;
     drop(child); // std does not reap or kill on drop; wait4 below reaps
