@@ -196,12 +196,18 @@ pub async fn run<E: Executor>(
             let mut blocked: Vec<(String, u32)> = Vec::new();
             let mut kept = VecDeque::with_capacity(pending.len());
             while let Some(i) = pending.pop_front() {
+                // nothing free anywhere: the rest of the queue waits as it is
+                if pool.free_slots() == 0 {
+                    kept.push_back(i);
+                    kept.extend(pending.drain(..));
+                    break;
+                }
                 let t = &tasks[i];
-                let k = (t.node_group.clone(), t.nodes);
-                if blocked.contains(&k) {
+                if blocked.iter().any(|(g, n)| *g == t.node_group && *n == t.nodes) {
                     kept.push_back(i);
                     continue;
                 }
+                let k = (t.node_group.clone(), t.nodes);
                 let Some(placement) = pool.place(&t.node_group, t.nodes) else {
                     blocked.push(k);
                     kept.push_back(i);

@@ -83,6 +83,11 @@ impl Pool {
         }
     }
 
+    /// Free slots on live nodes.
+    pub fn free_slots(&self) -> usize {
+        self.nodes.iter().filter(|n| !n.retired).map(|n| n.free()).sum()
+    }
+
     pub fn busy(&self) -> usize {
         self.nodes.iter().map(|n| n.busy.len() - n.free()).sum()
     }
