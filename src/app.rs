@@ -11,12 +11,12 @@ use thiserror::Error;
 use crate::catalog::Catalog;
 use crate::cli::{CatalogCmd, Cli, Cmd, Global, OrderArg, ProviderArg, ReportFormat, RunArgs};
 use crate::cost::{estimate as est, ledger};
-use crate::stacks;
 use crate::plan::{self, LoadError, Plan, ProviderKind};
 use crate::provider::local;
 use crate::report::progress::{human_duration, Reporter};
 use crate::runner::journal::{self, Status};
 use crate::runner::run::{self as runner, Paths, RunOptions, RunSummary};
+use crate::stacks;
 
 use crate::runner::scheduler::Policy;
 use crate::tasks::render::{render_all, write_all, RenderError};
@@ -50,15 +50,23 @@ pub enum AppError {
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Load(_) | AppError::Render(_) | AppError::Select(_) | AppError::Usage(_) => exit::BAD_INPUT,
+            AppError::Load(_) | AppError::Render(_) | AppError::Select(_) | AppError::Usage(_) => {
+                exit::BAD_INPUT
+            }
             AppError::Budget(_) => exit::BUDGET,
-            AppError::Provider(_) | AppError::Run(_) | AppError::Journal(_) | AppError::Io { .. } => exit::PROVIDER,
+            AppError::Provider(_)
+            | AppError::Run(_)
+            | AppError::Journal(_)
+            | AppError::Io { .. } => exit::PROVIDER,
         }
     }
 }
@@ -69,7 +77,11 @@ fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AppError {
 }
 
 pub fn main(cli: Cli) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -81,7 +93,11 @@ pub fn main(cli: Cli) -> i32 {
         Ok(code) => code,
         Err(e) => {
             if json_mode {
-                let _ = writeln!(std::io::stdout(), "{}", json!({"error": e.to_string(), "exit_code": e.exit_code()}));
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                );
             }
             eprintln!("error: {e}");
             e.exit_code()
@@ -150,7 +166,8 @@ impl Ctx {
     }
 
     pub fn catalog(&self) -> Result<(Catalog, String), AppError> {
-        let cat = Catalog::load_or_builtin(&self.catalog_path).map_err(|e| AppError::Usage(e.to_string()))?;
+        let cat = Catalog::load_or_builtin(&self.catalog_path)
+            .map_err(|e| AppError::Usage(e.to_string()))?;
         let from = if self.catalog_path.is_file() {
             format!("refreshed catalog {}", self.catalog_path.display())
         } else {
@@ -167,8 +184,15 @@ impl Ctx {
         let mut d = plan::diag::Diags::default();
         stacks::validate(&plan, &catalog, &mut d);
         if !d.is_empty() {
-            let file = plan.source.strip_prefix(&self.cwd).map(|p| p.to_path_buf()).unwrap_or_else(|_| plan.source.clone());
-            return Err(AppError::Load(LoadError::Invalid(plan::PlanErrors { file, diags: d.list })));
+            let file = plan
+                .source
+                .strip_prefix(&self.cwd)
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|_| plan.source.clone());
+            return Err(AppError::Load(LoadError::Invalid(plan::PlanErrors {
+                file,
+                diags: d.list,
+            })));
         }
         Ok((plan, catalog, from))
     }
@@ -176,7 +200,11 @@ impl Ctx {
     pub fn out(&self, human: &str, json_value: serde_json::Value) {
         let mut o = std::io::stdout().lock();
         if self.json {
-            let _ = writeln!(o, "{}", serde_json::to_string_pretty(&json_value).unwrap_or_default());
+            let _ = writeln!(
+                o,
+                "{}",
+                serde_json::to_string_pretty(&json_value).unwrap_or_default()
+            );
         } else if !human.is_empty() {
             let _ = writeln!(o, "{human}");
         }
@@ -189,10 +217,20 @@ async fn dispatch(cli: Cli) -> Result<i32, AppError> {
         Cmd::Plan { phase } => cmd_plan(&ctx, &phase).map(|_| exit::OK),
         Cmd::Apply { phase, yes } => cmd_apply(&ctx, &phase, yes).await,
         Cmd::Run(args) => cmd_run(&ctx, &args).await,
-        Cmd::Up { phase, keep, yes, retry_failed } => {
+        Cmd::Up {
+            phase,
+            keep,
+            yes,
+            retry_failed,
+        } => {
             cmd_plan(&ctx, &phase)?;
             cmd_apply(&ctx, &phase, yes).await?;
-            let args = RunArgs { phase: phase.clone(), select: vec!["all".into()], retry_failed, order: OrderArg::LongestFirst };
+            let args = RunArgs {
+                phase: phase.clone(),
+                select: vec!["all".into()],
+                retry_failed,
+                order: OrderArg::LongestFirst,
+            };
             let code = cmd_run(&ctx, &args).await?;
             if code == exit::INTERRUPTED {
                 eprintln!("interrupted: nodes left up; `infra run {phase}` resumes, `infra destroy {phase}` removes them");
@@ -207,16 +245,47 @@ async fn dispatch(cli: Cli) -> Result<i32, AppError> {
         }
         Cmd::Status { phase } => cmd_status(&ctx, &phase).await,
         Cmd::List { phase } => cmd_list(&ctx, phase.as_deref()),
-        Cmd::Logs { phase, pattern, stderr } => cmd_logs(&ctx, &phase, &pattern, stderr),
+        Cmd::Logs {
+            phase,
+            pattern,
+            stderr,
+        } => cmd_logs(&ctx, &phase, &pattern, stderr),
         Cmd::Results { phase, format } => crate::results::cmd_results(&ctx, &phase, format),
-        Cmd::Destroy { phase, all, yes: _, delete_results, force } => {
-            cmd_destroy(&ctx, phase.as_deref(), crate::provider::aws::cli::DestroyOpts { all, delete_results, force }).await
+        Cmd::Destroy {
+            phase,
+            all,
+            yes: _,
+            delete_results,
+            force,
+        } => {
+            cmd_destroy(
+                &ctx,
+                phase.as_deref(),
+                crate::provider::aws::cli::DestroyOpts {
+                    all,
+                    delete_results,
+                    force,
+                },
+            )
+            .await
         }
-        Cmd::Budget { phase, format, output } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()),
-        Cmd::Catalog { action: CatalogCmd::Show { instance_type } } => cmd_catalog_show(&ctx, instance_type.as_deref()),
-        Cmd::Catalog { action: CatalogCmd::Refresh } => cmd_catalog_refresh(&ctx).await,
+        Cmd::Budget {
+            phase,
+            format,
+            output,
+        } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()),
+        Cmd::Catalog {
+            action: CatalogCmd::Show { instance_type },
+        } => cmd_catalog_show(&ctx, instance_type.as_deref()),
+        Cmd::Catalog {
+            action: CatalogCmd::Refresh,
+        } => cmd_catalog_refresh(&ctx).await,
         Cmd::Schema => {
-            let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&plan::schema::schema()).unwrap_or_default());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&plan::schema::schema()).unwrap_or_default()
+            );
             Ok(exit::OK)
         }
     }
@@ -233,8 +302,13 @@ pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
 
 /// Tasks not yet completed according to the journal.
 fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
-    let state = journal::read(&plan.state_dir().join("journal.jsonl")).map(|(s, _)| s).unwrap_or_default();
-    tasks.iter().filter(|t| state.status_of(&t.key) != Status::Succeeded).collect()
+    let state = journal::read(&plan.state_dir().join("journal.jsonl"))
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    tasks
+        .iter()
+        .filter(|t| state.status_of(&t.key) != Status::Succeeded)
+        .collect()
 }
 
 fn spent(plan: &Plan) -> f64 {
@@ -243,31 +317,56 @@ fn spent(plan: &Plan) -> f64 {
 
 fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
     let mut h = String::new();
-    let hours = e.hours.map(|x| human_duration(x * 3600.0)).unwrap_or_else(|| "unknown".into());
-    h.push_str(&format!("  estimate ({} in {}, prices from the {} of {}):
-", hours, e.region, e.prices_from, e.prices_date));
-    h.push_str(&format!("    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
-", "group", "type", "market", "nodes", "$/h", "total", "worst AZ", "on-demand"));
+    let hours = e
+        .hours
+        .map(|x| human_duration(x * 3600.0))
+        .unwrap_or_else(|| "unknown".into());
+    h.push_str(&format!(
+        "  estimate ({} in {}, prices from the {} of {}):
+",
+        hours, e.region, e.prices_from, e.prices_date
+    ));
+    h.push_str(&format!(
+        "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
+",
+        "group", "type", "market", "nodes", "$/h", "total", "worst AZ", "on-demand"
+    ));
     for g in &e.groups {
         let money = |x: Option<f64>| x.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into());
         h.push_str(&format!(
             "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
 ",
-            g.group, g.instance_type, g.market, g.nodes, money(Some(g.hourly_usd)), money(Some(g.total_usd)),
-            money(Some(g.total_worst_usd)), money(g.total_on_demand_usd)
+            g.group,
+            g.instance_type,
+            g.market,
+            g.nodes,
+            money(Some(g.hourly_usd)),
+            money(Some(g.total_usd)),
+            money(Some(g.total_worst_usd)),
+            money(g.total_on_demand_usd)
         ));
     }
     h.push_str(&format!(
         "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}
 ",
-        "total", "", "", "", format!("${:.2}", e.hourly_usd), format!("${:.2}", e.total_usd), format!("${:.2}", e.total_worst_usd),
-        e.total_on_demand_usd.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into())
+        "total",
+        "",
+        "",
+        "",
+        format!("${:.2}", e.hourly_usd),
+        format!("${:.2}", e.total_usd),
+        format!("${:.2}", e.total_worst_usd),
+        e.total_on_demand_usd
+            .map(|v| format!("${v:.2}"))
+            .unwrap_or_else(|| "-".into())
     ));
     match (v.budget_usd, v.remaining_usd) {
         (Some(b), Some(r)) => h.push_str(&format!(
             "  budget: ${b:.2}, spent ${:.2}, remaining ${r:.2}{} -> {}\n",
             v.spent_usd,
-            v.max_hourly_usd.map(|m| format!(", cap ${m:.2}/h")).unwrap_or_default(),
+            v.max_hourly_usd
+                .map(|m| format!(", cap ${m:.2}/h"))
+                .unwrap_or_default(),
             if v.ok { "OK" } else { "REFUSED" }
         )),
         _ => h.push_str("  budget: none set\n"),
@@ -299,13 +398,28 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
         None
     };
     let mut h = String::new();
-    h.push_str(&format!("plan {} ({}): {}\n", plan.name_key, plan::decode::rel(&plan.source, &ctx.cwd), plan.name));
-    h.push_str(&format!("  provider {}, project {}, region {}\n", plan.provider.as_str(), plan.project, plan.region));
+    h.push_str(&format!(
+        "plan {} ({}): {}\n",
+        plan.name_key,
+        plan::decode::rel(&plan.source, &ctx.cwd),
+        plan.name
+    ));
+    h.push_str(&format!(
+        "  provider {}, project {}, region {}\n",
+        plan.provider.as_str(),
+        plan.project,
+        plan.region
+    ));
     h.push_str("  node groups:\n");
     for g in &plan.node_groups {
         h.push_str(&format!(
             "    {:<12} {} x {} ({}{}), {} slot(s) per node\n",
-            g.name, g.count, g.instance_type, g.market.as_str(), if g.efa { ", EFA" } else { "" }, g.slots
+            g.name,
+            g.count,
+            g.instance_type,
+            g.market.as_str(),
+            if g.efa { ", EFA" } else { "" },
+            g.slots
         ));
     }
     h.push_str("  layers:\n");
@@ -316,12 +430,22 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
             l.id,
             l.priority.as_deref().unwrap_or(""),
             l.patterns.len(),
-            if l.grid_cells > 0 { format!(" (grid: {} cells)", l.grid_cells) } else { String::new() },
+            if l.grid_cells > 0 {
+                format!(" (grid: {} cells)", l.grid_cells)
+            } else {
+                String::new()
+            },
             sample.join(", "),
             if l.patterns.len() > 3 { ", ..." } else { "" }
         ));
     }
-    h.push_str(&format!("  tasks: {} rendered into {} ({} changed), {} still to run\n", tasks.len(), plan::decode::rel(&plan.state_dir().join("tasks"), &ctx.cwd), written, left.len()));
+    h.push_str(&format!(
+        "  tasks: {} rendered into {} ({} changed), {} still to run\n",
+        tasks.len(),
+        plan::decode::rel(&plan.state_dir().join("tasks"), &ctx.cwd),
+        written,
+        left.len()
+    ));
     if let Some(s) = &sim {
         h.push_str(&format!(
             "  schedule: makespan {} (lower bound {}), longest estimate first\n",
@@ -330,7 +454,10 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
         ));
     }
     if let Some(st) = &rendered {
-        h.push_str(&format!("  stacks (written to {}):\n", plan::decode::rel(&plan.state_dir().join("stacks"), &ctx.cwd)));
+        h.push_str(&format!(
+            "  stacks (written to {}):\n",
+            plan::decode::rel(&plan.state_dir().join("stacks"), &ctx.cwd)
+        ));
         for stack in [&st.base, &st.compute] {
             let sum = stack.summary();
             h.push_str(&format!(
@@ -338,10 +465,17 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
                 stack.name,
                 sum.len(),
                 stack.body.len(),
-                if stack.needs_upload { " (over 51,200: uploaded to the bucket, deployed by TemplateURL)" } else { "" }
+                if stack.needs_upload {
+                    " (over 51,200: uploaded to the bucket, deployed by TemplateURL)"
+                } else {
+                    ""
+                }
             ));
             for r in sum.iter().take(40) {
-                h.push_str(&format!("      {:<28} {:<36} {}\n", r.logical_id, r.resource_type, r.key_properties));
+                h.push_str(&format!(
+                    "      {:<28} {:<36} {}\n",
+                    r.logical_id, r.resource_type, r.key_properties
+                ));
             }
             if sum.len() > 40 {
                 h.push_str(&format!("      ... {} more\n", sum.len() - 40));
@@ -372,7 +506,13 @@ fn cmd_plan(ctx: &Ctx, name: &str) -> Result<(), AppError> {
 }
 
 /// The budget gate of `apply` and `run`: exit 3 with the numbers.
-pub fn gate(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef], catalog: &Catalog, from: &str) -> Result<est::Estimate, AppError> {
+pub fn gate(
+    ctx: &Ctx,
+    plan: &Plan,
+    tasks: &[TaskDef],
+    catalog: &Catalog,
+    from: &str,
+) -> Result<est::Estimate, AppError> {
     let left = remaining(plan, tasks);
     let e = est::estimate(plan, &left, catalog, from);
     let v = est::verdict(plan, &e, spent(plan));
@@ -393,7 +533,11 @@ pub fn gate(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef], catalog: &Catalog, from: 
 fn local_nodes(plan: &Plan, catalog: &Catalog) -> Vec<local::LocalNode> {
     local::nodes_for(
         plan,
-        &|it, market| catalog.price(it, &plan.region, market).map(|p| p.usd_per_hour),
+        &|it, market| {
+            catalog
+                .price(it, &plan.region, market)
+                .map(|p| p.usd_per_hour)
+        },
         &|it| catalog.get(it).map(|t| (t.vcpus, t.gpus)),
     )
 }
@@ -406,10 +550,18 @@ async fn cmd_apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
         return crate::provider::aws::cli::apply(ctx, &plan, &catalog, yes).await;
     }
     let st = local::apply(&plan, local_nodes(&plan, &catalog)).map_err(io_err(plan.state_dir()))?;
-    local::run_setup(&plan, &st.nodes).await.map_err(AppError::Provider)?;
+    local::run_setup(&plan, &st.nodes)
+        .await
+        .map_err(AppError::Provider)?;
     let slots: u32 = st.nodes.iter().map(|n| n.slots).sum();
     ctx.out(
-        &format!("applied {}: {} local node(s), {} slot(s) in {}", plan.name_key, st.nodes.len(), slots, plan::decode::rel(&plan.state_dir().join("nodes"), &ctx.cwd)),
+        &format!(
+            "applied {}: {} local node(s), {} slot(s) in {}",
+            plan.name_key,
+            st.nodes.len(),
+            slots,
+            plan::decode::rel(&plan.state_dir().join("nodes"), &ctx.cwd)
+        ),
         json!({"plan": plan.name_key, "provider": "local", "nodes": st.nodes}),
     );
     Ok(exit::OK)
@@ -418,8 +570,14 @@ async fn cmd_apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
 async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
     let (tasks, _) = render_tasks(&plan)?;
-    let selected: std::collections::HashSet<String> = plan::select::select(&plan, &args.select)?.into_iter().map(|p| p.id.clone()).collect();
-    let tasks: Vec<TaskDef> = tasks.into_iter().filter(|t| selected.contains(&t.id)).collect();
+    let selected: std::collections::HashSet<String> = plan::select::select(&plan, &args.select)?
+        .into_iter()
+        .map(|p| p.id.clone())
+        .collect();
+    let tasks: Vec<TaskDef> = tasks
+        .into_iter()
+        .filter(|t| selected.contains(&t.id))
+        .collect();
     gate(ctx, &plan, &tasks, &catalog, &from)?;
     if plan.provider == ProviderKind::Aws {
         return crate::provider::aws::cli::run(ctx, &plan, &catalog, tasks, args).await;
@@ -431,14 +589,22 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
             local::apply(&plan, local_nodes(&plan, &catalog)).map_err(io_err(plan.state_dir()))?
         }
     };
-    let killed = crate::provider::process::reap_orphans(&plan.state_dir().join("pids"), &local::marker(&plan));
+    let killed = crate::provider::process::reap_orphans(
+        &plan.state_dir().join("pids"),
+        &local::marker(&plan),
+    );
     if killed > 0 {
         eprintln!("stopped {killed} process group(s) left by an earlier run");
     }
-    local::run_setup(&plan, &st.nodes).await.map_err(AppError::Provider)?;
+    local::run_setup(&plan, &st.nodes)
+        .await
+        .map_err(AppError::Provider)?;
     let hourly: f64 = st.nodes.iter().map(|n| n.hourly_usd).sum();
     let exec = Arc::new(local::LocalExecutor::new(&plan, &st));
-    let paths = Paths { state_dir: plan.state_dir(), results_dir: plan.results_dir() };
+    let paths = Paths {
+        state_dir: plan.state_dir(),
+        results_dir: plan.results_dir(),
+    };
     let watchdog = plan.budget.as_ref().map(|b| runner::Watchdog {
         budget_usd: b.usd,
         spent_before_usd: spent(&plan),
@@ -448,14 +614,21 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     });
     let opts = RunOptions {
         retry_failed: args.retry_failed,
-        policy: Some(if args.order == OrderArg::Fifo { Policy::Fifo } else { Policy::LongestFirst }),
+        policy: Some(if args.order == OrderArg::Fifo {
+            Policy::Fifo
+        } else {
+            Policy::LongestFirst
+        }),
         retry: plan.retry.clone(),
         watchdog,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let mut rep = Reporter::new();
     let started = chrono::Utc::now();
-    let summary = runner::run(tasks, exec, &paths, "local", &opts, stop_rx, &mut |e| rep.event(e)).await;
+    let summary = runner::run(tasks, exec, &paths, "local", &opts, stop_rx, &mut |e| {
+        rep.event(e)
+    })
+    .await;
     rep.finish();
     let summary = summary?;
     // what the same nodes would have cost for as long as the run lasted
@@ -471,7 +644,11 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
             node: n.name.clone(),
             group: n.group.clone(),
             instance_type: n.instance_type.clone(),
-            market: plan.node_group(&n.group).map(|g| g.market.as_str()).unwrap_or("on-demand").into(),
+            market: plan
+                .node_group(&n.group)
+                .map(|g| g.market.as_str())
+                .unwrap_or("on-demand")
+                .into(),
             start: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             hours,
@@ -504,13 +681,28 @@ pub(crate) fn print_summary(ctx: &Ctx, plan: &Plan, s: &RunSummary) {
         s.succeeded,
         s.failed,
         s.already_done,
-        if s.skipped_failed > 0 { format!(", {} failed earlier (--retry-failed runs them)", s.skipped_failed) } else { String::new() },
-        if s.pending > 0 { format!(", {} not run ({})", s.pending, s.reason) } else { String::new() },
+        if s.skipped_failed > 0 {
+            format!(
+                ", {} failed earlier (--retry-failed runs them)",
+                s.skipped_failed
+            )
+        } else {
+            String::new()
+        },
+        if s.pending > 0 {
+            format!(", {} not run ({})", s.pending, s.reason)
+        } else {
+            String::new()
+        },
         human_duration(s.wall_seconds),
         plan::decode::rel(&plan.results_dir(), &ctx.cwd),
     );
     if !s.failed_tasks.is_empty() {
-        h.push_str(&format!("\nfailed: {} (see {})", s.failed_tasks.join(", "), plan::decode::rel(&plan.results_dir().join("failed-tasks.csv"), &ctx.cwd)));
+        h.push_str(&format!(
+            "\nfailed: {} (see {})",
+            s.failed_tasks.join(", "),
+            plan::decode::rel(&plan.results_dir().join("failed-tasks.csv"), &ctx.cwd)
+        ));
     }
     ctx.out(&h, json!({"plan": plan.name_key, "summary": s}));
 }
@@ -528,7 +720,9 @@ async fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let mut running = Vec::new();
     for t in &tasks {
         let s = state.status_of(&t.key);
-        *counts.entry(format!("{s:?}").to_lowercase()).or_insert(0usize) += 1;
+        *counts
+            .entry(format!("{s:?}").to_lowercase())
+            .or_insert(0usize) += 1;
         match s {
             Status::Succeeded => {}
             Status::Failed => failed.push(json!({"task": t.id, "error": state.tasks.get(&t.key).and_then(|x| x.last_error.clone())})),
@@ -536,15 +730,41 @@ async fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
             Status::Pending => missing.push(t.id.clone()),
         }
     }
-    let nodes = local::load_state(&plan).map(|s| s.nodes).unwrap_or_default();
+    let nodes = local::load_state(&plan)
+        .map(|s| s.nodes)
+        .unwrap_or_default();
     let lock_held = is_locked(&plan.state_dir().join("run.lock"));
     let spend: f64 = state.tasks.values().filter_map(|t| t.cost_usd).sum();
-    let mut h = format!("{} ({}): {} task(s)\n", plan.name_key, plan.name, tasks.len());
+    let mut h = format!(
+        "{} ({}): {} task(s)\n",
+        plan.name_key,
+        plan.name,
+        tasks.len()
+    );
     h.push_str(&format!(
         "  nodes: {}\n",
-        if nodes.is_empty() { "none (not applied)".to_string() } else { format!("{} local node(s): {}", nodes.len(), nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")) }
+        if nodes.is_empty() {
+            "none (not applied)".to_string()
+        } else {
+            format!(
+                "{} local node(s): {}",
+                nodes.len(),
+                nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     ));
-    h.push_str(&format!("  run: {}\n", if lock_held { "in progress" } else { "not running" }));
+    h.push_str(&format!(
+        "  run: {}\n",
+        if lock_held {
+            "in progress"
+        } else {
+            "not running"
+        }
+    ));
     h.push_str(&format!(
         "  tasks: {} done, {} failed, {} running, {} queued\n",
         counts.get("succeeded").unwrap_or(&0),
@@ -552,14 +772,35 @@ async fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         if lock_held { running.len() } else { 0 },
         missing.len() + if lock_held { 0 } else { running.len() }
     ));
-    h.push_str(&format!("  spend so far (at catalog prices): ${spend:.2}\n"));
+    h.push_str(&format!(
+        "  spend so far (at catalog prices): ${spend:.2}\n"
+    ));
     if !missing.is_empty() || (!lock_held && !running.is_empty()) {
-        let mut all: Vec<&String> = missing.iter().chain(if lock_held { [].iter() } else { running.iter() }).collect();
+        let mut all: Vec<&String> = missing
+            .iter()
+            .chain(if lock_held { [].iter() } else { running.iter() })
+            .collect();
         all.sort();
-        h.push_str(&format!("  missing: {}{}\n", all.iter().take(20).map(|s| s.as_str()).collect::<Vec<_>>().join(", "), if all.len() > 20 { format!(" ... and {} more", all.len() - 20) } else { String::new() }));
+        h.push_str(&format!(
+            "  missing: {}{}\n",
+            all.iter()
+                .take(20)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if all.len() > 20 {
+                format!(" ... and {} more", all.len() - 20)
+            } else {
+                String::new()
+            }
+        ));
     }
     for f in failed.iter().take(20) {
-        h.push_str(&format!("  failed: {} — {}\n", f["task"].as_str().unwrap_or(""), f["error"].as_str().unwrap_or("")));
+        h.push_str(&format!(
+            "  failed: {} — {}\n",
+            f["task"].as_str().unwrap_or(""),
+            f["error"].as_str().unwrap_or("")
+        ));
     }
     ctx.out(
         h.trim_end(),
@@ -571,7 +812,9 @@ async fn cmd_status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
 
 pub(crate) fn is_locked(path: &std::path::Path) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else { return false };
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return false;
+    };
     // SAFETY: flock on our own descriptor; released when `f` drops.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     r != 0
@@ -586,7 +829,14 @@ fn cmd_list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
             for n in &names {
                 match plan::load(n, &ctx.cwd) {
                     Ok(p) => {
-                        h.push_str(&format!("{:<16} phase {:<8} {:>3} layer(s) {:>6} task(s)  {}\n", n, p.phase, p.layers.len(), p.pattern_count(), p.name));
+                        h.push_str(&format!(
+                            "{:<16} phase {:<8} {:>3} layer(s) {:>6} task(s)  {}\n",
+                            n,
+                            p.phase,
+                            p.layers.len(),
+                            p.pattern_count(),
+                            p.name
+                        ));
                         rows.push(json!({"plan": n, "phase": p.phase, "name": p.name, "layers": p.layers.len(), "tasks": p.pattern_count(), "valid": true}));
                     }
                     Err(e) => {
@@ -605,16 +855,33 @@ fn cmd_list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
             let mut h = format!("{} — {}\n", p.name_key, p.name);
             let mut layers = Vec::new();
             for l in &p.layers {
-                h.push_str(&format!("{} {} {}\n", l.id, l.priority.as_deref().unwrap_or(""), l.name));
+                h.push_str(&format!(
+                    "{} {} {}\n",
+                    l.id,
+                    l.priority.as_deref().unwrap_or(""),
+                    l.name
+                ));
                 let mut pats = Vec::new();
                 for pt in &l.patterns {
-                    h.push_str(&format!("  {:<40} {:<12} {}\n", pt.id, pt.backend, pt.estimate.map(|d| human_duration(d.as_secs_f64())).unwrap_or_default()));
+                    h.push_str(&format!(
+                        "  {:<40} {:<12} {}\n",
+                        pt.id,
+                        pt.backend,
+                        pt.estimate
+                            .map(|d| human_duration(d.as_secs_f64()))
+                            .unwrap_or_default()
+                    ));
                     pats.push(json!({"id": pt.id, "backend": pt.backend, "node_group": pt.node_group, "key": pt.key,
                         "estimate_seconds": pt.estimate.map(|d| d.as_secs_f64()), "factors": pt.factors}));
                 }
-                layers.push(json!({"id": l.id, "name": l.name, "priority": l.priority, "patterns": pats}));
+                layers.push(
+                    json!({"id": l.id, "name": l.name, "priority": l.priority, "patterns": pats}),
+                );
             }
-            ctx.out(h.trim_end(), json!({"plan": p.name_key, "phase": p.phase, "layers": layers}));
+            ctx.out(
+                h.trim_end(),
+                json!({"plan": p.name_key, "phase": p.phase, "layers": layers}),
+            );
         }
     }
     Ok(exit::OK)
@@ -631,7 +898,11 @@ fn cmd_logs(ctx: &Ctx, name: &str, pattern: &str, only_stderr: bool) -> Result<i
         let staging = plan.state_dir().join("staging");
         std::fs::read_dir(&staging).ok().and_then(|rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{pattern}.")))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{pattern}."))
+                })
                 .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
                 .map(|e| e.path())
         })
@@ -658,13 +929,21 @@ fn cmd_logs(ctx: &Ctx, name: &str, pattern: &str, only_stderr: bool) -> Result<i
     Ok(exit::OK)
 }
 
-async fn cmd_destroy(ctx: &Ctx, name: Option<&str>, opts: crate::provider::aws::cli::DestroyOpts) -> Result<i32, AppError> {
+async fn cmd_destroy(
+    ctx: &Ctx,
+    name: Option<&str>,
+    opts: crate::provider::aws::cli::DestroyOpts,
+) -> Result<i32, AppError> {
     let Some(name) = name else {
-        return Err(AppError::Usage("name the phase to destroy: infra destroy <phase>".into()));
+        return Err(AppError::Usage(
+            "name the phase to destroy: infra destroy <phase>".into(),
+        ));
     };
     let plan = ctx.load(name)?;
     if is_locked(&plan.state_dir().join("run.lock")) {
-        return Err(AppError::Usage(format!("`infra run {name}` is still running\n  (hint: stop it with Ctrl-C first)")));
+        return Err(AppError::Usage(format!(
+            "`infra run {name}` is still running\n  (hint: stop it with Ctrl-C first)"
+        )));
     }
     if plan.provider == ProviderKind::Aws {
         return crate::provider::aws::cli::destroy(ctx, &plan, opts).await;
@@ -677,7 +956,11 @@ async fn cmd_destroy(ctx: &Ctx, name: Option<&str>, opts: crate::provider::aws::
     Ok(exit::OK)
 }
 
-fn phase_report(ctx: &Ctx, name: &str, spend: &[ledger::Spend]) -> Result<crate::cost::report::PhaseReport, AppError> {
+fn phase_report(
+    ctx: &Ctx,
+    name: &str,
+    spend: &[ledger::Spend],
+) -> Result<crate::cost::report::PhaseReport, AppError> {
     use crate::cost::report::{build, Inputs, PatternRow};
     let (plan, catalog, from) = ctx.prepare(name)?;
     let (tasks, _) = render_tasks(&plan)?;
@@ -688,7 +971,9 @@ fn phase_report(ctx: &Ctx, name: &str, spend: &[ledger::Spend]) -> Result<crate:
     let (state, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
     let slot_price = |t: &TaskDef| {
         let g = plan.node_group(&t.node_group)?;
-        let p = catalog.price(&g.instance_type, &plan.region, g.market)?.usd_per_hour;
+        let p = catalog
+            .price(&g.instance_type, &plan.region, g.market)?
+            .usd_per_hour;
         Some(p / g.slots.max(1) as f64 * t.nodes as f64)
     };
     let patterns: Vec<PatternRow> = tasks
@@ -698,13 +983,18 @@ fn phase_report(ctx: &Ctx, name: &str, spend: &[ledger::Spend]) -> Result<crate:
             PatternRow {
                 task: t.id.clone(),
                 status: format!("{:?}", state.status_of(&t.key)).to_lowercase(),
-                estimated_usd: t.estimate_seconds.and_then(|s| slot_price(t).map(|p| (p * s / 3600.0 * 1e4).round() / 1e4)),
+                estimated_usd: t
+                    .estimate_seconds
+                    .and_then(|s| slot_price(t).map(|p| (p * s / 3600.0 * 1e4).round() / 1e4)),
                 metered_usd: st.and_then(|x| x.cost_usd),
                 wall_seconds: st.and_then(|x| x.wall_seconds),
             }
         })
         .collect();
-    let done = tasks.iter().filter(|t| state.status_of(&t.key) == Status::Succeeded).count();
+    let done = tasks
+        .iter()
+        .filter(|t| state.status_of(&t.key) == Status::Succeeded)
+        .count();
     let stopped = state.last_stop.clone().filter(|r| r.starts_with("budget"));
     Ok(build(Inputs {
         phase: &plan.name_key,
@@ -721,7 +1011,12 @@ fn phase_report(ctx: &Ctx, name: &str, spend: &[ledger::Spend]) -> Result<crate:
     }))
 }
 
-fn cmd_budget(ctx: &Ctx, phase: Option<&str>, format: ReportFormat, output: Option<&std::path::Path>) -> Result<i32, AppError> {
+fn cmd_budget(
+    ctx: &Ctx,
+    phase: Option<&str>,
+    format: ReportFormat,
+    output: Option<&std::path::Path>,
+) -> Result<i32, AppError> {
     use crate::cost::report;
     let spend = ledger::read(&ctx.cwd);
     let names: Vec<String> = match phase {
@@ -737,14 +1032,23 @@ fn cmd_budget(ctx: &Ctx, phase: Option<&str>, format: ReportFormat, output: Opti
         }
     }
     let text = match (format, ctx.json) {
-        (ReportFormat::Json, _) | (_, true) => serde_json::to_string_pretty(&reports).unwrap_or_default() + "\n",
+        (ReportFormat::Json, _) | (_, true) => {
+            serde_json::to_string_pretty(&reports).unwrap_or_default() + "\n"
+        }
         (ReportFormat::Table, _) => report::table(&reports),
         (ReportFormat::Csv, _) => report::csv(&reports),
-        (ReportFormat::Html, _) => report::html(&reports, &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        (ReportFormat::Html, _) => report::html(
+            &reports,
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
     };
     match output {
         Some(path) => {
-            let path = if path.is_absolute() { path.to_path_buf() } else { ctx.cwd.join(path) };
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                ctx.cwd.join(path)
+            };
             std::fs::write(&path, text).map_err(io_err(&path))?;
             eprintln!("wrote {}", path.display());
         }
@@ -770,22 +1074,46 @@ fn cmd_catalog_show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppEr
         }
         None => cat.names().collect(),
     };
-    let mut h = format!("{} ({}, prices of {}), region {region}\n", from, cat.source, cat.date);
-    h.push_str(&format!("{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n", "type", "vcpu", "mem GiB", "gpu", "efa", "nics", "on-demand", "spot med", "spot max"));
+    let mut h = format!(
+        "{} ({}, prices of {}), region {region}\n",
+        from, cat.source, cat.date
+    );
+    h.push_str(&format!(
+        "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
+        "type", "vcpu", "mem GiB", "gpu", "efa", "nics", "on-demand", "spot med", "spot max"
+    ));
     let mut rows = Vec::new();
     for n in &names {
         let Some(t) = cat.get(n) else { continue };
-        let od = cat.price(n, &region, crate::plan::Market::OnDemand).map(|p| p.usd_per_hour);
-        let sp = cat.price(n, &region, crate::plan::Market::Spot).and_then(|p| p.spot);
+        let od = cat
+            .price(n, &region, crate::plan::Market::OnDemand)
+            .map(|p| p.usd_per_hour);
+        let sp = cat
+            .price(n, &region, crate::plan::Market::Spot)
+            .and_then(|p| p.spot);
         let m = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         h.push_str(&format!(
             "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
-            n, t.vcpus, t.memory_gib, t.gpus, if t.efa { format!("yes/{}", t.max_efa_interfaces) } else { "no".into() }, t.network_cards,
-            m(od), m(sp.map(|s| s.median)), m(sp.map(|s| s.max))
+            n,
+            t.vcpus,
+            t.memory_gib,
+            t.gpus,
+            if t.efa {
+                format!("yes/{}", t.max_efa_interfaces)
+            } else {
+                "no".into()
+            },
+            t.network_cards,
+            m(od),
+            m(sp.map(|s| s.median)),
+            m(sp.map(|s| s.max))
         ));
         rows.push(json!({"instance_type": n, "details": t}));
     }
-    ctx.out(h.trim_end(), json!({"source": from, "date": cat.date, "region": region, "instance_types": rows}));
+    ctx.out(
+        h.trim_end(),
+        json!({"source": from, "date": cat.date, "region": region, "instance_types": rows}),
+    );
     Ok(exit::OK)
 }
 
@@ -794,7 +1122,9 @@ async fn cmd_catalog_refresh(ctx: &Ctx) -> Result<i32, AppError> {
     let region = ctx.region.clone().unwrap_or_else(|| "us-east-1".into());
     let mut settings = AwsSettings::new(region.clone());
     settings.profile = ctx.profile.clone();
-    settings.endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.trim().is_empty());
+    settings.endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
     let (base, _) = ctx.catalog()?;
     eprintln!("refreshing {} instance types for {region} from the Pricing API, spot price history and DescribeInstanceTypes", base.instance_types.len());
     let (cat, report) = pricing::refresh(&settings, base, &region).await?;

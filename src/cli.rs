@@ -3,8 +3,12 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "infra", version, about = "Run experiment campaigns on AWS (or this machine) within a budget",
-    after_help = "Exit codes: 0 ok, 1 task failures, 2 bad input, 3 budget refused, 4 cloud/provider error, 130 interrupted")]
+#[command(
+    name = "infra",
+    version,
+    about = "Run experiment campaigns on AWS (or this machine) within a budget",
+    after_help = "Exit codes: 0 ok, 1 task failures, 2 bad input, 3 budget refused, 4 cloud/provider error, 130 interrupted"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -149,9 +153,7 @@ pub enum ReportFormat {
 #[derive(Debug, Subcommand)]
 pub enum CatalogCmd {
     /// Print the catalog, or one instance type.
-    Show {
-        instance_type: Option<String>,
-    },
+    Show { instance_type: Option<String> },
     /// Rebuild the catalog for a region from the AWS APIs.
     Refresh,
 }

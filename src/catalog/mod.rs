@@ -9,4 +9,6 @@
 mod model;
 mod query;
 
-pub use model::{Catalog, CatalogError, InstanceType, Price, RegionPrices, SpotPrice, SpotStats, CATALOG_FORMAT};
+pub use model::{
+    Catalog, CatalogError, InstanceType, Price, RegionPrices, SpotPrice, SpotStats, CATALOG_FORMAT,
+};

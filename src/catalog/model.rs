@@ -17,7 +17,10 @@ const BUILTIN: &str = include_str!("catalog.json");
 #[derive(Debug, Error)]
 pub enum CatalogError {
     #[error("cannot read catalog {path}: {source}\n  (hint: run `infra catalog refresh` to rebuild it, or delete it to use the built-in catalog)")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("catalog {path} is not a valid catalog: {message}\n  (hint: run `infra catalog refresh` to rebuild it, or delete it to use the built-in catalog)")]
     Invalid { path: PathBuf, message: String },
     #[error("catalog {path} has format {found}, this infra reads format {CATALOG_FORMAT}\n  (hint: run `infra catalog refresh` to rewrite it)")]
@@ -99,7 +102,8 @@ impl Catalog {
     pub fn builtin() -> Catalog {
         // The embedded file is generated and checked by the tests below; a
         // broken one is a build defect, not a user error.
-        Catalog::from_json(BUILTIN, Path::new("<built-in catalog>")).expect("the built-in catalog is valid")
+        Catalog::from_json(BUILTIN, Path::new("<built-in catalog>"))
+            .expect("the built-in catalog is valid")
     }
 
     /// Parse a catalog file's text; `path` only labels errors.
@@ -108,20 +112,33 @@ impl Catalog {
         struct Head {
             format: u32,
         }
-        let head: Head = serde_json::from_str(text)
-            .map_err(|e| CatalogError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+        let head: Head = serde_json::from_str(text).map_err(|e| CatalogError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if head.format != CATALOG_FORMAT {
-            return Err(CatalogError::Format { path: path.to_path_buf(), found: head.format });
+            return Err(CatalogError::Format {
+                path: path.to_path_buf(),
+                found: head.format,
+            });
         }
-        let cat: Catalog = serde_json::from_str(text)
-            .map_err(|e| CatalogError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
-        cat.check().map_err(|message| CatalogError::Invalid { path: path.to_path_buf(), message })?;
+        let cat: Catalog = serde_json::from_str(text).map_err(|e| CatalogError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cat.check().map_err(|message| CatalogError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(cat)
     }
 
     /// Read an override catalog (the user's cache).
     pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Catalog::from_json(&text, path)
     }
 
@@ -152,7 +169,10 @@ impl Catalog {
                 return Err(format!("{name}: vcpus is 0"));
             }
             if t.efa != (t.max_efa_interfaces > 0) {
-                return Err(format!("{name}: efa is {} but max_efa_interfaces is {}", t.efa, t.max_efa_interfaces));
+                return Err(format!(
+                    "{name}: efa is {} but max_efa_interfaces is {}",
+                    t.efa, t.max_efa_interfaces
+                ));
             }
             for (region, p) in &t.prices {
                 let ok = |v: f64| v.is_finite() && v >= 0.0;
@@ -160,7 +180,10 @@ impl Catalog {
                     return Err(format!("{name} in {region}: invalid on-demand price"));
                 }
                 if let Some(s) = &p.spot {
-                    if !(ok(s.min) && ok(s.median) && ok(s.max)) || s.min > s.median || s.median > s.max {
+                    if !(ok(s.min) && ok(s.median) && ok(s.max))
+                        || s.min > s.median
+                        || s.median > s.max
+                    {
                         return Err(format!("{name} in {region}: spot prices must satisfy 0 <= min <= median <= max"));
                     }
                 }

@@ -34,7 +34,9 @@ impl Catalog {
     /// Whether the catalog has prices for `region` at all (so that a type
     /// missing there means "not offered", not "no data").
     pub fn knows_region(&self, region: &str) -> bool {
-        self.instance_types.values().any(|t| t.prices.contains_key(region))
+        self.instance_types
+            .values()
+            .any(|t| t.prices.contains_key(region))
     }
 
     /// The hourly price of `instance_type` in `region` on `market`; `None`
@@ -42,18 +44,30 @@ impl Catalog {
     pub fn price(&self, instance_type: &str, region: &str, market: Market) -> Option<Price> {
         let p = self.get(instance_type)?.prices.get(region)?;
         match market {
-            Market::OnDemand => p.on_demand.map(|usd| Price { market, usd_per_hour: usd, spot: None }),
+            Market::OnDemand => p.on_demand.map(|usd| Price {
+                market,
+                usd_per_hour: usd,
+                spot: None,
+            }),
             Market::Spot => p.spot.map(|s| Price {
                 market,
                 usd_per_hour: s.median,
-                spot: Some(SpotPrice { median: s.median, min: s.min, max: s.max }),
+                spot: Some(SpotPrice {
+                    median: s.median,
+                    min: s.min,
+                    max: s.max,
+                }),
             }),
         }
     }
 
     /// Types of the same GPU count, for "choose a type with N GPUs" hints.
     pub fn with_gpus(&self, gpus: u32) -> Vec<&str> {
-        self.instance_types.iter().filter(|(_, t)| t.gpus == gpus).map(|(n, _)| n.as_str()).collect()
+        self.instance_types
+            .iter()
+            .filter(|(_, t)| t.gpus == gpus)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 
     /// The types nearest to `instance_type` that support EFA, best first:
@@ -65,7 +79,9 @@ impl Catalog {
         let family = family_of(instance_type);
         let me = self.get(instance_type);
         let my_vcpus = me.map(|t| t.vcpus);
-        let my_gpus = me.map(|t| t.gpus > 0).unwrap_or_else(|| is_accelerated_family(family));
+        let my_gpus = me
+            .map(|t| t.gpus > 0)
+            .unwrap_or_else(|| is_accelerated_family(family));
         let my_model = me.and_then(|t| t.gpu_model.as_deref());
         let kind = family.chars().next();
 
@@ -98,9 +114,15 @@ impl Catalog {
             })
             .collect();
         scored.sort_by(|(a, an), (b, bn)| {
-            a.0.cmp(&b.0).then(a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal)).then(an.cmp(bn))
+            a.0.cmp(&b.0)
+                .then(a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
+                .then(an.cmp(bn))
         });
-        scored.into_iter().take(NEAREST_MAX).map(|(_, n)| n).collect()
+        scored
+            .into_iter()
+            .take(NEAREST_MAX)
+            .map(|(_, n)| n)
+            .collect()
     }
 }
 
@@ -110,7 +132,9 @@ pub(crate) fn family_of(instance_type: &str) -> &str {
 }
 
 fn is_accelerated_family(family: &str) -> bool {
-    matches!(family.chars().next(), Some('g' | 'p' | 't' | 'i')) && !family.starts_with("i3") && !family.starts_with("i4")
+    matches!(family.chars().next(), Some('g' | 'p' | 't' | 'i'))
+        && !family.starts_with("i3")
+        && !family.starts_with("i4")
 }
 
 #[cfg(test)]
@@ -164,14 +188,39 @@ mod tests {
             let name = &f[col("instance_type")];
             let region = &f[col("region")];
             let t = cat.get(name).unwrap_or_else(|| panic!("{name} missing"));
-            assert_eq!(t.vcpus, f[col("vcpus")].parse::<u32>().unwrap(), "{name} vcpus");
-            assert_eq!(t.memory_gib, f[col("memory_gib")].parse::<f64>().unwrap(), "{name} memory");
-            assert_eq!(t.gpus, f[col("gpu_count")].parse::<u32>().unwrap(), "{name} gpus");
+            assert_eq!(
+                t.vcpus,
+                f[col("vcpus")].parse::<u32>().unwrap(),
+                "{name} vcpus"
+            );
+            assert_eq!(
+                t.memory_gib,
+                f[col("memory_gib")].parse::<f64>().unwrap(),
+                "{name} memory"
+            );
+            assert_eq!(
+                t.gpus,
+                f[col("gpu_count")].parse::<u32>().unwrap(),
+                "{name} gpus"
+            );
             assert_eq!(t.efa, f[col("efa_supported")] == "yes", "{name} efa");
-            assert_eq!(t.max_efa_interfaces, f[col("max_efa_interfaces")].parse::<u32>().unwrap(), "{name} efa interfaces");
-            assert_eq!(t.network_cards, f[col("network_cards")].parse::<u32>().unwrap(), "{name} network cards");
+            assert_eq!(
+                t.max_efa_interfaces,
+                f[col("max_efa_interfaces")].parse::<u32>().unwrap(),
+                "{name} efa interfaces"
+            );
+            assert_eq!(
+                t.network_cards,
+                f[col("network_cards")].parse::<u32>().unwrap(),
+                "{name} network cards"
+            );
             let od = opt(&f[col("ondemand_linux_usd_hr")]);
-            assert_eq!(cat.price(name, region, Market::OnDemand).map(|p| p.usd_per_hour), od, "{name} {region} on-demand");
+            assert_eq!(
+                cat.price(name, region, Market::OnDemand)
+                    .map(|p| p.usd_per_hour),
+                od,
+                "{name} {region} on-demand"
+            );
             let spot = cat.price(name, region, Market::Spot).and_then(|p| p.spot);
             match opt(&f[col("spot_usd_hr_median")]) {
                 Some(median) => {
@@ -195,8 +244,15 @@ mod tests {
         assert_eq!(cat.get("p5en.48xlarge").unwrap().network_cards, 16);
         assert_eq!(cat.get("g5.12xlarge").unwrap().gpus, 4);
         assert!(!cat.get("g5.xlarge").unwrap().efa);
-        assert!(cat.price("p5e.48xlarge", "us-west-2", Market::OnDemand).is_none());
-        assert_eq!(cat.price("c6i.4xlarge", "us-east-1", Market::OnDemand).unwrap().usd_per_hour, 0.68);
+        assert!(cat
+            .price("p5e.48xlarge", "us-west-2", Market::OnDemand)
+            .is_none());
+        assert_eq!(
+            cat.price("c6i.4xlarge", "us-east-1", Market::OnDemand)
+                .unwrap()
+                .usd_per_hour,
+            0.68
+        );
         let spot = cat.price("c6i.4xlarge", "us-east-1", Market::Spot).unwrap();
         assert_eq!(spot.usd_per_hour, 0.3208);
         assert!(spot.spot.unwrap().min <= spot.spot.unwrap().max);
@@ -216,14 +272,24 @@ mod tests {
     #[test]
     fn nearest_efa_prefers_larger_sizes_of_the_same_family() {
         let cat = Catalog::builtin();
-        assert_eq!(cat.nearest_efa("g5.xlarge")[..3], ["g5.8xlarge", "g5.12xlarge", "g5.48xlarge"]);
+        assert_eq!(
+            cat.nearest_efa("g5.xlarge")[..3],
+            ["g5.8xlarge", "g5.12xlarge", "g5.48xlarge"]
+        );
         let cpu = cat.nearest_efa("c6i.4xlarge");
         assert_eq!(cpu[0], "c6i.32xlarge");
         assert_eq!(cpu[1], "c7i.48xlarge");
-        assert!(cpu.iter().all(|n| cat.get(n).unwrap().efa && cat.get(n).unwrap().gpus == 0), "{cpu:?}");
+        assert!(
+            cpu.iter()
+                .all(|n| cat.get(n).unwrap().efa && cat.get(n).unwrap().gpus == 0),
+            "{cpu:?}"
+        );
         // an unknown type still gets suggestions from its family
         assert_eq!(cat.nearest_efa("g5.3xlarge")[0], "g5.8xlarge");
-        assert!(cat.nearest_efa("p5.48xlarge").iter().all(|n| *n != "p5.48xlarge"));
+        assert!(cat
+            .nearest_efa("p5.48xlarge")
+            .iter()
+            .all(|n| *n != "p5.48xlarge"));
     }
 
     #[test]
@@ -236,12 +302,20 @@ mod tests {
         let path = dir.path().join("catalog.json");
         std::fs::write(&path, &text).unwrap();
         assert_eq!(Catalog::load(&path).unwrap(), cat);
-        assert_eq!(Catalog::load_or_builtin(&dir.path().join("absent.json")).unwrap(), cat);
+        assert_eq!(
+            Catalog::load_or_builtin(&dir.path().join("absent.json")).unwrap(),
+            cat
+        );
 
         let wrong = text.replacen("\"format\": 1", "\"format\": 9", 1);
-        assert!(matches!(Catalog::from_json(&wrong, Path::new("c.json")), Err(CatalogError::Format { found: 9, .. })));
+        assert!(matches!(
+            Catalog::from_json(&wrong, Path::new("c.json")),
+            Err(CatalogError::Format { found: 9, .. })
+        ));
         let bad = text.replacen("\"vcpus\": 4", "\"vcpus\": \"four\"", 1);
-        let err = Catalog::from_json(&bad, Path::new("c.json")).unwrap_err().to_string();
+        let err = Catalog::from_json(&bad, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("c.json") && err.contains("(hint:"), "{err}");
         let inverted = r#"{"format":1,"date":"x","source":"y","instance_types":{"a.b":{"vcpus":1,"memory_gib":1,"gpus":0,"gpu_model":null,"gpu_memory_gib":0,"efa":false,"max_efa_interfaces":0,"network_cards":1,"network_gbps":null,"prices":{"r":{"on_demand":1,"spot":{"median":1,"min":2,"max":3,"zones":1}}}}}}"#;
         assert!(Catalog::from_json(inverted, Path::new("c.json")).is_err());

@@ -55,21 +55,35 @@ pub struct Estimate {
 }
 
 pub fn pool_for(plan: &Plan) -> Pool {
-    Pool::new(plan.node_groups.iter().flat_map(|g| (0..g.count).map(move |i| (format!("{}-{i}", g.name), g.name.clone(), g.slots))))
+    Pool::new(plan.node_groups.iter().flat_map(|g| {
+        (0..g.count).map(move |i| (format!("{}-{i}", g.name), g.name.clone(), g.slots))
+    }))
 }
 
 pub fn schedule(plan: &Plan, tasks: &[&TaskDef]) -> Option<Simulation> {
     if tasks.is_empty() || tasks.iter().all(|t| t.estimate_seconds.is_none()) {
         return None;
     }
-    let sim: Vec<SimTask> = tasks.iter().map(|t| SimTask { seconds: t.estimate_seconds.unwrap_or(0.0), ranks: t.nodes, group: t.node_group.clone() }).collect();
+    let sim: Vec<SimTask> = tasks
+        .iter()
+        .map(|t| SimTask {
+            seconds: t.estimate_seconds.unwrap_or(0.0),
+            ranks: t.nodes,
+            group: t.node_group.clone(),
+        })
+        .collect();
     Some(simulate(&sim, &pool_for(plan), Policy::LongestFirst))
 }
 
 /// Estimate the cost of running `tasks` (the whole plan, or what is left).
 pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from: &str) -> Estimate {
     let sim = schedule(plan, tasks);
-    let overhead = plan.estimate.provisioning.map(|d| d.as_secs_f64()).unwrap_or(0.0) + plan.estimate.setup.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let overhead = plan
+        .estimate
+        .provisioning
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+        + plan.estimate.setup.map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let hours = match (plan.estimate.duration, &sim) {
         (Some(d), _) => Some(d.as_secs_f64() / 3600.0),
         (None, Some(s)) => Some((s.makespan + overhead) / 3600.0),
@@ -82,16 +96,31 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
     for g in &plan.node_groups {
         let local = g.instance_type == "local";
         let price = catalog.price(&g.instance_type, &plan.region, g.market);
-        let od = catalog.price(&g.instance_type, &plan.region, Market::OnDemand).map(|p| p.usd_per_hour);
+        let od = catalog
+            .price(&g.instance_type, &plan.region, Market::OnDemand)
+            .map(|p| p.usd_per_hour);
         if price.is_none() && !local {
             unpriced.push(g.name.clone());
         }
-        let per = price.map(|p| p.usd_per_hour).or(if local { Some(0.0) } else { None });
-        let worst = price.map(|p| p.spot.map(|s| s.max).unwrap_or(p.usd_per_hour)).or(per);
+        let per = price
+            .map(|p| p.usd_per_hour)
+            .or(if local { Some(0.0) } else { None });
+        let worst = price
+            .map(|p| p.spot.map(|s| s.max).unwrap_or(p.usd_per_hour))
+            .or(per);
         let n = g.count as f64;
-        let storage = if local { 0.0 } else { n * g.volume_gb as f64 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * h };
+        let storage = if local {
+            0.0
+        } else {
+            n * g.volume_gb as f64 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * h
+        };
         let compute = n * h * per.unwrap_or(0.0);
-        let task_hours = tasks.iter().filter(|t| t.node_group == g.name).map(|t| t.estimate_seconds.unwrap_or(0.0) * t.nodes as f64).sum::<f64>() / 3600.0;
+        let task_hours = tasks
+            .iter()
+            .filter(|t| t.node_group == g.name)
+            .map(|t| t.estimate_seconds.unwrap_or(0.0) * t.nodes as f64)
+            .sum::<f64>()
+            / 3600.0;
         groups.push(GroupEstimate {
             group: g.name.clone(),
             instance_type: g.instance_type.clone(),
@@ -99,7 +128,11 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
             nodes: g.count,
             hours: h,
             usd_per_node_hour: per,
-            spot_worst_usd_per_node_hour: if g.market == Market::Spot { worst } else { None },
+            spot_worst_usd_per_node_hour: if g.market == Market::Spot {
+                worst
+            } else {
+                None
+            },
             on_demand_usd_per_node_hour: od,
             storage_usd: round(storage),
             compute_usd: round(compute),
@@ -111,7 +144,9 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
         });
     }
     let sum = |f: &dyn Fn(&GroupEstimate) -> f64| round(groups.iter().map(f).sum());
-    let all_od = groups.iter().all(|g| g.total_on_demand_usd.is_some() || g.instance_type == "local");
+    let all_od = groups
+        .iter()
+        .all(|g| g.total_on_demand_usd.is_some() || g.instance_type == "local");
     Estimate {
         region: plan.region.clone(),
         hours,
@@ -125,7 +160,10 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
         prices_date: catalog.date.clone(),
         unpriced,
         tasks: tasks.len(),
-        tasks_without_estimate: tasks.iter().filter(|t| t.estimate_seconds.is_none()).count(),
+        tasks_without_estimate: tasks
+            .iter()
+            .filter(|t| t.estimate_seconds.is_none())
+            .count(),
         groups,
     }
 }
@@ -176,7 +214,19 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
         warnings.push("the plan has no budget: nothing limits the spend (hint: add \"budget\": {\"usd\": ...})".into());
     }
     if !est.unpriced.is_empty() {
-        warnings.push(format!("no catalog price for node group(s) {} in {}; they count as $0", est.unpriced.join(", "), est.region));
+        warnings.push(format!(
+            "no catalog price for node group(s) {} in {}; they count as $0",
+            est.unpriced.join(", "),
+            est.region
+        ));
     }
-    Verdict { ok: reasons.is_empty(), budget_usd: budget.map(|b| b.usd), spent_usd: spent, remaining_usd: remaining, max_hourly_usd: budget.and_then(|b| b.max_hourly_usd), reasons, warnings }
+    Verdict {
+        ok: reasons.is_empty(),
+        budget_usd: budget.map(|b| b.usd),
+        spent_usd: spent,
+        remaining_usd: remaining,
+        max_hourly_usd: budget.and_then(|b| b.max_hourly_usd),
+        reasons,
+        warnings,
+    }
 }

@@ -58,5 +58,9 @@ pub fn read(root: &Path) -> Vec<Spend> {
 }
 
 pub fn spent(entries: &[Spend], phase: Option<&str>) -> f64 {
-    entries.iter().filter(|e| phase.is_none_or(|p| e.phase == p)).map(|e| e.usd).sum()
+    entries
+        .iter()
+        .filter(|e| phase.is_none_or(|p| e.phase == p))
+        .map(|e| e.usd)
+        .sum()
 }

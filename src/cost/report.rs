@@ -68,13 +68,23 @@ pub fn build(i: Inputs) -> PhaseReport {
     let mine: Vec<&Spend> = i.spend.iter().filter(|s| s.phase == i.phase).collect();
     let metered: f64 = mine.iter().map(|s| s.usd).sum();
     // run-hours: segments share start/end across a run's nodes
-    let mut spans: Vec<(&str, &str, f64)> = mine.iter().map(|s| (s.start.as_str(), s.end.as_str(), s.hours)).collect();
+    let mut spans: Vec<(&str, &str, f64)> = mine
+        .iter()
+        .map(|s| (s.start.as_str(), s.end.as_str(), s.hours))
+        .collect();
     spans.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(b.1)));
     spans.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     let run_hours: f64 = spans.iter().map(|s| s.2).sum();
     let mut ends: Vec<(i64, f64)> = mine
         .iter()
-        .map(|s| (chrono::DateTime::parse_from_rfc3339(&s.end).map(|t| t.timestamp()).unwrap_or(0), s.usd))
+        .map(|s| {
+            (
+                chrono::DateTime::parse_from_rfc3339(&s.end)
+                    .map(|t| t.timestamp())
+                    .unwrap_or(0),
+                s.usd,
+            )
+        })
         .collect();
     ends.sort_by_key(|e| e.0);
     let mut timeline = Vec::new();
@@ -96,7 +106,11 @@ pub fn build(i: Inputs) -> PhaseReport {
             market: g.market.clone(),
             nodes: g.nodes,
             estimated_usd: g.total_usd,
-            metered_usd: mine.iter().filter(|s| s.group == g.group).map(|s| s.usd).sum(),
+            metered_usd: mine
+                .iter()
+                .filter(|s| s.group == g.group)
+                .map(|s| s.usd)
+                .sum(),
         })
         .collect();
     PhaseReport {
@@ -108,7 +122,11 @@ pub fn build(i: Inputs) -> PhaseReport {
         estimated_usd: i.full.total_usd,
         estimate_hours: i.full.hours,
         metered_usd: r4(metered),
-        metered_kind: if mine.iter().any(|s| s.kind == "metered") { "metered".into() } else { "simulated at catalog prices (local provider)".into() },
+        metered_kind: if mine.iter().any(|s| s.kind == "metered") {
+            "metered".into()
+        } else {
+            "simulated at catalog prices (local provider)".into()
+        },
         remaining_usd: i.budget_usd.map(|b| r4(b - metered)),
         burn_rate_usd_per_hour: (run_hours > 0.0).then(|| r4(metered / run_hours)),
         projected_usd: r4(metered + i.remaining.total_usd),
@@ -147,26 +165,59 @@ pub fn table(reports: &[PhaseReport]) -> String {
         out.push_str(&format!("{} — {} ({})\n", r.phase, r.name, r.provider));
         out.push_str(&format!(
             "  budget {}   estimated {}   spent {} ({})   remaining {}\n",
-            usd(r.budget_usd), usd(Some(r.estimated_usd)), usd(Some(r.metered_usd)), r.metered_kind, usd(r.remaining_usd)
+            usd(r.budget_usd),
+            usd(Some(r.estimated_usd)),
+            usd(Some(r.metered_usd)),
+            r.metered_kind,
+            usd(r.remaining_usd)
         ));
         out.push_str(&format!(
             "  burn rate {}/h   projected at completion {}   tasks {}/{} done   prices: {}\n",
-            usd(r.burn_rate_usd_per_hour), usd(Some(r.projected_usd)), r.tasks_done, r.tasks, r.prices
+            usd(r.burn_rate_usd_per_hour),
+            usd(Some(r.projected_usd)),
+            r.tasks_done,
+            r.tasks,
+            r.prices
         ));
         if let Some(s) = &r.stopped_by_budget {
             out.push_str(&format!("  stopped by the budget: {s}\n"));
         }
-        out.push_str(&format!("  {:<12} {:<14} {:<10} {:>5} {:>12} {:>12}\n", "group", "type", "market", "nodes", "estimated", "spent"));
+        out.push_str(&format!(
+            "  {:<12} {:<14} {:<10} {:>5} {:>12} {:>12}\n",
+            "group", "type", "market", "nodes", "estimated", "spent"
+        ));
         for g in &r.groups {
-            out.push_str(&format!("  {:<12} {:<14} {:<10} {:>5} {:>12} {:>12}\n", g.group, g.instance_type, g.market, g.nodes, usd(Some(g.estimated_usd)), usd(Some(g.metered_usd))));
+            out.push_str(&format!(
+                "  {:<12} {:<14} {:<10} {:>5} {:>12} {:>12}\n",
+                g.group,
+                g.instance_type,
+                g.market,
+                g.nodes,
+                usd(Some(g.estimated_usd)),
+                usd(Some(g.metered_usd))
+            ));
         }
         let shown = 15;
-        out.push_str(&format!("  {:<44} {:<10} {:>11} {:>11}\n", "pattern", "status", "estimated", "spent"));
+        out.push_str(&format!(
+            "  {:<44} {:<10} {:>11} {:>11}\n",
+            "pattern", "status", "estimated", "spent"
+        ));
         for p in r.patterns.iter().take(shown) {
-            out.push_str(&format!("  {:<44} {:<10} {:>11} {:>11}\n", p.task, p.status, usd(p.estimated_usd), p.metered_usd.map(|v| format!("${v:.4}")).unwrap_or("-".into())));
+            out.push_str(&format!(
+                "  {:<44} {:<10} {:>11} {:>11}\n",
+                p.task,
+                p.status,
+                usd(p.estimated_usd),
+                p.metered_usd
+                    .map(|v| format!("${v:.4}"))
+                    .unwrap_or("-".into())
+            ));
         }
         if r.patterns.len() > shown {
-            out.push_str(&format!("  ... {} more (--format csv lists all)\n", r.patterns.len() - shown));
+            out.push_str(&format!(
+                "  ... {} more (--format csv lists all)\n",
+                r.patterns.len() - shown
+            ));
         }
     }
     out
@@ -174,31 +225,61 @@ pub fn table(reports: &[PhaseReport]) -> String {
 
 pub fn csv(reports: &[PhaseReport]) -> String {
     let mut out = String::from("level,phase,group,pattern,status,estimated_usd,spent_usd,budget_usd,remaining_usd,burn_rate_usd_per_hour,projected_usd\n");
-    let f = |x: Option<f64>| x.map(crate::results::table::format_float).unwrap_or_default();
+    let f = |x: Option<f64>| {
+        x.map(crate::results::table::format_float)
+            .unwrap_or_default()
+    };
     for r in reports {
         out.push_str(&format!(
             "phase,{},,,,{},{},{},{},{},{}\n",
-            r.phase, f(Some(r.estimated_usd)), f(Some(r.metered_usd)), f(r.budget_usd), f(r.remaining_usd), f(r.burn_rate_usd_per_hour), f(Some(r.projected_usd))
+            r.phase,
+            f(Some(r.estimated_usd)),
+            f(Some(r.metered_usd)),
+            f(r.budget_usd),
+            f(r.remaining_usd),
+            f(r.burn_rate_usd_per_hour),
+            f(Some(r.projected_usd))
         ));
         for g in &r.groups {
-            out.push_str(&format!("group,{},{},,,{},{},,,,\n", r.phase, g.group, f(Some(g.estimated_usd)), f(Some(g.metered_usd))));
+            out.push_str(&format!(
+                "group,{},{},,,{},{},,,,\n",
+                r.phase,
+                g.group,
+                f(Some(g.estimated_usd)),
+                f(Some(g.metered_usd))
+            ));
         }
         for p in &r.patterns {
-            out.push_str(&format!("pattern,{},,{},{},{},{},,,,\n", r.phase, p.task, p.status, f(p.estimated_usd), f(p.metered_usd)));
+            out.push_str(&format!(
+                "pattern,{},,{},{},{},{},,,,\n",
+                r.phase,
+                p.task,
+                p.status,
+                f(p.estimated_usd),
+                f(p.metered_usd)
+            ));
         }
     }
     out
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Cumulative spend over time against the budget line.
 pub fn svg(r: &PhaseReport) -> String {
     let (w, h, l, b, t, rt) = (720.0, 260.0, 64.0, 36.0, 16.0, 16.0);
     let budget = r.budget_usd.unwrap_or(0.0);
-    let top = [budget, r.metered_usd, r.projected_usd, r.estimated_usd].iter().cloned().fold(0.0f64, f64::max).max(0.01) * 1.1;
+    let top = [budget, r.metered_usd, r.projected_usd, r.estimated_usd]
+        .iter()
+        .cloned()
+        .fold(0.0f64, f64::max)
+        .max(0.01)
+        * 1.1;
     let (t0, t1) = match (r.timeline.first(), r.timeline.last()) {
         (Some(a), Some(z)) if z.0 > a.0 => (a.0 - (z.0 - a.0) / 20, z.0),
         (Some(a), _) => (a.0 - 60, a.0 + 60),
@@ -207,7 +288,11 @@ pub fn svg(r: &PhaseReport) -> String {
     let x = |ts: i64| l + (ts - t0) as f64 / (t1 - t0).max(1) as f64 * (w - l - rt);
     let y = |usd: f64| t + (1.0 - usd / top) * (h - t - b);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"cumulative spend of {} against its budget\">", esc(&r.phase));
-    s.push_str(&format!("<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>", w - l - rt, h - t - b));
+    s.push_str(&format!(
+        "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
+        w - l - rt,
+        h - t - b
+    ));
     for k in 0..=4 {
         let v = top * k as f64 / 4.0;
         s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#555\">{}</text>", w - rt, l - 6.0, y(v) + 4.0, money(v), y = y(v)));
@@ -225,10 +310,17 @@ pub fn svg(r: &PhaseReport) -> String {
             pts.push(format!("{:.1},{:.1}", x(*ts), y(*c)));
             prev = *c;
         }
-        s.push_str(&format!("<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"2.5\" points=\"{}\"/>", pts.join(" ")));
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"2.5\" points=\"{}\"/>",
+            pts.join(" ")
+        ));
         let (lt, lc) = r.timeline[r.timeline.len() - 1];
         s.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1565c0\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#1565c0\">spent {}</text>", x(lt), y(lc), x(lt) - 8.0, y(lc) - 8.0, money(lc)));
-        let fmt = |ts: i64| chrono::DateTime::from_timestamp(ts, 0).map(|d| d.format("%m-%d %H:%M").to_string()).unwrap_or_default();
+        let fmt = |ts: i64| {
+            chrono::DateTime::from_timestamp(ts, 0)
+                .map(|d| d.format("%m-%d %H:%M").to_string())
+                .unwrap_or_default()
+        };
         s.push_str(&format!("<text x=\"{l}\" y=\"{}\" font-size=\"11\" fill=\"#555\">{}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\" fill=\"#555\">{} UTC</text>", h - 12.0, fmt(t0), w - rt, h - 12.0, fmt(t1)));
     }
     s.push_str("</svg>");
@@ -238,7 +330,11 @@ pub fn svg(r: &PhaseReport) -> String {
 pub fn html(reports: &[PhaseReport], generated: &str) -> String {
     let mut body = String::new();
     for r in reports {
-        body.push_str(&format!("<section><h2>{} <small>{}</small></h2>", esc(&r.phase), esc(&r.name)));
+        body.push_str(&format!(
+            "<section><h2>{} <small>{}</small></h2>",
+            esc(&r.phase),
+            esc(&r.name)
+        ));
         body.push_str("<div class=\"cards\">");
         for (k, v) in [
             ("Budget", usd(r.budget_usd)),
@@ -249,14 +345,24 @@ pub fn html(reports: &[PhaseReport], generated: &str) -> String {
             ("Projected", usd(Some(r.projected_usd))),
             ("Tasks", format!("{}/{}", r.tasks_done, r.tasks)),
         ] {
-            body.push_str(&format!("<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{}</div></div>", esc(&v)));
+            body.push_str(&format!(
+                "<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{}</div></div>",
+                esc(&v)
+            ));
         }
         body.push_str("</div>");
         if let Some(s) = &r.stopped_by_budget {
-            body.push_str(&format!("<p class=\"warn\">Stopped by the budget: {}</p>", esc(s)));
+            body.push_str(&format!(
+                "<p class=\"warn\">Stopped by the budget: {}</p>",
+                esc(s)
+            ));
         }
         body.push_str(&svg(r));
-        body.push_str(&format!("<p class=\"note\">Spend: {}. Prices: {}.</p>", esc(&r.metered_kind), esc(&r.prices)));
+        body.push_str(&format!(
+            "<p class=\"note\">Spend: {}. Prices: {}.</p>",
+            esc(&r.metered_kind),
+            esc(&r.prices)
+        ));
         body.push_str("<h3>Node groups</h3><table><tr><th>group</th><th>type</th><th>market</th><th class=\"n\">nodes</th><th class=\"n\">estimated</th><th class=\"n\">spent</th></tr>");
         for g in &r.groups {
             body.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>", esc(&g.group), esc(&g.instance_type), esc(&g.market), g.nodes, usd(Some(g.estimated_usd)), usd(Some(g.metered_usd))));

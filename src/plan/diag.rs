@@ -31,8 +31,19 @@ impl fmt::Display for PlanErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for d in &self.diags {
-            let path = if d.path.is_empty() { "(plan)" } else { d.path.as_str() };
-            write!(f, "\n  {}:{} {}: {}", self.file.display(), d.pos, path, d.message)?;
+            let path = if d.path.is_empty() {
+                "(plan)"
+            } else {
+                d.path.as_str()
+            };
+            write!(
+                f,
+                "\n  {}:{} {}: {}",
+                self.file.display(),
+                d.pos,
+                path,
+                d.message
+            )?;
             if let Some(h) = &d.hint {
                 write!(f, "\n    (hint: {h})")?;
             }
@@ -52,7 +63,12 @@ pub struct Diags {
 impl Diags {
     pub fn push(&mut self, path: &str, pos: Pos, message: impl Into<String>, hint: Option<String>) {
         if self.list.len() < 500 {
-            self.list.push(Diag { path: path.to_string(), pos, message: message.into(), hint });
+            self.list.push(Diag {
+                path: path.to_string(),
+                pos,
+                message: message.into(),
+                hint,
+            });
         }
     }
 
@@ -60,7 +76,13 @@ impl Diags {
         self.push(path, pos, message, None);
     }
 
-    pub fn hint(&mut self, path: &str, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn hint(
+        &mut self,
+        path: &str,
+        pos: Pos,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.push(path, pos, message, Some(hint.into()));
     }
 
@@ -86,7 +108,11 @@ pub fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The known names closest to `name`, best first.
-pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>, max: usize) -> Vec<&'a str> {
+pub fn closest<'a>(
+    name: &str,
+    known: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Vec<&'a str> {
     let lname = name.to_ascii_lowercase();
     let mut scored: Vec<(usize, &str)> = known
         .into_iter()
@@ -128,7 +154,10 @@ pub fn unsafe_id_reason(id: &str) -> Option<String> {
     if id.starts_with('.') || id.starts_with('-') {
         return Some("it starts with '.' or '-'".into());
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
         let shown = if c.is_control() || c.is_whitespace() {
             format!("{:?}", c)
         } else {
@@ -145,7 +174,10 @@ mod tests {
 
     #[test]
     fn suggestions_rank_by_distance() {
-        assert_eq!(closest("g5.12xlarg", ["g5.12xlarge", "g5.xlarge", "p5.48xlarge"], 2)[0], "g5.12xlarge");
+        assert_eq!(
+            closest("g5.12xlarg", ["g5.12xlarge", "g5.xlarge", "p5.48xlarge"], 2)[0],
+            "g5.12xlarge"
+        );
         assert!(closest("zzz", ["g5.12xlarge"], 2).is_empty());
     }
 

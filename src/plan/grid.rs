@@ -10,8 +10,17 @@ use super::decode::{child, count, duration, obj, string, RawPattern};
 use super::diag::{did_you_mean, unsafe_id_reason, Diags};
 use super::json::{Node, Pos, Spanned};
 
-const GRID_FIELDS: &[&str] =
-    &["backend", "id", "factors", "exclude", "include", "repetitions", "settings", "estimate", "estimate_by"];
+const GRID_FIELDS: &[&str] = &[
+    "backend",
+    "id",
+    "factors",
+    "exclude",
+    "include",
+    "repetitions",
+    "settings",
+    "estimate",
+    "estimate_by",
+];
 
 pub(crate) fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -32,7 +41,15 @@ pub fn level_text(v: &Value) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Fill `{name}` placeholders from `vars`; `None` names the missing one.
@@ -42,7 +59,9 @@ pub fn fill_id(template: &str, vars: &Map<String, Value>) -> Result<String, Stri
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
         let after = &rest[start + 1..];
-        let Some(end) = after.find('}') else { return Err("an unclosed '{'".into()) };
+        let Some(end) = after.find('}') else {
+            return Err("an unclosed '{'".into());
+        };
         let name = &after[..end];
         match vars.get(name) {
             Some(v) => out.push_str(&sanitize(&level_text(v))),
@@ -67,26 +86,51 @@ fn placeholders(template: &str) -> Vec<String> {
 }
 
 pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -> Vec<RawPattern> {
-    let Some(o) = obj(d, v, path) else { return Vec::new() };
+    let Some(o) = obj(d, v, path) else {
+        return Vec::new();
+    };
     o.known(d, GRID_FIELDS);
-    let backend = o.required(d, "backend", "\"train\"").and_then(|v| string(d, v, &o.child("backend")));
-    let id_tpl = o.required(d, "id", "\"sweep-{variant}-lr{lr}-s{seed}\"").and_then(|v| string(d, v, &o.child("id")));
+    let backend = o
+        .required(d, "backend", "\"train\"")
+        .and_then(|v| string(d, v, &o.child("backend")));
+    let id_tpl = o
+        .required(d, "id", "\"sweep-{variant}-lr{lr}-s{seed}\"")
+        .and_then(|v| string(d, v, &o.child("id")));
     let id_pos = o.get("id").map(|v| v.pos).unwrap_or(o.pos);
-    let reps = o.get("repetitions").and_then(|v| count(d, v, &o.child("repetitions"), 100_000)).unwrap_or(1);
-    let settings = o.get("settings").and_then(|v| obj(d, v, &o.child("settings")).map(|_| v.to_value())).and_then(|v| v.as_object().cloned()).unwrap_or_default();
-    let estimate = o.get("estimate").and_then(|v| duration(d, v, &o.child("estimate")));
+    let reps = o
+        .get("repetitions")
+        .and_then(|v| count(d, v, &o.child("repetitions"), 100_000))
+        .unwrap_or(1);
+    let settings = o
+        .get("settings")
+        .and_then(|v| obj(d, v, &o.child("settings")).map(|_| v.to_value()))
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    let estimate = o
+        .get("estimate")
+        .and_then(|v| duration(d, v, &o.child("estimate")));
 
     // factors, in the order written
     let mut factors: Vec<(String, Vec<Value>, Pos)> = Vec::new();
     if let Some(fv) = o.required(d, "factors", "{\"lr\": [0.1, 0.01], \"seed\": [0, 1, 2]}") {
         if let Some(fo) = obj(d, fv, &o.child("factors")) {
             if fo.fields.is_empty() {
-                d.hint(&fo.path, fv.pos, "a grid needs at least one factor", "add \"factors\": {\"seed\": [0, 1, 2]}");
+                d.hint(
+                    &fo.path,
+                    fv.pos,
+                    "a grid needs at least one factor",
+                    "add \"factors\": {\"seed\": [0, 1, 2]}",
+                );
             }
             for (name, lv) in fo.fields {
                 let fpath = fo.child(name);
                 if unsafe_id_reason(name).is_some() || name == "rep" {
-                    d.hint(&fpath, lv.pos, format!("factor name \"{name}\" is not usable as a variable"), "use letters, digits and '_' (and not \"rep\", which repetitions use)");
+                    d.hint(
+                        &fpath,
+                        lv.pos,
+                        format!("factor name \"{name}\" is not usable as a variable"),
+                        "use letters, digits and '_' (and not \"rep\", which repetitions use)",
+                    );
                 }
                 match &lv.node {
                     Node::Arr(items) if !items.is_empty() => {
@@ -94,19 +138,42 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
                         for (i, it) in items.iter().enumerate() {
                             let val = it.to_value();
                             if matches!(val, Value::Object(_) | Value::Array(_) | Value::Null) {
-                                d.hint(&format!("{fpath}[{i}]"), it.pos, format!("level {} is not a string, number or boolean", val), "use scalar levels");
+                                d.hint(
+                                    &format!("{fpath}[{i}]"),
+                                    it.pos,
+                                    format!("level {} is not a string, number or boolean", val),
+                                    "use scalar levels",
+                                );
                                 continue;
                             }
                             if levels.iter().any(|l| values_equal(l, &val)) {
-                                d.hint(&format!("{fpath}[{i}]"), it.pos, format!("level {val} appears twice"), "list each level once");
+                                d.hint(
+                                    &format!("{fpath}[{i}]"),
+                                    it.pos,
+                                    format!("level {val} appears twice"),
+                                    "list each level once",
+                                );
                                 continue;
                             }
                             levels.push(val);
                         }
                         factors.push((name.clone(), levels, lv.pos));
                     }
-                    Node::Arr(_) => d.hint(&fpath, lv.pos, format!("factor \"{name}\" has no levels"), "list at least one level"),
-                    _ => d.hint(&fpath, lv.pos, format!("factor \"{name}\" must be a list of levels, found {}", lv.kind()), format!("write \"{name}\": [1, 2, 3]")),
+                    Node::Arr(_) => d.hint(
+                        &fpath,
+                        lv.pos,
+                        format!("factor \"{name}\" has no levels"),
+                        "list at least one level",
+                    ),
+                    _ => d.hint(
+                        &fpath,
+                        lv.pos,
+                        format!(
+                            "factor \"{name}\" must be a list of levels, found {}",
+                            lv.kind()
+                        ),
+                        format!("write \"{name}\": [1, 2, 3]"),
+                    ),
                 }
             }
         }
@@ -117,17 +184,34 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
     if let Some(t) = &id_tpl {
         for ph in placeholders(t) {
             if !names.contains(&ph.as_str()) && !(ph == "rep") {
-                d.hint(&o.child("id"), id_pos, format!("id template mentions {{{ph}}}, which is not a factor"), did_you_mean(&ph, names.iter().copied()));
+                d.hint(
+                    &o.child("id"),
+                    id_pos,
+                    format!("id template mentions {{{ph}}}, which is not a factor"),
+                    did_you_mean(&ph, names.iter().copied()),
+                );
             }
         }
         let used = placeholders(t);
         for (n, levels, _) in &factors {
             if levels.len() > 1 && !used.contains(n) {
-                d.hint(&o.child("id"), id_pos, format!("id template does not mention factor {{{n}}}, so cells would share ids"), format!("add {{{n}}} to the id, e.g. \"{t}-{{{n}}}\""));
+                d.hint(
+                    &o.child("id"),
+                    id_pos,
+                    format!(
+                        "id template does not mention factor {{{n}}}, so cells would share ids"
+                    ),
+                    format!("add {{{n}}} to the id, e.g. \"{t}-{{{n}}}\""),
+                );
             }
         }
         if reps > 1 && !used.iter().any(|u| u == "rep") {
-            d.hint(&o.child("id"), id_pos, "id template does not mention {rep} but the grid has repetitions", format!("add {{rep}}, e.g. \"{t}-r{{rep}}\""));
+            d.hint(
+                &o.child("id"),
+                id_pos,
+                "id template does not mention {rep} but the grid has repetitions",
+                format!("add {{rep}}, e.g. \"{t}-r{{rep}}\""),
+            );
         }
     }
 
@@ -135,12 +219,19 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         let mut out = Vec::new();
         let Some(ev) = o.get(key) else { return out };
         let Node::Arr(items) = &ev.node else {
-            d.hint(&o.child(key), ev.pos, format!("expected a list of cells, found {}", ev.kind()), "write a list of objects, e.g. [{\"lr\": 0.1}]");
+            d.hint(
+                &o.child(key),
+                ev.pos,
+                format!("expected a list of cells, found {}", ev.kind()),
+                "write a list of objects, e.g. [{\"lr\": 0.1}]",
+            );
             return out;
         };
         for (i, it) in items.iter().enumerate() {
             let ipath = format!("{}[{i}]", o.child(key));
-            let Some(io) = obj(d, it, &ipath) else { continue };
+            let Some(io) = obj(d, it, &ipath) else {
+                continue;
+            };
             let mut cell = Map::new();
             for (k, kv) in io.fields {
                 let val = kv.to_value();
@@ -157,12 +248,22 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
             if full {
                 for n in &names {
                     if !cell.contains_key(*n) {
-                        d.hint(&ipath, it.pos, format!("included cell does not set factor \"{n}\""), "an included cell gives a level for every factor");
+                        d.hint(
+                            &ipath,
+                            it.pos,
+                            format!("included cell does not set factor \"{n}\""),
+                            "an included cell gives a level for every factor",
+                        );
                     }
                 }
             }
             if cell.is_empty() && !full {
-                d.hint(&ipath, it.pos, "an empty exclusion would drop every cell", "name at least one factor level");
+                d.hint(
+                    &ipath,
+                    it.pos,
+                    "an empty exclusion would drop every cell",
+                    "name at least one factor level",
+                );
             }
             out.push((cell, it.pos));
         }
@@ -177,14 +278,29 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         if let Some(eo) = obj(d, ev, &o.child("estimate_by")) {
             for (f, fv) in eo.fields {
                 let Some((_, levels, _)) = factors.iter().find(|(n, _, _)| n == f) else {
-                    d.hint(&eo.child(f), fv.pos, format!("\"{f}\" is not a factor of this grid"), did_you_mean(f, names.iter().copied()));
+                    d.hint(
+                        &eo.child(f),
+                        fv.pos,
+                        format!("\"{f}\" is not a factor of this grid"),
+                        did_you_mean(f, names.iter().copied()),
+                    );
                     continue;
                 };
-                let Some(lo) = obj(d, fv, &eo.child(f)) else { continue };
+                let Some(lo) = obj(d, fv, &eo.child(f)) else {
+                    continue;
+                };
                 let mut per = Vec::new();
                 for (lk, lv) in lo.fields {
                     let Some(level) = levels.iter().find(|l| level_text(l) == *lk) else {
-                        d.hint(&lo.child(lk), lv.pos, format!("\"{lk}\" is not a level of factor \"{f}\""), format!("levels: {}", levels.iter().map(level_text).collect::<Vec<_>>().join(", ")));
+                        d.hint(
+                            &lo.child(lk),
+                            lv.pos,
+                            format!("\"{lk}\" is not a level of factor \"{f}\""),
+                            format!(
+                                "levels: {}",
+                                levels.iter().map(level_text).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
                         continue;
                     };
                     if let Some(dur) = duration(d, lv, &lo.child(lk)) {
@@ -196,15 +312,24 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         }
     }
 
-    let (Some(backend), Some(id_tpl)) = (backend, id_tpl) else { return Vec::new() };
+    let (Some(backend), Some(id_tpl)) = (backend, id_tpl) else {
+        return Vec::new();
+    };
     if factors.is_empty() || !d.is_empty() && d.list.iter().any(|x| x.path.starts_with(path)) {
         return Vec::new();
     }
-    let product = factors.iter().try_fold(reps as usize, |acc, (_, l, _)| acc.checked_mul(l.len()));
+    let product = factors
+        .iter()
+        .try_fold(reps as usize, |acc, (_, l, _)| acc.checked_mul(l.len()));
     match product {
         Some(n) if n <= max_cells => {}
         _ => {
-            d.hint(path, v.pos, format!("the grid has more than {max_cells} cells"), "split it over several layers or phases, or exclude part of it");
+            d.hint(
+                path,
+                v.pos,
+                format!("the grid has more than {max_cells} cells"),
+                "split it over several layers or phases, or exclude part of it",
+            );
             return Vec::new();
         }
     }
@@ -227,7 +352,12 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         for (k, (n, levels, _)) in factors.iter().enumerate() {
             cell.insert(n.clone(), levels[idx[k]].clone());
         }
-        let excluded = excludes.iter().any(|(ex, _)| !ex.is_empty() && ex.iter().all(|(k, v)| cell.get(k).is_some_and(|c| values_equal(c, v))));
+        let excluded = excludes.iter().any(|(ex, _)| {
+            !ex.is_empty()
+                && ex
+                    .iter()
+                    .all(|(k, v)| cell.get(k).is_some_and(|c| values_equal(c, v)))
+        });
         if !excluded {
             cells.push((cell, v.pos));
         }
@@ -245,7 +375,10 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
         }
     }
     for (inc, pos) in includes {
-        if !cells.iter().any(|(c, _)| c.iter().all(|(k, v)| inc.get(k).is_some_and(|i| values_equal(i, v)))) {
+        if !cells.iter().any(|(c, _)| {
+            c.iter()
+                .all(|(k, v)| inc.get(k).is_some_and(|i| values_equal(i, v)))
+        }) {
             cells.push((inc, pos));
         }
     }
@@ -260,12 +393,22 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
             let id = match fill_id(&id_tpl, &vars) {
                 Ok(id) => id,
                 Err(e) => {
-                    d.hint(&child(path, "id"), id_pos, format!("cannot build an id: {e}"), "use {factor} placeholders");
+                    d.hint(
+                        &child(path, "id"),
+                        id_pos,
+                        format!("cannot build an id: {e}"),
+                        "use {factor} placeholders",
+                    );
                     return Vec::new();
                 }
             };
             if let Some(r) = unsafe_id_reason(&id) {
-                d.hint(&child(path, "id"), id_pos, format!("the id template yields \"{id}\", which is not file-safe: {r}"), "use letters, digits, '-', '_' and '.' around the placeholders");
+                d.hint(
+                    &child(path, "id"),
+                    id_pos,
+                    format!("the id template yields \"{id}\", which is not file-safe: {r}"),
+                    "use letters, digits, '-', '_' and '.' around the placeholders",
+                );
                 return Vec::new();
             }
             let mut overrides = settings.clone();
@@ -273,8 +416,15 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
                 overrides.insert(k.clone(), v.clone());
             }
             out.push(RawPattern {
-                id, backend: backend.clone(), overrides, factors: vars, estimate: cell_estimate(&cell),
-                node_group: None, pos, path: path.to_string(), id_path_is_template: true,
+                id,
+                backend: backend.clone(),
+                overrides,
+                factors: vars,
+                estimate: cell_estimate(&cell),
+                node_group: None,
+                pos,
+                path: path.to_string(),
+                id_path_is_template: true,
             });
         }
     }

@@ -57,7 +57,10 @@ impl Spanned {
             Node::Str(s) => Value::String(s.clone()),
             Node::Arr(items) => Value::Array(items.iter().map(Spanned::to_value).collect()),
             Node::Obj(fields) => Value::Object(
-                fields.iter().map(|(k, v)| (k.clone(), v.to_value())).collect(),
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
             ),
         }
     }
@@ -79,7 +82,12 @@ pub struct SyntaxError {
 const MAX_DEPTH: usize = 64;
 
 pub fn parse(text: &str) -> Result<Spanned, SyntaxError> {
-    let mut p = Parser { src: text.as_bytes(), i: 0, line: 1, col: 1 };
+    let mut p = Parser {
+        src: text.as_bytes(),
+        i: 0,
+        line: 1,
+        col: 1,
+    };
     if text.starts_with('\u{feff}') {
         p.bump_n(3);
     }
@@ -101,11 +109,17 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn pos(&self) -> Pos {
-        Pos { line: self.line, col: self.col }
+        Pos {
+            line: self.line,
+            col: self.col,
+        }
     }
 
     fn err(&self, message: impl Into<String>) -> SyntaxError {
-        SyntaxError { pos: self.pos(), message: message.into() }
+        SyntaxError {
+            pos: self.pos(),
+            message: message.into(),
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -146,7 +160,8 @@ impl Parser<'_> {
             self.bump_n(word.len());
             Ok(Spanned { pos, node })
         } else {
-            Err(self.err("expected a JSON value (string, number, object, array, true, false or null)"))
+            Err(self
+                .err("expected a JSON value (string, number, object, array, true, false or null)"))
         }
     }
 
@@ -159,13 +174,17 @@ impl Parser<'_> {
             None => Err(self.err("unexpected end of file")),
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
-            Some(b'"') => Ok(Spanned { pos, node: Node::Str(self.string()?) }),
+            Some(b'"') => Ok(Spanned {
+                pos,
+                node: Node::Str(self.string()?),
+            }),
             Some(b't') => self.expect_word("true", Node::Bool(true), pos),
             Some(b'f') => self.expect_word("false", Node::Bool(false), pos),
             Some(b'n') => self.expect_word("null", Node::Null, pos),
             Some(c) if c == b'-' || c.is_ascii_digit() => self.number(),
             Some(b'\'') => Err(self.err("strings use double quotes in JSON, not single quotes")),
-            Some(_) => Err(self.err("expected a JSON value (string, number, object, array, true, false or null)")),
+            Some(_) => Err(self
+                .err("expected a JSON value (string, number, object, array, true, false or null)")),
         }
     }
 
@@ -176,7 +195,10 @@ impl Parser<'_> {
         self.ws();
         if self.peek() == Some(b'}') {
             self.bump();
-            return Ok(Spanned { pos, node: Node::Obj(fields) });
+            return Ok(Spanned {
+                pos,
+                node: Node::Obj(fields),
+            });
         }
         loop {
             self.ws();
@@ -205,8 +227,15 @@ impl Parser<'_> {
             self.ws();
             match self.bump() {
                 Some(b',') => continue,
-                Some(b'}') => return Ok(Spanned { pos, node: Node::Obj(fields) }),
-                None => return Err(self.err("unexpected end of file inside an object (missing '}')")),
+                Some(b'}') => {
+                    return Ok(Spanned {
+                        pos,
+                        node: Node::Obj(fields),
+                    })
+                }
+                None => {
+                    return Err(self.err("unexpected end of file inside an object (missing '}')"))
+                }
                 _ => return Err(self.err("expected ',' or '}' after a field (missing comma?)")),
             }
         }
@@ -219,7 +248,10 @@ impl Parser<'_> {
         self.ws();
         if self.peek() == Some(b']') {
             self.bump();
-            return Ok(Spanned { pos, node: Node::Arr(items) });
+            return Ok(Spanned {
+                pos,
+                node: Node::Arr(items),
+            });
         }
         loop {
             self.ws();
@@ -230,9 +262,18 @@ impl Parser<'_> {
             self.ws();
             match self.bump() {
                 Some(b',') => continue,
-                Some(b']') => return Ok(Spanned { pos, node: Node::Arr(items) }),
-                None => return Err(self.err("unexpected end of file inside an array (missing ']')")),
-                _ => return Err(self.err("expected ',' or ']' after an array item (missing comma?)")),
+                Some(b']') => {
+                    return Ok(Spanned {
+                        pos,
+                        node: Node::Arr(items),
+                    })
+                }
+                None => {
+                    return Err(self.err("unexpected end of file inside an array (missing ']')"))
+                }
+                _ => {
+                    return Err(self.err("expected ',' or ']' after an array item (missing comma?)"))
+                }
             }
         }
     }
@@ -249,12 +290,18 @@ impl Parser<'_> {
         }
         let raw = std::str::from_utf8(&self.src[start..self.i]).unwrap_or("");
         match serde_json::from_str::<serde_json::Number>(raw) {
-            Ok(n) => Ok(Spanned { pos, node: Node::Num(n) }),
+            Ok(n) => Ok(Spanned {
+                pos,
+                node: Node::Num(n),
+            }),
             Err(e) if e.to_string().contains("out of range") => Err(SyntaxError {
                 pos,
                 message: format!("number {raw} is out of range"),
             }),
-            Err(_) => Err(SyntaxError { pos, message: format!("invalid number {raw:?}") }),
+            Err(_) => Err(SyntaxError {
+                pos,
+                message: format!("invalid number {raw:?}"),
+            }),
         }
     }
 
@@ -272,7 +319,9 @@ impl Parser<'_> {
                 }
                 b'\\' => {
                     self.bump();
-                    let esc = self.bump().ok_or_else(|| self.err("unexpected end of file in an escape"))?;
+                    let esc = self
+                        .bump()
+                        .ok_or_else(|| self.err("unexpected end of file in an escape"))?;
                     match esc {
                         b'"' => out.push(b'"'),
                         b'\\' => out.push(b'\\'),
@@ -299,7 +348,8 @@ impl Parser<'_> {
                                     return Err(self.err("unpaired surrogate in \\u escape"));
                                 }
                             }
-                            let ch = char::from_u32(cp).ok_or_else(|| self.err("invalid \\u escape"))?;
+                            let ch =
+                                char::from_u32(cp).ok_or_else(|| self.err("invalid \\u escape"))?;
                             let mut buf = [0u8; 4];
                             out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                         }
@@ -307,7 +357,9 @@ impl Parser<'_> {
                     }
                 }
                 c if c < 0x20 => {
-                    return Err(self.err("control character inside a string (use \\n, \\t or \\u escapes)"));
+                    return Err(
+                        self.err("control character inside a string (use \\n, \\t or \\u escapes)")
+                    );
                 }
                 _ => {
                     out.push(c);
@@ -321,8 +373,12 @@ impl Parser<'_> {
     fn hex4(&mut self) -> Result<u32, SyntaxError> {
         let mut v = 0u32;
         for _ in 0..4 {
-            let c = self.bump().ok_or_else(|| self.err("unexpected end of file in \\u escape"))?;
-            let d = (c as char).to_digit(16).ok_or_else(|| self.err("invalid hex digit in \\u escape"))?;
+            let c = self
+                .bump()
+                .ok_or_else(|| self.err("unexpected end of file in \\u escape"))?;
+            let d = (c as char)
+                .to_digit(16)
+                .ok_or_else(|| self.err("invalid hex digit in \\u escape"))?;
             v = v * 16 + d;
         }
         Ok(v)
@@ -338,7 +394,9 @@ mod tests {
         let v = parse("{\n  \"a\": [1, {\"b\": \"x\"}]\n}").unwrap();
         let a = v.get("a").unwrap();
         assert_eq!(a.pos, Pos { line: 2, col: 8 });
-        let Node::Arr(items) = &a.node else { panic!("not an array") };
+        let Node::Arr(items) = &a.node else {
+            panic!("not an array")
+        };
         assert_eq!(items[1].get("b").unwrap().pos, Pos { line: 2, col: 18 });
     }
 
@@ -351,7 +409,10 @@ mod tests {
         assert!(e.message.contains("missing comma"), "{}", e.message);
         assert!(parse("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]").is_err());
         assert!(parse("1e999").unwrap_err().message.contains("out of range"));
-        assert!(parse("{\"a\":1,\"a\":2}").unwrap_err().message.contains("twice"));
+        assert!(parse("{\"a\":1,\"a\":2}")
+            .unwrap_err()
+            .message
+            .contains("twice"));
     }
 
     #[test]

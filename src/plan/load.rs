@@ -14,9 +14,16 @@ pub const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("no plan named \"{name}\" (looked for {looked})\n  (hint: {hint})")]
-    NotFound { name: String, looked: String, hint: String },
+    NotFound {
+        name: String,
+        looked: String,
+        hint: String,
+    },
     #[error("cannot read plan {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("plan {path} is {size} bytes, larger than the {MAX_PLAN_BYTES}-byte limit\n  (hint: split the campaign into phases, or describe large sweeps with a \"grid\")")]
     TooLarge { path: PathBuf, size: u64 },
     #[error("{0}")]
@@ -28,11 +35,19 @@ pub enum LoadError {
 pub fn resolve(name: &str, cwd: &Path) -> Result<PathBuf, LoadError> {
     let as_path = Path::new(name);
     if name.contains('/') || name.ends_with(".json") {
-        let p = if as_path.is_absolute() { as_path.to_path_buf() } else { cwd.join(as_path) };
+        let p = if as_path.is_absolute() {
+            as_path.to_path_buf()
+        } else {
+            cwd.join(as_path)
+        };
         if p.is_file() {
             return Ok(p);
         }
-        return Err(LoadError::NotFound { name: name.into(), looked: p.display().to_string(), hint: "check the path".into() });
+        return Err(LoadError::NotFound {
+            name: name.into(),
+            looked: p.display().to_string(),
+            hint: "check the path".into(),
+        });
     }
     let candidate = cwd.join("plans").join(format!("{name}.json"));
     if candidate.is_file() {
@@ -47,7 +62,11 @@ pub fn resolve(name: &str, cwd: &Path) -> Result<PathBuf, LoadError> {
     } else {
         format!("plans here: {}", known.join(", "))
     };
-    Err(LoadError::NotFound { name: name.into(), looked: format!("plans/{name}.json"), hint })
+    Err(LoadError::NotFound {
+        name: name.into(),
+        looked: format!("plans/{name}.json"),
+        hint,
+    })
 }
 
 pub fn list_plans(dir: &Path) -> Vec<String> {
@@ -69,15 +88,36 @@ pub fn list_plans(dir: &Path) -> Vec<String> {
 
 /// Parse and validate plan text. `file` only labels messages and anchors
 /// relative paths; `file_exists` answers for template files.
-pub fn parse_plan(text: &str, file: &Path, file_exists: &dyn Fn(&Path) -> bool) -> Result<Plan, PlanErrors> {
+pub fn parse_plan(
+    text: &str,
+    file: &Path,
+    file_exists: &dyn Fn(&Path) -> bool,
+) -> Result<Plan, PlanErrors> {
     let (root, plan_dir) = default_root_for(file);
-    let name_key = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "plan".into());
+    let name_key = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "plan".into());
     let node = parse(text).map_err(|e| PlanErrors {
         file: display_path(file),
-        diags: vec![Diag { path: String::new(), pos: e.pos, message: format!("invalid JSON: {}", e.message), hint: Some("fix the syntax at this position".into()) }],
+        diags: vec![Diag {
+            path: String::new(),
+            pos: e.pos,
+            message: format!("invalid JSON: {}", e.message),
+            hint: Some("fix the syntax at this position".into()),
+        }],
     })?;
-    let src = Source { file, name_key: &name_key, root: &root, plan_dir: &plan_dir, file_exists };
-    decode(&node, &src).map_err(|d| PlanErrors { file: display_path(file), diags: d.list })
+    let src = Source {
+        file,
+        name_key: &name_key,
+        root: &root,
+        plan_dir: &plan_dir,
+        file_exists,
+    };
+    decode(&node, &src).map_err(|d| PlanErrors {
+        file: display_path(file),
+        diags: d.list,
+    })
 }
 
 fn display_path(file: &Path) -> PathBuf {
@@ -89,11 +129,20 @@ fn display_path(file: &Path) -> PathBuf {
 
 pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
     let path = resolve(name, cwd)?;
-    let meta = std::fs::metadata(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+    let meta = std::fs::metadata(&path).map_err(|source| LoadError::Io {
+        path: path.clone(),
+        source,
+    })?;
     if meta.len() > MAX_PLAN_BYTES {
-        return Err(LoadError::TooLarge { path, size: meta.len() });
+        return Err(LoadError::TooLarge {
+            path,
+            size: meta.len(),
+        });
     }
-    let bytes = std::fs::read(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+    let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
+        path: path.clone(),
+        source,
+    })?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -101,7 +150,12 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
             let line = upto.iter().filter(|b| **b == b'\n').count() as u32 + 1;
             return Err(LoadError::Invalid(PlanErrors {
                 file: display_path(&path),
-                diags: vec![Diag { path: String::new(), pos: Pos { line, col: 1 }, message: "the file is not valid UTF-8".into(), hint: Some("save the plan as UTF-8 text".into()) }],
+                diags: vec![Diag {
+                    path: String::new(),
+                    pos: Pos { line, col: 1 },
+                    message: "the file is not valid UTF-8".into(),
+                    hint: Some("save the plan as UTF-8 text".into()),
+                }],
             }));
         }
     };

@@ -82,7 +82,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 1, backoff: Duration::from_secs(1), backoff_max: Duration::from_secs(8) }
+        RetryPolicy {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(8),
+        }
     }
 }
 
@@ -184,9 +188,10 @@ impl Plan {
     }
 
     pub fn template_path(&self, backend: &str) -> PathBuf {
-        self.templates
-            .get(backend)
-            .cloned()
-            .unwrap_or_else(|| self.plan_dir.join("templates").join(format!("{backend}.json.hbs")))
+        self.templates.get(backend).cloned().unwrap_or_else(|| {
+            self.plan_dir
+                .join("templates")
+                .join(format!("{backend}.json.hbs"))
+        })
     }
 }

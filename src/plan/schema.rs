@@ -24,7 +24,10 @@ pub fn schema() -> Value {
     };
     let mut infra = pool(vec!["instance_type", "node_count"], "node_count");
     for (k, v) in [
-        ("gpu_count_per_node", json!({"type": "integer", "minimum": 0})),
+        (
+            "gpu_count_per_node",
+            json!({"type": "integer", "minimum": 0}),
+        ),
         ("tp_size", json!({"type": "integer", "minimum": 1})),
         ("model", json!({"type": "string"})),
         ("vllm_version", json!({"type": "string"})),

@@ -32,15 +32,26 @@ pub fn select<'a>(plan: &'a Plan, words: &[String]) -> Result<Vec<&'a Pattern>, 
             }
         }
         if !hit {
-            let names: Vec<&str> = plan.layers.iter().map(|l| l.id.as_str()).chain(plan.patterns().map(|p| p.id.as_str())).collect();
+            let names: Vec<&str> = plan
+                .layers
+                .iter()
+                .map(|l| l.id.as_str())
+                .chain(plan.patterns().map(|p| p.id.as_str()))
+                .collect();
             let near = closest(w, names.iter().copied(), 3);
             let layers: Vec<&str> = plan.layers.iter().map(|l| l.id.as_str()).collect();
             let hint = match near.first() {
                 Some(n) => format!("did you mean \"{n}\"? select \"all\", a layer ({}) or pattern ids (infra list {})", layers.join(", "), plan.name_key),
                 None => format!("select \"all\", a layer ({}) or pattern ids (infra list {})", layers.join(", "), plan.name_key),
             };
-            return Err(SelectError { word: w.clone(), hint });
+            return Err(SelectError {
+                word: w.clone(),
+                hint,
+            });
         }
     }
-    Ok(plan.patterns().filter(|p| keep.contains(p.id.as_str())).collect())
+    Ok(plan
+        .patterns()
+        .filter(|p| keep.contains(p.id.as_str()))
+        .collect())
 }

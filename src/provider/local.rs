@@ -48,9 +48,15 @@ pub const BASE_PORT: u32 = 20000;
 pub const PORTS_PER_SLOT: u32 = 16;
 
 /// The nodes a plan asks for, laid out on this machine.
-pub fn nodes_for(plan: &Plan, price: &dyn Fn(&str, crate::plan::Market) -> Option<f64>, vcpus_of: &dyn Fn(&str) -> Option<(u32, u32)>) -> Vec<LocalNode> {
+pub fn nodes_for(
+    plan: &Plan,
+    price: &dyn Fn(&str, crate::plan::Market) -> Option<f64>,
+    vcpus_of: &dyn Fn(&str) -> Option<(u32, u32)>,
+) -> Vec<LocalNode> {
     let mut out = Vec::new();
-    let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     for g in &plan.node_groups {
         let (vcpus, cat_gpus) = vcpus_of(&g.instance_type).unwrap_or((host_cpus, 0));
         for i in 0..g.count {
@@ -90,7 +96,12 @@ pub fn apply(plan: &Plan, nodes: Vec<LocalNode>) -> std::io::Result<LocalState> 
     for n in &nodes {
         std::fs::create_dir_all(node_dir(plan, &n.name).join("work"))?;
     }
-    let state = LocalState { version: 1, phase: plan.name_key.clone(), nodes, created: chrono::Utc::now().to_rfc3339() };
+    let state = LocalState {
+        version: 1,
+        phase: plan.name_key.clone(),
+        nodes,
+        created: chrono::Utc::now().to_rfc3339(),
+    };
     let path = state_path(plan);
     std::fs::create_dir_all(plan.state_dir())?;
     let tmp = path.with_extension("json.tmp");
@@ -133,7 +144,11 @@ impl LocalExecutor {
         let pid_dir = plan.state_dir().join("pids");
         let _ = std::fs::create_dir_all(&pid_dir);
         LocalExecutor {
-            node_dirs: state.nodes.iter().map(|n| node_dir(plan, &n.name)).collect(),
+            node_dirs: state
+                .nodes
+                .iter()
+                .map(|n| node_dir(plan, &n.name))
+                .collect(),
             nodes: state.nodes.clone(),
             state_dir: plan.state_dir(),
             root: plan.root.clone(),
@@ -152,12 +167,25 @@ impl LocalExecutor {
             } else {
                 vec![slot * g / s]
             };
-            env.push(("CUDA_VISIBLE_DEVICES".into(), devices.iter().map(u32::to_string).collect::<Vec<_>>().join(",")));
+            env.push((
+                "CUDA_VISIBLE_DEVICES".into(),
+                devices
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ));
         }
         let per = (node.vcpus / node.slots.max(1)).max(1);
         let first = slot * per;
-        env.push(("INFRA_CORES".into(), format!("{}-{}", first, first + per - 1)));
-        env.push(("INFRA_N_WORKERS".into(), node.workers_per_slot.unwrap_or(per).to_string()));
+        env.push((
+            "INFRA_CORES".into(),
+            format!("{}-{}", first, first + per - 1),
+        ));
+        env.push((
+            "INFRA_N_WORKERS".into(),
+            node.workers_per_slot.unwrap_or(per).to_string(),
+        ));
     }
 
     fn env_for(&self, req: &AttemptRequest, rank: usize, work: &Path) -> Vec<(String, String)> {
@@ -166,7 +194,10 @@ impl LocalExecutor {
         let node = &self.nodes[seat.node];
         let port = |s: &Seat| BASE_PORT + s.slot * PORTS_PER_SLOT;
         let mut env: Vec<(String, String)> = vec![
-            ("INFRA_STATE_DIR".into(), self.state_dir.display().to_string()),
+            (
+                "INFRA_STATE_DIR".into(),
+                self.state_dir.display().to_string(),
+            ),
             ("INFRA_PHASE".into(), self.phase.clone()),
             ("INFRA_PHASE_NAME".into(), self.phase_name.clone()),
             ("INFRA_TASK_ID".into(), t.id.clone()),
@@ -181,12 +212,18 @@ impl LocalExecutor {
             ("INFRA_SLOT".into(), seat.slot.to_string()),
             ("INFRA_OUTPUT_DIR".into(), req.staging.display().to_string()),
             ("INFRA_WORK_DIR".into(), work.display().to_string()),
-            ("INFRA_SCRIPTS".into(), self.root.join("scripts").display().to_string()),
+            (
+                "INFRA_SCRIPTS".into(),
+                self.root.join("scripts").display().to_string(),
+            ),
             ("INFRA_ROOT".into(), self.root.display().to_string()),
             ("INFRA_PROVIDER".into(), "local".into()),
         ];
         for (r, s) in req.seats.iter().enumerate() {
-            env.push((format!("INFRA_NODE_{r}_ADDR"), self.nodes[s.node].addr.clone()));
+            env.push((
+                format!("INFRA_NODE_{r}_ADDR"),
+                self.nodes[s.node].addr.clone(),
+            ));
             env.push((format!("INFRA_NODE_{r}_PORT"), port(s).to_string()));
         }
         if let Some((i, k)) = t.partition {
@@ -233,15 +270,26 @@ pub fn expand_vars(s: &str, env: &[(String, String)]) -> String {
 
 /// One HTTP/1.0 GET; true on a 2xx answer.
 pub async fn http_ok(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let addr = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
         // read the whole (small) answer so the server sees an orderly close
         let mut buf = Vec::new();
         let _ = (&mut s).take(64 * 1024).read_to_end(&mut buf).await;
@@ -249,7 +297,11 @@ pub async fn http_ok(url: &str) -> bool {
         let code: u32 = head.split_whitespace().nth(1)?.parse().ok()?;
         Some((200..300).contains(&code))
     };
-    tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten().unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 struct Bg {
@@ -264,7 +316,12 @@ enum StepEnd {
 }
 
 impl LocalExecutor {
-    async fn wait_step(&self, sp: &Spawned, timeout: Option<u64>, stop: &mut tokio::sync::watch::Receiver<bool>) -> StepEnd {
+    async fn wait_step(
+        &self,
+        sp: &Spawned,
+        timeout: Option<u64>,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> StepEnd {
         let waiter = sp.wait();
         tokio::pin!(waiter);
         let sleep = async {
@@ -296,9 +353,16 @@ impl LocalExecutor {
         let started = Instant::now();
         let mut peak = 0u64;
         let mut last_code = None;
-        let measured = |peak: u64, code: Option<i32>| Measured { exit_code: code, wall_seconds: started.elapsed().as_secs_f64(), peak_rss_kb: peak };
+        let measured = |peak: u64, code: Option<i32>| Measured {
+            exit_code: code,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            peak_rss_kb: peak,
+        };
         if let Err(e) = std::fs::create_dir_all(&req.staging) {
-            return Outcome::Failed { error: format!("cannot create {}: {e}", req.staging.display()), measured: measured(0, None) };
+            return Outcome::Failed {
+                error: format!("cannot create {}: {e}", req.staging.display()),
+                measured: measured(0, None),
+            };
         }
         let stdout_path = req.staging.join("stdout.log");
         let stderr_path = req.staging.join("stderr.log");
@@ -309,11 +373,19 @@ impl LocalExecutor {
             let w = self.node_dirs[seat.node].join("work").join(&task.id);
             let _ = std::fs::remove_dir_all(&w);
             if let Err(e) = std::fs::create_dir_all(&w) {
-                return Outcome::Lost { reason: format!("node {} cannot create {}: {e}", self.nodes[seat.node].name, w.display()) };
+                return Outcome::Lost {
+                    reason: format!(
+                        "node {} cannot create {}: {e}",
+                        self.nodes[seat.node].name,
+                        w.display()
+                    ),
+                };
             }
             works.push(w);
         }
-        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len()).map(|r| self.env_for(&req, r, &works[r])).collect();
+        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len())
+            .map(|r| self.env_for(&req, r, &works[r]))
+            .collect();
         let mut bgs: Vec<Bg> = Vec::new();
         let mut failure: Option<String> = None;
         let mut stopped = false;
@@ -325,7 +397,19 @@ impl LocalExecutor {
             env.push(("INFRA_STEP".into(), step.name.clone()));
             let tries = step.retries + 1;
             for attempt_of_step in 1..=tries {
-                let _ = writeln_file(&stdout_path, &format!("== infra: step {} on {} (rank {rank}){} ==", step.name, self.nodes[req.seats[rank].node].name, if attempt_of_step > 1 { format!(", try {attempt_of_step}") } else { String::new() }));
+                let _ = writeln_file(
+                    &stdout_path,
+                    &format!(
+                        "== infra: step {} on {} (rank {rank}){} ==",
+                        step.name,
+                        self.nodes[req.seats[rank].node].name,
+                        if attempt_of_step > 1 {
+                            format!(", try {attempt_of_step}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
                 let (out, err) = match (open_append(&stdout_path), open_append(&stderr_path)) {
                     (Ok(o), Ok(e)) => (o, e),
                     _ => {
@@ -333,7 +417,14 @@ impl LocalExecutor {
                         break 'steps;
                     }
                 };
-                let sp = match super::process::spawn(&step.command, &works[rank], &env, out, err, Some(&self.pid_dir)) {
+                let sp = match super::process::spawn(
+                    &step.command,
+                    &works[rank],
+                    &env,
+                    out,
+                    err,
+                    Some(&self.pid_dir),
+                ) {
                     Ok(sp) => sp,
                     Err(e) => {
                         failure = Some(format!("step \"{}\" could not start: {e}", step.name));
@@ -343,7 +434,10 @@ impl LocalExecutor {
                 if step.background {
                     match self.wait_healthy(&sp, step, &env, &mut req.stop).await {
                         Ok(()) => {
-                            bgs.push(Bg { proc: sp, name: step.name.clone() });
+                            bgs.push(Bg {
+                                proc: sp,
+                                name: step.name.clone(),
+                            });
                             continue 'steps;
                         }
                         Err(HealthEnd::Stopped) => {
@@ -366,7 +460,9 @@ impl LocalExecutor {
                         }
                     }
                 }
-                let end = self.wait_step(&sp, step.timeout_seconds, &mut req.stop).await;
+                let end = self
+                    .wait_step(&sp, step.timeout_seconds, &mut req.stop)
+                    .await;
                 sp.forget_pid_file();
                 match end {
                     StepEnd::Exited(e) => {
@@ -376,7 +472,10 @@ impl LocalExecutor {
                             continue 'steps;
                         }
                         if attempt_of_step == tries {
-                            failure = Some(format!("step \"{}\" exited with code {}", step.name, e.code));
+                            failure = Some(format!(
+                                "step \"{}\" exited with code {}",
+                                step.name, e.code
+                            ));
                             break 'steps;
                         }
                     }
@@ -400,7 +499,10 @@ impl LocalExecutor {
             let e = bg.proc.wait().await;
             bg.proc.forget_pid_file();
             peak = peak.max(e.max_rss_kb);
-            let _ = writeln_file(&stdout_path, &format!("== infra: stopped background step {} ==", bg.name));
+            let _ = writeln_file(
+                &stdout_path,
+                &format!("== infra: stopped background step {} ==", bg.name),
+            );
         }
         if stopped {
             return Outcome::Cancelled;
@@ -408,7 +510,11 @@ impl LocalExecutor {
         if failure.is_none() {
             for o in &task.outputs {
                 // the first rank whose folder has it
-                let from = works.iter().map(|w| w.join(o)).find(|p| p.exists()).unwrap_or_else(|| works[0].join(o));
+                let from = works
+                    .iter()
+                    .map(|w| w.join(o))
+                    .find(|p| p.exists())
+                    .unwrap_or_else(|| works[0].join(o));
                 let to = req.staging.join(o);
                 if let Some(parent) = to.parent() {
                     let _ = std::fs::create_dir_all(parent);
@@ -424,13 +530,27 @@ impl LocalExecutor {
         }
         match failure {
             None => Outcome::Succeeded(measured(peak, last_code.or(Some(0)))),
-            Some(error) => Outcome::Failed { error, measured: measured(peak, last_code) },
+            Some(error) => Outcome::Failed {
+                error,
+                measured: measured(peak, last_code),
+            },
         }
     }
 
-    async fn wait_healthy(&self, sp: &Spawned, step: &Step, env: &[(String, String)], stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<(), HealthEnd> {
+    async fn wait_healthy(
+        &self,
+        sp: &Spawned,
+        step: &Step,
+        env: &[(String, String)],
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), HealthEnd> {
         let Some(h) = &step.health else { return Ok(()) };
-        let Health { http, command, timeout_seconds, interval_seconds } = h;
+        let Health {
+            http,
+            command,
+            timeout_seconds,
+            interval_seconds,
+        } = h;
         let deadline = Instant::now() + Duration::from_secs(*timeout_seconds);
         let interval = Duration::from_secs_f64(interval_seconds.clamp(0.05, 60.0));
         let url = http.as_ref().map(|u| expand_vars(u, env));
@@ -439,24 +559,30 @@ impl LocalExecutor {
                 return Err(HealthEnd::Stopped);
             }
             if !super::process::group_alive(sp.pid) || super::process::leader_gone(sp.pid) {
-                return Err(HealthEnd::Failed(format!("background step \"{}\" exited before it became healthy", step.name)));
+                return Err(HealthEnd::Failed(format!(
+                    "background step \"{}\" exited before it became healthy",
+                    step.name
+                )));
             }
             let ok = match (&url, command) {
                 (Some(u), _) => http_ok(u).await,
                 (None, Some(c)) => {
                     let dev = || File::create("/dev/null");
                     match (dev(), dev()) {
-                        (Ok(o), Ok(e)) => match super::process::spawn(c, Path::new("."), env, o, e, None) {
-                            Ok(p) => {
-                                let r = tokio::time::timeout(Duration::from_secs(10), p.wait()).await;
-                                if r.is_err() {
-                                    p.signal_group(libc::SIGKILL);
-                                    p.wait().await;
+                        (Ok(o), Ok(e)) => {
+                            match super::process::spawn(c, Path::new("."), env, o, e, None) {
+                                Ok(p) => {
+                                    let r = tokio::time::timeout(Duration::from_secs(10), p.wait())
+                                        .await;
+                                    if r.is_err() {
+                                        p.signal_group(libc::SIGKILL);
+                                        p.wait().await;
+                                    }
+                                    matches!(r, Ok(Exit { code: 0, .. }))
                                 }
-                                matches!(r, Ok(Exit { code: 0, .. }))
+                                Err(_) => false,
                             }
-                            Err(_) => false,
-                        },
+                        }
                         _ => false,
                     }
                 }
@@ -484,7 +610,6 @@ enum HealthEnd {
     Stopped,
     Failed(String),
 }
-
 
 pub async fn wait_stop(stop: &mut tokio::sync::watch::Receiver<bool>) {
     loop {
@@ -518,7 +643,10 @@ fn copy_any(from: &Path, to: &Path) -> std::io::Result<()> {
 
 impl Executor for LocalExecutor {
     fn node_names(&self) -> Vec<(String, String, u32)> {
-        self.nodes.iter().map(|n| (n.name.clone(), n.group.clone(), n.slots)).collect()
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.group.clone(), n.slots))
+            .collect()
     }
 
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
@@ -542,7 +670,10 @@ pub fn setup_hash(plan: &Plan) -> String {
 }
 
 /// Run the plan's setup once per node (again only when it changed).
-pub async fn run_setup(plan: &Plan, nodes: &[LocalNode]) -> Result<BTreeMap<String, String>, String> {
+pub async fn run_setup(
+    plan: &Plan,
+    nodes: &[LocalNode],
+) -> Result<BTreeMap<String, String>, String> {
     let mut done = BTreeMap::new();
     if plan.setup.is_empty() {
         return Ok(done);
@@ -556,24 +687,45 @@ pub async fn run_setup(plan: &Plan, nodes: &[LocalNode]) -> Result<BTreeMap<Stri
         let dir = node_dir(plan, &n.name);
         let _ = std::fs::create_dir_all(&dir);
         let log = dir.join("setup.log");
-        let (o, e) = match (File::create(&log), OpenOptions::new().append(true).open(&log)) {
+        let (o, e) = match (
+            File::create(&log),
+            OpenOptions::new().append(true).open(&log),
+        ) {
             (Ok(o), Ok(e)) => (o, e),
             _ => return Err(format!("cannot write {}", log.display())),
         };
         let env = vec![
-            ("INFRA_STATE_DIR".to_string(), plan.state_dir().display().to_string()),
+            (
+                "INFRA_STATE_DIR".to_string(),
+                plan.state_dir().display().to_string(),
+            ),
             ("INFRA_NODE_NAME".to_string(), n.name.clone()),
             ("INFRA_NODE_ADDR".to_string(), n.addr.clone()),
-            ("INFRA_SCRIPTS".to_string(), plan.root.join("scripts").display().to_string()),
+            (
+                "INFRA_SCRIPTS".to_string(),
+                plan.root.join("scripts").display().to_string(),
+            ),
             ("INFRA_ROOT".to_string(), plan.root.display().to_string()),
         ];
         let script = plan.setup.join("\n");
-        let sp = super::process::spawn(&format!("set -e\n{script}"), &dir, &env, o, e, Some(&plan.state_dir().join("pids")))
-            .map_err(|e| format!("setup could not start on {}: {e}", n.name))?;
+        let sp = super::process::spawn(
+            &format!("set -e\n{script}"),
+            &dir,
+            &env,
+            o,
+            e,
+            Some(&plan.state_dir().join("pids")),
+        )
+        .map_err(|e| format!("setup could not start on {}: {e}", n.name))?;
         let exit = sp.wait().await;
         sp.forget_pid_file();
         if exit.code != 0 {
-            return Err(format!("setup failed on node {} with exit code {} (log: {})", n.name, exit.code, log.display()));
+            return Err(format!(
+                "setup failed on node {} with exit code {} (log: {})",
+                n.name,
+                exit.code,
+                log.display()
+            ));
         }
         let _ = std::fs::write(&marker_file, &hash);
         done.insert(n.name.clone(), hash.clone());

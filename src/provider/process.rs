@@ -29,7 +29,12 @@ pub fn spawn(
     pid_dir: Option<&Path>,
 ) -> std::io::Result<Spawned> {
     let mut c = Command::new("bash");
-    c.arg("-c").arg(command).current_dir(cwd).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    c.arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -61,7 +66,10 @@ impl Spawned {
             if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Exit { code: -1, max_rss_kb: 0 };
+            return Exit {
+                code: -1,
+                max_rss_kb: 0,
+            };
         }
         let code = if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status)
@@ -70,12 +78,20 @@ impl Spawned {
         } else {
             -1
         };
-        Exit { code, max_rss_kb: ru.ru_maxrss.max(0) as u64 }
+        Exit {
+            code,
+            max_rss_kb: ru.ru_maxrss.max(0) as u64,
+        }
     }
 
     pub async fn wait(&self) -> Exit {
         let pid = self.pid;
-        tokio::task::spawn_blocking(move || Spawned::wait_blocking(pid)).await.unwrap_or(Exit { code: -1, max_rss_kb: 0 })
+        tokio::task::spawn_blocking(move || Spawned::wait_blocking(pid))
+            .await
+            .unwrap_or(Exit {
+                code: -1,
+                max_rss_kb: 0,
+            })
     }
 
     pub fn signal_group(&self, sig: i32) {
@@ -89,7 +105,10 @@ impl Spawned {
     pub async fn kill_group(&self, grace: Duration) {
         self.signal_group(libc::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline && group_alive(self.pid) && !leader_gone(self.pid) {
+        while tokio::time::Instant::now() < deadline
+            && group_alive(self.pid)
+            && !leader_gone(self.pid)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.signal_group(libc::SIGKILL);
@@ -105,7 +124,10 @@ impl Spawned {
 /// True when the process has exited (a zombie or gone), without reaping it.
 pub fn leader_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -120,7 +142,9 @@ pub fn group_alive(pgid: i32) -> bool {
 /// reused pid of an unrelated process is never touched.
 pub fn reap_orphans(pid_dir: &Path, marker: &str) -> usize {
     let mut killed = 0;
-    let Ok(rd) = std::fs::read_dir(pid_dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(pid_dir) else {
+        return 0;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if let Ok(pgid) = name.parse::<i32>() {

@@ -23,21 +23,34 @@ impl Reporter {
         let bar = tty.then(|| {
             let b = ProgressBar::new(0);
             b.set_style(
-                ProgressStyle::with_template("{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        Reporter { bar, start: Instant::now(), total: 0, done: 0, failed: 0, running: 0 }
+        Reporter {
+            bar,
+            start: Instant::now(),
+            total: 0,
+            done: 0,
+            failed: 0,
+            running: 0,
+        }
     }
 
     fn line(&self, s: &str) {
         match &self.bar {
             Some(b) => b.println(s),
             None => {
-                let _ = writeln!(std::io::stderr(), "[{:>7.1}s] {s}", self.start.elapsed().as_secs_f64());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "[{:>7.1}s] {s}",
+                    self.start.elapsed().as_secs_f64()
+                );
             }
         }
     }
@@ -46,45 +59,90 @@ impl Reporter {
         if let Some(b) = &self.bar {
             b.set_length(self.total as u64);
             b.set_position((self.done + self.failed) as u64);
-            b.set_message(format!("ok {} failed {} running {}", self.done, self.failed, self.running));
+            b.set_message(format!(
+                "ok {} failed {} running {}",
+                self.done, self.failed, self.running
+            ));
         }
     }
 
     pub fn event(&mut self, e: &RunEvent) {
         match e {
-            RunEvent::Start { selected, already_done, to_run, slots } => {
+            RunEvent::Start {
+                selected,
+                already_done,
+                to_run,
+                slots,
+            } => {
                 self.total = *to_run;
                 self.line(&format_start(*selected, *already_done, *to_run, *slots));
             }
-            RunEvent::Dispatched { task, attempt, nodes } => {
+            RunEvent::Dispatched {
+                task,
+                attempt,
+                nodes,
+            } => {
                 self.running += 1;
                 if self.bar.is_none() && self.total <= 200 {
-                    self.line(&format!("start  {task} on {}{}", nodes.join("+"), if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() }));
+                    self.line(&format!(
+                        "start  {task} on {}{}",
+                        nodes.join("+"),
+                        if *attempt > 1 {
+                            format!(" (attempt {attempt})")
+                        } else {
+                            String::new()
+                        }
+                    ));
                 }
             }
-            RunEvent::Succeeded { task, wall_seconds, .. } => {
+            RunEvent::Succeeded {
+                task, wall_seconds, ..
+            } => {
                 self.running = self.running.saturating_sub(1);
                 self.done += 1;
                 if self.bar.is_some() || self.total <= 200 || self.done % 100 == 0 {
-                    self.line(&format!("ok     {task} ({wall_seconds:.1}s) [{}/{}]", self.done + self.failed, self.total));
+                    self.line(&format!(
+                        "ok     {task} ({wall_seconds:.1}s) [{}/{}]",
+                        self.done + self.failed,
+                        self.total
+                    ));
                 }
             }
-            RunEvent::Retrying { task, attempt, error, delay_seconds } => {
+            RunEvent::Retrying {
+                task,
+                attempt,
+                error,
+                delay_seconds,
+            } => {
                 self.running = self.running.saturating_sub(1);
-                self.line(&format!("retry  {task}: attempt {attempt} failed: {error}; next in {delay_seconds:.0}s"));
+                self.line(&format!(
+                    "retry  {task}: attempt {attempt} failed: {error}; next in {delay_seconds:.0}s"
+                ));
             }
-            RunEvent::Failed { task, attempt, error } => {
+            RunEvent::Failed {
+                task,
+                attempt,
+                error,
+            } => {
                 self.running = self.running.saturating_sub(1);
                 self.failed += 1;
-                self.line(&format!("FAILED {task} after {attempt} attempt(s): {error}"));
+                self.line(&format!(
+                    "FAILED {task} after {attempt} attempt(s): {error}"
+                ));
             }
             RunEvent::Requeued { task, reason } => {
                 self.running = self.running.saturating_sub(1);
                 self.line(&format!("requeued {task}: {reason}"));
             }
-            RunEvent::Stopping { reason } => self.line(&format!("stopping: {reason}; running tasks are being stopped")),
-            RunEvent::NodeLost { node, reason } => self.line(&format!("node {node} lost: {reason}")),
-            RunEvent::NodeAdded { node, group } => self.line(&format!("node {node} joined group {group}")),
+            RunEvent::Stopping { reason } => self.line(&format!(
+                "stopping: {reason}; running tasks are being stopped"
+            )),
+            RunEvent::NodeLost { node, reason } => {
+                self.line(&format!("node {node} lost: {reason}"))
+            }
+            RunEvent::NodeAdded { node, group } => {
+                self.line(&format!("node {node} joined group {group}"))
+            }
         }
         self.refresh();
     }
@@ -104,7 +162,9 @@ impl Default for Reporter {
 
 pub fn format_start(selected: usize, done: usize, to_run: usize, slots: usize) -> String {
     if done > 0 {
-        format!("{selected} task(s) selected, {done} already done, {to_run} to run on {slots} slot(s)")
+        format!(
+            "{selected} task(s) selected, {done} already done, {to_run} to run on {slots} slot(s)"
+        )
     } else {
         format!("{to_run} task(s) to run on {slots} slot(s)")
     }

@@ -39,9 +39,14 @@ pub struct Measured {
 pub enum Outcome {
     Succeeded(Measured),
     /// The task's own failure: counts against its attempts.
-    Failed { error: String, measured: Measured },
+    Failed {
+        error: String,
+        measured: Measured,
+    },
     /// Not the task's fault (node gone, spot interruption): run it again.
-    Lost { reason: String },
+    Lost {
+        reason: String,
+    },
     /// The run was stopped while the attempt ran.
     Cancelled,
 }
@@ -57,7 +62,12 @@ pub enum NodeChange {
     Lost { node: usize, reason: String },
     /// A node joined; `node` is the next index (`node_names().len()` plus
     /// the nodes added before it).
-    Added { node: usize, name: String, group: String, slots: u32 },
+    Added {
+        node: usize,
+        name: String,
+        group: String,
+        slots: u32,
+    },
 }
 
 pub trait Executor: Send + Sync + 'static {

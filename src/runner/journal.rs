@@ -15,15 +15,53 @@ pub const JOURNAL_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Entry {
-    RunStarted { run: u32, pid: u32, provider: String, selected: usize },
-    Dispatched { task: String, key: String, attempt: u32, nodes: Vec<String> },
-    AttemptFailed { task: String, key: String, attempt: u32, error: String, retry_in_seconds: f64 },
-    Succeeded { task: String, key: String, attempt: u32, wall_seconds: f64, cost_usd: f64 },
-    Failed { task: String, key: String, attempt: u32, error: String },
+    RunStarted {
+        run: u32,
+        pid: u32,
+        provider: String,
+        selected: usize,
+    },
+    Dispatched {
+        task: String,
+        key: String,
+        attempt: u32,
+        nodes: Vec<String>,
+    },
+    AttemptFailed {
+        task: String,
+        key: String,
+        attempt: u32,
+        error: String,
+        retry_in_seconds: f64,
+    },
+    Succeeded {
+        task: String,
+        key: String,
+        attempt: u32,
+        wall_seconds: f64,
+        cost_usd: f64,
+    },
+    Failed {
+        task: String,
+        key: String,
+        attempt: u32,
+        error: String,
+    },
     /// The attempt did not finish for a reason that is not the task's fault
     /// (Ctrl-C, a crash of `infra run`, a node that disappeared); it runs again.
-    Requeued { task: String, key: String, attempt: u32, reason: String },
-    RunFinished { run: u32, succeeded: usize, failed: usize, pending: usize, reason: String },
+    Requeued {
+        task: String,
+        key: String,
+        attempt: u32,
+        reason: String,
+    },
+    RunFinished {
+        run: u32,
+        succeeded: usize,
+        failed: usize,
+        pending: usize,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,11 +75,22 @@ pub struct Record {
 #[derive(Debug, Error)]
 pub enum JournalError {
     #[error("cannot use journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("journal {path} line {line} is damaged: {message}\n  (hint: only the last line may be torn by a crash; move the file aside to start the phase afresh)")]
-    Corrupt { path: PathBuf, line: usize, message: String },
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("journal {path} line {line} has version {found}, this infra understands {JOURNAL_VERSION}\n  (hint: use the infra version that wrote it)")]
-    Version { path: PathBuf, line: usize, found: u32 },
+    Version {
+        path: PathBuf,
+        line: usize,
+        found: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,7 +127,15 @@ pub struct State {
 impl State {
     pub fn apply(&mut self, e: &Entry) {
         self.records += 1;
-        let blank = |id: &str| TaskState { id: id.to_string(), status: Status::Pending, attempts: 0, failures: 0, last_error: None, wall_seconds: None, cost_usd: None };
+        let blank = |id: &str| TaskState {
+            id: id.to_string(),
+            status: Status::Pending,
+            attempts: 0,
+            failures: 0,
+            last_error: None,
+            wall_seconds: None,
+            cost_usd: None,
+        };
         match e {
             Entry::RunStarted { run, .. } => {
                 self.runs = self.runs.max(*run);
@@ -89,25 +146,37 @@ impl State {
                     }
                 }
             }
-            Entry::Dispatched { task, key, attempt, .. } => {
+            Entry::Dispatched {
+                task, key, attempt, ..
+            } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.status = Status::Running;
                 t.attempts = t.attempts.max(*attempt);
             }
-            Entry::AttemptFailed { task, key, error, .. } => {
+            Entry::AttemptFailed {
+                task, key, error, ..
+            } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.failures += 1;
                 t.last_error = Some(error.clone());
                 t.status = Status::Running;
             }
-            Entry::Succeeded { task, key, wall_seconds, cost_usd, .. } => {
+            Entry::Succeeded {
+                task,
+                key,
+                wall_seconds,
+                cost_usd,
+                ..
+            } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.status = Status::Succeeded;
                 t.wall_seconds = Some(*wall_seconds);
                 t.cost_usd = Some(*cost_usd);
                 t.last_error = None;
             }
-            Entry::Failed { task, key, error, .. } => {
+            Entry::Failed {
+                task, key, error, ..
+            } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.status = Status::Failed;
                 t.failures += 1;
@@ -129,7 +198,10 @@ impl State {
     }
 
     pub fn status_of(&self, key: &str) -> Status {
-        self.tasks.get(key).map(|t| t.status).unwrap_or(Status::Pending)
+        self.tasks
+            .get(key)
+            .map(|t| t.status)
+            .unwrap_or(Status::Pending)
     }
 }
 
@@ -148,13 +220,23 @@ pub fn parse(text: &str, path: &Path) -> Result<(State, Vec<Record>), JournalErr
         match serde_json::from_str::<Record>(line) {
             Ok(r) => {
                 if r.v != JOURNAL_VERSION {
-                    return Err(JournalError::Version { path: path.into(), line: i + 1, found: r.v });
+                    return Err(JournalError::Version {
+                        path: path.into(),
+                        line: i + 1,
+                        found: r.v,
+                    });
                 }
                 state.apply(&r.entry);
                 records.push(r);
             }
             Err(_) if last && !ends_clean => break, // torn by a crash mid-write
-            Err(e) => return Err(JournalError::Corrupt { path: path.into(), line: i + 1, message: e.to_string() }),
+            Err(e) => {
+                return Err(JournalError::Corrupt {
+                    path: path.into(),
+                    line: i + 1,
+                    message: e.to_string(),
+                })
+            }
         }
     }
     Ok((state, records))
@@ -164,7 +246,10 @@ pub fn read(path: &Path) -> Result<(State, Vec<Record>), JournalError> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((State::default(), Vec::new())),
-        Err(source) => Err(JournalError::Io { path: path.into(), source }),
+        Err(source) => Err(JournalError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -176,11 +261,19 @@ pub struct Journal {
 impl Journal {
     /// Open for appending; a torn last line is cut off first.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        let io = |source| JournalError::Io { path: path.into(), source };
+        let io = |source| JournalError::Io {
+            path: path.into(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new().read(true).create(true).append(true).open(path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         if !text.is_empty() && !text.ends_with('\n') {
@@ -188,19 +281,32 @@ impl Journal {
             file.set_len(keep as u64).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }
-        Ok(Journal { file, path: path.into() })
+        Ok(Journal {
+            file,
+            path: path.into(),
+        })
     }
 
     pub fn append(&mut self, entry: Entry) -> Result<(), JournalError> {
-        let rec = Record { v: JOURNAL_VERSION, ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true), entry };
+        let rec = Record {
+            v: JOURNAL_VERSION,
+            ts: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            entry,
+        };
         let mut line = serde_json::to_string(&rec).unwrap_or_default();
         line.push('\n');
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
         self.file.write_all(line.as_bytes()).map_err(io)?;
         // Outcomes must survive a crash; a lost "dispatched" or "requeued"
         // line only means the task counts as not started, which is what a
         // restart assumes of it anyway.
-        if !matches!(rec.entry, Entry::Dispatched { .. } | Entry::Requeued { .. } | Entry::AttemptFailed { .. }) {
+        if !matches!(
+            rec.entry,
+            Entry::Dispatched { .. } | Entry::Requeued { .. } | Entry::AttemptFailed { .. }
+        ) {
             self.file.sync_data().map_err(io)?;
         }
         Ok(())
@@ -212,39 +318,97 @@ mod tests {
     use super::*;
 
     fn line(e: Entry) -> String {
-        let mut s = serde_json::to_string(&Record { v: 1, ts: "t".into(), entry: e }).unwrap();
+        let mut s = serde_json::to_string(&Record {
+            v: 1,
+            ts: "t".into(),
+            entry: e,
+        })
+        .unwrap();
         s.push('\n');
         s
     }
 
     #[test]
     fn torn_last_line_is_ignored_and_running_becomes_pending() {
-        let mut text = line(Entry::RunStarted { run: 1, pid: 1, provider: "local".into(), selected: 2 });
-        text += &line(Entry::Dispatched { task: "a".into(), key: "ka".into(), attempt: 1, nodes: vec![] });
-        text += &line(Entry::Succeeded { task: "a".into(), key: "ka".into(), attempt: 1, wall_seconds: 1.0, cost_usd: 0.0 });
-        text += &line(Entry::Dispatched { task: "b".into(), key: "kb".into(), attempt: 1, nodes: vec![] });
+        let mut text = line(Entry::RunStarted {
+            run: 1,
+            pid: 1,
+            provider: "local".into(),
+            selected: 2,
+        });
+        text += &line(Entry::Dispatched {
+            task: "a".into(),
+            key: "ka".into(),
+            attempt: 1,
+            nodes: vec![],
+        });
+        text += &line(Entry::Succeeded {
+            task: "a".into(),
+            key: "ka".into(),
+            attempt: 1,
+            wall_seconds: 1.0,
+            cost_usd: 0.0,
+        });
+        text += &line(Entry::Dispatched {
+            task: "b".into(),
+            key: "kb".into(),
+            attempt: 1,
+            nodes: vec![],
+        });
         text += "{\"v\":1,\"ts\":\"t\",\"event\":\"succ";
         let (mut st, recs) = parse(&text, Path::new("j")).unwrap();
         assert_eq!(recs.len(), 4);
         assert_eq!(st.status_of("ka"), Status::Succeeded);
         assert_eq!(st.status_of("kb"), Status::Running);
-        st.apply(&Entry::RunStarted { run: 2, pid: 2, provider: "local".into(), selected: 2 });
+        st.apply(&Entry::RunStarted {
+            run: 2,
+            pid: 2,
+            provider: "local".into(),
+            selected: 2,
+        });
         assert_eq!(st.status_of("kb"), Status::Pending);
     }
 
     #[test]
     fn damage_before_the_last_line_is_an_error() {
-        let text = format!("garbage\n{}", line(Entry::RunStarted { run: 1, pid: 1, provider: "local".into(), selected: 0 }));
-        assert!(matches!(parse(&text, Path::new("j")), Err(JournalError::Corrupt { line: 1, .. })));
+        let text = format!(
+            "garbage\n{}",
+            line(Entry::RunStarted {
+                run: 1,
+                pid: 1,
+                provider: "local".into(),
+                selected: 0
+            })
+        );
+        assert!(matches!(
+            parse(&text, Path::new("j")),
+            Err(JournalError::Corrupt { line: 1, .. })
+        ));
     }
 
     #[test]
     fn open_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j.jsonl");
-        std::fs::write(&p, line(Entry::RunStarted { run: 1, pid: 1, provider: "local".into(), selected: 0 }) + "{\"v\":1,").unwrap();
+        std::fs::write(
+            &p,
+            line(Entry::RunStarted {
+                run: 1,
+                pid: 1,
+                provider: "local".into(),
+                selected: 0,
+            }) + "{\"v\":1,",
+        )
+        .unwrap();
         let mut j = Journal::open(&p).unwrap();
-        j.append(Entry::RunFinished { run: 1, succeeded: 0, failed: 0, pending: 0, reason: "done".into() }).unwrap();
+        j.append(Entry::RunFinished {
+            run: 1,
+            succeeded: 0,
+            failed: 0,
+            pending: 0,
+            reason: "done".into(),
+        })
+        .unwrap();
         let (_, recs) = read(&p).unwrap();
         assert_eq!(recs.len(), 2);
     }

@@ -25,7 +25,10 @@ pub enum RunError {
     #[error("another `infra run` is already running this phase (lock {path})\n  (hint: wait for it, or stop it with Ctrl-C)")]
     Locked { path: PathBuf },
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{count} selected task(s) need a node group with no nodes or too few nodes: {examples}\n  (hint: raise the group's count or change the tasks' \"nodes\")")]
     Unplaceable { count: usize, examples: String },
 }
@@ -33,17 +36,50 @@ pub enum RunError {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
-    Start { selected: usize, already_done: usize, to_run: usize, slots: usize },
-    Dispatched { task: String, attempt: u32, nodes: Vec<String> },
-    Succeeded { task: String, attempt: u32, wall_seconds: f64 },
-    Retrying { task: String, attempt: u32, error: String, delay_seconds: f64 },
-    Failed { task: String, attempt: u32, error: String },
-    Requeued { task: String, reason: String },
-    Stopping { reason: String },
+    Start {
+        selected: usize,
+        already_done: usize,
+        to_run: usize,
+        slots: usize,
+    },
+    Dispatched {
+        task: String,
+        attempt: u32,
+        nodes: Vec<String>,
+    },
+    Succeeded {
+        task: String,
+        attempt: u32,
+        wall_seconds: f64,
+    },
+    Retrying {
+        task: String,
+        attempt: u32,
+        error: String,
+        delay_seconds: f64,
+    },
+    Failed {
+        task: String,
+        attempt: u32,
+        error: String,
+    },
+    Requeued {
+        task: String,
+        reason: String,
+    },
+    Stopping {
+        reason: String,
+    },
     /// A node went away (spot interruption, termination); nothing more runs on it.
-    NodeLost { node: String, reason: String },
+    NodeLost {
+        node: String,
+        reason: String,
+    },
     /// A node joined (a fleet's replacement).
-    NodeAdded { node: String, group: String },
+    NodeAdded {
+        node: String,
+        group: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -101,7 +137,15 @@ struct Lock {
 }
 
 fn lock(path: &Path) -> Result<Lock, RunError> {
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(|source| RunError::Io { path: path.into(), source })?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| RunError::Io {
+            path: path.into(),
+            source,
+        })?;
     // SAFETY: flock on a descriptor we own; released when the file closes or the process dies.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
@@ -138,15 +182,28 @@ pub async fn run<E: Executor>(
     let (mut state, _) = journal::read(&paths.journal())?;
     let mut journal = Journal::open(&paths.journal())?;
     let run_no = state.runs + 1;
-    journal.append(Entry::RunStarted { run: run_no, pid: std::process::id(), provider: provider.into(), selected: tasks.len() })?;
-    state.apply(&Entry::RunStarted { run: run_no, pid: 0, provider: String::new(), selected: 0 });
+    journal.append(Entry::RunStarted {
+        run: run_no,
+        pid: std::process::id(),
+        provider: provider.into(),
+        selected: tasks.len(),
+    })?;
+    state.apply(&Entry::RunStarted {
+        run: run_no,
+        pid: 0,
+        provider: String::new(),
+        selected: 0,
+    });
 
     let mut pool = Pool::new(exec.node_names());
     let mut node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
     let mut node_changes = exec.node_changes();
     // since when the queue has waited for nodes with nothing running
     let mut starved: Option<tokio::time::Instant> = None;
-    let mut summary = RunSummary { selected: tasks.len(), ..Default::default() };
+    let mut summary = RunSummary {
+        selected: tasks.len(),
+        ..Default::default()
+    };
     let tasks: Vec<Arc<TaskDef>> = tasks.into_iter().map(Arc::new).collect();
 
     // what still has to run
@@ -161,7 +218,11 @@ pub async fn run<E: Executor>(
     let mut unplaceable = Vec::new();
     todo.retain(|i| {
         let t = &tasks[*i];
-        let nodes = pool.nodes.iter().filter(|n| n.group == t.node_group && !n.busy.is_empty()).count();
+        let nodes = pool
+            .nodes
+            .iter()
+            .filter(|n| n.group == t.node_group && !n.busy.is_empty())
+            .count();
         let ok = nodes >= t.nodes as usize;
         if !ok {
             unplaceable.push(t.id.clone());
@@ -169,25 +230,75 @@ pub async fn run<E: Executor>(
         ok
     });
     if !unplaceable.is_empty() {
-        return Err(RunError::Unplaceable { count: unplaceable.len(), examples: unplaceable.iter().take(3).cloned().collect::<Vec<_>>().join(", ") });
+        return Err(RunError::Unplaceable {
+            count: unplaceable.len(),
+            examples: unplaceable
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     let est: Vec<Option<f64>> = todo.iter().map(|i| tasks[*i].estimate_seconds).collect();
-    let mut pending: VecDeque<usize> = order(&est, opts.policy.unwrap_or(Policy::LongestFirst)).into_iter().map(|k| todo[k]).collect();
+    let mut pending: VecDeque<usize> = order(&est, opts.policy.unwrap_or(Policy::LongestFirst))
+        .into_iter()
+        .map(|k| todo[k])
+        .collect();
     let total_slots: usize = pool.nodes.iter().map(|n| n.busy.len()).sum();
-    report(&RunEvent::Start { selected: tasks.len(), already_done: summary.already_done, to_run: pending.len(), slots: total_slots });
+    report(&RunEvent::Start {
+        selected: tasks.len(),
+        already_done: summary.already_done,
+        to_run: pending.len(),
+        slots: total_slots,
+    });
 
-    let failures: HashMap<usize, u32> = pending.iter().map(|i| (*i, if opts.retry_failed { 0 } else { state.tasks.get(&tasks[*i].key).map(|t| t.failures).unwrap_or(0) })).collect();
+    let failures: HashMap<usize, u32> = pending
+        .iter()
+        .map(|i| {
+            (
+                *i,
+                if opts.retry_failed {
+                    0
+                } else {
+                    state
+                        .tasks
+                        .get(&tasks[*i].key)
+                        .map(|t| t.failures)
+                        .unwrap_or(0)
+                },
+            )
+        })
+        .collect();
     let mut failures = failures;
-    let mut attempts: HashMap<usize, u32> = pending.iter().map(|i| (*i, state.tasks.get(&tasks[*i].key).map(|t| t.attempts).unwrap_or(0))).collect();
+    let mut attempts: HashMap<usize, u32> = pending
+        .iter()
+        .map(|i| {
+            (
+                *i,
+                state
+                    .tasks
+                    .get(&tasks[*i].key)
+                    .map(|t| t.attempts)
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
     let mut waiting: Vec<(tokio::time::Instant, usize)> = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
     let mut running = 0usize;
     let mut stopping: Option<String> = None;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(io(&paths.state_dir))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io(&paths.state_dir))?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(io(&paths.state_dir))?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io(&paths.state_dir))?;
     let staging_root = paths.state_dir.join("staging");
-    let watch_every = opts.watchdog.as_ref().map(|w| w.interval).unwrap_or(Duration::from_secs(3600));
+    let watch_every = opts
+        .watchdog
+        .as_ref()
+        .map(|w| w.interval)
+        .unwrap_or(Duration::from_secs(3600));
     let mut ticker = tokio::time::interval(watch_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -203,7 +314,10 @@ pub async fn run<E: Executor>(
                     break;
                 }
                 let t = &tasks[i];
-                if blocked.iter().any(|(g, n)| *g == t.node_group && *n == t.nodes) {
+                if blocked
+                    .iter()
+                    .any(|(g, n)| *g == t.node_group && *n == t.nodes)
+                {
                     kept.push_back(i);
                     continue;
                 }
@@ -215,15 +329,30 @@ pub async fn run<E: Executor>(
                 };
                 let attempt = attempts.get(&i).copied().unwrap_or(0) + 1;
                 attempts.insert(i, attempt);
-                let nodes: Vec<String> = placement.iter().map(|(n, _)| node_names[*n].clone()).collect();
-                journal.append(Entry::Dispatched { task: t.id.clone(), key: t.key.clone(), attempt, nodes: nodes.clone() })?;
-                report(&RunEvent::Dispatched { task: t.id.clone(), attempt, nodes });
+                let nodes: Vec<String> = placement
+                    .iter()
+                    .map(|(n, _)| node_names[*n].clone())
+                    .collect();
+                journal.append(Entry::Dispatched {
+                    task: t.id.clone(),
+                    key: t.key.clone(),
+                    attempt,
+                    nodes: nodes.clone(),
+                })?;
+                report(&RunEvent::Dispatched {
+                    task: t.id.clone(),
+                    attempt,
+                    nodes,
+                });
                 let staging = staging_root.join(format!("{}.{}", t.id, attempt));
                 let _ = std::fs::remove_dir_all(&staging);
                 let req = AttemptRequest {
                     task: t.clone(),
                     attempt,
-                    seats: placement.iter().map(|(n, s)| Seat { node: *n, slot: *s }).collect(),
+                    seats: placement
+                        .iter()
+                        .map(|(n, s)| Seat { node: *n, slot: *s })
+                        .collect(),
                     staging,
                     stop: stop_rx.clone(),
                 };
@@ -233,7 +362,13 @@ pub async fn run<E: Executor>(
                 let started = chrono::Utc::now();
                 tokio::spawn(async move {
                     let outcome = exec2.run_attempt(req).await;
-                    let _ = tx2.send(Done { idx: i, attempt, placement, outcome, started });
+                    let _ = tx2.send(Done {
+                        idx: i,
+                        attempt,
+                        placement,
+                        outcome,
+                        started,
+                    });
                 });
             }
             pending = kept;
@@ -243,7 +378,8 @@ pub async fn run<E: Executor>(
         }
         // nothing runs, nothing waits for a retry, and the queue fits on no
         // node left: wait a while for new nodes, then stop
-        starved = if running == 0 && waiting.is_empty() && !pending.is_empty() && stopping.is_none() {
+        starved = if running == 0 && waiting.is_empty() && !pending.is_empty() && stopping.is_none()
+        {
             Some(starved.unwrap_or_else(|| tokio::time::Instant::now() + exec.replacement_wait()))
         } else {
             None
@@ -358,21 +494,44 @@ pub async fn run<E: Executor>(
     summary.pending = pending.len() + waiting.len();
     summary.reason = stopping.clone().unwrap_or_else(|| "done".into());
     summary.wall_seconds = clock.elapsed().as_secs_f64();
-    summary.metered_usd = (0..pool.nodes.len()).map(|i| exec.node_hourly_usd(i)).sum::<f64>() * summary.wall_seconds / 3600.0;
-    journal.append(Entry::RunFinished { run: run_no, succeeded: summary.succeeded, failed: summary.failed, pending: summary.pending, reason: summary.reason.clone() })?;
+    summary.metered_usd = (0..pool.nodes.len())
+        .map(|i| exec.node_hourly_usd(i))
+        .sum::<f64>()
+        * summary.wall_seconds
+        / 3600.0;
+    journal.append(Entry::RunFinished {
+        run: run_no,
+        succeeded: summary.succeeded,
+        failed: summary.failed,
+        pending: summary.pending,
+        reason: summary.reason.clone(),
+    })?;
     let _ = std::fs::remove_dir_all(&staging_root);
     Ok(summary)
 }
 
-fn apply_node_change(pool: &mut Pool, names: &mut Vec<String>, ch: NodeChange, report: &mut dyn FnMut(&RunEvent)) {
+fn apply_node_change(
+    pool: &mut Pool,
+    names: &mut Vec<String>,
+    ch: NodeChange,
+    report: &mut dyn FnMut(&RunEvent),
+) {
     match ch {
         NodeChange::Lost { node, reason } => {
             if pool.nodes.get(node).is_some_and(|n| !n.retired) {
                 pool.retire(node);
-                report(&RunEvent::NodeLost { node: names.get(node).cloned().unwrap_or_default(), reason });
+                report(&RunEvent::NodeLost {
+                    node: names.get(node).cloned().unwrap_or_default(),
+                    reason,
+                });
             }
         }
-        NodeChange::Added { node, name, group, slots } => {
+        NodeChange::Added {
+            node,
+            name,
+            group,
+            slots,
+        } => {
             // indices are the executor's; they only grow
             if node == pool.nodes.len() {
                 pool.add(name.clone(), group.clone(), slots);
@@ -383,19 +542,35 @@ fn apply_node_change(pool: &mut Pool, names: &mut Vec<String>, ch: NodeChange, r
     }
 }
 
-fn stop(stopping: &mut Option<String>, tx: &watch::Sender<bool>, why: &str, cancel_running: bool, report: &mut dyn FnMut(&RunEvent)) {
+fn stop(
+    stopping: &mut Option<String>,
+    tx: &watch::Sender<bool>,
+    why: &str,
+    cancel_running: bool,
+    report: &mut dyn FnMut(&RunEvent),
+) {
     if stopping.is_none() {
         *stopping = Some(why.to_string());
         if cancel_running {
             let _ = tx.send(true);
         }
-        report(&RunEvent::Stopping { reason: why.to_string() });
+        report(&RunEvent::Stopping {
+            reason: why.to_string(),
+        });
     }
 }
 
-
 #[allow(clippy::too_many_arguments)]
-fn runtime_json(t: &TaskDef, status: &str, attempt: u32, nodes: &[String], started: &chrono::DateTime<chrono::Utc>, m: &Measured, cost: f64, error: Option<&str>) -> serde_json::Value {
+fn runtime_json(
+    t: &TaskDef,
+    status: &str,
+    attempt: u32,
+    nodes: &[String],
+    started: &chrono::DateTime<chrono::Utc>,
+    m: &Measured,
+    cost: f64,
+    error: Option<&str>,
+) -> serde_json::Value {
     serde_json::json!({
         "task": t.id,
         "key": t.key,
@@ -418,7 +593,12 @@ fn runtime_json(t: &TaskDef, status: &str, attempt: u32, nodes: &[String], start
 
 /// Move an attempt's staging folder into `results/<phase>/<task>/` whole:
 /// a crash leaves either the old result or the new one, never half of each.
-fn finalize(paths: &Paths, t: &TaskDef, staging: &Path, runtime: &serde_json::Value) -> std::io::Result<()> {
+fn finalize(
+    paths: &Paths,
+    t: &TaskDef,
+    staging: &Path,
+    runtime: &serde_json::Value,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(staging)?;
     let mut bytes = serde_json::to_vec_pretty(runtime)?;
     bytes.push(b'\n');
@@ -449,7 +629,14 @@ fn append_failed_csv(dir: &Path, id: &str, attempt: u32, error: &str) -> std::io
     if new {
         writeln!(f, "time,pattern,attempt,error")?;
     }
-    writeln!(f, "{},{},{},{}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), csv_field(id), attempt, csv_field(error))?;
+    writeln!(
+        f,
+        "{},{},{},{}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        csv_field(id),
+        attempt,
+        csv_field(error)
+    )?;
     f.sync_data()
 }
 
@@ -473,7 +660,13 @@ mod node_change_tests {
     impl Fickle {
         fn new(replace: bool) -> Arc<Fickle> {
             let (tx, rx) = mpsc::unbounded_channel();
-            Arc::new(Fickle { changes: Mutex::new(Some(rx)), tx, lost: AtomicBool::new(false), replace, ran: Mutex::new(Vec::new()) })
+            Arc::new(Fickle {
+                changes: Mutex::new(Some(rx)),
+                tx,
+                lost: AtomicBool::new(false),
+                replace,
+                ran: Mutex::new(Vec::new()),
+            })
         }
     }
 
@@ -488,14 +681,28 @@ mod node_change_tests {
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 if node == 0 && !self.lost.swap(true, Ordering::SeqCst) {
                     // the node reports itself gone before the attempt ends
-                    let _ = self.tx.send(NodeChange::Lost { node: 0, reason: "spot interruption".into() });
+                    let _ = self.tx.send(NodeChange::Lost {
+                        node: 0,
+                        reason: "spot interruption".into(),
+                    });
                     if self.replace {
-                        let _ = self.tx.send(NodeChange::Added { node: 2, name: "n-2".into(), group: "g".into(), slots: 1 });
+                        let _ = self.tx.send(NodeChange::Added {
+                            node: 2,
+                            name: "n-2".into(),
+                            group: "g".into(),
+                            slots: 1,
+                        });
                     }
-                    return Outcome::Lost { reason: "node n-0 got a spot interruption notice".into() };
+                    return Outcome::Lost {
+                        reason: "node n-0 got a spot interruption notice".into(),
+                    };
                 }
                 let _ = std::fs::create_dir_all(&req.staging);
-                Outcome::Succeeded(Measured { exit_code: Some(0), wall_seconds: 0.03, peak_rss_kb: 0 })
+                Outcome::Succeeded(Measured {
+                    exit_code: Some(0),
+                    wall_seconds: 0.03,
+                    peak_rss_kb: 0,
+                })
             })
         }
         fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
@@ -528,12 +735,28 @@ mod node_change_tests {
         }
     }
 
-    async fn go(exec: Arc<Fickle>, tasks: Vec<TaskDef>) -> (RunSummary, Vec<RunEvent>, tempfile::TempDir) {
+    async fn go(
+        exec: Arc<Fickle>,
+        tasks: Vec<TaskDef>,
+    ) -> (RunSummary, Vec<RunEvent>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths { state_dir: dir.path().join("state"), results_dir: dir.path().join("results") };
+        let paths = Paths {
+            state_dir: dir.path().join("state"),
+            results_dir: dir.path().join("results"),
+        };
         let (_tx, rx) = watch::channel(None);
         let mut events = Vec::new();
-        let s = run(tasks, exec, &paths, "fake", &RunOptions::default(), rx, &mut |e| events.push(e.clone())).await.unwrap();
+        let s = run(
+            tasks,
+            exec,
+            &paths,
+            "fake",
+            &RunOptions::default(),
+            rx,
+            &mut |e| events.push(e.clone()),
+        )
+        .await
+        .unwrap();
         (s, events, dir)
     }
 
@@ -543,11 +766,21 @@ mod node_change_tests {
         let (s, events, _dir) = go(exec.clone(), (0..4).map(|i| task(i, 1)).collect()).await;
         assert_eq!(s.succeeded, 4, "{events:?}");
         let ran = exec.ran.lock().unwrap().clone();
-        assert_eq!(ran.iter().filter(|(_, n)| *n == 0).count(), 1, "nothing more on the lost node: {ran:?}");
+        assert_eq!(
+            ran.iter().filter(|(_, n)| *n == 0).count(),
+            1,
+            "nothing more on the lost node: {ran:?}"
+        );
         assert_eq!(ran.len(), 5, "the lost attempt ran again: {ran:?}");
-        assert!(events.iter().any(|e| matches!(e, RunEvent::Requeued { .. })));
-        assert!(events.iter().any(|e| matches!(e, RunEvent::NodeLost { node, .. } if node == "n-0")));
-        assert!(events.iter().any(|e| matches!(e, RunEvent::NodeAdded { node, .. } if node == "n-2")));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RunEvent::Requeued { .. })));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RunEvent::NodeLost { node, .. } if node == "n-0")));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, RunEvent::NodeAdded { node, .. } if node == "n-2")));
     }
 
     #[tokio::test]

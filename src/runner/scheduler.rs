@@ -30,12 +30,27 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(nodes: impl IntoIterator<Item = (String, String, u32)>) -> Pool {
-        Pool { nodes: nodes.into_iter().map(|(name, group, slots)| NodeSlots { name, group, busy: vec![false; slots as usize], retired: false }).collect() }
+        Pool {
+            nodes: nodes
+                .into_iter()
+                .map(|(name, group, slots)| NodeSlots {
+                    name,
+                    group,
+                    busy: vec![false; slots as usize],
+                    retired: false,
+                })
+                .collect(),
+        }
     }
 
     /// A node that joined (it gets the next index).
     pub fn add(&mut self, name: String, group: String, slots: u32) -> usize {
-        self.nodes.push(NodeSlots { name, group, busy: vec![false; slots as usize], retired: false });
+        self.nodes.push(NodeSlots {
+            name,
+            group,
+            busy: vec![false; slots as usize],
+            retired: false,
+        });
         self.nodes.len() - 1
     }
 
@@ -48,7 +63,10 @@ impl Pool {
 
     /// Nodes of `group` that can take tasks.
     pub fn live_nodes(&self, group: &str) -> usize {
-        self.nodes.iter().filter(|n| n.group == group && !n.retired && !n.busy.is_empty()).count()
+        self.nodes
+            .iter()
+            .filter(|n| n.group == group && !n.retired && !n.busy.is_empty())
+            .count()
     }
 
     /// One free slot on each of `ranks` distinct nodes of `group`; the nodes
@@ -77,7 +95,11 @@ impl Pool {
 
     pub fn release(&mut self, p: &Placement) {
         for (i, s) in p {
-            if let Some(b) = self.nodes.get_mut(*i).and_then(|n| n.busy.get_mut(*s as usize)) {
+            if let Some(b) = self
+                .nodes
+                .get_mut(*i)
+                .and_then(|n| n.busy.get_mut(*s as usize))
+            {
                 *b = false;
             }
         }
@@ -85,7 +107,11 @@ impl Pool {
 
     /// Free slots on live nodes.
     pub fn free_slots(&self) -> usize {
-        self.nodes.iter().filter(|n| !n.retired).map(|n| n.free()).sum()
+        self.nodes
+            .iter()
+            .filter(|n| !n.retired)
+            .map(|n| n.free())
+            .sum()
     }
 
     pub fn busy(&self) -> usize {
@@ -138,7 +164,9 @@ impl PartialOrd for Done {
 }
 impl Ord for Done {
     fn cmp(&self, o: &Self) -> Ordering {
-        o.0.partial_cmp(&self.0).unwrap_or(Ordering::Equal).then(o.1.cmp(&self.1))
+        o.0.partial_cmp(&self.0)
+            .unwrap_or(Ordering::Equal)
+            .then(o.1.cmp(&self.1))
     }
 }
 
@@ -151,7 +179,11 @@ pub fn simulate(tasks: &[SimTask], pool: &Pool, policy: Policy) -> Simulation {
     // drop what can never run
     queue.retain(|i| {
         let t = &tasks[*i];
-        let nodes = pool.nodes.iter().filter(|n| n.group == t.group && !n.busy.is_empty()).count();
+        let nodes = pool
+            .nodes
+            .iter()
+            .filter(|n| n.group == t.group && !n.busy.is_empty())
+            .count();
         let ok = nodes >= t.ranks as usize;
         if !ok {
             unplaceable += 1;
@@ -188,7 +220,9 @@ pub fn simulate(tasks: &[SimTask], pool: &Pool, policy: Policy) -> Simulation {
             }
         }
         pending = kept;
-        let Some(Done(t_end, i)) = running.pop() else { break };
+        let Some(Done(t_end, i)) = running.pop() else {
+            break;
+        };
         now = t_end;
         let e = group_end.entry(tasks[i].group.clone()).or_default();
         *e = e.max(now);
@@ -206,12 +240,26 @@ pub fn simulate(tasks: &[SimTask], pool: &Pool, policy: Policy) -> Simulation {
     let mut lower_bound = 0.0f64;
     let mut groups = BTreeMap::new();
     for (g, busy) in &group_busy {
-        let slots: usize = pool.nodes.iter().filter(|n| &n.group == g).map(|n| n.busy.len()).sum();
-        let longest = tasks.iter().filter(|t| &t.group == g).map(|t| t.seconds).fold(0.0, f64::max);
+        let slots: usize = pool
+            .nodes
+            .iter()
+            .filter(|n| &n.group == g)
+            .map(|n| n.busy.len())
+            .sum();
+        let longest = tasks
+            .iter()
+            .filter(|t| &t.group == g)
+            .map(|t| t.seconds)
+            .fold(0.0, f64::max);
         lower_bound = lower_bound.max((busy / slots.max(1) as f64).max(longest));
         groups.insert(g.clone(), (*busy, group_end.get(g).copied().unwrap_or(0.0)));
     }
-    Simulation { makespan: now, lower_bound, groups, unplaceable }
+    Simulation {
+        makespan: now,
+        lower_bound,
+        groups,
+        unplaceable,
+    }
 }
 
 #[cfg(test)]
@@ -223,7 +271,10 @@ mod tests {
         let mut pool = Pool::new([("a".into(), "g".into(), 2), ("b".into(), "g".into(), 1)]);
         let p = pool.place("g", 2).unwrap();
         assert_ne!(p[0].0, p[1].0);
-        assert!(pool.place("g", 2).is_none(), "only node a has a free slot left");
+        assert!(
+            pool.place("g", 2).is_none(),
+            "only node a has a free slot left"
+        );
         assert!(pool.place("g", 1).is_some());
         assert!(pool.place("g", 1).is_none());
         assert!(pool.place("other", 1).is_none());
@@ -244,8 +295,18 @@ mod tests {
 
     #[test]
     fn longest_first_beats_fifo_on_a_skewed_queue() {
-        let mut tasks: Vec<SimTask> = (0..20).map(|_| SimTask { seconds: 1.0, ranks: 1, group: "g".into() }).collect();
-        tasks.push(SimTask { seconds: 10.0, ranks: 1, group: "g".into() });
+        let mut tasks: Vec<SimTask> = (0..20)
+            .map(|_| SimTask {
+                seconds: 1.0,
+                ranks: 1,
+                group: "g".into(),
+            })
+            .collect();
+        tasks.push(SimTask {
+            seconds: 10.0,
+            ranks: 1,
+            group: "g".into(),
+        });
         let pool = Pool::new([("n".into(), "g".into(), 2)]);
         let lf = simulate(&tasks, &pool, Policy::LongestFirst);
         let ff = simulate(&tasks, &pool, Policy::Fifo);

@@ -53,7 +53,9 @@ pub fn usd_string(usd: f64) -> String {
 }
 
 fn node_price(catalog: &Catalog, region: &str, g: &NodeGroup) -> Option<f64> {
-    catalog.price(&g.instance_type, region, g.market).map(|p| p.usd_per_hour)
+    catalog
+        .price(&g.instance_type, region, g.market)
+        .map(|p| p.usd_per_hour)
 }
 
 /// The most one node may cost per hour: on-demand (spot never exceeds it),
@@ -62,15 +64,26 @@ fn node_ceiling(catalog: &Catalog, region: &str, g: &NodeGroup) -> Option<f64> {
     catalog
         .price(&g.instance_type, region, Market::OnDemand)
         .map(|p| p.usd_per_hour)
-        .or_else(|| catalog.price(&g.instance_type, region, Market::Spot).and_then(|p| p.spot).map(|s| s.max))
+        .or_else(|| {
+            catalog
+                .price(&g.instance_type, region, Market::Spot)
+                .and_then(|p| p.spot)
+                .map(|s| s.max)
+        })
 }
 
 /// Limits for every node group of the plan, in plan order.
 pub fn group_limits(plan: &Plan, catalog: &Catalog) -> Vec<GroupLimits> {
     let region = plan.region.as_str();
     let groups = &plan.node_groups;
-    let nominal: Vec<f64> = groups.iter().map(|g| node_price(catalog, region, g).unwrap_or(0.0) * f64::from(g.count)).collect();
-    let ceiling: Vec<Option<f64>> = groups.iter().map(|g| node_ceiling(catalog, region, g).map(|p| p * f64::from(g.count))).collect();
+    let nominal: Vec<f64> = groups
+        .iter()
+        .map(|g| node_price(catalog, region, g).unwrap_or(0.0) * f64::from(g.count))
+        .collect();
+    let ceiling: Vec<Option<f64>> = groups
+        .iter()
+        .map(|g| node_ceiling(catalog, region, g).map(|p| p * f64::from(g.count)))
+        .collect();
     let total_nominal: f64 = nominal.iter().sum();
 
     // The plan's hourly cap: given, or the budget spread over the longest
@@ -85,7 +98,11 @@ pub fn group_limits(plan: &Plan, catalog: &Catalog) -> Vec<GroupLimits> {
     let caps: Vec<Option<f64>> = (0..groups.len())
         .map(|i| {
             plan_cap.map(|h| {
-                let share = if total_nominal > 0.0 { nominal[i] / total_nominal } else { 1.0 / groups.len() as f64 };
+                let share = if total_nominal > 0.0 {
+                    nominal[i] / total_nominal
+                } else {
+                    1.0 / groups.len() as f64
+                };
                 h * share
             })
         })
@@ -129,7 +146,12 @@ mod tests {
     fn caps_round_down_and_deadlines_are_utc() {
         assert_eq!(usd_string(1.38889), "1.3888");
         assert_eq!(usd_string(2.0), "2.0000");
-        let l = GroupLimits { group: "g".into(), node_usd_per_hour: None, hourly_cap_usd: None, lifetime_hours: 720.0 };
+        let l = GroupLimits {
+            group: "g".into(),
+            node_usd_per_hour: None,
+            hourly_cap_usd: None,
+            lifetime_hours: 720.0,
+        };
         let now = Utc.with_ymd_and_hms(2026, 8, 1, 12, 0, 0).unwrap();
         assert_eq!(l.valid_until(now), "2026-08-31T12:00:00Z");
         assert_eq!(l.lifetime_minutes(), 43_200);

@@ -13,6 +13,10 @@ mod write;
 
 pub use limits::{group_limits, GroupLimits};
 pub use model::{RenderedStack, ResourceSummary, StackError, Stacks, MAX_BODY, MAX_INLINE_BODY};
-pub use render::{compute_parameters, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON};
-pub use validate::{validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES, MAX_ZONES};
+pub use render::{
+    compute_parameters, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON,
+};
+pub use validate::{
+    validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES, MAX_ZONES,
+};
 pub use write::write;

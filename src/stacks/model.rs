@@ -15,19 +15,33 @@ pub const MAX_BODY: usize = 1_000_000;
 #[derive(Debug, Error)]
 pub enum StackError {
     #[error("cannot render stack template {template}: {message}\n  (hint: this is a defect in stacks/{template}, not in the plan; please report it)")]
-    Template { template: &'static str, message: String },
+    Template {
+        template: &'static str,
+        message: String,
+    },
     #[error("stack template {template} rendered invalid JSON at {line}:{column}: {message}\n  (hint: this is a defect in stacks/{template}, not in the plan; please report it)")]
-    Json { template: &'static str, line: usize, column: usize, message: String },
+    Json {
+        template: &'static str,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("the plan has no machines to deploy\n  (hint: add \"infrastructure\" or \"node_groups\" to the plan)")]
     NoMachines,
     #[error("node group \"{group}\" has instance type \"{instance_type}\", which is not in the catalog\n  (hint: run `infra plan` to see every problem with a fix, or `infra catalog refresh` if the type is new)")]
-    UnknownInstanceType { group: String, instance_type: String },
+    UnknownInstanceType {
+        group: String,
+        instance_type: String,
+    },
     #[error("the node groups use {count} availability zones, more than the {max} the base stack lays out\n  (hint: use fewer distinct \"availability_zone\" values)")]
     TooManyZones { count: usize, max: usize },
     #[error("stack {name} is {bytes} bytes, more than CloudFormation's {MAX_BODY}\n  (hint: use fewer node groups, or split them across phases)")]
     TooLarge { name: String, bytes: usize },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The two stacks of one phase.
@@ -64,17 +78,28 @@ impl RenderedStack {
         let mut body = serde_json::to_string_pretty(&template).unwrap_or_default();
         body.push('\n');
         let needs_upload = body.len() > MAX_INLINE_BODY;
-        RenderedStack { name, template, body, needs_upload }
+        RenderedStack {
+            name,
+            template,
+            body,
+            needs_upload,
+        }
     }
 
     /// Logical ids of the resources, in template order.
     pub fn resource_ids(&self) -> Vec<&str> {
-        self.template["Resources"].as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default()
+        self.template["Resources"]
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// Names of the template's parameters (values the deployment supplies).
     pub fn parameter_names(&self) -> Vec<&str> {
-        self.template["Parameters"].as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default()
+        self.template["Parameters"]
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default()
     }
 
     /// Every resource with its type and its most telling properties.

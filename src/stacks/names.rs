@@ -64,7 +64,16 @@ pub fn bucket_prefix(project: &str) -> String {
 /// Launch template name, unique per region: `<project>-<phase>-<group>`.
 pub fn launch_template_name(plan: &Plan, group: &str) -> String {
     let mut n = format!("{}-{}-{}", plan.project, plan.name_key, group);
-    n = n.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')' | '/') { c } else { '-' }).collect();
+    n = n
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')' | '/') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     n.truncate(128);
     n
 }
@@ -73,7 +82,10 @@ pub fn launch_template_name(plan: &Plan, group: &str) -> String {
 /// letters and digits only, each word capitalized (`cpu-a` → `CpuA`).
 pub fn logical_id(name: &str) -> String {
     let mut out = String::new();
-    for word in name.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()) {
+    for word in name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         let mut cs = word.chars();
         if let Some(first) = cs.next() {
             out.push(first.to_ascii_uppercase());
@@ -110,7 +122,10 @@ mod tests {
     #[test]
     fn logical_ids_are_alphanumeric_and_unique() {
         let ids = unique_logical_ids(["cpu-a", "cpu_a", "cpu.a", "default", "_", "gpu-1", "CpuA2"]);
-        assert_eq!(ids, ["CpuA", "CpuA2", "CpuA3", "Default", "Group5", "Gpu1", "CpuA22"]);
+        assert_eq!(
+            ids,
+            ["CpuA", "CpuA2", "CpuA3", "Default", "Group5", "Gpu1", "CpuA22"]
+        );
         for id in &ids {
             assert!(id.chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
         }
@@ -119,8 +134,14 @@ mod tests {
     #[test]
     fn stack_names_follow_cloudformation_rules() {
         assert_eq!(base_stack_name("inference"), "inference-base");
-        assert_eq!(compute_stack_name("inference", "phase15"), "inference-phase15");
-        assert_eq!(compute_stack_name("stats", "table_II.v2"), "stats-table-II-v2");
+        assert_eq!(
+            compute_stack_name("inference", "phase15"),
+            "inference-phase15"
+        );
+        assert_eq!(
+            compute_stack_name("stats", "table_II.v2"),
+            "stats-table-II-v2"
+        );
         assert!(stack_name_problem("2024-study").is_some());
         assert!(stack_name_problem("study").is_none());
         assert_eq!(export_name("stats", "BucketName"), "stats-base-BucketName");
@@ -132,6 +153,9 @@ mod tests {
         let p = bucket_prefix(&long);
         assert_eq!(p.len(), 35);
         assert!(p.len() + 1 + 12 + 1 + "ap-southeast-5".len() <= 63);
-        assert_eq!(bucket_prefix(&format!("{}-b", "a".repeat(34))), "a".repeat(34));
+        assert_eq!(
+            bucket_prefix(&format!("{}-b", "a".repeat(34))),
+            "a".repeat(34)
+        );
     }
 }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use super::limits::{group_limits, usd_string, GroupLimits};
 use super::model::{RenderedStack, StackError, Stacks, MAX_BODY};
 use super::names::{
-    base_stack_name, bucket_prefix, compute_stack_name, export_name, launch_template_name, unique_logical_ids, TAG_NODE_GROUP,
-    TAG_PHASE, TAG_PROJECT, TAG_STACK,
+    base_stack_name, bucket_prefix, compute_stack_name, export_name, launch_template_name,
+    unique_logical_ids, TAG_NODE_GROUP, TAG_PHASE, TAG_PROJECT, TAG_STACK,
 };
 use super::validate::MAX_ZONES;
 use crate::catalog::{Catalog, InstanceType};
@@ -32,9 +32,11 @@ const USERDATA_TEMPLATE: &str = include_str!("../../stacks/userdata.sh.hbs");
 /// (`resolve:ssm:` in the launch template): Amazon Linux 2023 for CPU
 /// types, the Deep Learning Base AMI (NVIDIA driver, CUDA, EFA; Amazon Linux
 /// 2023) for GPU and EFA types, the Neuron DLAMI for Trainium.
-pub const DEFAULT_AMI_CPU: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+pub const DEFAULT_AMI_CPU: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
 pub const DEFAULT_AMI_GPU: &str = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id";
-pub const DEFAULT_AMI_NEURON: &str = "/aws/service/neuron/dlami/multi-framework/amazon-linux-2023/latest/image_id";
+pub const DEFAULT_AMI_NEURON: &str =
+    "/aws/service/neuron/dlami/multi-framework/amazon-linux-2023/latest/image_id";
 
 /// Number of zones a plan without any availability zone spreads over; every
 /// region has at least two.
@@ -64,7 +66,9 @@ fn image_id(g: &NodeGroup, t: &InstanceType) -> String {
     let path = match g.ami.as_deref() {
         Some(a) if a.starts_with("ami-") || a.starts_with("resolve:ssm:") => return a.to_string(),
         Some(a) => a,
-        None if g.instance_type.starts_with("trn") || g.instance_type.starts_with("inf") => DEFAULT_AMI_NEURON,
+        None if g.instance_type.starts_with("trn") || g.instance_type.starts_with("inf") => {
+            DEFAULT_AMI_NEURON
+        }
         None if is_default_dlami(t, g.efa) => DEFAULT_AMI_GPU,
         None => DEFAULT_AMI_CPU,
     };
@@ -122,7 +126,11 @@ struct Layout {
 
 fn layout(plan: &Plan, catalog: &Catalog) -> Layout {
     let mut named: Vec<String> = Vec::new();
-    for z in plan.availability_zone.iter().chain(plan.node_groups.iter().filter_map(|g| g.availability_zone.as_ref())) {
+    for z in plan.availability_zone.iter().chain(
+        plan.node_groups
+            .iter()
+            .filter_map(|g| g.availability_zone.as_ref()),
+    ) {
         if !named.contains(z) {
             named.push(z.clone());
         }
@@ -135,20 +143,29 @@ fn layout(plan: &Plan, catalog: &Catalog) -> Layout {
     } else {
         (0..DEFAULT_ZONES).map(Zone::Index).collect()
     };
-    let efa_name = plan
-        .availability_zone
-        .clone()
-        .or_else(|| plan.node_groups.iter().filter(|g| g.efa).find_map(|g| g.availability_zone.clone()));
+    let efa_name = plan.availability_zone.clone().or_else(|| {
+        plan.node_groups
+            .iter()
+            .filter(|g| g.efa)
+            .find_map(|g| g.availability_zone.clone())
+    });
     let efa_zone = efa_name.map(|z| zone_index(&zones, &z)).unwrap_or(0);
     let nat = plan.node_groups.iter().any(|g| multi_card_efa(g, catalog));
-    Layout { zones, efa_zone, nat }
+    Layout {
+        zones,
+        efa_zone,
+        nat,
+    }
 }
 
 fn efa_interfaces(g: &NodeGroup, catalog: &Catalog) -> u32 {
     if !g.efa {
         return 0;
     }
-    catalog.get(&g.instance_type).map(|t| t.max_efa_interfaces.max(1)).unwrap_or(1)
+    catalog
+        .get(&g.instance_type)
+        .map(|t| t.max_efa_interfaces.max(1))
+        .unwrap_or(1)
 }
 
 fn multi_card_efa(g: &NodeGroup, catalog: &Catalog) -> bool {
@@ -156,7 +173,10 @@ fn multi_card_efa(g: &NodeGroup, catalog: &Catalog) -> bool {
 }
 
 fn zone_index(zones: &[Zone], name: &str) -> usize {
-    zones.iter().position(|z| *z == Zone::Named(name.to_string())).unwrap_or(0)
+    zones
+        .iter()
+        .position(|z| *z == Zone::Named(name.to_string()))
+        .unwrap_or(0)
 }
 
 /// Indices of the zones a group's fleet may launch in.
@@ -312,7 +332,10 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
         .iter()
         .enumerate()
         .filter_map(|(i, z)| match z {
-            Zone::Named(name) => Some(ZoneParam { name: zone_param(i), zone: name.clone() }),
+            Zone::Named(name) => Some(ZoneParam {
+                name: zone_param(i),
+                zone: name.clone(),
+            }),
             Zone::Index(_) => None,
         })
         .collect();
@@ -328,14 +351,22 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
     }
 }
 
-fn compute_view(plan: &Plan, catalog: &Catalog, layout: &Layout, limits: &[GroupLimits]) -> Result<ComputeView, StackError> {
+fn compute_view(
+    plan: &Plan,
+    catalog: &Catalog,
+    layout: &Layout,
+    limits: &[GroupLimits],
+) -> Result<ComputeView, StackError> {
     let ids = unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str()));
     let shell_hb = shell_registry()?;
     let mut groups = Vec::new();
     for ((g, id), lim) in plan.node_groups.iter().zip(ids).zip(limits) {
         let t = catalog
             .get(&g.instance_type)
-            .ok_or_else(|| StackError::UnknownInstanceType { group: g.name.clone(), instance_type: g.instance_type.clone() })?;
+            .ok_or_else(|| StackError::UnknownInstanceType {
+                group: g.name.clone(),
+                instance_type: g.instance_type.clone(),
+            })?;
         let n_efa = efa_interfaces(g, catalog);
         let private = n_efa > 1;
         let interfaces = if g.efa {
@@ -349,14 +380,24 @@ fn compute_view(plan: &Plan, catalog: &Catalog, layout: &Layout, limits: &[Group
                 })
                 .collect()
         } else {
-            vec![InterfaceView { card: 0, device: 0, efa: false, subnet_export: None, public_ip: true }]
+            vec![InterfaceView {
+                card: 0,
+                device: 0,
+                efa: false,
+                subnet_export: None,
+                public_ip: true,
+            }]
         };
         let overrides = if private {
-            vec![OverrideView { subnet_export: None }]
+            vec![OverrideView {
+                subnet_export: None,
+            }]
         } else {
             group_zones(plan, layout, g)
                 .into_iter()
-                .map(|i| OverrideView { subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))) })
+                .map(|i| OverrideView {
+                    subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))),
+                })
                 .collect()
         };
         let strategy = placement_strategy(g);
@@ -387,7 +428,10 @@ fn compute_view(plan: &Plan, catalog: &Catalog, layout: &Layout, limits: &[Group
             volume_gb: g.volume_gb,
             interfaces,
             overrides,
-            placement: strategy.map(|s| PlacementView { id: format!("PlacementGroup{id}"), strategy: s.to_string() }),
+            placement: strategy.map(|s| PlacementView {
+                id: format!("PlacementGroup{id}"),
+                strategy: s.to_string(),
+            }),
             cap: lim.hourly_cap_usd.map(usd_string),
             lifetime_hours: format!("{}", (lim.lifetime_hours * 100.0).round() / 100.0),
             valid_until_param: format!("ValidUntil{id}"),
@@ -432,7 +476,10 @@ fn shell_registry() -> Result<Handlebars<'static>, StackError> {
     // for the shell, then keep CloudFormation from reading "${" in them.
     hb.register_escape_fn(|s| shell::quote(s).replace("${", "${!"));
     hb.register_template_string("userdata.sh.hbs", USERDATA_TEMPLATE)
-        .map_err(|e| StackError::Template { template: "userdata.sh.hbs", message: e.to_string() })?;
+        .map_err(|e| StackError::Template {
+            template: "userdata.sh.hbs",
+            message: e.to_string(),
+        })?;
     Ok(hb)
 }
 
@@ -444,7 +491,9 @@ fn json_helper(
     _: &mut handlebars::RenderContext,
     out: &mut dyn handlebars::Output,
 ) -> handlebars::HelperResult {
-    let v = h.param(0).ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    let v = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
     out.write(&serde_json::to_string(v.value()).unwrap_or_default())?;
     Ok(())
 }
@@ -458,23 +507,49 @@ fn tags_helper(
     _: &mut handlebars::RenderContext,
     out: &mut dyn handlebars::Output,
 ) -> handlebars::HelperResult {
-    let suffix = h.param(0).and_then(|p| p.value().as_str()).ok_or(RenderErrorReason::ParamNotFoundForIndex("tags", 0))?;
+    let suffix = h
+        .param(0)
+        .and_then(|p| p.value().as_str())
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("tags", 0))?;
     let root = ctx.data();
-    let prefix = root["name_prefix"].as_str().ok_or_else(|| RenderErrorReason::MissingVariable(Some("name_prefix".into())))?;
+    let prefix = root["name_prefix"]
+        .as_str()
+        .ok_or_else(|| RenderErrorReason::MissingVariable(Some("name_prefix".into())))?;
     let mut tags = vec![tag("Name", &format!("{prefix}-{suffix}"))];
     tags.extend(root["tags"].as_array().cloned().unwrap_or_default());
     out.write(&serde_json::to_string(&tags).unwrap_or_default())?;
     Ok(())
 }
 
-fn render_text(hb: &Handlebars, name: &'static str, view: &impl Serialize) -> Result<String, StackError> {
-    hb.render(name, view).map_err(|e| StackError::Template { template: name, message: e.to_string() })
+fn render_text(
+    hb: &Handlebars,
+    name: &'static str,
+    view: &impl Serialize,
+) -> Result<String, StackError> {
+    hb.render(name, view).map_err(|e| StackError::Template {
+        template: name,
+        message: e.to_string(),
+    })
 }
 
-fn render_json(hb: &mut Handlebars, name: &'static str, source: &str, view: &impl Serialize) -> Result<Value, StackError> {
-    hb.register_template_string(name, source).map_err(|e| StackError::Template { template: name, message: e.to_string() })?;
+fn render_json(
+    hb: &mut Handlebars,
+    name: &'static str,
+    source: &str,
+    view: &impl Serialize,
+) -> Result<Value, StackError> {
+    hb.register_template_string(name, source)
+        .map_err(|e| StackError::Template {
+            template: name,
+            message: e.to_string(),
+        })?;
     let text = render_text(hb, name, view)?;
-    serde_json::from_str(&text).map_err(|e| StackError::Json { template: name, line: e.line(), column: e.column(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| StackError::Json {
+        template: name,
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })
 }
 
 // ---------------------------------------------------------------- API
@@ -485,24 +560,47 @@ pub fn render(plan: &Plan, catalog: &Catalog) -> Result<Stacks, StackError> {
     if plan.node_groups.iter().all(|g| g.instance_type == "local") {
         return Err(StackError::NoMachines);
     }
-    if let Some(g) = plan.node_groups.iter().find(|g| catalog.get(&g.instance_type).is_none()) {
-        return Err(StackError::UnknownInstanceType { group: g.name.clone(), instance_type: g.instance_type.clone() });
+    if let Some(g) = plan
+        .node_groups
+        .iter()
+        .find(|g| catalog.get(&g.instance_type).is_none())
+    {
+        return Err(StackError::UnknownInstanceType {
+            group: g.name.clone(),
+            instance_type: g.instance_type.clone(),
+        });
     }
     let layout = layout(plan, catalog);
     if layout.zones.len() > MAX_ZONES {
-        return Err(StackError::TooManyZones { count: layout.zones.len(), max: MAX_ZONES });
+        return Err(StackError::TooManyZones {
+            count: layout.zones.len(),
+            max: MAX_ZONES,
+        });
     }
     let limits = group_limits(plan, catalog);
     let mut hb = json_registry();
-    let base = render_json(&mut hb, "base.json.hbs", BASE_TEMPLATE, &base_view(plan, &layout))?;
-    let compute = render_json(&mut hb, "compute.json.hbs", COMPUTE_TEMPLATE, &compute_view(plan, catalog, &layout, &limits)?)?;
+    let base = render_json(
+        &mut hb,
+        "base.json.hbs",
+        BASE_TEMPLATE,
+        &base_view(plan, &layout),
+    )?;
+    let compute = render_json(
+        &mut hb,
+        "compute.json.hbs",
+        COMPUTE_TEMPLATE,
+        &compute_view(plan, catalog, &layout, &limits)?,
+    )?;
     let stacks = Stacks {
         base: RenderedStack::new(base_stack_name(&plan.project), base),
         compute: RenderedStack::new(compute_stack_name(&plan.project, &plan.name_key), compute),
     };
     for s in [&stacks.base, &stacks.compute] {
         if s.body.len() > MAX_BODY {
-            return Err(StackError::TooLarge { name: s.name.clone(), bytes: s.body.len() });
+            return Err(StackError::TooLarge {
+                name: s.name.clone(),
+                bytes: s.body.len(),
+            });
         }
     }
     Ok(stacks)
@@ -511,9 +609,16 @@ pub fn render(plan: &Plan, catalog: &Catalog) -> Result<Stacks, StackError> {
 /// Parameter values for deploying the compute stack at `now`: each group's
 /// `ValidUntil<Group>` (now + the group's lifetime). Pass them on create;
 /// on update keep the previous values (a new expiry replaces the fleet).
-pub fn compute_parameters(plan: &Plan, catalog: &Catalog, now: DateTime<Utc>) -> Vec<(String, String)> {
+pub fn compute_parameters(
+    plan: &Plan,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Vec<(String, String)> {
     let ids = unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str()));
-    ids.into_iter().zip(group_limits(plan, catalog)).map(|(id, l)| (format!("ValidUntil{id}"), l.valid_until(now))).collect()
+    ids.into_iter()
+        .zip(group_limits(plan, catalog))
+        .map(|(id, l)| (format!("ValidUntil{id}"), l.valid_until(now)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -525,9 +630,21 @@ mod tests {
         let cat = Catalog::builtin();
         let t = cat.get("c6i.xlarge").unwrap();
         let mut g = NodeGroup {
-            name: "cpu".into(), instance_type: "c6i.xlarge".into(), count: 1, market: crate::plan::Market::Spot, efa: false,
-            placement: None, ami: None, volume_gb: 100, slots: 1, max_lifetime_hours: None, gpus: None, workers_per_slot: None,
-            availability_zone: None, pos: Default::default(), path: String::new(),
+            name: "cpu".into(),
+            instance_type: "c6i.xlarge".into(),
+            count: 1,
+            market: crate::plan::Market::Spot,
+            efa: false,
+            placement: None,
+            ami: None,
+            volume_gb: 100,
+            slots: 1,
+            max_lifetime_hours: None,
+            gpus: None,
+            workers_per_slot: None,
+            availability_zone: None,
+            pos: Default::default(),
+            path: String::new(),
         };
         assert_eq!(image_id(&g, t), format!("resolve:ssm:{DEFAULT_AMI_CPU}"));
         g.ami = Some("ami-0123456789abcdef0".into());
@@ -537,9 +654,15 @@ mod tests {
         assert_eq!(root_device(&image_id(&g, t)), "/dev/sda1");
         g.ami = None;
         g.instance_type = "g5.xlarge".into();
-        assert_eq!(image_id(&g, cat.get("g5.xlarge").unwrap()), format!("resolve:ssm:{DEFAULT_AMI_GPU}"));
+        assert_eq!(
+            image_id(&g, cat.get("g5.xlarge").unwrap()),
+            format!("resolve:ssm:{DEFAULT_AMI_GPU}")
+        );
         g.instance_type = "trn1.32xlarge".into();
-        assert_eq!(image_id(&g, cat.get("trn1.32xlarge").unwrap()), format!("resolve:ssm:{DEFAULT_AMI_NEURON}"));
+        assert_eq!(
+            image_id(&g, cat.get("trn1.32xlarge").unwrap()),
+            format!("resolve:ssm:{DEFAULT_AMI_NEURON}")
+        );
     }
 
     #[test]
@@ -548,9 +671,20 @@ mod tests {
         let text = render_text(
             &hb,
             "userdata.sh.hbs",
-            &UserDataView { project: "p", phase: "a'b ${x} $(id)", group: "g", instance_type: "c6i.xlarge", slots: 2, efa: false, lifetime_minutes: 60 },
+            &UserDataView {
+                project: "p",
+                phase: "a'b ${x} $(id)",
+                group: "g",
+                instance_type: "c6i.xlarge",
+                slots: 2,
+                efa: false,
+                lifetime_minutes: 60,
+            },
         )
         .unwrap();
-        assert!(text.contains("INFRA_PHASE='a'\"'\"'b ${!x} $(id)'"), "{text}");
+        assert!(
+            text.contains("INFRA_PHASE='a'\"'\"'b ${!x} $(id)'"),
+            "{text}"
+        );
     }
 }

@@ -14,8 +14,12 @@ fn text(v: &Value) -> String {
         Value::Object(m) => match m.iter().next() {
             Some((k, a)) if k == "Ref" => format!("ref {}", text(a)),
             Some((k, a)) if k == "Fn::ImportValue" => format!("import {}", text(a)),
-            Some((k, Value::Array(a))) if k == "Fn::GetAtt" => a.iter().map(text).collect::<Vec<_>>().join("."),
-            Some((k, Value::Array(a))) if k == "Fn::Select" && a.len() == 2 => format!("zone {}", a[0].as_u64().map_or(0, |i| i + 1)),
+            Some((k, Value::Array(a))) if k == "Fn::GetAtt" => {
+                a.iter().map(text).collect::<Vec<_>>().join(".")
+            }
+            Some((k, Value::Array(a))) if k == "Fn::Select" && a.len() == 2 => {
+                format!("zone {}", a[0].as_u64().map_or(0, |i| i + 1))
+            }
             Some((k, a)) if k == "Fn::Sub" => match a {
                 Value::Array(parts) => parts.first().map(text).unwrap_or_default(),
                 _ => text(a),
@@ -31,55 +35,126 @@ fn launch_template(p: &Value) -> String {
     let d = &p["LaunchTemplateData"];
     let mut parts = vec![text(&d["InstanceType"])];
     if let Some(ebs) = d["BlockDeviceMappings"].get(0).map(|b| &b["Ebs"]) {
-        let enc = if ebs["Encrypted"] == Value::Bool(true) { "encrypted" } else { "UNENCRYPTED" };
-        parts.push(format!("{} GiB {} {enc}", text(&ebs["VolumeSize"]), text(&ebs["VolumeType"])));
+        let enc = if ebs["Encrypted"] == Value::Bool(true) {
+            "encrypted"
+        } else {
+            "UNENCRYPTED"
+        };
+        parts.push(format!(
+            "{} GiB {} {enc}",
+            text(&ebs["VolumeSize"]),
+            text(&ebs["VolumeType"])
+        ));
     }
-    let imds = if d["MetadataOptions"]["HttpTokens"] == "required" { "IMDSv2" } else { "IMDSv1 allowed" };
-    parts.push(format!("{imds} hop limit {}", text(&d["MetadataOptions"]["HttpPutResponseHopLimit"])));
-    let efa = d["NetworkInterfaces"].as_array().map_or(0, |a| a.iter().filter(|i| i["InterfaceType"] == "efa").count());
+    let imds = if d["MetadataOptions"]["HttpTokens"] == "required" {
+        "IMDSv2"
+    } else {
+        "IMDSv1 allowed"
+    };
+    parts.push(format!(
+        "{imds} hop limit {}",
+        text(&d["MetadataOptions"]["HttpPutResponseHopLimit"])
+    ));
+    let efa = d["NetworkInterfaces"].as_array().map_or(0, |a| {
+        a.iter().filter(|i| i["InterfaceType"] == "efa").count()
+    });
     if efa > 0 {
-        parts.push(format!("{efa} EFA interface{}", if efa == 1 { "" } else { "s" }));
+        parts.push(format!(
+            "{efa} EFA interface{}",
+            if efa == 1 { "" } else { "s" }
+        ));
     }
-    parts.push(text(&d["ImageId"]).trim_start_matches("resolve:ssm:").to_string());
+    parts.push(
+        text(&d["ImageId"])
+            .trim_start_matches("resolve:ssm:")
+            .to_string(),
+    );
     parts.join(", ")
 }
 
 fn fleet(p: &Value) -> String {
     let t = &p["TargetCapacitySpecification"];
-    let (market, opts) = if t["DefaultTargetCapacityType"] == "spot" { ("spot", &p["SpotOptions"]) } else { ("on-demand", &p["OnDemandOptions"]) };
+    let (market, opts) = if t["DefaultTargetCapacityType"] == "spot" {
+        ("spot", &p["SpotOptions"])
+    } else {
+        ("on-demand", &p["OnDemandOptions"])
+    };
     let mut s = format!("{} × {market}", text(&t["TotalTargetCapacity"]));
-    if let Some(it) = p["LaunchTemplateConfigs"].get(0).and_then(|c| c["Overrides"].get(0)).map(|o| text(&o["InstanceType"])) {
+    if let Some(it) = p["LaunchTemplateConfigs"]
+        .get(0)
+        .and_then(|c| c["Overrides"].get(0))
+        .map(|o| text(&o["InstanceType"]))
+    {
         s = format!("{} × {it} {market}", text(&t["TotalTargetCapacity"]));
     }
     match opts.get("MaxTotalPrice") {
         Some(cap) => s.push_str(&format!(", at most ${}/h", text(cap))),
         None => s.push_str(", no price cap"),
     }
-    s.push_str(&format!(", {}, {}, expires at {}", text(&opts["AllocationStrategy"]), text(&p["Type"]), text(&p["ValidUntil"])));
+    s.push_str(&format!(
+        ", {}, {}, expires at {}",
+        text(&opts["AllocationStrategy"]),
+        text(&p["Type"]),
+        text(&p["ValidUntil"])
+    ));
     s
 }
 
 fn key_properties(kind: &str, p: &Value) -> String {
     match kind {
         "AWS::EC2::VPC" => text(&p["CidrBlock"]),
-        "AWS::EC2::Subnet" => format!("{} in {}", text(&p["CidrBlock"]), text(&p["AvailabilityZone"])),
+        "AWS::EC2::Subnet" => format!(
+            "{} in {}",
+            text(&p["CidrBlock"]),
+            text(&p["AvailabilityZone"])
+        ),
         "AWS::EC2::Route" => {
-            let via = ["GatewayId", "NatGatewayId"].iter().find_map(|k| p.get(*k)).map(text).unwrap_or_default();
+            let via = ["GatewayId", "NatGatewayId"]
+                .iter()
+                .find_map(|k| p.get(*k))
+                .map(text)
+                .unwrap_or_default();
             format!("{} via {via}", text(&p["DestinationCidrBlock"]))
         }
         "AWS::EC2::SecurityGroup" => {
             let ingress = p["SecurityGroupIngress"].as_array().map_or(0, Vec::len);
-            format!("{ingress} inbound rules from outside; outbound {}", text(&p["SecurityGroupEgress"].get(0).map(|r| r["CidrIp"].clone()).unwrap_or_default()))
+            format!(
+                "{ingress} inbound rules from outside; outbound {}",
+                text(
+                    &p["SecurityGroupEgress"]
+                        .get(0)
+                        .map(|r| r["CidrIp"].clone())
+                        .unwrap_or_default()
+                )
+            )
         }
-        "AWS::EC2::SecurityGroupIngress" => format!("all traffic from {}", text(&p["SourceSecurityGroupId"])),
-        "AWS::EC2::SecurityGroupEgress" => format!("all traffic to {}", text(&p["DestinationSecurityGroupId"])),
-        "AWS::EC2::VPCEndpoint" => format!("{} ({})", text(&p["ServiceName"]), text(&p["VpcEndpointType"])),
+        "AWS::EC2::SecurityGroupIngress" => {
+            format!("all traffic from {}", text(&p["SourceSecurityGroupId"]))
+        }
+        "AWS::EC2::SecurityGroupEgress" => {
+            format!("all traffic to {}", text(&p["DestinationSecurityGroupId"]))
+        }
+        "AWS::EC2::VPCEndpoint" => format!(
+            "{} ({})",
+            text(&p["ServiceName"]),
+            text(&p["VpcEndpointType"])
+        ),
         "AWS::IAM::Role" => {
-            let managed: Vec<String> = p["ManagedPolicyArns"].as_array().map(|a| a.iter().map(|v| text(v).rsplit('/').next().unwrap_or_default().to_string()).collect()).unwrap_or_default();
+            let managed: Vec<String> = p["ManagedPolicyArns"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|v| text(v).rsplit('/').next().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
             format!("{} + results bucket access", managed.join(", "))
         }
         "AWS::S3::Bucket" => {
-            let enc = text(&p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"]);
+            let enc = text(
+                &p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+                    ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
+            );
             format!("{}, {enc}, public access blocked", text(&p["BucketName"]))
         }
         "AWS::S3::BucketPolicy" => "deny requests without TLS".into(),
@@ -91,16 +166,26 @@ fn key_properties(kind: &str, p: &Value) -> String {
 }
 
 pub(crate) fn summarize(template: &Value) -> Vec<ResourceSummary> {
-    let Some(resources) = template["Resources"].as_object() else { return Vec::new() };
+    let Some(resources) = template["Resources"].as_object() else {
+        return Vec::new();
+    };
     resources
         .iter()
         .map(|(id, r)| {
             let kind = r["Type"].as_str().unwrap_or_default();
             let mut key = key_properties(kind, &r["Properties"]);
             if r["DeletionPolicy"] == "Retain" {
-                key = if key.is_empty() { "retained on delete".into() } else { format!("{key}, retained on delete") };
+                key = if key.is_empty() {
+                    "retained on delete".into()
+                } else {
+                    format!("{key}, retained on delete")
+                };
             }
-            ResourceSummary { logical_id: id.clone(), resource_type: kind.to_string(), key_properties: key }
+            ResourceSummary {
+                logical_id: id.clone(),
+                resource_type: kind.to_string(),
+                key_properties: key,
+            }
         })
         .collect()
 }

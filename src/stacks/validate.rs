@@ -45,13 +45,22 @@ fn field(g: &NodeGroup, name: &str) -> String {
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Add a diagnostic for every problem the stacks would have.
 pub fn validate(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
     if let Some(why) = stack_name_problem(&plan.project) {
-        d.hint("project", PLAN_POS, format!("project \"{}\" cannot name a stack: {why}", plan.project), "set \"project\" to a name that starts with a letter, e.g. \"study-2024\"");
+        d.hint(
+            "project",
+            PLAN_POS,
+            format!("project \"{}\" cannot name a stack: {why}", plan.project),
+            "set \"project\" to a name that starts with a letter, e.g. \"study-2024\"",
+        );
     }
     for g in &plan.node_groups {
         group(plan, catalog, g, d);
@@ -76,7 +85,12 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
         } else {
             format!("did you mean {}? (`infra catalog show` lists all; run `infra catalog refresh` if \"{it}\" is new)", list(&near))
         };
-        d.hint(&field(g, "instance_type"), g.pos, format!("unknown instance type \"{it}\""), hint);
+        d.hint(
+            &field(g, "instance_type"),
+            g.pos,
+            format!("unknown instance type \"{it}\""),
+            hint,
+        );
         return;
     };
 
@@ -85,13 +99,26 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
         let hint = if near.is_empty() {
             "set \"efa\": false".to_string()
         } else {
-            format!("use a type with EFA such as {}, or set \"efa\": false", list(&near[..near.len().min(3)]))
+            format!(
+                "use a type with EFA such as {}, or set \"efa\": false",
+                list(&near[..near.len().min(3)])
+            )
         };
-        d.hint(&field(g, "efa"), g.pos, format!("\"efa\" is true but {it} has no EFA"), hint);
+        d.hint(
+            &field(g, "efa"),
+            g.pos,
+            format!("\"efa\" is true but {it} has no EFA"),
+            hint,
+        );
     }
     if g.efa {
         if let Some(p) = g.placement.as_deref().filter(|p| *p != "cluster") {
-            d.hint(&field(g, "placement"), g.pos, format!("EFA needs a cluster placement group, found \"{p}\""), "remove \"placement\" or set it to \"cluster\"");
+            d.hint(
+                &field(g, "placement"),
+                g.pos,
+                format!("EFA needs a cluster placement group, found \"{p}\""),
+                "remove \"placement\" or set it to \"cluster\"",
+            );
         }
     }
     if let Some(n) = g.gpus {
@@ -105,13 +132,29 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
             d.hint(
                 &field(g, "gpus"),
                 g.pos,
-                format!("{it} has {} GPU{}, the plan says {n}", t.gpus, if t.gpus == 1 { "" } else { "s" }),
-                format!("set \"{}\" to {}, {alt}", field(g, "gpus").rsplit('.').next().unwrap_or("gpus"), t.gpus),
+                format!(
+                    "{it} has {} GPU{}, the plan says {n}",
+                    t.gpus,
+                    if t.gpus == 1 { "" } else { "s" }
+                ),
+                format!(
+                    "set \"{}\" to {}, {alt}",
+                    field(g, "gpus").rsplit('.').next().unwrap_or("gpus"),
+                    t.gpus
+                ),
             );
         }
     }
     if g.count > MAX_NODES_PER_GROUP {
-        d.hint(&field(g, "count"), g.pos, format!("{} nodes in one group is more than the {MAX_NODES_PER_GROUP} a group may have", g.count), "split the nodes into several node groups, or the work into several phases");
+        d.hint(
+            &field(g, "count"),
+            g.pos,
+            format!(
+                "{} nodes in one group is more than the {MAX_NODES_PER_GROUP} a group may have",
+                g.count
+            ),
+            "split the nodes into several node groups, or the work into several phases",
+        );
     }
     if g.ami.is_none() && is_default_dlami(t, g.efa) && g.volume_gb < DLAMI_MIN_VOLUME_GB {
         d.hint(&field(g, "volume_gb"), g.pos, format!("{} GiB is smaller than the {DLAMI_MIN_VOLUME_GB} GiB root volume of the Deep Learning AMI", g.volume_gb), format!("set \"volume_gb\" to {DLAMI_MIN_VOLUME_GB} or more, or give an \"ami\""));
@@ -127,11 +170,25 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
             }
             Some(p) => match g.market {
                 Market::Spot if p.spot.is_none() => {
-                    d.hint(&field(g, "market"), g.pos, format!("{it} has no spot market in {region}"), "set \"market\": \"on-demand\"");
+                    d.hint(
+                        &field(g, "market"),
+                        g.pos,
+                        format!("{it} has no spot market in {region}"),
+                        "set \"market\": \"on-demand\"",
+                    );
                 }
                 Market::OnDemand if p.on_demand.is_none() => {
-                    let alt = if p.spot.is_some() { "set \"market\": \"spot\", or choose another type" } else { "choose another type" };
-                    d.hint(&field(g, "market"), g.pos, format!("{it} is not sold on demand in {region}"), alt);
+                    let alt = if p.spot.is_some() {
+                        "set \"market\": \"spot\", or choose another type"
+                    } else {
+                        "choose another type"
+                    };
+                    d.hint(
+                        &field(g, "market"),
+                        g.pos,
+                        format!("{it} is not sold on demand in {region}"),
+                        alt,
+                    );
                 }
                 _ => {}
             },
@@ -143,7 +200,12 @@ fn zones(plan: &Plan, d: &mut Diags) {
     let region = plan.region.as_str();
     let in_region = |z: &str| z.starts_with(region) && z.len() > region.len();
     if let Some(z) = plan.availability_zone.as_deref().filter(|z| !in_region(z)) {
-        d.hint("availability_zone", PLAN_POS, format!("availability zone \"{z}\" is not in region \"{region}\""), format!("use a zone of {region} such as \"{region}a\", or change \"region\""));
+        d.hint(
+            "availability_zone",
+            PLAN_POS,
+            format!("availability zone \"{z}\" is not in region \"{region}\""),
+            format!("use a zone of {region} such as \"{region}a\", or change \"region\""),
+        );
     }
     let mut named: BTreeSet<&str> = BTreeSet::new();
     named.extend(plan.availability_zone.as_deref());
@@ -153,14 +215,25 @@ fn zones(plan: &Plan, d: &mut Diags) {
         if let Some(z) = g.availability_zone.as_deref() {
             named.insert(z);
             if !in_region(z) {
-                d.hint(&field(g, "availability_zone"), g.pos, format!("availability zone \"{z}\" is not in region \"{region}\""), format!("use a zone of {region} such as \"{region}a\""));
+                d.hint(
+                    &field(g, "availability_zone"),
+                    g.pos,
+                    format!("availability zone \"{z}\" is not in region \"{region}\""),
+                    format!("use a zone of {region} such as \"{region}a\""),
+                );
             }
         }
         if !g.efa {
             continue;
         }
-        let z = g.availability_zone.as_deref().or(plan.availability_zone.as_deref());
-        if let (Some(gz), Some(pz)) = (g.availability_zone.as_deref(), plan.availability_zone.as_deref()) {
+        let z = g
+            .availability_zone
+            .as_deref()
+            .or(plan.availability_zone.as_deref());
+        if let (Some(gz), Some(pz)) = (
+            g.availability_zone.as_deref(),
+            plan.availability_zone.as_deref(),
+        ) {
             if gz != pz {
                 d.hint(&field(g, "availability_zone"), g.pos, format!("EFA group \"{}\" is in \"{gz}\" but the plan's zone is \"{pz}\"", g.name), format!("EFA works within one availability zone: remove the group's \"availability_zone\" or make it \"{pz}\""));
                 continue;
@@ -180,14 +253,34 @@ fn zones(plan: &Plan, d: &mut Diags) {
 }
 
 fn sizes(plan: &Plan, d: &mut Diags) {
-    let resources: usize = plan.node_groups.iter().map(resources_per_group).sum::<usize>() + 1;
+    let resources: usize = plan
+        .node_groups
+        .iter()
+        .map(resources_per_group)
+        .sum::<usize>()
+        + 1;
     if resources > MAX_RESOURCES {
         d.hint("node_groups", PLAN_POS, format!("the compute stack would have {resources} resources, more than CloudFormation's {MAX_RESOURCES} per template"), "use fewer node groups (each adds 2 or 3 resources; a group's node count adds none), or split them across phases");
     }
-    let nodes: u32 = plan.node_groups.iter().map(|g| g.count).fold(0u32, u32::saturating_add);
+    let nodes: u32 = plan
+        .node_groups
+        .iter()
+        .map(|g| g.count)
+        .fold(0u32, u32::saturating_add);
     if nodes > MAX_NODES {
-        let at = if plan.node_groups.len() == 1 { field(&plan.node_groups[0], "count") } else { "node_groups".to_string() };
-        d.hint(&at, plan.node_groups.first().map(|g| g.pos).unwrap_or(PLAN_POS), format!("the plan asks for {nodes} nodes, more than the {MAX_NODES} one phase may have"), "split the campaign into phases, or use larger instance types and more slots per node");
+        let at = if plan.node_groups.len() == 1 {
+            field(&plan.node_groups[0], "count")
+        } else {
+            "node_groups".to_string()
+        };
+        d.hint(
+            &at,
+            plan.node_groups.first().map(|g| g.pos).unwrap_or(PLAN_POS),
+            format!(
+                "the plan asks for {nodes} nodes, more than the {MAX_NODES} one phase may have"
+            ),
+            "split the campaign into phases, or use larger instance types and more slots per node",
+        );
     }
 }
 
@@ -197,7 +290,11 @@ fn budget(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
     let cheapest = plan
         .node_groups
         .iter()
-        .filter_map(|g| catalog.price(&g.instance_type, &plan.region, g.market).map(|p| (p.usd_per_hour, g)))
+        .filter_map(|g| {
+            catalog
+                .price(&g.instance_type, &plan.region, g.market)
+                .map(|p| (p.usd_per_hour, g))
+        })
         .min_by(|a, b| a.0.total_cmp(&b.0));
     if let Some((price, g)) = cheapest {
         if cap < price {

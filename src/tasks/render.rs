@@ -19,7 +19,10 @@ const MAX_STEP_TIMEOUT: u64 = 172_800;
 #[derive(Debug, Error)]
 pub enum RenderError {
     #[error("cannot read template {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("template {path} does not compile: {message}\n  (hint: check the {{{{...}}}} expressions near that position)")]
     Compile { path: String, message: String },
     #[error("{count} task definition problem{s}:{list}", s = if *count == 1 { "" } else { "s" })]
@@ -52,7 +55,9 @@ fn json_helper(
     _: &mut handlebars::RenderContext,
     out: &mut dyn handlebars::Output,
 ) -> handlebars::HelperResult {
-    let v = h.param(0).ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    let v = h
+        .param(0)
+        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
     out.write(&serde_json::to_string(v.value()).unwrap_or_default())?;
     Ok(())
 }
@@ -67,7 +72,10 @@ pub fn context(plan: &Plan, p: &Pattern) -> Value {
     ctx.insert("backend".into(), Value::String(p.backend.clone()));
     ctx.insert("node_group".into(), Value::String(p.node_group.clone()));
     if let Some(g) = plan.node_group(&p.node_group) {
-        ctx.insert("instance_type".into(), Value::String(g.instance_type.clone()));
+        ctx.insert(
+            "instance_type".into(),
+            Value::String(g.instance_type.clone()),
+        );
         ctx.insert("slots".into(), Value::from(g.slots));
         ctx.insert("node_count".into(), Value::from(g.count));
     }
@@ -92,8 +100,15 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
         }
         let path = plan.template_path(&p.backend);
         let shown = rel(&path, &plan.root);
-        let text = std::fs::read_to_string(&path).map_err(|source| RenderError::Read { path: shown.clone(), source })?;
-        hb.register_template_string(&p.backend, text).map_err(|e| RenderError::Compile { path: shown.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| RenderError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        hb.register_template_string(&p.backend, text)
+            .map_err(|e| RenderError::Compile {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
         loaded.insert(p.backend.clone(), path);
     }
     let mut tasks = Vec::with_capacity(patterns.len());
@@ -111,7 +126,12 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
                     ),
                     _ => (e.to_string(), "check the template expression".to_string()),
                 };
-                problems.push(TaskProblem { pattern: p.id.clone(), template: shown, message, hint });
+                problems.push(TaskProblem {
+                    pattern: p.id.clone(),
+                    template: shown,
+                    message,
+                    hint,
+                });
                 if problems.len() >= 20 {
                     break;
                 }
@@ -121,7 +141,12 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
         match build(plan, p, &text) {
             Ok(t) => tasks.push(t),
             Err((message, hint)) => {
-                problems.push(TaskProblem { pattern: p.id.clone(), template: shown, message, hint });
+                problems.push(TaskProblem {
+                    pattern: p.id.clone(),
+                    template: shown,
+                    message,
+                    hint,
+                });
                 if problems.len() >= 20 {
                     break;
                 }
@@ -133,9 +158,15 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
     } else {
         let mut list = String::new();
         for pr in &problems {
-            list.push_str(&format!("\n  {} (pattern {}): {}\n    (hint: {})", pr.template, pr.pattern, pr.message, pr.hint));
+            list.push_str(&format!(
+                "\n  {} (pattern {}): {}\n    (hint: {})",
+                pr.template, pr.pattern, pr.message, pr.hint
+            ));
         }
-        Err(RenderError::Tasks { count: problems.len(), list })
+        Err(RenderError::Tasks {
+            count: problems.len(),
+            list,
+        })
     }
 }
 
@@ -144,75 +175,150 @@ fn build(plan: &Plan, p: &Pattern, text: &str) -> Result<TaskDef, (String, Strin
         (format!("the rendered task is not a valid task definition: {e}"), "look at the template around that line; values are inserted already shell-quoted, do not add quotes around {{...}}".to_string())
     })?;
     if out.steps.is_empty() {
-        return Err(("the task has no steps".into(), "add at least one step with a \"command\"".into()));
+        return Err((
+            "the task has no steps".into(),
+            "add at least one step with a \"command\"".into(),
+        ));
     }
     if out.nodes == 0 || out.nodes > 64 {
-        return Err((format!("\"nodes\" is {}", out.nodes), "a task runs on 1 to 64 nodes".into()));
+        return Err((
+            format!("\"nodes\" is {}", out.nodes),
+            "a task runs on 1 to 64 nodes".into(),
+        ));
     }
     if let Some(g) = plan.node_group(&p.node_group) {
         if out.nodes > g.count {
             return Err((
-                format!("the task needs {} nodes but node group \"{}\" has {}", out.nodes, g.name, g.count),
-                format!("raise the group's count to {} or run the pattern on fewer nodes", out.nodes),
+                format!(
+                    "the task needs {} nodes but node group \"{}\" has {}",
+                    out.nodes, g.name, g.count
+                ),
+                format!(
+                    "raise the group's count to {} or run the pattern on fewer nodes",
+                    out.nodes
+                ),
             ));
         }
     }
     for (i, r) in out.roles.iter().enumerate() {
         if out.roles[..i].contains(r) {
-            return Err((format!("role \"{r}\" is listed twice"), "give each node rank one role".into()));
+            return Err((
+                format!("role \"{r}\" is listed twice"),
+                "give each node rank one role".into(),
+            ));
         }
     }
     if out.roles.len() > out.nodes as usize {
-        return Err((format!("{} roles for {} nodes", out.roles.len(), out.nodes), "set \"nodes\" to the number of roles".into()));
+        return Err((
+            format!("{} roles for {} nodes", out.roles.len(), out.nodes),
+            "set \"nodes\" to the number of roles".into(),
+        ));
     }
     let mut steps = Vec::with_capacity(out.steps.len());
     let mut names: Vec<&str> = Vec::new();
     for s in &out.steps {
         if names.contains(&s.name.as_str()) {
-            return Err((format!("step name \"{}\" is used twice", s.name), "name each step differently".into()));
+            return Err((
+                format!("step name \"{}\" is used twice", s.name),
+                "name each step differently".into(),
+            ));
         }
         names.push(&s.name);
         let node = match &s.node {
             None => 0,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(k) if k < out.nodes as u64 => k as u32,
-                _ => return Err((format!("step \"{}\" runs on node {n}, but the task has {} node(s)", s.name, out.nodes), format!("use a rank from 0 to {}", out.nodes - 1))),
+                _ => {
+                    return Err((
+                        format!(
+                            "step \"{}\" runs on node {n}, but the task has {} node(s)",
+                            s.name, out.nodes
+                        ),
+                        format!("use a rank from 0 to {}", out.nodes - 1),
+                    ))
+                }
             },
             Some(Value::String(role)) => match out.roles.iter().position(|r| r == role) {
                 Some(k) => k as u32,
-                None => return Err((format!("step \"{}\" runs on role \"{role}\", which is not in \"roles\"", s.name), format!("roles: {}", out.roles.join(", ")))),
+                None => {
+                    return Err((
+                        format!(
+                            "step \"{}\" runs on role \"{role}\", which is not in \"roles\"",
+                            s.name
+                        ),
+                        format!("roles: {}", out.roles.join(", ")),
+                    ))
+                }
             },
-            Some(other) => return Err((format!("step \"{}\" has node {other}", s.name), "use a node rank or a role name".into())),
+            Some(other) => {
+                return Err((
+                    format!("step \"{}\" has node {other}", s.name),
+                    "use a node rank or a role name".into(),
+                ))
+            }
         };
         if s.command.trim().is_empty() {
-            return Err((format!("step \"{}\" has an empty command", s.name), "give the step a command".into()));
+            return Err((
+                format!("step \"{}\" has an empty command", s.name),
+                "give the step a command".into(),
+            ));
         }
         let timeout = s.timeout_seconds.or(out.timeout_seconds);
         if let Some(t) = timeout {
             if t == 0 || t > MAX_STEP_TIMEOUT {
-                return Err((format!("step \"{}\" has timeout {t} s", s.name), format!("use 1 to {MAX_STEP_TIMEOUT} seconds")));
+                return Err((
+                    format!("step \"{}\" has timeout {t} s", s.name),
+                    format!("use 1 to {MAX_STEP_TIMEOUT} seconds"),
+                ));
             }
         }
         if let Some(h) = &s.health {
             if h.http.is_some() == h.command.is_some() {
-                return Err((format!("step \"{}\": a health check needs exactly one of \"http\" and \"command\"", s.name), "e.g. \"health\": {\"http\": \"http://${INFRA_NODE_ADDR}:8000/health\"}".into()));
+                return Err((
+                    format!(
+                        "step \"{}\": a health check needs exactly one of \"http\" and \"command\"",
+                        s.name
+                    ),
+                    "e.g. \"health\": {\"http\": \"http://${INFRA_NODE_ADDR}:8000/health\"}".into(),
+                ));
             }
             if !s.background {
-                return Err((format!("step \"{}\" has a health check but is not a background step", s.name), "set \"background\": true for servers".into()));
+                return Err((
+                    format!(
+                        "step \"{}\" has a health check but is not a background step",
+                        s.name
+                    ),
+                    "set \"background\": true for servers".into(),
+                ));
             }
         }
         for k in s.env.keys().chain(out.env.keys()) {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || k.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err((format!("environment variable name {k:?} is not valid"), "use letters, digits and '_'".into()));
+            if k.is_empty()
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || k.starts_with(|c: char| c.is_ascii_digit())
+            {
+                return Err((
+                    format!("environment variable name {k:?} is not valid"),
+                    "use letters, digits and '_'".into(),
+                ));
             }
         }
         steps.push(Step {
-            name: s.name.clone(), node, command: s.command.clone(), background: s.background, health: s.health.clone(),
-            timeout_seconds: timeout, retries: s.retries.min(10), env: s.env.clone(),
+            name: s.name.clone(),
+            node,
+            command: s.command.clone(),
+            background: s.background,
+            health: s.health.clone(),
+            timeout_seconds: timeout,
+            retries: s.retries.min(10),
+            env: s.env.clone(),
         });
     }
     if steps.iter().all(|s| s.background) {
-        return Err(("every step is a background step".into(), "a task needs at least one foreground step (the benchmark, the job)".into()));
+        return Err((
+            "every step is a background step".into(),
+            "a task needs at least one foreground step (the benchmark, the job)".into(),
+        ));
     }
     let mut outputs = out.outputs.clone();
     for t in &out.table {
@@ -222,20 +328,43 @@ fn build(plan: &Plan, p: &Pattern, text: &str) -> Result<TaskDef, (String, Strin
     }
     for o in &outputs {
         let path = Path::new(o);
-        let bad = o.is_empty() || path.is_absolute() || path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
+        let bad = o.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
         if bad {
-            return Err((format!("output {o:?} is not a relative path inside the task folder"), "name outputs like \"result.json\" or \"out/metrics.csv\"".into()));
+            return Err((
+                format!("output {o:?} is not a relative path inside the task folder"),
+                "name outputs like \"result.json\" or \"out/metrics.csv\"".into(),
+            ));
         }
         if o.split('/').any(|part| unsafe_id_reason(part).is_some()) {
-            return Err((format!("output {o:?} has characters unsafe in S3 keys"), "use letters, digits, '-', '_' and '.'".into()));
+            return Err((
+                format!("output {o:?} has characters unsafe in S3 keys"),
+                "use letters, digits, '-', '_' and '.'".into(),
+            ));
         }
     }
     let attempts = out.attempts.unwrap_or(plan.retry.attempts).clamp(1, 20);
     Ok(TaskDef {
-        version: TASK_FORMAT_VERSION, id: p.id.clone(), key: p.key.clone(), phase: plan.phase.clone(), layer: p.layer.clone(),
-        backend: p.backend.clone(), node_group: p.node_group.clone(), nodes: out.nodes, attempts,
-        estimate_seconds: p.estimate.map(|d| d.as_secs_f64()), partition: p.partition, env: out.env, outputs, table: out.table,
-        steps, factors: p.factors.clone(), vars: p.vars.clone(),
+        version: TASK_FORMAT_VERSION,
+        id: p.id.clone(),
+        key: p.key.clone(),
+        phase: plan.phase.clone(),
+        layer: p.layer.clone(),
+        backend: p.backend.clone(),
+        node_group: p.node_group.clone(),
+        nodes: out.nodes,
+        attempts,
+        estimate_seconds: p.estimate.map(|d| d.as_secs_f64()),
+        partition: p.partition,
+        env: out.env,
+        outputs,
+        table: out.table,
+        steps,
+        factors: p.factors.clone(),
+        vars: p.vars.clone(),
     })
 }
 

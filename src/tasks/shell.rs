@@ -5,7 +5,10 @@
 /// returned unchanged, so numbers and ids read naturally.
 pub fn quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '@' | '%' | '+' | '=' | ':' | ',' | '.' | '/' | '-'));
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '_' | '@' | '%' | '+' | '=' | ':' | ',' | '.' | '/' | '-')
+        });
     if safe {
         s.to_string()
     } else {
@@ -33,8 +36,24 @@ mod tests {
 
     #[test]
     fn hostile_values_reach_the_shell_literally() {
-        for v in ["it's", "a\"b", "$(touch /tmp/x)", "`id`", "a; rm -rf /", "two\nlines", "", "*", "~", "a b", "\\"] {
-            let out = Command::new("sh").arg("-c").arg(format!("printf %s {}", quote(v))).output().unwrap();
+        for v in [
+            "it's",
+            "a\"b",
+            "$(touch /tmp/x)",
+            "`id`",
+            "a; rm -rf /",
+            "two\nlines",
+            "",
+            "*",
+            "~",
+            "a b",
+            "\\",
+        ] {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", quote(v)))
+                .output()
+                .unwrap();
             assert_eq!(String::from_utf8_lossy(&out.stdout), v, "value {v:?}");
         }
     }

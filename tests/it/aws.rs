@@ -65,8 +65,13 @@ impl Emulator {
 
     /// A call to the control API (`/_emulator/...`).
     fn control(&self, method: &str, path: &str, body: Value) -> Value {
-        let body = if body.is_null() { "{}".to_string() } else { body.to_string() };
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the emulator");
+        let body = if body.is_null() {
+            "{}".to_string()
+        } else {
+            body.to_string()
+        };
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .expect("connect to the emulator");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let req = format!(
             "{method} /_emulator/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -104,9 +109,17 @@ impl Aws {
         emu.control("POST", "reset", json!({"account_id": acct}));
         let p = Project::new();
         for f in ["echo_server.py", "echo_client.py"] {
-            std::fs::copy(repo().join("scripts").join(f), p.path().join("scripts").join(f)).unwrap();
+            std::fs::copy(
+                repo().join("scripts").join(f),
+                p.path().join("scripts").join(f),
+            )
+            .unwrap();
         }
-        Aws { p, acct, home: tempfile::tempdir().unwrap() }
+        Aws {
+            p,
+            acct,
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -118,7 +131,10 @@ impl Aws {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
             ("AWS_CONFIG_FILE".into(), format!("{home}/config")),
-            ("AWS_SHARED_CREDENTIALS_FILE".into(), format!("{home}/credentials")),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".into(),
+                format!("{home}/credentials"),
+            ),
             ("HOME".into(), home),
             ("INFRA_POLL_SECONDS".into(), "0.3".into()),
         ]
@@ -153,9 +169,18 @@ impl Aws {
             emulator().url(),
             self.acct
         );
-        let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
-        assert!(out.status.success(), "boto3 check failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3 check failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     fn state(&self, phase: &str) -> Value {
@@ -163,24 +188,44 @@ impl Aws {
     }
 
     fn calls(&self) -> HashMap<String, u64> {
-        let v = emulator().control("GET", &format!("calls?account_id={}", self.acct), Value::Null);
-        v["calls"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
+        let v = emulator().control(
+            "GET",
+            &format!("calls?account_id={}", self.acct),
+            Value::Null,
+        );
+        v["calls"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn clear_calls(&self) {
-        emulator().control("DELETE", &format!("calls?account_id={}", self.acct), Value::Null);
+        emulator().control(
+            "DELETE",
+            &format!("calls?account_id={}", self.acct),
+            Value::Null,
+        );
     }
 }
 
 fn ok(r: &Run, what: &str) {
-    assert_eq!(r.code, 0, "{what} failed\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "{what} failed\nstdout:\n{}\nstderr:\n{}",
+        r.stdout, r.stderr
+    );
 }
 
 fn succeeded_counts(p: &Project, phase: &str) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for e in journal(p, phase) {
         if e["event"] == "succeeded" {
-            *m.entry(e["task"].as_str().unwrap().to_string()).or_insert(0) += 1;
+            *m.entry(e["task"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
         }
     }
     m
@@ -253,42 +298,83 @@ fn e2e_phase_plan_on_the_emulator_plan_apply_run_destroy_leaves_nothing_billable
 
     let r = a.infra(&["apply", "phase15", "--yes"]);
     ok(&r, "apply");
-    assert!(r.stderr.contains("CREATE_COMPLETE"), "progress from stack events:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains("CREATE_COMPLETE"),
+        "progress from stack events:\n{}",
+        r.stderr
+    );
     let st = a.state("phase15");
     let nodes = st["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2);
     for n in nodes {
-        for k in ["instance_id", "group", "instance_type", "market", "az", "private_ip", "launch_time"] {
-            assert!(n[k].as_str().is_some_and(|v| !v.is_empty()), "{k} recorded: {n}");
+        for k in [
+            "instance_id",
+            "group",
+            "instance_type",
+            "market",
+            "az",
+            "private_ip",
+            "launch_time",
+        ] {
+            assert!(
+                n[k].as_str().is_some_and(|v| !v.is_empty()),
+                "{k} recorded: {n}"
+            );
         }
     }
     assert!(st["bucket"].as_str().unwrap().starts_with("infer-"), "{st}");
 
     let r = a.infra(&["run", "phase15", "all"]);
     ok(&r, "run");
-    for id in ["p15-L0-tcp-1k-c1", "p15-L0-tcp-1k-c4", "p15-L1-unified-1k", "p15-L1-unified-4k"] {
-        let rt: Value = serde_json::from_str(&a.p.read(&format!("results/phase15/{id}/runtime.json"))).unwrap();
+    for id in [
+        "p15-L0-tcp-1k-c1",
+        "p15-L0-tcp-1k-c4",
+        "p15-L1-unified-1k",
+        "p15-L1-unified-4k",
+    ] {
+        let rt: Value =
+            serde_json::from_str(&a.p.read(&format!("results/phase15/{id}/runtime.json"))).unwrap();
         assert_eq!(rt["status"], "succeeded", "{id}: {rt}");
         assert_eq!(rt["exit_code"], 0);
-        assert!(rt["peak_rss_kb"].as_u64().unwrap() > 1000, "peak memory measured on the node: {rt}");
+        assert!(
+            rt["peak_rss_kb"].as_u64().unwrap() > 1000,
+            "peak memory measured on the node: {rt}"
+        );
         assert!(a.p.exists(&format!("results/phase15/{id}/stdout.log")));
         assert!(a.p.exists(&format!("results/phase15/{id}/stderr.log")));
     }
     // the consumer on node 1 reached the producer on node 0 by its private address
-    let (n0, n1) = (nodes[0]["private_ip"].as_str().unwrap(), nodes[1]["private_ip"].as_str().unwrap());
-    let res: Value = serde_json::from_str(&a.p.read("results/phase15/p15-L0-tcp-1k-c4/result.json")).unwrap();
+    let (n0, n1) = (
+        nodes[0]["private_ip"].as_str().unwrap(),
+        nodes[1]["private_ip"].as_str().unwrap(),
+    );
+    let res: Value =
+        serde_json::from_str(&a.p.read("results/phase15/p15-L0-tcp-1k-c4/result.json")).unwrap();
     assert_eq!(res["requests"], 20);
     assert_eq!(res["concurrency"], 4);
     let log = a.p.read("results/phase15/p15-L0-tcp-1k-c4/stdout.log");
-    assert!(log.contains("== infra: step producer on ") && log.contains("== infra: step consumer on "), "{log}");
+    assert!(
+        log.contains("== infra: step producer on ") && log.contains("== infra: step consumer on "),
+        "{log}"
+    );
     assert!(log.contains("rank 1 of 2"), "{log}");
-    let rt: Value = serde_json::from_str(&a.p.read("results/phase15/p15-L0-tcp-1k-c4/runtime.json")).unwrap();
+    let rt: Value =
+        serde_json::from_str(&a.p.read("results/phase15/p15-L0-tcp-1k-c4/runtime.json")).unwrap();
     let producer_node = rt["nodes"][0].as_str().unwrap();
-    let producer_ip = nodes.iter().find(|n| n["name"] == producer_node).unwrap()["private_ip"].as_str().unwrap();
-    assert!(log.contains(&format!("used producer {producer_ip}")), "INFRA_NODE_0_ADDR is the producer's private IP ({n0}, {n1}):\n{log}");
+    let producer_ip = nodes.iter().find(|n| n["name"] == producer_node).unwrap()["private_ip"]
+        .as_str()
+        .unwrap();
+    assert!(
+        log.contains(&format!("used producer {producer_ip}")),
+        "INFRA_NODE_0_ADDR is the producer's private IP ({n0}, {n1}):\n{log}"
+    );
     let r = a.infra(&["status", "phase15"]);
     ok(&r, "status");
-    assert!(r.stdout.contains("4 done") && r.stdout.contains("online"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("4 done") && r.stdout.contains("online"),
+        "{}",
+        r.stdout
+    );
 
     let r = a.infra(&["destroy", "phase15", "--all"]);
     ok(&r, "destroy --all");
@@ -306,8 +392,15 @@ fn e2e_phase_plan_on_the_emulator_plan_apply_run_destroy_leaves_nothing_billable
     assert_eq!(left["fleets"], json!([]), "{left}");
     assert_eq!(left["stacks"], json!([]), "{left}");
     assert_eq!(left["vpcs"], json!([]), "{left}");
-    assert_eq!(left["buckets"], json!([st["bucket"]]), "the results bucket is kept: {left}");
-    assert!(a.p.exists("results/phase15/p15-L0-tcp-1k-c1/result.json"), "local results remain");
+    assert_eq!(
+        left["buckets"],
+        json!([st["bucket"]]),
+        "the results bucket is kept: {left}"
+    );
+    assert!(
+        a.p.exists("results/phase15/p15-L0-tcp-1k-c1/result.json"),
+        "local results remain"
+    );
 }
 
 /// `n` single-node tasks that each sleep `secs` and write `out.txt`.
@@ -318,9 +411,22 @@ fn sleeper_plan(a: &Aws, phase: &str, project: &str, n: usize, secs: f64, nodes:
 /// With `setup`, the plan has setup commands and every task checks that
 /// they ran on its node.
 #[allow(clippy::too_many_arguments)]
-fn sleeper_plan_with(a: &Aws, phase: &str, project: &str, n: usize, secs: f64, nodes: u32, slots: u32, setup: bool) {
+fn sleeper_plan_with(
+    a: &Aws,
+    phase: &str,
+    project: &str,
+    n: usize,
+    secs: f64,
+    nodes: u32,
+    slots: u32,
+    setup: bool,
+) {
     let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    let setup_field = if setup { r#""setup": ["echo setting up $INFRA_NODE_NAME", "python3 --version"],"# } else { "" };
+    let setup_field = if setup {
+        r#""setup": ["echo setting up $INFRA_NODE_NAME", "python3 --version"],"#
+    } else {
+        ""
+    };
     a.p.write(
         &format!("plans/{phase}.json"),
         &format!(
@@ -330,7 +436,11 @@ fn sleeper_plan_with(a: &Aws, phase: &str, project: &str, n: usize, secs: f64, n
             ids.join(", ")
         ),
     );
-    let check = if setup { r#"test -f \"$INFRA_SCRIPTS/../../setup.done\" || { echo setup did not run >&2; exit 9; }; "# } else { "" };
+    let check = if setup {
+        r#"test -f \"$INFRA_SCRIPTS/../../setup.done\" || { echo setup did not run >&2; exit 9; }; "#
+    } else {
+        ""
+    };
     a.p.write(
         "plans/templates/sleeper.json.hbs",
         &format!(r#"{{ "outputs": ["out.txt"], "steps": [ {{"name": "main", "timeout_seconds": 300, "command": "{check}echo start {{{{n}}}} on $INFRA_NODE_NAME; sleep {secs}; echo {{{{n}}}} > out.txt; echo done {{{{n}}}}"}} ] }}"#),
@@ -350,13 +460,26 @@ fn a_spot_interruption_mid_run_requeues_the_task_and_every_result_arrives_once()
     let a = Aws::new("spot_interruption");
     sleeper_plan_with(&a, "spot", "spotty", 6, 6.0, 2, 1, true);
     ok(&a.infra(&["apply", "spot", "--yes"]), "apply");
-    let child = a.cmd(&["run", "spot", "all"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = a
+        .cmd(&["run", "spot", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // interrupt the node of the first running task, with notice time to spare
     let mut victim = (String::new(), String::new());
     wait_for("a dispatched task", Duration::from_secs(60), || {
-        let j = std::fs::read_to_string(a.p.path().join(".infra/spot/journal.jsonl")).unwrap_or_default();
-        if let Some(e) = j.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "dispatched") {
-            victim = (e["task"].as_str().unwrap().to_string(), e["nodes"][0].as_str().unwrap().to_string());
+        let j = std::fs::read_to_string(a.p.path().join(".infra/spot/journal.jsonl"))
+            .unwrap_or_default();
+        if let Some(e) = j
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "dispatched")
+        {
+            victim = (
+                e["task"].as_str().unwrap().to_string(),
+                e["nodes"][0].as_str().unwrap().to_string(),
+            );
             true
         } else {
             false
@@ -364,8 +487,20 @@ fn a_spot_interruption_mid_run_requeues_the_task_and_every_result_arrives_once()
     });
     std::thread::sleep(Duration::from_secs(2));
     let st = a.state("spot");
-    let iid = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == victim.1.as_str()).unwrap()["instance_id"].as_str().unwrap().to_string();
-    let r = a.control("POST", "interrupt", json!({"instance_id": iid, "delay_seconds": 8}));
+    let iid = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == victim.1.as_str())
+        .unwrap()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = a.control(
+        "POST",
+        "interrupt",
+        json!({"instance_id": iid, "delay_seconds": 8}),
+    );
     assert_eq!(r["instance_id"], iid, "{r}");
     let out = child.wait_with_output().unwrap();
     let r = Run::from(out);
@@ -373,21 +508,40 @@ fn a_spot_interruption_mid_run_requeues_the_task_and_every_result_arrives_once()
     // the attempt and why
     let j = journal(&a.p, "spot");
     let requeued: Vec<&Value> = j.iter().filter(|e| e["event"] == "requeued").collect();
-    assert!(requeued.iter().any(|e| e["task"] == victim.0.as_str() && e["reason"].as_str().unwrap().contains("interruption")), "{requeued:?}\n{}", r.stderr);
-    assert!(r.stderr.contains(&format!("node {} lost", victim.1)), "{}", r.stderr);
+    assert!(
+        requeued.iter().any(|e| e["task"] == victim.0.as_str()
+            && e["reason"].as_str().unwrap().contains("interruption")),
+        "{requeued:?}\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("node {} lost", victim.1)),
+        "{}",
+        r.stderr
+    );
     // every result exactly once
     let counts = succeeded_counts(&a.p, "spot");
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(counts.values().all(|c| *c == 1), "{counts:?}");
     for i in 1..=6 {
-        assert_eq!(a.p.read(&format!("results/spot/spot-t{i}/out.txt")).trim(), i.to_string());
+        assert_eq!(
+            a.p.read(&format!("results/spot/spot-t{i}/out.txt")).trim(),
+            i.to_string()
+        );
     }
     // the fleet's replacement joined, and the interrupted node is not used again
     let st = a.state("spot");
     let nodes = st["nodes"].as_array().unwrap();
     assert!(nodes.len() >= 3, "a replacement joined: {st}");
-    let victim_after: Vec<&Value> = j.iter().filter(|e| e["event"] == "dispatched" && e["nodes"][0] == victim.1.as_str()).collect();
-    assert_eq!(victim_after.len(), 1, "nothing more was placed on the interrupted node: {victim_after:?}");
+    let victim_after: Vec<&Value> = j
+        .iter()
+        .filter(|e| e["event"] == "dispatched" && e["nodes"][0] == victim.1.as_str())
+        .collect();
+    assert_eq!(
+        victim_after.len(),
+        1,
+        "nothing more was placed on the interrupted node: {victim_after:?}"
+    );
     // setup ran on every node, the replacement included, before it took tasks
     let logs = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='spot/_setup/').get('Contents', [])]))");
     assert!(logs.as_array().unwrap().len() >= 3, "{logs}");
@@ -398,18 +552,43 @@ fn a_spot_interruption_mid_run_requeues_the_task_and_every_result_arrives_once()
 fn throttling_bursts_are_absorbed() {
     let a = Aws::new("throttling");
     sleeper_plan(&a, "thr", "throttled", 4, 0.5, 2, 1);
-    a.control("POST", "throttle", json!({"action": "cloudformation:CreateStack", "count": 2}));
-    a.control("POST", "throttle", json!({"action": "cloudformation:DescribeStacks", "count": 3}));
-    a.control("POST", "throttle", json!({"action": "ec2:DescribeInstances", "count": 3}));
-    ok(&a.infra(&["apply", "thr", "--yes"]), "apply under throttling");
-    for (action, n) in [("ssm:SendCommand", 3), ("ssm:ListCommandInvocations", 4), ("ec2:DescribeInstances", 3), ("s3:PutObject", 2), ("ssm:DescribeInstanceInformation", 2)] {
+    a.control(
+        "POST",
+        "throttle",
+        json!({"action": "cloudformation:CreateStack", "count": 2}),
+    );
+    a.control(
+        "POST",
+        "throttle",
+        json!({"action": "cloudformation:DescribeStacks", "count": 3}),
+    );
+    a.control(
+        "POST",
+        "throttle",
+        json!({"action": "ec2:DescribeInstances", "count": 3}),
+    );
+    ok(
+        &a.infra(&["apply", "thr", "--yes"]),
+        "apply under throttling",
+    );
+    for (action, n) in [
+        ("ssm:SendCommand", 3),
+        ("ssm:ListCommandInvocations", 4),
+        ("ec2:DescribeInstances", 3),
+        ("s3:PutObject", 2),
+        ("ssm:DescribeInstanceInformation", 2),
+    ] {
         a.control("POST", "throttle", json!({"action": action, "count": n}));
     }
     let r = a.infra(&["run", "thr", "all"]);
     ok(&r, "run under throttling");
     assert_eq!(succeeded_counts(&a.p, "thr").len(), 4);
     let left = a.control("GET", "throttle", json!({}));
-    assert_eq!(left["throttles"], json!({}), "every injected throttle was hit: {left}");
+    assert_eq!(
+        left["throttles"],
+        json!({}),
+        "every injected throttle was hit: {left}"
+    );
     ok(&a.infra(&["destroy", "thr", "--all"]), "destroy");
 }
 
@@ -420,9 +599,22 @@ fn a_failed_create_stack_reports_the_reason_and_exits_4_and_the_next_apply_recov
     a.control("POST", "fail-create-stack", json!({"stack_name": "failing-fail", "reason": "We currently do not have sufficient c6i.xlarge capacity (injected)"}));
     let r = a.infra(&["apply", "fail", "--yes"]);
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("failed to create stack failing-fail"), "{}", r.stderr);
-    assert!(r.stderr.contains("do not have sufficient c6i.xlarge capacity"), "the failing resource's reason:\n{}", r.stderr);
-    assert!(r.stderr.contains("ROLLBACK_COMPLETE") && r.stderr.contains("rolled the stack back"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("failed to create stack failing-fail"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("do not have sufficient c6i.xlarge capacity"),
+        "the failing resource's reason:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("ROLLBACK_COMPLETE") && r.stderr.contains("rolled the stack back"),
+        "{}",
+        r.stderr
+    );
     let r = a.infra(&["apply", "fail", "--yes"]);
     ok(&r, "apply after the failure");
     assert!(r.stderr.contains("deleting it first"), "{}", r.stderr);
@@ -434,9 +626,18 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     let a = Aws::new("kill9");
     sleeper_plan(&a, "k9", "killnine", 6, 3.0, 2, 1);
     ok(&a.infra(&["apply", "k9", "--yes"]), "apply");
-    let mut child = a.cmd(&["run", "k9", "all"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = a
+        .cmd(&["run", "k9", "all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for("two finished tasks", Duration::from_secs(120), || {
-        std::fs::read_to_string(a.p.path().join(".infra/k9/journal.jsonl")).unwrap_or_default().matches("\"event\":\"succeeded\"").count() >= 2
+        std::fs::read_to_string(a.p.path().join(".infra/k9/journal.jsonl"))
+            .unwrap_or_default()
+            .matches("\"event\":\"succeeded\"")
+            .count()
+            >= 2
     });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -444,12 +645,20 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     assert!(before.len() >= 2 && before.len() < 6, "{before:?}");
     let r = a.infra(&["run", "k9", "all"]);
     ok(&r, "the second run");
-    assert!(r.stderr.contains(" 0 uploaded, 0 removed"), "the unchanged bundle is not uploaded again:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(" 0 uploaded, 0 removed"),
+        "the unchanged bundle is not uploaded again:\n{}",
+        r.stderr
+    );
     let j = journal(&a.p, "k9");
     let second = j.iter().rposition(|e| e["event"] == "run_started").unwrap();
     for e in &j[second..] {
         if e["event"] == "dispatched" {
-            assert!(!before.contains(&e["task"].as_str().unwrap().to_string()), "{} ran again", e["task"]);
+            assert!(
+                !before.contains(&e["task"].as_str().unwrap().to_string()),
+                "{} ran again",
+                e["task"]
+            );
         }
     }
     let counts = succeeded_counts(&a.p, "k9");
@@ -458,10 +667,24 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     // --delete-results refuses while a finished task's results are not here
     std::fs::remove_dir_all(a.p.path().join("results/k9/k9-t1")).unwrap();
     let r = a.infra(&["destroy", "k9", "--all", "--delete-results"]);
-    assert_eq!(r.code, 4, "refused while a result is missing locally\n{}", r.stderr);
-    assert!(r.stderr.contains("k9-t1") && r.stderr.contains("nothing was deleted"), "{}", r.stderr);
+    assert_eq!(
+        r.code, 4,
+        "refused while a result is missing locally\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("k9-t1") && r.stderr.contains("nothing was deleted"),
+        "{}",
+        r.stderr
+    );
     let keys = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='k9/k9-t1/').get('Contents', [])]))");
-    assert!(keys.as_array().unwrap().iter().any(|k| k.as_str().unwrap().ends_with("out.txt")), "the result is still in the bucket: {keys}");
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().ends_with("out.txt")),
+        "the result is still in the bucket: {keys}"
+    );
     ok(&a.infra(&["destroy", "k9", "--all"]), "destroy");
 }
 
@@ -470,13 +693,26 @@ fn ctrl_c_stops_the_running_steps_and_leaves_the_journal_consistent() {
     let a = Aws::new("ctrl_c");
     sleeper_plan(&a, "cc", "ctrlc", 4, 19.37, 2, 1);
     ok(&a.infra(&["apply", "cc", "--yes"]), "apply");
-    let child = a.cmd(&["run", "cc", "all"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = a
+        .cmd(&["run", "cc", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for("two running tasks", Duration::from_secs(60), || {
-        std::fs::read_to_string(a.p.path().join(".infra/cc/journal.jsonl")).unwrap_or_default().matches("\"event\":\"dispatched\"").count() >= 2
+        std::fs::read_to_string(a.p.path().join(".infra/cc/journal.jsonl"))
+            .unwrap_or_default()
+            .matches("\"event\":\"dispatched\"")
+            .count()
+            >= 2
     });
     // the steps are running on the nodes
     wait_for("the steps to start", Duration::from_secs(30), || {
-        Command::new("pgrep").args(["-f", "sleep 19.37"]).output().map(|o| o.status.success()).unwrap_or(false)
+        Command::new("pgrep")
+            .args(["-f", "sleep 19.37"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     });
     let started = Instant::now();
     // SAFETY: a signal to our own child
@@ -485,15 +721,31 @@ fn ctrl_c_stops_the_running_steps_and_leaves_the_journal_consistent() {
     }
     let r = Run::from(child.wait_with_output().unwrap());
     assert_eq!(r.code, 130, "{}", r.stderr);
-    assert!(started.elapsed() < Duration::from_secs(19), "stopped before the steps would have ended: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(19),
+        "stopped before the steps would have ended: {:?}",
+        started.elapsed()
+    );
     let j = journal(&a.p, "cc");
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run_finished", "{last}");
     assert_eq!(last["reason"], "interrupted (SIGINT)");
-    assert_eq!(j.iter().filter(|e| e["event"] == "requeued").count(), 2, "both running tasks re-queued: {j:?}");
+    assert_eq!(
+        j.iter().filter(|e| e["event"] == "requeued").count(),
+        2,
+        "both running tasks re-queued: {j:?}"
+    );
     assert!(succeeded_counts(&a.p, "cc").is_empty());
     // nothing runs on the nodes any more, and SSM shows nothing in progress
-    assert!(!Command::new("pgrep").args(["-f", "sleep 19.37"]).output().unwrap().status.success(), "a step survived");
+    assert!(
+        !Command::new("pgrep")
+            .args(["-f", "sleep 19.37"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "a step survived"
+    );
     let busy = a.boto("print(json.dumps([i['Status'] for i in ssm.list_command_invocations()['CommandInvocations'] if i['Status'] in ('Pending', 'InProgress', 'Cancelling')]))");
     assert_eq!(busy, json!([]));
     // and the campaign resumes
@@ -512,7 +764,10 @@ fn a_stdout_longer_than_24000_characters_arrives_whole() {
   "node_groups": { "cpu": { "instance_type": "c6i.xlarge", "count": 1, "market": "on-demand" } },
   "layers": [ { "id": "L0", "name": "l", "patterns": [ { "id": "big-1", "backend": "big" } ] } ] }"#,
     );
-    a.p.write("plans/templates/big.json.hbs", r#"{ "steps": [ {"name": "print", "command": "python3 \"$INFRA_SCRIPTS/big.py\""} ] }"#);
+    a.p.write(
+        "plans/templates/big.json.hbs",
+        r#"{ "steps": [ {"name": "print", "command": "python3 \"$INFRA_SCRIPTS/big.py\""} ] }"#,
+    );
     a.p.write(
         "scripts/big.py",
         "import sys\nfor i in range(2000):\n    print('line %05d ' % i + 'x' * 44)\nprint('END')\nsys.stderr.write('e' * 20000 + '\\n')\n",
@@ -525,17 +780,32 @@ fn a_stdout_longer_than_24000_characters_arrives_whole() {
     assert!(out.len() > 100_000, "{} characters", out.len());
     assert!(out.contains("line 01999 ") && out.trim_end().ends_with("END"));
     let err = a.p.read("results/big/big-1/stderr.log");
-    assert_eq!(err.trim_end().len(), 20000, "stderr is whole too (SSM keeps 8,000)");
-    ok(&a.infra(&["destroy", "big", "--all", "--delete-results"]), "destroy --delete-results");
+    assert_eq!(
+        err.trim_end().len(),
+        20000,
+        "stderr is whole too (SSM keeps 8,000)"
+    );
+    ok(
+        &a.infra(&["destroy", "big", "--all", "--delete-results"]),
+        "destroy --delete-results",
+    );
     let buckets = a.boto("print(json.dumps([b['Name'] for b in s3.list_buckets()['Buckets']]))");
-    assert_eq!(buckets, json!([]), "with every result here, --all --delete-results removes the bucket");
+    assert_eq!(
+        buckets,
+        json!([]),
+        "with every result here, --all --delete-results removes the bucket"
+    );
     assert!(a.p.exists("results/big/big-1/stdout.log"));
 }
 
 #[test]
 fn a_compute_stack_over_the_inline_limit_is_deployed_from_the_bucket() {
     let a = Aws::new("template_url");
-    let groups: Vec<String> = (0..6).map(|i| format!(r#""g{i}": {{ "instance_type": "c6i.xlarge", "count": 1, "market": "spot" }}"#)).collect();
+    let groups: Vec<String> = (0..6)
+        .map(|i| {
+            format!(r#""g{i}": {{ "instance_type": "c6i.xlarge", "count": 1, "market": "spot" }}"#)
+        })
+        .collect();
     a.p.write(
         "plans/wide.json",
         &format!(
@@ -548,10 +818,18 @@ fn a_compute_stack_over_the_inline_limit_is_deployed_from_the_bucket() {
     a.p.write("plans/templates/one.json.hbs", r#"{ "outputs": ["o.txt"], "steps": [ {"name": "main", "command": "echo $INFRA_NODE_NAME > o.txt"} ] }"#);
     let r = a.infra(&["apply", "wide", "--yes"]);
     ok(&r, "apply");
-    assert!(r.stderr.contains("deployed from s3://widegroups-"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("deployed from s3://widegroups-"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(a.state("wide")["nodes"].as_array().unwrap().len(), 6);
     ok(&a.infra(&["run", "wide", "all"]), "run");
-    assert_eq!(a.p.read("results/wide/wide-a/o.txt").trim(), "g5-0", "pinned to its group");
+    assert_eq!(
+        a.p.read("results/wide/wide-a/o.txt").trim(),
+        "g5-0",
+        "pinned to its group"
+    );
     ok(&a.infra(&["destroy", "wide", "--all"]), "destroy");
 }
 
@@ -563,7 +841,13 @@ fn changing_a_deployed_stack_without_a_terminal_needs_yes() {
     sleeper_plan(&a, "conf", "confirming", 1, 0.1, 2, 1);
     let r = a.infra(&["apply", "conf"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("changes to stack confirming-conf") && r.stderr.contains("modify") && r.stderr.contains("FleetCpu"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changes to stack confirming-conf")
+            && r.stderr.contains("modify")
+            && r.stderr.contains("FleetCpu"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--yes"), "{}", r.stderr);
     let status = a.boto("print(json.dumps(cfn.describe_stacks(StackName='confirming-conf')['Stacks'][0]['StackStatus']))");
     assert_eq!(status, "CREATE_COMPLETE", "nothing changed");
@@ -575,12 +859,30 @@ fn nodes_that_do_not_come_up_are_named_with_the_reason() {
     let a = Aws::new("nodes_down");
     sleeper_plan(&a, "down", "downer", 1, 0.1, 2, 1);
     ok(&a.infra(&["apply", "down", "--yes"]), "apply");
-    let iid = a.state("down")["nodes"][0]["instance_id"].as_str().unwrap().to_string();
-    a.boto(&format!("ec2.stop_instances(InstanceIds=['{iid}'])\nprint('{{}}')"));
-    let r = Run::from(a.cmd(&["apply", "down", "--yes"]).env("INFRA_NODES_TIMEOUT_SECONDS", "2").output().unwrap());
+    let iid = a.state("down")["nodes"][0]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.boto(&format!(
+        "ec2.stop_instances(InstanceIds=['{iid}'])\nprint('{{}}')"
+    ));
+    let r = Run::from(
+        a.cmd(&["apply", "down", "--yes"])
+            .env("INFRA_NODES_TIMEOUT_SECONDS", "2")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stderr.contains("group cpu: 1 of 2 node(s) ready"), "{}", r.stderr);
-    assert!(r.stderr.contains(&iid) && r.stderr.contains("stopp"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("group cpu: 1 of 2 node(s) ready"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&iid) && r.stderr.contains("stopp"),
+        "{}",
+        r.stderr
+    );
     ok(&a.infra(&["destroy", "down", "--all"]), "destroy");
 }
 
@@ -596,10 +898,19 @@ fn destroy_reports_tagged_leftovers_and_force_terminates_them() {
     let iid = iid.as_str().unwrap();
     let r = a.infra(&["destroy", "left"]);
     assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stdout.contains(iid) && r.stderr.contains("--force"), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(iid) && r.stderr.contains("--force"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     let r = a.infra(&["destroy", "left", "--force"]);
     ok(&r, "destroy --force");
-    assert!(r.stdout.contains(&format!("removed instance {iid}")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("removed instance {iid}")),
+        "{}",
+        r.stdout
+    );
     let state = a.boto(&format!("print(json.dumps(ec2.describe_instances(InstanceIds=['{iid}'])['Reservations'][0]['Instances'][0]['State']['Name']))"));
     assert_eq!(state, "terminated");
 }
@@ -609,10 +920,17 @@ fn missing_credentials_are_a_clear_error() {
     let a = Aws::new("no_credentials");
     sleeper_plan(&a, "nocred", "nocred", 1, 0.1, 1, 1);
     let mut c = a.cmd(&["apply", "nocred", "--yes"]);
-    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
     let r = Run::from(c.output().unwrap());
     assert_eq!(r.code, 4, "{}", r.stderr);
-    assert!(r.stderr.contains("no AWS credentials found") && r.stderr.contains("tried:") && r.stderr.contains("AWS_ACCESS_KEY_ID"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no AWS credentials found")
+            && r.stderr.contains("tried:")
+            && r.stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// API calls per task dispatched and per polling round, from the emulator's
@@ -659,10 +977,19 @@ fn api_calls_per_task_and_per_polling_round() {
     eprintln!("{report}");
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aws-api-calls.txt");
     let _ = std::fs::write(&path, &report);
-    assert!(rounds > 0.0 && get("ssm:ListCommandInvocations") > 0.0, "{report}");
+    assert!(
+        rounds > 0.0 && get("ssm:ListCommandInvocations") > 0.0,
+        "{report}"
+    );
     // one listing per node per round at most (2 nodes), though 4 tasks are in flight
-    assert!(get("ssm:ListCommandInvocations") <= rounds * 2.0 + 2.0, "{report}");
-    assert!(get("ssm:SendCommand") <= n + 2.0, "one SendCommand per single-step task: {report}");
+    assert!(
+        get("ssm:ListCommandInvocations") <= rounds * 2.0 + 2.0,
+        "{report}"
+    );
+    assert!(
+        get("ssm:SendCommand") <= n + 2.0,
+        "one SendCommand per single-step task: {report}"
+    );
     assert_eq!(succeeded_counts(&a.p, "calls").len(), tasks);
     ok(&a.infra(&["destroy", "calls", "--all"]), "destroy");
 }
@@ -671,7 +998,12 @@ fn api_calls_per_task_and_per_polling_round() {
 fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
     let a = Aws::new("catalog_refresh");
     let cache = a.home.path().join("catalog.json");
-    let r = Run::from(a.cmd(&["catalog", "refresh", "--region", "eu-north-1", "--json"]).env("INFRA_CATALOG", &cache).output().unwrap());
+    let r = Run::from(
+        a.cmd(&["catalog", "refresh", "--region", "eu-north-1", "--json"])
+            .env("INFRA_CATALOG", &cache)
+            .output()
+            .unwrap(),
+    );
     ok(&r, "catalog refresh");
     let rep: Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(rep["report"]["on_demand"].as_u64().unwrap() > 40, "{rep}");
@@ -684,7 +1016,12 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
     assert_eq!(c6i["spot"]["max"].as_f64().unwrap(), 0.2334);
     assert!(cat["source"].as_str().unwrap().contains("refreshed"));
     // estimates now say where their prices came from
-    let r = Run::from(a.cmd(&["catalog", "show", "c6i.4xlarge", "--region", "eu-north-1"]).env("INFRA_CATALOG", &cache).output().unwrap());
+    let r = Run::from(
+        a.cmd(&["catalog", "show", "c6i.4xlarge", "--region", "eu-north-1"])
+            .env("INFRA_CATALOG", &cache)
+            .output()
+            .unwrap(),
+    );
     ok(&r, "catalog show");
     assert!(r.stdout.contains("refreshed catalog"), "{}", r.stdout);
 }

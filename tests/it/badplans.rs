@@ -78,32 +78,48 @@ fn corpus() -> Vec<(&'static str, String, &'static str)> {
         ("grid exclude unknown level", g("\"patterns\": [", "\"grid\": {\"backend\": \"echo\", \"id\": \"p15-{x}\", \"factors\": {\"x\": [1, 2]}, \"exclude\": [{\"x\": 3}]}, \"patterns\": ["), "not a level"),
         ("grid too big", g("\"patterns\": [", "\"grid\": {\"backend\": \"echo\", \"id\": \"p15-{a}-{b}-{c}-{rep}\", \"factors\": {\"a\": [1,2,3,4,5,6,7,8,9,10], \"b\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100], \"c\": [1,2,3,4,5,6,7,8,9,10]}, \"repetitions\": 200}, \"patterns\": ["), "more than"),
     ];
-    v.push(("bom and garbage", format!("\u{feff}{{\"phase\": 15,}}"), "trailing comma"));
+    v.push((
+        "bom and garbage",
+        format!("\u{feff}{{\"phase\": 15,}}"),
+        "trailing comma",
+    ));
     v
 }
 
 #[test]
 fn every_malformed_plan_exits_2_with_a_located_message_and_creates_nothing() {
     let p = Project::new();
-    p.write("plans/templates/echo.json.hbs", &one_step_template("echo {{pattern_id}}", ""));
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo {{pattern_id}}", ""),
+    );
     let cases = corpus();
     assert!(cases.len() >= 50, "{} cases", cases.len());
     for (name, text, expect) in &cases {
         p.write("plans/bad.json", text);
         let r = p.infra(&["plan", "bad"]);
         assert_eq!(r.code, 2, "case {name:?}: exit {}\n{}", r.code, r.stderr);
-        assert!(r.stderr.contains(expect), "case {name:?}: message lacks {expect:?}:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(expect),
+            "case {name:?}: message lacks {expect:?}:\n{}",
+            r.stderr
+        );
         assert!(!r.stderr.contains("panicked"), "case {name:?} panicked");
         // a position: plans/bad.json:<line>:<col>
         let located = r.stderr.lines().any(|l| {
             l.split_whitespace().next().is_some_and(|w| {
                 let mut it = w.rsplitn(3, ':');
                 let (c, l) = (it.next(), it.next());
-                c.is_some_and(|c| c.parse::<u32>().is_ok()) && l.is_some_and(|l| l.parse::<u32>().is_ok())
+                c.is_some_and(|c| c.parse::<u32>().is_ok())
+                    && l.is_some_and(|l| l.parse::<u32>().is_ok())
             })
         });
         assert!(located, "case {name:?}: no line:column in\n{}", r.stderr);
-        assert!(r.stderr.contains("hint:"), "case {name:?}: no hint in\n{}", r.stderr);
+        assert!(
+            r.stderr.contains("hint:"),
+            "case {name:?}: no hint in\n{}",
+            r.stderr
+        );
         assert!(!p.exists(".infra"), "case {name:?} created .infra");
         assert!(!p.exists("results"), "case {name:?} created results");
     }
@@ -112,8 +128,13 @@ fn every_malformed_plan_exits_2_with_a_located_message_and_creates_nothing() {
 #[test]
 fn all_problems_are_reported_at_once_with_their_json_paths() {
     let p = Project::new();
-    p.write("plans/templates/echo.json.hbs", &one_step_template("echo", ""));
-    p.write("plans/multi.json", r#"{
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo", ""),
+    );
+    p.write(
+        "plans/multi.json",
+        r#"{
   "phase": 15,
   "name": "x",
   "colour": "red",
@@ -122,18 +143,38 @@ fn all_problems_are_reported_at_once_with_their_json_paths() {
     {"id": "p15-a", "backend": "echo", "prompt_tokens": 1, "concurrency": 1},
     {"id": "p15-a", "backend": "nope", "prompt_tokens": 1, "concurrency": 1}
   ]}]
-}"#);
+}"#,
+    );
     let r = p.infra(&["plan", "multi"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("plans/multi.json:4:13 colour: unknown field \"colour\""), "{}", r.stderr);
-    assert!(r.stderr.contains("infrastructure.node_count: must be at least 1"), "{}", r.stderr);
-    assert!(r.stderr.contains(":8:12 layers[0].patterns[1].id: duplicate pattern id \"p15-a\" (first at 7:12)"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("plans/multi.json:4:13 colour: unknown field \"colour\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("infrastructure.node_count: must be at least 1"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(
+            ":8:12 layers[0].patterns[1].id: duplicate pattern id \"p15-a\" (first at 7:12)"
+        ),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn a_10_mb_plan_is_refused() {
     let p = Project::new();
-    let big = format!("{{\"phase\": 1, \"name\": \"{}\", \"layers\": []}}", "x".repeat(10 * 1024 * 1024));
+    let big = format!(
+        "{{\"phase\": 1, \"name\": \"{}\", \"layers\": []}}",
+        "x".repeat(10 * 1024 * 1024)
+    );
     p.write("plans/big.json", &big);
     let r = p.infra(&["plan", "big"]);
     assert_eq!(r.code, 2);
@@ -146,20 +187,48 @@ fn template_problems_exit_2_naming_template_and_pattern() {
     let base = r#"{"phase": 1, "name": "t", "layers": [{"id": "L0", "patterns": [{"id": "p1-a", "backend": "b"}]}]}"#;
     p.write("plans/t.json", base);
     for (tpl, expect) in [
-        (r#"{"steps": [{"name": "s", "command": "run {{missing_var}}"}]}"#, "\"missing_var\""),
-        (r#"{"steps": [{"name": "s", "command": "x", "bogus": 1}]}"#, "unknown field `bogus`"),
+        (
+            r#"{"steps": [{"name": "s", "command": "run {{missing_var}}"}]}"#,
+            "\"missing_var\"",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "x", "bogus": 1}]}"#,
+            "unknown field `bogus`",
+        ),
         (r#"{"steps": []}"#, "no steps"),
-        (r#"{"steps": [{"name": "s", "command": "x", "node": 3}]}"#, "runs on node 3"),
-        (r#"{"steps": [{"name": "s", "command": "x"}], "outputs": ["../../etc/passwd"]}"#, "not a relative path"),
-        (r#"{"steps": [{"name": "s", "command": "x", "background": true}]}"#, "at least one foreground step"),
-        (r#"{"steps": [{"name": "s", "command": "x"}"#, "not a valid task definition"),
-        (r#"{"steps": [{"name": "s", "command": "{{#if}}"}]}"#, "does not compile"),
-        (r#"{"nodes": 2, "steps": [{"name": "s", "command": "x"}]}"#, "needs 2 nodes"),
+        (
+            r#"{"steps": [{"name": "s", "command": "x", "node": 3}]}"#,
+            "runs on node 3",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "x"}], "outputs": ["../../etc/passwd"]}"#,
+            "not a relative path",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "x", "background": true}]}"#,
+            "at least one foreground step",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "x"}"#,
+            "not a valid task definition",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "{{#if}}"}]}"#,
+            "does not compile",
+        ),
+        (
+            r#"{"nodes": 2, "steps": [{"name": "s", "command": "x"}]}"#,
+            "needs 2 nodes",
+        ),
     ] {
         p.write("plans/templates/b.json.hbs", tpl);
         let r = p.infra(&["plan", "t"]);
         assert_eq!(r.code, 2, "{tpl}: {}", r.stderr);
-        assert!(r.stderr.contains(expect), "{tpl}: message lacks {expect:?}\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(expect),
+            "{tpl}: message lacks {expect:?}\n{}",
+            r.stderr
+        );
         assert!(r.stderr.contains("b.json.hbs"), "{}", r.stderr);
     }
 }
@@ -167,11 +236,18 @@ fn template_problems_exit_2_naming_template_and_pattern() {
 #[test]
 fn unknown_plan_names_suggest_close_ones() {
     let p = Project::new();
-    p.write("plans/templates/echo.json.hbs", &one_step_template("echo", ""));
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo", ""),
+    );
     p.write("plans/phase15.json", GOOD);
     let r = p.infra(&["plan", "phase16"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("did you mean \"phase15\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did you mean \"phase15\""),
+        "{}",
+        r.stderr
+    );
     // and a path works
     p.infra(&["plan", "plans/phase15.json"]).ok();
 }

@@ -13,7 +13,10 @@ pub fn repo() -> PathBuf {
 
 impl Project {
     pub fn new() -> Project {
-        let dir = tempfile::Builder::new().prefix("infra-it-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("infra-it-")
+            .tempdir()
+            .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("plans/templates")).unwrap();
         std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
         Project { dir }
@@ -81,7 +84,11 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn ok(&self) -> &Run {
-        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }

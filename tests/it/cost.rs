@@ -12,7 +12,10 @@ use crate::common::*;
 fn csv_spot_median(instance_type: &str, region: &str) -> f64 {
     let text = std::fs::read_to_string(repo().join("src/catalog/aws-instances.csv")).unwrap();
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let col = header.iter().position(|h| *h == "spot_usd_hr_median").unwrap();
+    let col = header
+        .iter()
+        .position(|h| *h == "spot_usd_hr_median")
+        .unwrap();
     text.lines()
         .map(|l| l.split(',').collect::<Vec<_>>())
         .find(|f| f[0] == instance_type && f[1] == region)
@@ -30,8 +33,11 @@ fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
     let p = Project::with_examples();
     p.infra(&["plan", "tables"]).ok();
     let _ = tasks_dir;
-    let tasks: Vec<infra::tasks::TaskDef> = std::fs::read_dir(p.path().join(".infra/tables/tasks")).unwrap().flatten()
-        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap()).collect();
+    let tasks: Vec<infra::tasks::TaskDef> = std::fs::read_dir(p.path().join(".infra/tables/tasks"))
+        .unwrap()
+        .flatten()
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+        .collect();
     let refs: Vec<&infra::tasks::TaskDef> = tasks.iter().collect();
     let e = estimate(&plan, &refs, &cat, "built-in catalog");
     // by hand: 720 h x (3 c6i.4xlarge + 1 g5.xlarge) at the spot median, plus 4 x 100 GB of gp3
@@ -42,22 +48,42 @@ fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
     let by_hand = 720.0 * hourly + storage;
     println!("statistics plan: ${hourly:.4}/h, 720 h, by hand ${by_hand:.2}, estimate ${:.2} (worst AZ ${:.2}, on-demand {:?})", e.total_usd, e.total_worst_usd, e.total_on_demand_usd);
     assert_eq!(e.hours, Some(720.0));
-    assert!((e.hourly_usd - hourly).abs() < 1e-3, "{} vs {hourly}", e.hourly_usd);
-    assert!((e.total_usd - by_hand).abs() < 0.01, "{} vs {by_hand}", e.total_usd);
+    assert!(
+        (e.hourly_usd - hourly).abs() < 1e-3,
+        "{} vs {hourly}",
+        e.hourly_usd
+    );
+    assert!(
+        (e.total_usd - by_hand).abs() < 0.01,
+        "{} vs {by_hand}",
+        e.total_usd
+    );
     assert!(e.total_worst_usd > e.total_usd);
-    assert!(e.total_on_demand_usd.unwrap() > 2.0 * e.total_usd, "on-demand for comparison");
+    assert!(
+        e.total_on_demand_usd.unwrap() > 2.0 * e.total_usd,
+        "on-demand for comparison"
+    );
     let v = verdict(&plan, &e, 0.0);
     assert!(v.ok, "{:?}", v.reasons);
     assert_eq!(v.remaining_usd, Some(1000.0));
     // with $300 already spent the same campaign no longer fits
     let v = verdict(&plan, &e, 300.0);
     assert!(!v.ok);
-    assert!(v.reasons[0].contains("exceeds the remaining budget $700.00"), "{:?}", v.reasons);
+    assert!(
+        v.reasons[0].contains("exceeds the remaining budget $700.00"),
+        "{:?}",
+        v.reasons
+    );
 }
 
 fn budget_plan(p: &Project, budget: &str) {
-    p.write("plans/templates/work.json.hbs", r#"{"steps": [{"name": "work", "command": "sleep 1"}]}"#);
-    let pats: Vec<String> = (0..40).map(|i| format!("{{\"id\": \"b-{i:02}\", \"backend\": \"work\"}}")).collect();
+    p.write(
+        "plans/templates/work.json.hbs",
+        r#"{"steps": [{"name": "work", "command": "sleep 1"}]}"#,
+    );
+    let pats: Vec<String> = (0..40)
+        .map(|i| format!("{{\"id\": \"b-{i:02}\", \"backend\": \"work\"}}"))
+        .collect();
     p.write("plans/money.json", &format!(r#"{{"phase": "b", "name": "budget runs out",
       "budget": {budget},
       "node_groups": {{"gpu": {{"instance_type": "p4d.24xlarge", "count": 2, "slots": 2, "gpus": 8}}}},
@@ -71,8 +97,16 @@ fn the_gate_refuses_a_plan_over_budget_with_exit_3_and_starts_nothing() {
     budget_plan(&p, r#"{"usd": 0.001}"#);
     let r = p.infra(&["run", "money", "all"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("exceeds the remaining budget"), "{}", r.stderr);
-    assert!(r.stderr.contains("budget.usd"), "names what to change: {}", r.stderr);
+    assert!(
+        r.stderr.contains("exceeds the remaining budget"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("budget.usd"),
+        "names what to change: {}",
+        r.stderr
+    );
     assert!(!p.exists("results/money"));
     budget_plan(&p, r#"{"usd": 100, "max_hourly_usd": 30}"#);
     let r = p.infra(&["apply", "money"]);
@@ -87,28 +121,51 @@ fn a_run_whose_budget_runs_out_stops_dispatching_destroys_nodes_and_stays_within
     // 2 x p4d.24xlarge on demand at catalog prices: about $44/h, so $0.03 lasts about 2.5 s
     budget_plan(&p, r#"{"usd": 0.03, "hard_stop": true}"#);
     let interval = 0.5;
-    let out = p.cmd(&["run", "money", "all"]).env("INFRA_WATCHDOG_SECONDS", interval.to_string()).output().unwrap();
+    let out = p
+        .cmd(&["run", "money", "all"])
+        .env("INFRA_WATCHDOG_SECONDS", interval.to_string())
+        .output()
+        .unwrap();
     let r = Run::from(out);
     assert_eq!(r.code, 3, "stopped by the budget: {}", r.stderr);
     assert!(r.stderr.contains("budget"), "{}", r.stderr);
     let j = journal(&p, "money");
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run_finished");
-    assert!(last["reason"].as_str().unwrap().starts_with("budget"), "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().starts_with("budget"),
+        "{last}"
+    );
     let done = j.iter().filter(|e| e["event"] == "succeeded").count();
     assert!(done < 40, "dispatching stopped ({done} done)");
     assert!(!p.exists(".infra/money/nodes"), "the nodes were destroyed");
     // metered spend: within one watchdog interval's worth of the budget
-    let ledger: Vec<serde_json::Value> = p.read(".infra/ledger.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ledger: Vec<serde_json::Value> = p
+        .read(".infra/ledger.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let spent: f64 = ledger.iter().map(|e| e["usd"].as_f64().unwrap()).sum();
-    let hourly: f64 = ledger.iter().map(|e| e["usd_per_hour"].as_f64().unwrap()).sum();
-    println!("budget $0.03, spent ${spent:.4} at ${hourly:.2}/h, slack ${:.4}", hourly * interval / 3600.0);
-    assert!(spent <= 0.03 + hourly * interval / 3600.0 + 1e-9, "spent {spent}");
+    let hourly: f64 = ledger
+        .iter()
+        .map(|e| e["usd_per_hour"].as_f64().unwrap())
+        .sum();
+    println!(
+        "budget $0.03, spent ${spent:.4} at ${hourly:.2}/h, slack ${:.4}",
+        hourly * interval / 3600.0
+    );
+    assert!(
+        spent <= 0.03 + hourly * interval / 3600.0 + 1e-9,
+        "spent {spent}"
+    );
     assert!(spent > 0.0);
     // the report says why it stopped
     let r = p.infra(&["budget", "money", "--format", "json"]);
     let rep: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
-    assert!(rep[0]["stopped_by_budget"].as_str().unwrap().starts_with("budget"));
+    assert!(rep[0]["stopped_by_budget"]
+        .as_str()
+        .unwrap()
+        .starts_with("budget"));
     // the next run is refused: the remaining budget cannot pay the rest
     let r = p.infra(&["run", "money", "all"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
@@ -120,23 +177,50 @@ fn the_budget_report_in_every_format_after_a_local_campaign() {
     p.infra(&["run", "quickstart", "all"]).ok();
     let r = p.infra(&["budget", "quickstart"]);
     r.ok();
-    assert!(r.stdout.contains("estimated") && r.stdout.contains("spent"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("estimated") && r.stdout.contains("spent"),
+        "{}",
+        r.stdout
+    );
     let r = p.infra(&["budget", "quickstart", "--format", "json"]);
     let rep: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
     let q = &rep[0];
     assert_eq!(q["tasks_done"], 5);
-    assert!(q["metered_usd"].as_f64().unwrap() > 0.0, "simulated spend at c6i.xlarge prices");
+    assert!(
+        q["metered_usd"].as_f64().unwrap() > 0.0,
+        "simulated spend at c6i.xlarge prices"
+    );
     assert_eq!(q["groups"][0]["instance_type"], "c6i.xlarge");
-    let metered_tasks: f64 = q["patterns"].as_array().unwrap().iter().map(|x| x["metered_usd"].as_f64().unwrap()).sum();
+    let metered_tasks: f64 = q["patterns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["metered_usd"].as_f64().unwrap())
+        .sum();
     assert!(metered_tasks > 0.0, "per-task cost is recorded");
-    let rt: serde_json::Value = serde_json::from_str(&p.read("results/quickstart/quickstart-L0-sum-1e6/runtime.json")).unwrap();
+    let rt: serde_json::Value =
+        serde_json::from_str(&p.read("results/quickstart/quickstart-L0-sum-1e6/runtime.json"))
+            .unwrap();
     assert!(rt["cost_usd"].as_f64().unwrap() > 0.0);
     let r = p.infra(&["budget", "quickstart", "--format", "csv"]);
-    assert!(r.ok().stdout.starts_with("level,phase,group,pattern,status,estimated_usd,spent_usd"));
-    assert_eq!(r.stdout.lines().filter(|l| l.starts_with("pattern,")).count(), 5);
-    p.infra(&["budget", "--format", "html", "-o", "budget.html"]).ok();
+    assert!(r
+        .ok()
+        .stdout
+        .starts_with("level,phase,group,pattern,status,estimated_usd,spent_usd"));
+    assert_eq!(
+        r.stdout
+            .lines()
+            .filter(|l| l.starts_with("pattern,"))
+            .count(),
+        5
+    );
+    p.infra(&["budget", "--format", "html", "-o", "budget.html"])
+        .ok();
     let html = p.read("budget.html");
-    assert!(html.contains("<svg") && html.contains("quickstart") && !html.contains("<script"), "self-contained");
+    assert!(
+        html.contains("<svg") && html.contains("quickstart") && !html.contains("<script"),
+        "self-contained"
+    );
     assert!(html.contains("cumulative spend"));
 }
 
@@ -148,6 +232,10 @@ fn catalog_show_prints_a_type_and_suggests_close_names() {
     assert_eq!(v["instance_types"][0]["details"]["max_efa_interfaces"], 32);
     let r = p.infra(&["catalog", "show", "p5.48xlarg"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("did you mean \"p5.48xlarge\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did you mean \"p5.48xlarge\""),
+        "{}",
+        r.stderr
+    );
     let _ = Path::new(".");
 }

@@ -25,7 +25,10 @@ const SEED_PLAN: &str = r#"{"phase": 15, "name": "fuzz",
 const TEMPLATE: &str = r#"{"outputs": ["o.json"], "steps": [{"name": "s", "command": "run {{pattern_id}} {{max_tokens}} {{model}}"}]}"#;
 
 fn cases() -> u32 {
-    std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500)
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
 }
 
 fn check(dir: &Path, text: &str) {
@@ -45,10 +48,22 @@ enum Edit {
 
 fn edit() -> impl Strategy<Value = Edit> {
     let piece = prop_oneof![
-        Just("\"".to_string()), Just("{".to_string()), Just("}".to_string()), Just("[".to_string()), Just("]".to_string()),
-        Just(",".to_string()), Just(":".to_string()), Just("-1".to_string()), Just("1e308".to_string()), Just("null".to_string()),
-        Just("\\u0000".to_string()), Just("../".to_string()), Just("{{".to_string()), Just("\"id\": \"p15-x\"".to_string()),
-        "[ -~]{0,6}".prop_map(|s| s), any::<char>().prop_map(|c| c.to_string()),
+        Just("\"".to_string()),
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just(",".to_string()),
+        Just(":".to_string()),
+        Just("-1".to_string()),
+        Just("1e308".to_string()),
+        Just("null".to_string()),
+        Just("\\u0000".to_string()),
+        Just("../".to_string()),
+        Just("{{".to_string()),
+        Just("\"id\": \"p15-x\"".to_string()),
+        "[ -~]{0,6}".prop_map(|s| s),
+        any::<char>().prop_map(|c| c.to_string()),
     ];
     prop_oneof![
         (0usize..2000, piece.clone()).prop_map(|(i, s)| Edit::Insert(i, s)),
@@ -87,11 +102,18 @@ fn fuzz_plans_never_panic() {
     std::fs::create_dir_all(dir.path().join("plans/templates")).unwrap();
     std::fs::write(dir.path().join("plans/templates/t.json.hbs"), TEMPLATE).unwrap();
     // the seed itself is valid and renders
-    let plan = parse_plan(SEED_PLAN, &dir.path().join("plans/f.json"), &|p: &Path| p.is_file()).unwrap();
+    let plan = parse_plan(SEED_PLAN, &dir.path().join("plans/f.json"), &|p: &Path| {
+        p.is_file()
+    })
+    .unwrap();
     assert_eq!(plan.pattern_count(), 3);
     let start = Instant::now();
     let n = cases();
-    let mut runner = TestRunner::new(Config { cases: n, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: n,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner
         .run(&proptest::collection::vec(edit(), 1..6), |edits| {
             check(dir.path(), &apply(SEED_PLAN, &edits));
@@ -100,10 +122,20 @@ fn fuzz_plans_never_panic() {
         .unwrap();
     let mutated = start.elapsed();
     let start = Instant::now();
-    let mut runner = TestRunner::new(Config { cases: n, failure_persistence: None, ..Config::default() });
-    runner.run(&".{0,300}", |s| {
-        check(dir.path(), &s);
-        Ok(())
-    }).unwrap();
-    println!("fuzz: {n} mutated plans in {:.2}s, {n} arbitrary strings in {:.2}s, no panic", mutated.as_secs_f64(), start.elapsed().as_secs_f64());
+    let mut runner = TestRunner::new(Config {
+        cases: n,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&".{0,300}", |s| {
+            check(dir.path(), &s);
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "fuzz: {n} mutated plans in {:.2}s, {n} arbitrary strings in {:.2}s, no panic",
+        mutated.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
 }

@@ -13,20 +13,35 @@ fn quickstart_runs_end_to_end_with_a_health_checked_server_on_another_node() {
     let p = Project::with_examples();
     let r = p.infra(&["up", "quickstart"]);
     r.ok();
-    for id in ["quickstart-L0-sum-1e5", "quickstart-L0-sum-1e6", "quickstart-L0-sum-2e6", "quickstart-L1-echo-c1", "quickstart-L1-echo-c4"] {
-        let rt: serde_json::Value = serde_json::from_str(&p.read(&format!("results/quickstart/{id}/runtime.json"))).unwrap();
+    for id in [
+        "quickstart-L0-sum-1e5",
+        "quickstart-L0-sum-1e6",
+        "quickstart-L0-sum-2e6",
+        "quickstart-L1-echo-c1",
+        "quickstart-L1-echo-c4",
+    ] {
+        let rt: serde_json::Value =
+            serde_json::from_str(&p.read(&format!("results/quickstart/{id}/runtime.json")))
+                .unwrap();
         assert_eq!(rt["status"], "succeeded", "{id}");
         assert_eq!(rt["exit_code"], 0);
         assert!(rt["wall_seconds"].as_f64().unwrap() > 0.0);
-        assert!(rt["peak_rss_kb"].as_u64().unwrap() > 1000, "peak RSS of a python process is measured");
+        assert!(
+            rt["peak_rss_kb"].as_u64().unwrap() > 1000,
+            "peak RSS of a python process is measured"
+        );
         assert!(p.exists(&format!("results/quickstart/{id}/result.json")));
         assert!(p.exists(&format!("results/quickstart/{id}/stdout.log")));
     }
     // the client ran on the other node and reached the server over loopback
-    let res: serde_json::Value = serde_json::from_str(&p.read("results/quickstart/quickstart-L1-echo-c4/result.json")).unwrap();
+    let res: serde_json::Value =
+        serde_json::from_str(&p.read("results/quickstart/quickstart-L1-echo-c4/result.json"))
+            .unwrap();
     assert_eq!(res["requests"], 50);
     assert_eq!(res["concurrency"], 4);
-    let rt: serde_json::Value = serde_json::from_str(&p.read("results/quickstart/quickstart-L1-echo-c4/runtime.json")).unwrap();
+    let rt: serde_json::Value =
+        serde_json::from_str(&p.read("results/quickstart/quickstart-L1-echo-c4/runtime.json"))
+            .unwrap();
     assert_eq!(rt["nodes"].as_array().unwrap().len(), 2);
     assert_ne!(rt["nodes"][0], rt["nodes"][1]);
     assert!(res["url"].as_str().unwrap().contains("127.0."), "{res}");
@@ -38,9 +53,17 @@ fn quickstart_runs_end_to_end_with_a_health_checked_server_on_another_node() {
 }
 
 fn retry_plan(p: &Project) {
-    p.write("plans/templates/job.json.hbs", &one_step_template(
-        "echo run {{pattern_id}} >> \\\"$INFRA_ROOT/attempts.log\\\"; exit {{code}}", "\"attempts\": 3,"));
-    plan_with(p, "retry", r#"{
+    p.write(
+        "plans/templates/job.json.hbs",
+        &one_step_template(
+            "echo run {{pattern_id}} >> \\\"$INFRA_ROOT/attempts.log\\\"; exit {{code}}",
+            "\"attempts\": 3,",
+        ),
+    );
+    plan_with(
+        p,
+        "retry",
+        r#"{
       "phase": "r", "name": "retry",
       "retry": {"attempts": 3, "backoff_seconds": 0.2, "backoff_max_seconds": 0.4},
       "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1, "slots": 2}},
@@ -48,7 +71,8 @@ fn retry_plan(p: &Project) {
         {"id": "r-ok-1", "backend": "job", "code": 0},
         {"id": "r-bad", "backend": "job", "code": 3},
         {"id": "r-ok-2", "backend": "job", "code": 0}
-      ]}]}"#);
+      ]}]}"#,
+    );
 }
 
 #[test]
@@ -60,15 +84,22 @@ fn a_failing_task_is_retried_with_backoff_then_recorded_while_others_succeed() {
     let attempts = p.read("attempts.log");
     assert_eq!(attempts.matches("run r-bad").count(), 3, "{attempts}");
     assert_eq!(attempts.matches("run r-ok-1").count(), 1);
-    let rt: serde_json::Value = serde_json::from_str(&p.read("results/retry/r-bad/runtime.json")).unwrap();
+    let rt: serde_json::Value =
+        serde_json::from_str(&p.read("results/retry/r-bad/runtime.json")).unwrap();
     assert_eq!(rt["status"], "failed");
     assert_eq!(rt["exit_code"], 3);
     assert_eq!(rt["attempts"], 3);
     let csv = p.read("results/retry/failed-tasks.csv");
     assert!(csv.starts_with("time,pattern,attempt,error\n"));
-    assert!(csv.contains(",r-bad,3,\"step \"\"main\"\" exited with code 3\""), "{csv}");
+    assert!(
+        csv.contains(",r-bad,3,\"step \"\"main\"\" exited with code 3\""),
+        "{csv}"
+    );
     let j = journal(&p, "retry");
-    assert_eq!(j.iter().filter(|e| e["event"] == "attempt_failed").count(), 2);
+    assert_eq!(
+        j.iter().filter(|e| e["event"] == "attempt_failed").count(),
+        2
+    );
     assert_eq!(j.iter().filter(|e| e["event"] == "succeeded").count(), 2);
     // a second run skips the failure; --retry-failed runs only it
     let r = p.infra(&["run", "retry", "all"]);
@@ -78,35 +109,70 @@ fn a_failing_task_is_retried_with_backoff_then_recorded_while_others_succeed() {
     assert_eq!(r.code, 1);
     let attempts = p.read("attempts.log");
     assert_eq!(attempts.matches("run r-bad").count(), 6);
-    assert_eq!(attempts.matches("run r-ok-1").count(), 1, "succeeded tasks never run again");
+    assert_eq!(
+        attempts.matches("run r-ok-1").count(),
+        1,
+        "succeeded tasks never run again"
+    );
 }
 
 #[test]
 fn a_step_timeout_kills_the_step_and_fails_the_task() {
     let p = Project::new();
-    p.write("plans/templates/slow.json.hbs", r#"{"steps": [{"name": "sleepy", "command": "sleep 30", "timeout_seconds": 1}]}"#);
-    plan_with(&p, "slow", r#"{"phase": "s", "name": "timeout",
-      "layers": [{"id": "L0", "patterns": [{"id": "s-1", "backend": "slow"}]}]}"#);
+    p.write(
+        "plans/templates/slow.json.hbs",
+        r#"{"steps": [{"name": "sleepy", "command": "sleep 30", "timeout_seconds": 1}]}"#,
+    );
+    plan_with(
+        &p,
+        "slow",
+        r#"{"phase": "s", "name": "timeout",
+      "layers": [{"id": "L0", "patterns": [{"id": "s-1", "backend": "slow"}]}]}"#,
+    );
     let t = Instant::now();
     let r = p.infra(&["run", "slow", "all"]);
     assert_eq!(r.code, 1);
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
-    let rt: serde_json::Value = serde_json::from_str(&p.read("results/slow/s-1/runtime.json")).unwrap();
-    assert!(rt["error"].as_str().unwrap().contains("timed out after 1 s"), "{rt}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    let rt: serde_json::Value =
+        serde_json::from_str(&p.read("results/slow/s-1/runtime.json")).unwrap();
+    assert!(
+        rt["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1 s"),
+        "{rt}"
+    );
     // no sleep left behind
-    let out = std::process::Command::new("pgrep").args(["-f", "^sleep 30$"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "a sleep 30 survived the timeout");
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 30$"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "a sleep 30 survived the timeout"
+    );
 }
 
 #[test]
 fn selection_by_layer_and_by_pattern_id() {
     let p = Project::new();
-    p.write("plans/templates/echo.json.hbs", &one_step_template("echo {{pattern_id}} >> \\\"$INFRA_ROOT/ran.log\\\"", ""));
-    plan_with(&p, "sel", r#"{"phase": 7, "name": "selection",
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo {{pattern_id}} >> \\\"$INFRA_ROOT/ran.log\\\"", ""),
+    );
+    plan_with(
+        &p,
+        "sel",
+        r#"{"phase": 7, "name": "selection",
       "layers": [
         {"id": "L0", "patterns": [{"id": "p7-a", "backend": "echo"}, {"id": "p7-b", "backend": "echo"}]},
         {"id": "L1", "patterns": [{"id": "p7-c", "backend": "echo"}, {"id": "p7-d", "backend": "echo"}]}
-      ]}"#);
+      ]}"#,
+    );
     p.infra(&["run", "sel", "L1"]).ok();
     let ran = p.read("ran.log");
     assert_eq!(ran.lines().collect::<Vec<_>>().len(), 2);
@@ -116,7 +182,11 @@ fn selection_by_layer_and_by_pattern_id() {
     assert!(!p.read("ran.log").contains("p7-b"));
     let r = p.infra(&["run", "sel", "p7-zz"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("p7-zz") && r.stderr.contains("hint"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("p7-zz") && r.stderr.contains("hint"),
+        "{}",
+        r.stderr
+    );
     // status lists what is missing
     let r = p.infra(&["--json", "status", "sel"]);
     r.ok();
@@ -132,15 +202,28 @@ fn selection_by_layer_and_by_pattern_id() {
 fn crash_plan(p: &Project, n: usize, sleep: &str) {
     p.write("plans/templates/tick.json.hbs", &format!(
         "{{\"outputs\": [\"out.txt\"], \"steps\": [{{\"name\": \"tick\", \"command\": \"sleep {sleep}; echo {{{{pattern_id}}}} > out.txt; echo x >> \\\"$INFRA_ROOT/count/{{{{pattern_id}}}}\\\"\"}}]}}"));
-    let pats: Vec<String> = (0..n).map(|i| format!("{{\"id\": \"c-{i:03}\", \"backend\": \"tick\"}}")).collect();
-    plan_with(p, "crash", &format!(r#"{{"phase": "c", "name": "crash",
+    let pats: Vec<String> = (0..n)
+        .map(|i| format!("{{\"id\": \"c-{i:03}\", \"backend\": \"tick\"}}"))
+        .collect();
+    plan_with(
+        p,
+        "crash",
+        &format!(
+            r#"{{"phase": "c", "name": "crash",
       "node_groups": {{"cpu": {{"instance_type": "c6i.xlarge", "count": 2, "slots": 2}}}},
-      "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#, pats.join(",")));
+      "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#,
+            pats.join(",")
+        ),
+    );
     std::fs::create_dir_all(p.path().join("count")).unwrap();
 }
 
 fn succeeded_in_journal(p: &Project) -> std::collections::HashSet<String> {
-    journal(p, "crash").iter().filter(|e| e["event"] == "succeeded").map(|e| e["task"].as_str().unwrap().to_string()).collect()
+    journal(p, "crash")
+        .iter()
+        .filter(|e| e["event"] == "succeeded")
+        .map(|e| e["task"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Kill `infra run` with SIGKILL `kills` times at varied moments, restart,
@@ -148,18 +231,34 @@ fn succeeded_in_journal(p: &Project) -> std::collections::HashSet<String> {
 pub fn crash_resume(n: usize, kills: usize) {
     let p = Project::new();
     crash_plan(&p, n, "0.05");
-    let mut delays = [700u64, 1100, 400, 1500, 900, 1300, 600, 1000].iter().cycle();
+    let mut delays = [700u64, 1100, 400, 1500, 900, 1300, 600, 1000]
+        .iter()
+        .cycle();
     // runs counted when a task was first seen completed in the journal
     let mut completed: std::collections::HashMap<String, usize> = Default::default();
-    let runs_of = |id: &str| std::fs::read_to_string(p.path().join("count").join(id)).unwrap_or_default().lines().count();
+    let runs_of = |id: &str| {
+        std::fs::read_to_string(p.path().join("count").join(id))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     for round in 0..kills {
-        let mut child = p.cmd(&["run", "crash", "all"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = p
+            .cmd(&["run", "crash", "all"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(*delays.next().unwrap()));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // a task recorded as completed never runs again
         for (id, runs) in &completed {
-            assert_eq!(runs_of(id), *runs, "round {round}: {id} completed earlier and ran again");
+            assert_eq!(
+                runs_of(id),
+                *runs,
+                "round {round}: {id} completed earlier and ran again"
+            );
         }
         for id in succeeded_in_journal_or_empty(&p) {
             let n = runs_of(&id);
@@ -176,12 +275,21 @@ pub fn crash_resume(n: usize, kills: usize) {
     for i in 0..n {
         let id = format!("c-{i:03}");
         assert_eq!(p.read(&format!("results/crash/{id}/out.txt")).trim(), id);
-        let rt: serde_json::Value = serde_json::from_str(&p.read(&format!("results/crash/{id}/runtime.json"))).unwrap();
+        let rt: serde_json::Value =
+            serde_json::from_str(&p.read(&format!("results/crash/{id}/runtime.json"))).unwrap();
         assert_eq!(rt["status"], "succeeded");
     }
-    let entries: Vec<String> = std::fs::read_dir(p.path().join("results/crash")).unwrap().flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !n.starts_with('.')).collect();
-    assert_eq!(entries.len(), n, "one result folder per task, nothing else: {entries:?}");
+    let entries: Vec<String> = std::fs::read_dir(p.path().join("results/crash"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        entries.len(),
+        n,
+        "one result folder per task, nothing else: {entries:?}"
+    );
     // the journal parses (journal() panics otherwise) and records each success once
     let j = journal(&p, "crash");
     assert_eq!(j.iter().filter(|e| e["event"] == "succeeded").count(), n);
@@ -193,7 +301,11 @@ pub fn crash_resume(n: usize, kills: usize) {
 }
 
 fn succeeded_in_journal_or_empty(p: &Project) -> std::collections::HashSet<String> {
-    if p.exists(".infra/crash/journal.jsonl") { succeeded_in_journal(p) } else { Default::default() }
+    if p.exists(".infra/crash/journal.jsonl") {
+        succeeded_in_journal(p)
+    } else {
+        Default::default()
+    }
 }
 
 #[test]
@@ -210,16 +322,29 @@ fn crash_resume_loop_200_tasks_5_sigkills() {
 fn sigint_stops_cleanly_and_the_next_run_finishes() {
     let p = Project::new();
     crash_plan(&p, 20, "1");
-    let child = p.cmd(&["run", "crash", "all"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = p
+        .cmd(&["run", "crash", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j = journal(&p, "crash");
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run_finished");
     assert!(last["reason"].as_str().unwrap().contains("SIGINT"));
-    assert!(j.iter().any(|e| e["event"] == "requeued"), "running tasks were requeued");
+    assert!(
+        j.iter().any(|e| e["event"] == "requeued"),
+        "running tasks were requeued"
+    );
     p.infra(&["run", "crash", "all"]).ok();
     assert_eq!(succeeded_in_journal(&p).len(), 20);
 }
@@ -228,13 +353,43 @@ fn sigint_stops_cleanly_and_the_next_run_finishes() {
 fn hostile_values_reach_the_task_as_literal_strings() {
     let p = Project::new();
     p.write("plans/templates/echo.json.hbs", r#"{"outputs": ["v.txt"], "steps": [{"name": "echo", "command": "printf '%s' {{value}} > v.txt"}]}"#);
-    let values = ["it's", "a\"b", "$(touch pwned)", "`touch pwned`", "a; touch pwned", "two\nlines", "$HOME", "*", "\\n", "a b  c"];
-    let pats: Vec<String> = values.iter().enumerate()
-        .map(|(i, v)| format!("{{\"id\": \"h-{i}\", \"backend\": \"echo\", \"value\": {}}}", serde_json::to_string(v).unwrap())).collect();
-    plan_with(&p, "hostile", &format!(r#"{{"phase": "h", "name": "hostile", "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#, pats.join(",")));
+    let values = [
+        "it's",
+        "a\"b",
+        "$(touch pwned)",
+        "`touch pwned`",
+        "a; touch pwned",
+        "two\nlines",
+        "$HOME",
+        "*",
+        "\\n",
+        "a b  c",
+    ];
+    let pats: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            format!(
+                "{{\"id\": \"h-{i}\", \"backend\": \"echo\", \"value\": {}}}",
+                serde_json::to_string(v).unwrap()
+            )
+        })
+        .collect();
+    plan_with(
+        &p,
+        "hostile",
+        &format!(
+            r#"{{"phase": "h", "name": "hostile", "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#,
+            pats.join(",")
+        ),
+    );
     p.infra(&["run", "hostile", "all"]).ok();
     for (i, v) in values.iter().enumerate() {
-        assert_eq!(&p.read(&format!("results/hostile/h-{i}/v.txt")), v, "value {v:?}");
+        assert_eq!(
+            &p.read(&format!("results/hostile/h-{i}/v.txt")),
+            v,
+            "value {v:?}"
+        );
     }
     assert!(!p.exists("pwned"));
     let mut found = false;
@@ -262,9 +417,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn slots_get_distinct_gpus_and_partitions_reach_the_task() {
     let p = Project::new();
     p.write("plans/templates/env.json.hbs", r#"{"outputs": ["env.txt"], "steps": [{"name": "env", "command": "echo \"$CUDA_VISIBLE_DEVICES $INFRA_N_WORKERS $INFRA_PARTITION/$INFRA_N_PARTITIONS {{partition}}/{{n_partitions}}\" > env.txt; sleep 0.5"}]}"#);
-    plan_with(&p, "gpu", r#"{"phase": "g", "name": "slots",
+    plan_with(
+        &p,
+        "gpu",
+        r#"{"phase": "g", "name": "slots",
       "node_groups": {"gpu": {"instance_type": "g5.12xlarge", "count": 1, "slots": 4, "gpus": 4, "workers_per_slot": 3}},
-      "layers": [{"id": "L0", "partitions": 4, "patterns": [{"id": "g-job", "backend": "env"}]}]}"#);
+      "layers": [{"id": "L0", "partitions": 4, "patterns": [{"id": "g-job", "backend": "env"}]}]}"#,
+    );
     p.infra(&["run", "gpu", "all"]).ok();
     let mut gpus = Vec::new();
     for i in 1..=4 {
@@ -276,5 +435,9 @@ fn slots_get_distinct_gpus_and_partitions_reach_the_task() {
         assert_eq!(parts[3], format!("{}/4", i - 1));
     }
     gpus.sort();
-    assert_eq!(gpus, ["0", "1", "2", "3"], "each concurrent slot has its own GPU");
+    assert_eq!(
+        gpus,
+        ["0", "1", "2", "3"],
+        "each concurrent slot has its own GPU"
+    );
 }

@@ -1,10 +1,10 @@
 //! Integration tests: the real binary, real processes, real files.
 
 mod aws;
+mod badplans;
 mod common;
 mod cost;
 mod fuzz;
 mod local;
-mod badplans;
-mod sweep;
 mod stacks;
+mod sweep;

@@ -15,7 +15,9 @@ fn plan(text: &str) -> Plan {
 }
 
 fn grid_plan(factors: &str, extra: &str) -> String {
-    format!(r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{{a}}-{{b}}-{{c}}", "factors": {factors} {extra}}}}}]}}"#)
+    format!(
+        r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{{a}}-{{b}}-{{c}}", "factors": {factors} {extra}}}}}]}}"#
+    )
 }
 
 #[test]
@@ -27,30 +29,54 @@ fn the_216_job_sweep_expands_in_a_few_lines() {
     assert_eq!(ids.len(), 216);
     assert!(ids.contains("sweep-deep-lr0.0003-wd0.01-s5"));
     // estimate_by: deep cells 45 min, small 20, the rest 30
-    let deep = p.patterns().find(|x| x.id == "sweep-deep-lr0.0003-wd0.01-s5").unwrap();
+    let deep = p
+        .patterns()
+        .find(|x| x.id == "sweep-deep-lr0.0003-wd0.01-s5")
+        .unwrap();
     assert_eq!(deep.estimate.unwrap().as_secs(), 45 * 60);
 }
 
 #[test]
 fn exclusions_and_inclusions_and_repetitions() {
-    let p = plan(&grid_plan(r#"{"a": [1, 2, 3], "b": ["x", "y"], "c": [true, false]}"#, r#", "exclude": [{"a": 1, "b": "x"}, {"c": false, "a": 3}], "include": [{"a": 9, "b": "z", "c": true}]"#));
+    let p = plan(&grid_plan(
+        r#"{"a": [1, 2, 3], "b": ["x", "y"], "c": [true, false]}"#,
+        r#", "exclude": [{"a": 1, "b": "x"}, {"c": false, "a": 3}], "include": [{"a": 9, "b": "z", "c": true}]"#,
+    ));
     // 12 cells - 2 (a=1,b=x) - 2 (a=3,c=false) + 1 included
     assert_eq!(p.pattern_count(), 9);
     assert!(p.patterns().any(|x| x.id == "g-9-z-true"));
     assert!(!p.patterns().any(|x| x.id == "g-1-x-true"));
-    let reps = plan(&format!(r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{{a}}-r{{rep}}", "factors": {{"a": [1, 2]}}, "repetitions": 3}}}}]}}"#));
+    let reps = plan(&format!(
+        r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{{a}}-r{{rep}}", "factors": {{"a": [1, 2]}}, "repetitions": 3}}}}]}}"#
+    ));
     assert_eq!(reps.pattern_count(), 6);
-    assert!(reps.patterns().any(|x| x.id == "g-2-r2" && x.vars["rep"] == 2));
+    assert!(reps
+        .patterns()
+        .any(|x| x.id == "g-2-r2" && x.vars["rep"] == 2));
 }
 
 fn cells(factors: &[(String, Vec<i64>)], excl: &[Vec<(usize, i64)>]) -> Plan {
-    let f: Vec<String> = factors.iter().map(|(n, l)| format!("\"{n}\": {:?}", l)).collect();
+    let f: Vec<String> = factors
+        .iter()
+        .map(|(n, l)| format!("\"{n}\": {:?}", l))
+        .collect();
     let id: Vec<String> = factors.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-    let ex: Vec<String> = excl.iter().map(|e| {
-        let kv: Vec<String> = e.iter().map(|(k, v)| format!("\"{}\": {v}", factors[*k].0)).collect();
-        format!("{{{}}}", kv.join(", "))
-    }).collect();
-    plan(&format!(r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{}", "factors": {{{}}}, "exclude": [{}]}}}}]}}"#, id.join("-"), f.join(", "), ex.join(", ")))
+    let ex: Vec<String> = excl
+        .iter()
+        .map(|e| {
+            let kv: Vec<String> = e
+                .iter()
+                .map(|(k, v)| format!("\"{}\": {v}", factors[*k].0))
+                .collect();
+            format!("{{{}}}", kv.join(", "))
+        })
+        .collect();
+    plan(&format!(
+        r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{}", "factors": {{{}}}, "exclude": [{}]}}}}]}}"#,
+        id.join("-"),
+        f.join(", "),
+        ex.join(", ")
+    ))
 }
 
 proptest! {
@@ -84,10 +110,22 @@ proptest! {
 
 #[test]
 fn ids_and_content_keys_are_stable_when_the_grid_is_reordered_or_extended() {
-    let a = plan(&grid_plan(r#"{"a": [1, 2], "b": ["x", "y"], "c": [0]}"#, ""));
-    let b = plan(&grid_plan(r#"{"c": [0], "b": ["y", "x", "w"], "a": [2, 1]}"#, ""));
-    let key_a: HashMap<&str, &str> = a.patterns().map(|p| (p.id.as_str(), p.key.as_str())).collect();
-    let key_b: HashMap<&str, &str> = b.patterns().map(|p| (p.id.as_str(), p.key.as_str())).collect();
+    let a = plan(&grid_plan(
+        r#"{"a": [1, 2], "b": ["x", "y"], "c": [0]}"#,
+        "",
+    ));
+    let b = plan(&grid_plan(
+        r#"{"c": [0], "b": ["y", "x", "w"], "a": [2, 1]}"#,
+        "",
+    ));
+    let key_a: HashMap<&str, &str> = a
+        .patterns()
+        .map(|p| (p.id.as_str(), p.key.as_str()))
+        .collect();
+    let key_b: HashMap<&str, &str> = b
+        .patterns()
+        .map(|p| (p.id.as_str(), p.key.as_str()))
+        .collect();
     assert_eq!(key_b.len(), 6);
     for (id, k) in &key_a {
         assert_eq!(key_b.get(id), Some(k), "{id} changed identity");
@@ -96,9 +134,11 @@ fn ids_and_content_keys_are_stable_when_the_grid_is_reordered_or_extended() {
 
 #[test]
 fn partitions_cover_every_cell_exactly_once() {
-    let p = plan(r#"{"phase": "g", "name": "g",
+    let p = plan(
+        r#"{"phase": "g", "name": "g",
       "node_groups": {"cpu": {"instance_type": "c6i.4xlarge", "count": 3}},
-      "layers": [{"id": "L", "node_group": "cpu", "partitions": 3, "grid": {"backend": "b", "id": "g-{d}", "factors": {"d": [1, 2, 3, 4]}}}]}"#);
+      "layers": [{"id": "L", "node_group": "cpu", "partitions": 3, "grid": {"backend": "b", "id": "g-{d}", "factors": {"d": [1, 2, 3, 4]}}}]}"#,
+    );
     assert_eq!(p.pattern_count(), 12);
     let mut seen: HashMap<String, Vec<u32>> = HashMap::new();
     for t in p.patterns() {
@@ -117,10 +157,18 @@ fn partitions_cover_every_cell_exactly_once() {
 fn scheduling_a_heterogeneous_500_task_sweep_is_within_5_percent_of_the_lower_bound() {
     // deterministic pseudo-random durations from 1 to 120 minutes
     let mut x: u64 = 42;
-    let tasks: Vec<SimTask> = (0..500).map(|_| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        SimTask { seconds: 60.0 * (1 + (x >> 33) % 120) as f64, ranks: 1, group: "gpu".into() }
-    }).collect();
+    let tasks: Vec<SimTask> = (0..500)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            SimTask {
+                seconds: 60.0 * (1 + (x >> 33) % 120) as f64,
+                ranks: 1,
+                group: "gpu".into(),
+            }
+        })
+        .collect();
     let pool = Pool::new((0..4).map(|i| (format!("n{i}"), "gpu".to_string(), 8)));
     let lf = simulate(&tasks, &pool, Policy::LongestFirst);
     let ff = simulate(&tasks, &pool, Policy::Fifo);
@@ -133,7 +181,11 @@ fn scheduling_a_heterogeneous_500_task_sweep_is_within_5_percent_of_the_lower_bo
 
 #[test]
 fn scheduling_never_exceeds_slots_including_multi_node_tasks() {
-    let mut pool = Pool::new([("a".into(), "g".into(), 2), ("b".into(), "g".into(), 2), ("c".into(), "g".into(), 1)]);
+    let mut pool = Pool::new([
+        ("a".into(), "g".into(), 2),
+        ("b".into(), "g".into(), 2),
+        ("c".into(), "g".into(), 1),
+    ]);
     let mut placed = Vec::new();
     while let Some(p) = pool.place("g", 2) {
         placed.push(p);
@@ -151,7 +203,12 @@ fn scheduling_never_exceeds_slots_including_multi_node_tasks() {
 fn the_sweep_runs_locally_and_exports_a_typed_216_row_table_and_resumes_without_duplicates() {
     let p = Project::with_examples();
     // interrupt the sweep once
-    let mut child = p.cmd(&["run", "sweep", "all"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = p
+        .cmd(&["run", "sweep", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
     child.kill().unwrap();
     child.wait().unwrap();
@@ -164,17 +221,44 @@ fn the_sweep_runs_locally_and_exports_a_typed_216_row_table_and_resumes_without_
     let table = p.read("results/sweep/table.csv");
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 217, "header + 216 rows");
-    let ids: HashSet<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    let ids: HashSet<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
     assert_eq!(ids.len(), 216, "no duplicate rows");
-    let meta: serde_json::Value = serde_json::from_str(&p.read("results/sweep/table.metadata.json")).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&p.read("results/sweep/table.metadata.json")).unwrap();
     assert_eq!(meta["row_count"], 216);
     assert_eq!(meta["partial"], false);
-    let cols: Vec<(String, String)> = meta["columns"].as_array().unwrap().iter()
-        .map(|c| (c["name"].as_str().unwrap().to_string(), c["type"].as_str().unwrap().to_string())).collect();
+    let cols: Vec<(String, String)> = meta["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     let header: Vec<&str> = lines[0].split(',').collect();
-    assert_eq!(header, cols.iter().map(|c| c.0.as_str()).collect::<Vec<_>>());
-    for want in [("variant", "string"), ("lr", "float"), ("wd", "float"), ("seed", "integer"), ("final_loss", "float"), ("wall_seconds", "float"), ("cost_usd", "float")] {
-        assert!(cols.iter().any(|(n, t)| n == want.0 && t == want.1), "column {want:?} in {cols:?}");
+    assert_eq!(
+        header,
+        cols.iter().map(|c| c.0.as_str()).collect::<Vec<_>>()
+    );
+    for want in [
+        ("variant", "string"),
+        ("lr", "float"),
+        ("wd", "float"),
+        ("seed", "integer"),
+        ("final_loss", "float"),
+        ("wall_seconds", "float"),
+        ("cost_usd", "float"),
+    ] {
+        assert!(
+            cols.iter().any(|(n, t)| n == want.0 && t == want.1),
+            "column {want:?} in {cols:?}"
+        );
     }
     for c in meta["columns"].as_array().unwrap() {
         assert!(!c["description"].as_str().unwrap().is_empty());
@@ -182,7 +266,10 @@ fn the_sweep_runs_locally_and_exports_a_typed_216_row_table_and_resumes_without_
     // every cell parses as its column's type; no scientific notation
     for line in &lines[1..] {
         for (cell, (name, ty)) in line.split(',').zip(&cols) {
-            assert!(!cell.contains('e') || ty == "string", "{name}={cell} in scientific notation");
+            assert!(
+                !cell.contains('e') || ty == "string",
+                "{name}={cell} in scientific notation"
+            );
             match ty.as_str() {
                 "integer" => assert!(cell.parse::<i64>().is_ok(), "{name}={cell}"),
                 "float" => assert!(cell.parse::<f64>().is_ok(), "{name}={cell}"),
@@ -192,5 +279,7 @@ fn the_sweep_runs_locally_and_exports_a_typed_216_row_table_and_resumes_without_
     }
     assert!(table.contains(",0.0001,"), "lr 0.0001 written plainly");
     // the time series stays beside the table
-    assert!(p.read("results/sweep/sweep-base-lr0.001-wd0.1-s3/loss.csv").starts_with("step,loss,lr\n"));
+    assert!(p
+        .read("results/sweep/sweep-base-lr0.001-wd0.1-s3/loss.csv")
+        .starts_with("step,loss,lr\n"));
 }

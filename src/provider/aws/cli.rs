@@ -39,7 +39,10 @@ impl From<AwsError> for AppError {
 }
 
 fn env_f64(name: &str) -> Option<f64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v > 0.0)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
 }
 
 /// Settings from the arguments, the plan and the environment, resolved once:
@@ -48,7 +51,9 @@ fn env_f64(name: &str) -> Option<f64> {
 pub fn settings(ctx: &Ctx, plan: &Plan) -> AwsSettings {
     let mut s = AwsSettings::new(ctx.region.clone().unwrap_or_else(|| plan.region.clone()));
     s.profile = ctx.profile.clone();
-    s.endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.trim().is_empty());
+    s.endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
     if let Some(n) = env_f64("AWS_MAX_ATTEMPTS") {
         s.max_attempts = n as u32;
     }
@@ -94,19 +99,37 @@ fn confirm(yes: bool, question: &str, what: &str) -> Result<(), AppError> {
 
 /// Create or update one stack, showing its events; on failure the failing
 /// resources, the rollback, and exit code 4.
-async fn deploy(c: &Clients, yes: bool, name: &str, source: Source, params: &[(String, String)], tags: &[(String, String)]) -> Result<StackInfo, AppError> {
+async fn deploy(
+    c: &Clients,
+    yes: bool,
+    name: &str,
+    source: Source,
+    params: &[(String, String)],
+    tags: &[(String, String)],
+) -> Result<StackInfo, AppError> {
     let long = Duration::from_secs(3 * 3600);
     let mut existing = cfn::describe(c, name).await?;
     if let Some(s) = &existing {
         if s.in_progress() {
             progress(&format!("stack {name} is {}; waiting for it", s.status));
-            let w = cfn::wait(c, &s.id, "update", cfn::seen_events(c, &s.id).await, long, &mut progress).await?;
+            let w = cfn::wait(
+                c,
+                &s.id,
+                "update",
+                cfn::seen_events(c, &s.id).await,
+                long,
+                &mut progress,
+            )
+            .await?;
             existing = (w.stack.status != "DELETE_COMPLETE").then_some(w.stack);
         }
     }
     if let Some(s) = &existing {
         if s.dead() {
-            progress(&format!("stack {name} is {} from an earlier failed deployment: deleting it first", s.status));
+            progress(&format!(
+                "stack {name} is {} from an earlier failed deployment: deleting it first",
+                s.status
+            ));
             let seen = cfn::seen_events(c, &s.id).await;
             cfn::delete(c, &s.id).await?;
             let w = cfn::wait(c, &s.id, "delete", seen, long, &mut progress).await?;
@@ -136,7 +159,11 @@ async fn deploy(c: &Clients, yes: bool, name: &str, source: Source, params: &[(S
                 }
                 Some((cs, changes)) => {
                     progress(cfn::format_changes(name, &changes).trim_end());
-                    if let Err(e) = confirm(yes, &format!("apply these changes to stack {name}?"), &format!("stack {name} would change")) {
+                    if let Err(e) = confirm(
+                        yes,
+                        &format!("apply these changes to stack {name}?"),
+                        &format!("stack {name} would change"),
+                    ) {
                         cfn::discard_change_set(c, name, &cs).await;
                         return Err(e);
                     }
@@ -182,16 +209,25 @@ struct Looked {
 }
 
 fn looked_up(base: &StackInfo, compute: Option<&StackInfo>) -> Result<Looked, AppError> {
-    let bucket = base
-        .outputs
-        .get("BucketName")
-        .cloned()
-        .ok_or_else(|| AppError::Provider(format!("stack {} has no BucketName output\n  (hint: `infra apply` updates it)", base.name)))?;
+    let bucket = base.outputs.get("BucketName").cloned().ok_or_else(|| {
+        AppError::Provider(format!(
+            "stack {} has no BucketName output\n  (hint: `infra apply` updates it)",
+            base.name
+        ))
+    })?;
     Ok(Looked {
         bucket,
         security_group: base.outputs.get("SecurityGroupId").cloned(),
         vpc: base.outputs.get("VpcId").cloned(),
-        fleets: compute.map(|c| c.outputs.iter().filter(|(k, _)| k.starts_with("Fleet") && k.ends_with("Id")).map(|(_, v)| v.clone()).collect()).unwrap_or_default(),
+        fleets: compute
+            .map(|c| {
+                c.outputs
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("Fleet") && k.ends_with("Id"))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -200,15 +236,28 @@ fn looked_up(base: &StackInfo, compute: Option<&StackInfo>) -> Result<Looked, Ap
 fn bundle_files(plan: &Plan) -> Result<s3::Files, AppError> {
     let mut files = s3::Files::new();
     let scripts = plan.root.join("scripts");
-    s3::collect_dir(&scripts, "scripts", &mut files).map_err(|source| AppError::Io { path: scripts.clone(), source })?;
+    s3::collect_dir(&scripts, "scripts", &mut files).map_err(|source| AppError::Io {
+        path: scripts.clone(),
+        source,
+    })?;
     let tasks = plan.state_dir().join("tasks");
-    s3::collect_dir(&tasks, "tasks", &mut files).map_err(|source| AppError::Io { path: tasks.clone(), source })?;
-    files.insert(script::WRAPPER_KEY.to_string(), script::WRAPPER.as_bytes().to_vec());
+    s3::collect_dir(&tasks, "tasks", &mut files).map_err(|source| AppError::Io {
+        path: tasks.clone(),
+        source,
+    })?;
+    files.insert(
+        script::WRAPPER_KEY.to_string(),
+        script::WRAPPER.as_bytes().to_vec(),
+    );
     files.insert("setup.sh".to_string(), plan.setup.join("\n").into_bytes());
     Ok(files)
 }
 
-async fn upload_bundle(c: &Clients, plan: &Plan, bucket: &str) -> Result<script::BundleRef, AppError> {
+async fn upload_bundle(
+    c: &Clients,
+    plan: &Plan,
+    bucket: &str,
+) -> Result<script::BundleRef, AppError> {
     let files = bundle_files(plan)?;
     let up = s3::upload_bundle(c, bucket, &plan.name_key, &files).await?;
     progress(&format!(
@@ -230,7 +279,10 @@ fn group_specs(plan: &Plan, catalog: &Catalog) -> BTreeMap<String, GroupSpec> {
                     gpus: g.gpus.or(t.map(|t| t.gpus)).unwrap_or(0),
                     vcpus: t.map(|t| t.vcpus).unwrap_or(1),
                     workers_per_slot: g.workers_per_slot,
-                    hourly_usd: catalog.price(&g.instance_type, &plan.region, g.market).map(|p| p.usd_per_hour).unwrap_or(0.0),
+                    hourly_usd: catalog
+                        .price(&g.instance_type, &plan.region, g.market)
+                        .map(|p| p.usd_per_hour)
+                        .unwrap_or(0.0),
                 },
             )
         })
@@ -241,27 +293,50 @@ fn nodes_timeout(plan: &Plan) -> Duration {
     if let Some(s) = env_f64("INFRA_NODES_TIMEOUT_SECONDS") {
         return Duration::from_secs_f64(s);
     }
-    let provisioning = plan.estimate.provisioning.unwrap_or(Duration::from_secs(600));
+    let provisioning = plan
+        .estimate
+        .provisioning
+        .unwrap_or(Duration::from_secs(600));
     (provisioning * 2).max(Duration::from_secs(900))
 }
 
 /// Wait until every node of every group is running and online in SSM;
 /// name the ones that are not, and why, when time runs out.
-async fn wait_for_nodes(c: &Clients, plan: &Plan, fleets: &[String], timeout: Duration) -> Result<Vec<state::Seen>, AppError> {
+async fn wait_for_nodes(
+    c: &Clients,
+    plan: &Plan,
+    fleets: &[String],
+    timeout: Duration,
+) -> Result<Vec<state::Seen>, AppError> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
         let seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
         let running: Vec<&state::Seen> = seen.iter().filter(|s| s.state == "running").collect();
         let ids: Vec<String> = running.iter().map(|s| s.instance_id.clone()).collect();
-        let online = if ids.is_empty() { HashSet::new() } else { ec2::ssm_online(c, &ids).await? };
+        let online = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            ec2::ssm_online(c, &ids).await?
+        };
         let mut ready: Vec<state::Seen> = Vec::new();
         let mut line = Vec::new();
         let mut all = true;
         for g in &plan.node_groups {
             let up: Vec<&&state::Seen> = running.iter().filter(|s| s.group == g.name).collect();
-            let on: Vec<&&state::Seen> = up.iter().filter(|s| online.contains(&s.instance_id)).copied().collect();
-            line.push(format!("{} {}/{} running, {}/{} online", g.name, up.len(), g.count, on.len(), g.count));
+            let on: Vec<&&state::Seen> = up
+                .iter()
+                .filter(|s| online.contains(&s.instance_id))
+                .copied()
+                .collect();
+            line.push(format!(
+                "{} {}/{} running, {}/{} online",
+                g.name,
+                up.len(),
+                g.count,
+                on.len(),
+                g.count
+            ));
             if (on.len() as u32) < g.count {
                 all = false;
             }
@@ -276,22 +351,38 @@ async fn wait_for_nodes(c: &Clients, plan: &Plan, fleets: &[String], timeout: Du
             return Ok(ready);
         }
         if started.elapsed() > timeout {
-            let mut msg = format!("not every node of {} came up within {} s:", plan.name_key, timeout.as_secs());
+            let mut msg = format!(
+                "not every node of {} came up within {} s:",
+                plan.name_key,
+                timeout.as_secs()
+            );
             for g in &plan.node_groups {
                 let mine: Vec<&state::Seen> = seen.iter().filter(|s| s.group == g.name).collect();
-                let on = mine.iter().filter(|s| s.state == "running" && online.contains(&s.instance_id)).count();
+                let on = mine
+                    .iter()
+                    .filter(|s| s.state == "running" && online.contains(&s.instance_id))
+                    .count();
                 if (on as u32) < g.count {
-                    msg.push_str(&format!("\n  group {}: {} of {} node(s) ready", g.name, on, g.count));
+                    msg.push_str(&format!(
+                        "\n  group {}: {} of {} node(s) ready",
+                        g.name, on, g.count
+                    ));
                     for s in &mine {
                         let why = match (s.state.as_str(), online.contains(&s.instance_id)) {
                             ("running", true) => continue,
                             ("running", false) => "running but not online in SSM (agent not started, no route to SSM, or the instance role lacks AmazonSSMManagedInstanceCore)".to_string(),
                             (st, _) => format!("{st}{}", s.state_reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
                         };
-                        msg.push_str(&format!("\n    {} ({} {}): {why}", s.instance_id, s.instance_type, s.market));
+                        msg.push_str(&format!(
+                            "\n    {} ({} {}): {why}",
+                            s.instance_id, s.instance_type, s.market
+                        ));
                     }
                     if (mine.len() as u32) < g.count {
-                        msg.push_str(&format!("\n    {} node(s) never launched", g.count as usize - mine.len().min(g.count as usize)));
+                        msg.push_str(&format!(
+                            "\n    {} node(s) never launched",
+                            g.count as usize - mine.len().min(g.count as usize)
+                        ));
                     }
                 }
             }
@@ -327,7 +418,10 @@ fn new_state(plan: &Plan, looked: &Looked, names_: (&str, &str), nodes: Vec<AwsN
 
 fn save(plan: &Plan, st: &mut AwsState) -> Result<(), AppError> {
     st.updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    state::save(plan, st).map_err(|source| AppError::Io { path: state::path(plan), source })?;
+    state::save(plan, st).map_err(|source| AppError::Io {
+        path: state::path(plan),
+        source,
+    })?;
     Ok(())
 }
 
@@ -335,7 +429,10 @@ fn save(plan: &Plan, st: &mut AwsState) -> Result<(), AppError> {
 /// stay listed for a while, and keep their names); a state file from
 /// another deployment (account, region) is ignored.
 fn known_nodes(plan: &Plan, compute_stack: &str, seen: &[state::Seen]) -> Vec<AwsNode> {
-    let mut nodes = state::load(plan).filter(|s| s.compute_stack == compute_stack).map(|s| s.nodes).unwrap_or_default();
+    let mut nodes = state::load(plan)
+        .filter(|s| s.compute_stack == compute_stack)
+        .map(|s| s.nodes)
+        .unwrap_or_default();
     nodes.retain(|n| seen.iter().any(|s| s.instance_id == n.instance_id));
     nodes
 }
@@ -353,44 +450,118 @@ pub async fn apply(ctx: &Ctx, plan: &Plan, catalog: &Catalog, yes: bool) -> Resu
     // base: the bucket survives a deleted base stack; then it is not created again
     let prefix = names::bucket_prefix(&plan.project);
     // (an existing stack keeps its parameters' values: see `deploy`)
-    let create_bucket = if s3::find_bucket(&c, &prefix, &c.settings.region).await?.is_some() && cfn::describe(&c, &rendered.base.name).await?.is_none_or(|s| s.dead()) { "false" } else { "true" };
+    let create_bucket = if s3::find_bucket(&c, &prefix, &c.settings.region)
+        .await?
+        .is_some()
+        && cfn::describe(&c, &rendered.base.name)
+            .await?
+            .is_none_or(|s| s.dead())
+    {
+        "false"
+    } else {
+        "true"
+    };
     let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
     if rendered.base.needs_upload {
-        return Err(AppError::Provider(format!("the base stack {} is over 51,200 bytes and cannot go through the bucket it creates", rendered.base.name)));
+        return Err(AppError::Provider(format!(
+            "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
+            rendered.base.name
+        )));
     }
-    let base = deploy(&c, yes, &rendered.base.name, Source::Body(rendered.base.body.clone()), &base_params, &stack_tags(plan, true)).await?;
+    let base = deploy(
+        &c,
+        yes,
+        &rendered.base.name,
+        Source::Body(rendered.base.body.clone()),
+        &base_params,
+        &stack_tags(plan, true),
+    )
+    .await?;
     let looked = looked_up(&base, None)?;
     // compute
     let source = if rendered.compute.needs_upload {
-        let key = format!("_templates/{}-{}.json", rendered.compute.name, &s3::sha256_hex(rendered.compute.body.as_bytes())[..12]);
-        s3::put(&c, &looked.bucket, &key, rendered.compute.body.clone().into_bytes()).await?;
-        progress(&format!("stack {} is {} bytes: deployed from s3://{}/{key}", rendered.compute.name, rendered.compute.body.len(), looked.bucket));
+        let key = format!(
+            "_templates/{}-{}.json",
+            rendered.compute.name,
+            &s3::sha256_hex(rendered.compute.body.as_bytes())[..12]
+        );
+        s3::put(
+            &c,
+            &looked.bucket,
+            &key,
+            rendered.compute.body.clone().into_bytes(),
+        )
+        .await?;
+        progress(&format!(
+            "stack {} is {} bytes: deployed from s3://{}/{key}",
+            rendered.compute.name,
+            rendered.compute.body.len(),
+            looked.bucket
+        ));
         Source::Url(config::object_url(&c.settings, &looked.bucket, &key))
     } else {
         Source::Body(rendered.compute.body.clone())
     };
     let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now());
-    let compute = deploy(&c, yes, &rendered.compute.name, source, &params, &stack_tags(plan, false)).await?;
+    let compute = deploy(
+        &c,
+        yes,
+        &rendered.compute.name,
+        source,
+        &params,
+        &stack_tags(plan, false),
+    )
+    .await?;
     let looked = looked_up(&base, Some(&compute))?;
     // nodes
     let ready = wait_for_nodes(&c, plan, &looked.fleets, nodes_timeout(plan)).await?;
     let all = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
     let mut st = known_nodes(plan, &rendered.compute.name, &all);
     state::merge(&mut st, &all);
-    let mut state_ = new_state(plan, &looked, (&rendered.base.name, &rendered.compute.name), st);
+    let mut state_ = new_state(
+        plan,
+        &looked,
+        (&rendered.base.name, &rendered.compute.name),
+        st,
+    );
     save(plan, &mut state_)?;
     // setup, once per node (the wrapper remembers)
     if let Some(hash) = setup_hash(plan) {
         let bundle = upload_bundle(&c, plan, &looked.bucket).await?;
         let poller = Poller::start(c.clone());
-        let nodes: Vec<(String, String, String)> = state_.nodes.iter().filter(|n| ready.iter().any(|r| r.instance_id == n.instance_id)).map(|n| (n.name.clone(), n.instance_id.clone(), n.private_ip.clone())).collect();
+        let nodes: Vec<(String, String, String)> = state_
+            .nodes
+            .iter()
+            .filter(|n| ready.iter().any(|r| r.instance_id == n.instance_id))
+            .map(|n| (n.name.clone(), n.instance_id.clone(), n.private_ip.clone()))
+            .collect();
         progress(&format!("running setup on {} node(s)", nodes.len()));
-        executor::setup_nodes(&c, &poller, &bundle, &looked.bucket, &plan.name_key, &hash, &nodes).await.map_err(AppError::Provider)?;
+        executor::setup_nodes(
+            &c,
+            &poller,
+            &bundle,
+            &looked.bucket,
+            &plan.name_key,
+            &hash,
+            &nodes,
+        )
+        .await
+        .map_err(AppError::Provider)?;
     }
     let live: Vec<&AwsNode> = state_.nodes.iter().filter(|n| n.alive()).collect();
-    let mut h = format!("applied {}: stacks {} and {} up, {} node(s), bucket {}", plan.name_key, base.name, compute.name, live.len(), looked.bucket);
+    let mut h = format!(
+        "applied {}: stacks {} and {} up, {} node(s), bucket {}",
+        plan.name_key,
+        base.name,
+        compute.name,
+        live.len(),
+        looked.bucket
+    );
     for n in &live {
-        h.push_str(&format!("\n  {:<12} {} {} {} {} {}", n.name, n.instance_id, n.instance_type, n.market, n.az, n.private_ip));
+        h.push_str(&format!(
+            "\n  {:<12} {} {} {} {} {}",
+            n.name, n.instance_id, n.instance_type, n.market, n.az, n.private_ip
+        ));
     }
     ctx.out(
         &h,
@@ -407,9 +578,20 @@ pub async fn apply(ctx: &Ctx, plan: &Plan, catalog: &Catalog, yes: bool) -> Resu
 async fn deployed(c: &Clients, plan: &Plan) -> Result<(AwsState, Looked), AppError> {
     let base_name = names::base_stack_name(&plan.project);
     let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
-    let not_applied = || AppError::Provider(format!("{} is not deployed\n  (hint: `infra apply {}` first)", plan.name_key, plan.name_key));
-    let base = cfn::describe(c, &base_name).await?.filter(|s| !s.dead()).ok_or_else(not_applied)?;
-    let compute = cfn::describe(c, &compute_name).await?.filter(|s| !s.dead()).ok_or_else(not_applied)?;
+    let not_applied = || {
+        AppError::Provider(format!(
+            "{} is not deployed\n  (hint: `infra apply {}` first)",
+            plan.name_key, plan.name_key
+        ))
+    };
+    let base = cfn::describe(c, &base_name)
+        .await?
+        .filter(|s| !s.dead())
+        .ok_or_else(not_applied)?;
+    let compute = cfn::describe(c, &compute_name)
+        .await?
+        .filter(|s| !s.dead())
+        .ok_or_else(not_applied)?;
     let looked = looked_up(&base, Some(&compute))?;
     let seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
     let nodes = known_nodes(plan, &compute_name, &seen);
@@ -419,21 +601,51 @@ async fn deployed(c: &Clients, plan: &Plan) -> Result<(AwsState, Looked), AppErr
 }
 
 /// `infra run` on AWS: the same runner as locally, with `AwsExecutor`.
-pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>, args: &RunArgs) -> Result<i32, AppError> {
+pub async fn run(
+    ctx: &Ctx,
+    plan: &Plan,
+    catalog: &Catalog,
+    tasks: Vec<TaskDef>,
+    args: &RunArgs,
+) -> Result<i32, AppError> {
     let c = config::connect(&settings(ctx, plan)).await?;
     let (mut st, looked) = deployed(&c, plan).await?;
-    let alive: Vec<String> = st.nodes.iter().filter(|n| n.state == "running").map(|n| n.instance_id.clone()).collect();
-    let online = if alive.is_empty() { HashSet::new() } else { ec2::ssm_online(&c, &alive).await? };
+    let alive: Vec<String> = st
+        .nodes
+        .iter()
+        .filter(|n| n.state == "running")
+        .map(|n| n.instance_id.clone())
+        .collect();
+    let online = if alive.is_empty() {
+        HashSet::new()
+    } else {
+        ec2::ssm_online(&c, &alive).await?
+    };
     let groups = group_specs(plan, catalog);
     let live: Vec<(String, String, String, String)> = st
         .nodes
         .iter()
         .filter(|n| online.contains(&n.instance_id) && groups.contains_key(&n.group))
-        .map(|n| (n.name.clone(), n.group.clone(), n.instance_id.clone(), n.private_ip.clone()))
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.group.clone(),
+                n.instance_id.clone(),
+                n.private_ip.clone(),
+            )
+        })
         .collect();
-    let offline: Vec<&str> = st.nodes.iter().filter(|n| n.state == "running" && !online.contains(&n.instance_id)).map(|n| n.name.as_str()).collect();
+    let offline: Vec<&str> = st
+        .nodes
+        .iter()
+        .filter(|n| n.state == "running" && !online.contains(&n.instance_id))
+        .map(|n| n.name.as_str())
+        .collect();
     if !offline.is_empty() {
-        progress(&format!("not online in SSM, not used: {}", offline.join(", ")));
+        progress(&format!(
+            "not online in SSM, not used: {}",
+            offline.join(", ")
+        ));
     }
     save(plan, &mut st)?;
     let bundle = upload_bundle(&c, plan, &looked.bucket).await?;
@@ -450,7 +662,9 @@ pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>,
             state: st.clone(),
             state_path: state::path(plan),
             setup_hash: setup_hash(plan),
-            replacement_wait: Duration::from_secs_f64(env_f64("INFRA_REPLACEMENT_WAIT_SECONDS").unwrap_or(600.0)),
+            replacement_wait: Duration::from_secs_f64(
+                env_f64("INFRA_REPLACEMENT_WAIT_SECONDS").unwrap_or(600.0),
+            ),
             node_check: (c.settings.poll * 5).max(Duration::from_secs(1)),
             log: Arc::new(|l: &str| progress(l)),
         },
@@ -458,29 +672,78 @@ pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>,
     );
     // steps a dead `infra run` left running
     if !ids.is_empty() {
-        let stopped = executor::reap(&c, &exec.poller, &bundle, &looked.bucket, &plan.name_key, &ids).await;
+        let stopped = executor::reap(
+            &c,
+            &exec.poller,
+            &bundle,
+            &looked.bucket,
+            &plan.name_key,
+            &ids,
+        )
+        .await;
         if stopped > 0 {
-            progress(&format!("stopped {stopped} step(s) left running by an earlier run"));
+            progress(&format!(
+                "stopped {stopped} step(s) left running by an earlier run"
+            ));
         }
     }
     if let Some(hash) = setup_hash(plan) {
-        let nodes: Vec<(String, String, String)> = live.iter().map(|l| (l.0.clone(), l.2.clone(), l.3.clone())).collect();
-        executor::setup_nodes(&c, &exec.poller, &bundle, &looked.bucket, &plan.name_key, &hash, &nodes).await.map_err(AppError::Provider)?;
+        let nodes: Vec<(String, String, String)> = live
+            .iter()
+            .map(|l| (l.0.clone(), l.2.clone(), l.3.clone()))
+            .collect();
+        executor::setup_nodes(
+            &c,
+            &exec.poller,
+            &bundle,
+            &looked.bucket,
+            &plan.name_key,
+            &hash,
+            &nodes,
+        )
+        .await
+        .map_err(AppError::Provider)?;
     }
-    let paths = Paths { state_dir: plan.state_dir(), results_dir: plan.results_dir() };
-    let hourly: f64 = live.iter().filter_map(|l| groups.get(&l.1)).map(|g| g.hourly_usd).sum();
+    let paths = Paths {
+        state_dir: plan.state_dir(),
+        results_dir: plan.results_dir(),
+    };
+    let hourly: f64 = live
+        .iter()
+        .filter_map(|l| groups.get(&l.1))
+        .map(|g| g.hourly_usd)
+        .sum();
     let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key));
-    let watchdog = plan.budget.as_ref().map(|b| runner::Watchdog { budget_usd: b.usd, spent_before_usd: spent_before, hourly_usd: hourly, hard_stop: b.hard_stop, interval: ctx.watchdog_interval });
+    let watchdog = plan.budget.as_ref().map(|b| runner::Watchdog {
+        budget_usd: b.usd,
+        spent_before_usd: spent_before,
+        hourly_usd: hourly,
+        hard_stop: b.hard_stop,
+        interval: ctx.watchdog_interval,
+    });
     let opts = RunOptions {
         retry_failed: args.retry_failed,
-        policy: Some(if args.order == OrderArg::Fifo { Policy::Fifo } else { Policy::LongestFirst }),
+        policy: Some(if args.order == OrderArg::Fifo {
+            Policy::Fifo
+        } else {
+            Policy::LongestFirst
+        }),
         retry: plan.retry.clone(),
         watchdog,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let mut rep = Reporter::new();
     let started = chrono::Utc::now();
-    let summary = runner::run(tasks, exec.clone(), &paths, "aws", &opts, stop_rx, &mut |e| rep.event(e)).await;
+    let summary = runner::run(
+        tasks,
+        exec.clone(),
+        &paths,
+        "aws",
+        &opts,
+        stop_rx,
+        &mut |e| rep.event(e),
+    )
+    .await;
     rep.finish();
     let summary = summary?;
     let end = chrono::Utc::now();
@@ -497,8 +760,18 @@ pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>,
             provider: "aws".into(),
             node: format!("{} ({})", n.name, n.instance_id),
             group: n.group.clone(),
-            instance_type: st.nodes.iter().find(|x| x.instance_id == n.instance_id).map(|x| x.instance_type.clone()).unwrap_or_default(),
-            market: st.nodes.iter().find(|x| x.instance_id == n.instance_id).map(|x| x.market.clone()).unwrap_or_default(),
+            instance_type: st
+                .nodes
+                .iter()
+                .find(|x| x.instance_id == n.instance_id)
+                .map(|x| x.instance_type.clone())
+                .unwrap_or_default(),
+            market: st
+                .nodes
+                .iter()
+                .find(|x| x.instance_id == n.instance_id)
+                .map(|x| x.market.clone())
+                .unwrap_or_default(),
             start: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             hours,
@@ -507,7 +780,10 @@ pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>,
             kind: "metered".into(),
         })
         .collect();
-    ledger::append(&plan.root, &entries).map_err(|source| AppError::Io { path: ledger::path(&plan.root), source })?;
+    ledger::append(&plan.root, &entries).map_err(|source| AppError::Io {
+        path: ledger::path(&plan.root),
+        source,
+    })?;
     let calls = json!({
         "poll_rounds": exec.poller.stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
         "list_command_invocations": exec.poller.stats.list_calls.load(std::sync::atomic::Ordering::Relaxed),
@@ -526,14 +802,21 @@ pub async fn run(ctx: &Ctx, plan: &Plan, catalog: &Catalog, tasks: Vec<TaskDef>,
         summary.succeeded,
         summary.failed,
         summary.already_done,
-        if summary.pending > 0 { format!(", {} not run ({})", summary.pending, summary.reason) } else { String::new() },
+        if summary.pending > 0 {
+            format!(", {} not run ({})", summary.pending, summary.reason)
+        } else {
+            String::new()
+        },
         crate::report::progress::human_duration(summary.wall_seconds),
         plan::decode::rel(&plan.results_dir(), &ctx.cwd),
     );
     if !summary.failed_tasks.is_empty() {
         h.push_str(&format!("\nfailed: {}", summary.failed_tasks.join(", ")));
     }
-    ctx.out(&h, json!({"plan": plan.name_key, "provider": "aws", "summary": summary, "api_calls": calls}));
+    ctx.out(
+        &h,
+        json!({"plan": plan.name_key, "provider": "aws", "summary": summary, "api_calls": calls}),
+    );
     Ok(if summary.budget_stop {
         exit::BUDGET
     } else if summary.interrupted {
@@ -557,8 +840,16 @@ pub async fn status(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef]) -> Result<i32, Ap
     let seen = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
     let mut nodes = known_nodes(plan, &compute_name, &seen);
     state::merge(&mut nodes, &seen);
-    let running: Vec<String> = nodes.iter().filter(|n| n.state == "running").map(|n| n.instance_id.clone()).collect();
-    let online = if running.is_empty() { HashSet::new() } else { ec2::ssm_online(&c, &running).await? };
+    let running: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.state == "running")
+        .map(|n| n.instance_id.clone())
+        .collect();
+    let online = if running.is_empty() {
+        HashSet::new()
+    } else {
+        ec2::ssm_online(&c, &running).await?
+    };
     let (jstate, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut failed = Vec::new();
@@ -573,25 +864,51 @@ pub async fn status(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef]) -> Result<i32, Ap
         Some(s) => format!("{name}: {}", s.status),
         None => format!("{name}: not deployed"),
     };
-    let mut h = format!("{} ({}): {} task(s), provider aws, region {}\n", plan.name_key, plan.name, tasks.len(), c.settings.region);
-    h.push_str(&format!("  stacks: {}; {}\n", stack_line(&base_name, &base), stack_line(&compute_name, &compute)));
+    let mut h = format!(
+        "{} ({}): {} task(s), provider aws, region {}\n",
+        plan.name_key,
+        plan.name,
+        tasks.len(),
+        c.settings.region
+    );
+    h.push_str(&format!(
+        "  stacks: {}; {}\n",
+        stack_line(&base_name, &base),
+        stack_line(&compute_name, &compute)
+    ));
     if let Some(b) = base.as_ref().and_then(|b| b.outputs.get("BucketName")) {
         h.push_str(&format!("  bucket: {b}\n"));
     }
     h.push_str("  nodes:\n");
     let mut node_rows = Vec::new();
     for n in &nodes {
-        let ssm = if online.contains(&n.instance_id) { "online" } else { "-" };
-        h.push_str(&format!("    {:<12} {:<20} {:<14} {:<10} {:<12} {:<11} ssm {:<7} {}\n", n.name, n.instance_id, n.instance_type, n.market, n.az, n.state, ssm, n.private_ip));
+        let ssm = if online.contains(&n.instance_id) {
+            "online"
+        } else {
+            "-"
+        };
+        h.push_str(&format!(
+            "    {:<12} {:<20} {:<14} {:<10} {:<12} {:<11} ssm {:<7} {}\n",
+            n.name, n.instance_id, n.instance_type, n.market, n.az, n.state, ssm, n.private_ip
+        ));
         node_rows.push(json!({"node": n, "ssm_online": online.contains(&n.instance_id)}));
     }
     if nodes.is_empty() {
         h.push_str("    none\n");
     }
     let c_ = |k: &str| counts.get(k).copied().unwrap_or(0);
-    h.push_str(&format!("  tasks: {} done, {} failed, {} queued\n", c_("succeeded"), c_("failed"), c_("pending") + c_("running")));
+    h.push_str(&format!(
+        "  tasks: {} done, {} failed, {} queued\n",
+        c_("succeeded"),
+        c_("failed"),
+        c_("pending") + c_("running")
+    ));
     for f in failed.iter().take(20) {
-        h.push_str(&format!("  failed: {} — {}\n", f["task"].as_str().unwrap_or(""), f["error"].as_str().unwrap_or("")));
+        h.push_str(&format!(
+            "  failed: {} — {}\n",
+            f["task"].as_str().unwrap_or(""),
+            f["error"].as_str().unwrap_or("")
+        ));
     }
     ctx.out(
         h.trim_end(),
@@ -603,11 +920,21 @@ pub async fn status(ctx: &Ctx, plan: &Plan, tasks: &[TaskDef]) -> Result<i32, Ap
 }
 
 async fn delete_stack(c: &Clients, name: &str) -> Result<bool, AppError> {
-    let Some(s) = cfn::describe(c, name).await? else { return Ok(false) };
+    let Some(s) = cfn::describe(c, name).await? else {
+        return Ok(false);
+    };
     progress(&format!("deleting stack {name}"));
     let seen = cfn::seen_events(c, &s.id).await;
     cfn::delete(c, &s.id).await?;
-    let w = cfn::wait(c, &s.id, "delete", seen, Duration::from_secs(3 * 3600), &mut progress).await?;
+    let w = cfn::wait(
+        c,
+        &s.id,
+        "delete",
+        seen,
+        Duration::from_secs(3 * 3600),
+        &mut progress,
+    )
+    .await?;
     if !w.ok {
         return Err(AppError::Provider(delete_failure(name, &w)));
     }
@@ -660,9 +987,14 @@ pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppE
     }
     let base_name = names::base_stack_name(&plan.project);
     let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
-    let bucket = match cfn::describe(&c, &base_name).await?.and_then(|b| b.outputs.get("BucketName").cloned()) {
+    let bucket = match cfn::describe(&c, &base_name)
+        .await?
+        .and_then(|b| b.outputs.get("BucketName").cloned())
+    {
         Some(b) => Some(b),
-        None => s3::find_bucket(&c, &names::bucket_prefix(&plan.project), &c.settings.region).await?,
+        None => {
+            s3::find_bucket(&c, &names::bucket_prefix(&plan.project), &c.settings.region).await?
+        }
     };
     let mut deleted = Vec::new();
     if delete_stack(&c, &compute_name).await? {
@@ -681,21 +1013,35 @@ pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppE
         let _ = s3::delete_prefix(&c, b, &format!("{}/_bundle.manifest", plan.name_key)).await;
         bucket_note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
         if o.all {
-            let rest: Vec<(String, i64)> = s3::list(&c, b, "").await?.into_iter().filter(|(k, _)| !k.starts_with("_templates/")).collect();
+            let rest: Vec<(String, i64)> = s3::list(&c, b, "")
+                .await?
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("_templates/"))
+                .collect();
             if rest.is_empty() {
                 s3::delete_prefix(&c, b, "").await?;
                 if s3::delete_bucket(&c, b).await? {
                     bucket_note = format!("bucket {b} emptied and deleted");
                 }
             } else {
-                let mut prefixes: Vec<&str> = rest.iter().filter_map(|(k, _)| k.split('/').next()).collect();
+                let mut prefixes: Vec<&str> = rest
+                    .iter()
+                    .filter_map(|(k, _)| k.split('/').next())
+                    .collect();
                 prefixes.dedup();
-                bucket_note.push_str(&format!("; bucket kept: it still holds {}", prefixes.join(", ")));
+                bucket_note.push_str(&format!(
+                    "; bucket kept: it still holds {}",
+                    prefixes.join(", ")
+                ));
             }
         }
     }
     // anything billable left, by tag
-    let phase = if o.all { None } else { Some(plan.name_key.as_str()) };
+    let phase = if o.all {
+        None
+    } else {
+        Some(plan.name_key.as_str())
+    };
     let mut left = ec2::sweep(&c, &plan.project, phase, o.all).await?;
     let mut forced = Vec::new();
     if !left.is_empty() && o.force {
@@ -718,14 +1064,25 @@ pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppE
     let mut h = format!(
         "destroyed {}: {}; {}; local results kept in {results}",
         plan.name_key,
-        if deleted.is_empty() { "no stack was deployed".to_string() } else { format!("deleted {}", deleted.join(", ")) },
+        if deleted.is_empty() {
+            "no stack was deployed".to_string()
+        } else {
+            format!("deleted {}", deleted.join(", "))
+        },
         bucket_note
     );
     for f in &forced {
         h.push_str(&format!("\n  removed {} {} ({})", f.kind, f.id, f.detail));
     }
     if left.is_empty() {
-        h.push_str(&format!("\nnothing billable tagged {}={}{} is left", names::TAG_PROJECT, plan.project, phase.map(|p| format!(", {}={p}", names::TAG_PHASE)).unwrap_or_default()));
+        h.push_str(&format!(
+            "\nnothing billable tagged {}={}{} is left",
+            names::TAG_PROJECT,
+            plan.project,
+            phase
+                .map(|p| format!(", {}={p}", names::TAG_PHASE))
+                .unwrap_or_default()
+        ));
     } else {
         h.push_str("\nstill there (and possibly billed):");
         for l in &left {

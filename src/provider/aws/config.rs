@@ -28,7 +28,13 @@ pub struct AwsSettings {
 
 impl AwsSettings {
     pub fn new(region: impl Into<String>) -> AwsSettings {
-        AwsSettings { region: region.into(), profile: None, endpoint: None, max_attempts: 10, poll: Duration::from_secs(2) }
+        AwsSettings {
+            region: region.into(),
+            profile: None,
+            endpoint: None,
+            max_attempts: 10,
+            poll: Duration::from_secs(2),
+        }
     }
 }
 
@@ -65,8 +71,12 @@ pub async fn connect(settings: &AwsSettings) -> Result<Clients, AwsError> {
     }
     let conf = loader.load().await;
     check_credentials(&conf, settings).await?;
-    let cfn_once = aws_sdk_cloudformation::config::Builder::from(&conf).retry_config(retry(1)).build();
-    let s3 = aws_sdk_s3::config::Builder::from(&conf).force_path_style(settings.endpoint.is_some()).build();
+    let cfn_once = aws_sdk_cloudformation::config::Builder::from(&conf)
+        .retry_config(retry(1))
+        .build();
+    let s3 = aws_sdk_s3::config::Builder::from(&conf)
+        .force_path_style(settings.endpoint.is_some())
+        .build();
     Ok(Clients {
         cfn: aws_sdk_cloudformation::Client::new(&conf),
         cfn_once: aws_sdk_cloudformation::Client::from_conf(cfn_once),
@@ -77,7 +87,10 @@ pub async fn connect(settings: &AwsSettings) -> Result<Clients, AwsError> {
     })
 }
 
-async fn check_credentials(conf: &aws_config::SdkConfig, settings: &AwsSettings) -> Result<(), AwsError> {
+async fn check_credentials(
+    conf: &aws_config::SdkConfig,
+    settings: &AwsSettings,
+) -> Result<(), AwsError> {
     let profile = match &settings.profile {
         Some(p) => format!(" for profile \"{p}\""),
         None => String::new(),
@@ -86,13 +99,19 @@ async fn check_credentials(conf: &aws_config::SdkConfig, settings: &AwsSettings)
                  the profile in ~/.aws/credentials and ~/.aws/config (AWS_PROFILE, --profile; SSO, assume-role, credential_process), \
                  web identity (AWS_WEB_IDENTITY_TOKEN_FILE), the ECS container endpoint, the EC2 instance metadata service";
     let Some(provider) = conf.credentials_provider() else {
-        return Err(AwsError::NoCredentials { profile, tried: tried.into() });
+        return Err(AwsError::NoCredentials {
+            profile,
+            tried: tried.into(),
+        });
     };
     match provider.provide_credentials().await {
         Ok(_) => Ok(()),
         Err(e) => {
             let why = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
-            Err(AwsError::NoCredentials { profile, tried: format!("{tried}\n  last error: {why}") })
+            Err(AwsError::NoCredentials {
+                profile,
+                tried: format!("{tried}\n  last error: {why}"),
+            })
         }
     }
 }
@@ -101,12 +120,25 @@ async fn check_credentials(conf: &aws_config::SdkConfig, settings: &AwsSettings)
 /// path-style S3 URL of the region, the form `aws cloudformation package`
 /// writes. (The emulator reads it from its own S3 too.)
 pub fn object_url(settings: &AwsSettings, bucket: &str, key: &str) -> String {
-    format!("https://s3.{}.amazonaws.com/{bucket}/{key}", settings.region)
+    format!(
+        "https://s3.{}.amazonaws.com/{bucket}/{key}",
+        settings.region
+    )
 }
 
 /// Whether an error code means "slow down" (the request was not processed).
 pub fn is_throttling(code: Option<&str>) -> bool {
-    matches!(code, Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "SlowDown" | "TooManyRequestsException" | "RequestThrottled"))
+    matches!(
+        code,
+        Some(
+            "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "SlowDown"
+                | "TooManyRequestsException"
+                | "RequestThrottled"
+        )
+    )
 }
 
 #[cfg(test)]
@@ -116,7 +148,10 @@ mod tests {
     #[test]
     fn template_urls_are_path_style() {
         let s = AwsSettings::new("eu-north-1");
-        assert_eq!(object_url(&s, "b", "k/t.json"), "https://s3.eu-north-1.amazonaws.com/b/k/t.json");
+        assert_eq!(
+            object_url(&s, "b", "k/t.json"),
+            "https://s3.eu-north-1.amazonaws.com/b/k/t.json"
+        );
         assert!(is_throttling(Some("Throttling")));
         assert!(!is_throttling(Some("ValidationError")));
         assert!(!is_throttling(None));

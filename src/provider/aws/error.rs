@@ -17,7 +17,10 @@ pub enum AwsError {
     #[error("{0}")]
     Usage(String),
     #[error("cannot use {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl AwsError {
@@ -45,13 +48,18 @@ where
 }
 
 /// `map_err` helper: `.map_err(api("describe stack x"))`.
-pub fn api<E, R>(action: impl Into<String>) -> impl FnOnce(aws_sdk_s3::error::SdkError<E, R>) -> AwsError
+pub fn api<E, R>(
+    action: impl Into<String>,
+) -> impl FnOnce(aws_sdk_s3::error::SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     let action = action.into();
-    move |e| AwsError::Api { action, message: describe(&e) }
+    move |e| AwsError::Api {
+        action,
+        message: describe(&e),
+    }
 }
 
 /// The service error code of an SDK error, if the service answered.

@@ -136,7 +136,14 @@ impl AwsExecutor {
             .into_iter()
             .filter_map(|(name, group, instance_id, addr)| {
                 let spec = s.groups.get(&group)?.clone();
-                Some(Arc::new(Node { name, group, instance_id, addr, spec, gone: Mutex::new(None) }))
+                Some(Arc::new(Node {
+                    name,
+                    group,
+                    instance_id,
+                    addr,
+                    spec,
+                    gone: Mutex::new(None),
+                }))
             })
             .collect();
         let poller = Poller::start(s.clients.clone());
@@ -166,7 +173,10 @@ impl AwsExecutor {
     }
 
     pub fn state(&self) -> AwsState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     fn save_state(&self) {
@@ -189,7 +199,10 @@ impl AwsExecutor {
             }
             *g = Some(reason.to_string());
         }
-        let _ = self.changes_tx.send(NodeChange::Lost { node: i, reason: format!("{} ({}): {reason}", n.name, n.instance_id) });
+        let _ = self.changes_tx.send(NodeChange::Lost {
+            node: i,
+            reason: format!("{} ({}): {reason}", n.name, n.instance_id),
+        });
         self.poller.node_gone(&n.instance_id, reason);
         if let Ok(mut st) = self.state.lock() {
             if let Some(sn) = st.nodes.iter_mut().find(|x| x.instance_id == n.instance_id) {
@@ -214,8 +227,14 @@ impl AwsExecutor {
     /// Compare the nodes with what EC2 shows: lose the ones that are gone,
     /// let new running instances of the phase join.
     async fn check_nodes(&self) {
-        self.stats.describe_instances.fetch_add(1, Ordering::Relaxed);
-        let Ok(seen) = ec2::instances(&self.s.clients, &self.s.project, Some(&self.s.name_key)).await else { return };
+        self.stats
+            .describe_instances
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(seen) =
+            ec2::instances(&self.s.clients, &self.s.project, Some(&self.s.name_key)).await
+        else {
+            return;
+        };
         for (i, n) in self.nodes().iter().enumerate() {
             if n.gone().is_some() {
                 continue;
@@ -232,19 +251,40 @@ impl AwsExecutor {
                 None => self.lose(i, "instance no longer listed by EC2"),
             }
         }
-        let known: HashSet<String> = self.state().nodes.iter().map(|n| n.instance_id.clone()).collect();
+        let known: HashSet<String> = self
+            .state()
+            .nodes
+            .iter()
+            .map(|n| n.instance_id.clone())
+            .collect();
         let fresh: Vec<state::Seen> = seen
             .into_iter()
-            .filter(|s| s.state == "running" && !known.contains(&s.instance_id) && self.s.groups.contains_key(&s.group))
-            .filter(|s| self.joining.lock().map(|j| !j.contains(&s.instance_id)).unwrap_or(false))
+            .filter(|s| {
+                s.state == "running"
+                    && !known.contains(&s.instance_id)
+                    && self.s.groups.contains_key(&s.group)
+            })
+            .filter(|s| {
+                self.joining
+                    .lock()
+                    .map(|j| !j.contains(&s.instance_id))
+                    .unwrap_or(false)
+            })
             .collect();
         if fresh.is_empty() {
             return;
         }
         let ids: Vec<String> = fresh.iter().map(|s| s.instance_id.clone()).collect();
-        self.stats.describe_instance_information.fetch_add(1, Ordering::Relaxed);
-        let Ok(online) = ec2::ssm_online(&self.s.clients, &ids).await else { return };
-        for s in fresh.into_iter().filter(|s| online.contains(&s.instance_id)) {
+        self.stats
+            .describe_instance_information
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(online) = ec2::ssm_online(&self.s.clients, &ids).await else {
+            return;
+        };
+        for s in fresh
+            .into_iter()
+            .filter(|s| online.contains(&s.instance_id))
+        {
             if let Ok(mut j) = self.joining.lock() {
                 j.insert(s.instance_id.clone());
             }
@@ -256,7 +296,9 @@ impl AwsExecutor {
     /// runner hears of it.
     async fn join(&self, s: state::Seen) {
         let name = {
-            let Ok(mut st) = self.state.lock() else { return };
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
             let added = state::merge(&mut st.nodes, std::slice::from_ref(&s));
             match added.first() {
                 Some(i) => st.nodes[*i].name.clone(),
@@ -265,23 +307,58 @@ impl AwsExecutor {
         };
         self.save_state();
         if let Some(hash) = &self.s.setup_hash {
-            (self.s.log)(&format!("node {name} ({}) joined; running setup", s.instance_id));
-            if let Err(e) = setup_nodes(&self.s.clients, &self.poller, &self.s.bundle, &self.s.bucket, &self.s.name_key, hash, &[(name.clone(), s.instance_id.clone(), s.private_ip.clone())]).await {
+            (self.s.log)(&format!(
+                "node {name} ({}) joined; running setup",
+                s.instance_id
+            ));
+            if let Err(e) = setup_nodes(
+                &self.s.clients,
+                &self.poller,
+                &self.s.bundle,
+                &self.s.bucket,
+                &self.s.name_key,
+                hash,
+                &[(name.clone(), s.instance_id.clone(), s.private_ip.clone())],
+            )
+            .await
+            {
                 (self.s.log)(&format!("node {name} is not used: {e}"));
                 return;
             }
         }
-        let Some(spec) = self.s.groups.get(&s.group).cloned() else { return };
-        let node = Arc::new(Node { name: name.clone(), group: s.group.clone(), instance_id: s.instance_id.clone(), addr: s.private_ip.clone(), spec: spec.clone(), gone: Mutex::new(None) });
+        let Some(spec) = self.s.groups.get(&s.group).cloned() else {
+            return;
+        };
+        let node = Arc::new(Node {
+            name: name.clone(),
+            group: s.group.clone(),
+            instance_id: s.instance_id.clone(),
+            addr: s.private_ip.clone(),
+            spec: spec.clone(),
+            gone: Mutex::new(None),
+        });
         let idx = {
-            let Ok(mut nodes) = self.nodes.write() else { return };
+            let Ok(mut nodes) = self.nodes.write() else {
+                return;
+            };
             nodes.push(node);
             nodes.len() - 1
         };
-        let _ = self.changes_tx.send(NodeChange::Added { node: idx, name, group: s.group, slots: spec.slots });
+        let _ = self.changes_tx.send(NodeChange::Added {
+            node: idx,
+            name,
+            group: s.group,
+            slots: spec.slots,
+        });
     }
 
-    fn env_for(&self, req: &AttemptRequest, rank: usize, nodes: &[Arc<Node>], dest: &str) -> Vec<(String, String)> {
+    fn env_for(
+        &self,
+        req: &AttemptRequest,
+        rank: usize,
+        nodes: &[Arc<Node>],
+        dest: &str,
+    ) -> Vec<(String, String)> {
         let t = &req.task;
         let seat = &req.seats[rank];
         let node = &nodes[rank];
@@ -314,27 +391,57 @@ impl AwsExecutor {
         let spec = &node.spec;
         if spec.gpus > 0 {
             let (g, s) = (spec.gpus, spec.slots.max(1));
-            let devices: Vec<u32> = if s <= g { let per = g / s; (seat.slot * per..(seat.slot + 1) * per).collect() } else { vec![seat.slot * g / s] };
-            env.push(("CUDA_VISIBLE_DEVICES".into(), devices.iter().map(u32::to_string).collect::<Vec<_>>().join(",")));
+            let devices: Vec<u32> = if s <= g {
+                let per = g / s;
+                (seat.slot * per..(seat.slot + 1) * per).collect()
+            } else {
+                vec![seat.slot * g / s]
+            };
+            env.push((
+                "CUDA_VISIBLE_DEVICES".into(),
+                devices
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ));
         }
         let per = (spec.vcpus / spec.slots.max(1)).max(1);
         let first = seat.slot * per;
-        env.push(("INFRA_CORES".into(), format!("{}-{}", first, first + per - 1)));
-        env.push(("INFRA_N_WORKERS".into(), spec.workers_per_slot.unwrap_or(per).to_string()));
+        env.push((
+            "INFRA_CORES".into(),
+            format!("{}-{}", first, first + per - 1),
+        ));
+        env.push((
+            "INFRA_N_WORKERS".into(),
+            spec.workers_per_slot.unwrap_or(per).to_string(),
+        ));
         for (k, v) in &t.env {
             env.push((k.clone(), v.clone()));
         }
         env
     }
 
-    async fn send(&self, node: &Arc<Node>, script: String, timeout: u64, comment: String) -> Result<String, StepEnd> {
+    async fn send(
+        &self,
+        node: &Arc<Node>,
+        script: String,
+        timeout: u64,
+        comment: String,
+    ) -> Result<String, StepEnd> {
         if let Some(r) = node.gone() {
             return Err(StepEnd::Lost(r));
         }
         self.stats.send_command.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{}/_ssm", self.s.name_key);
         let ids = [node.instance_id.clone()];
-        let send = ssm::SendSpec { instances: &ids, script, execution_timeout: timeout, comment, output: Some((&self.s.bucket, &prefix)) };
+        let send = ssm::SendSpec {
+            instances: &ids,
+            script,
+            execution_timeout: timeout,
+            comment,
+            output: Some((&self.s.bucket, &prefix)),
+        };
         match ssm::send(&self.s.clients, &send).await {
             Ok(id) => Ok(id),
             Err(ssm::SendError::NotReachable(m)) => {
@@ -357,7 +464,11 @@ impl AwsExecutor {
     }
 
     fn index_of(&self, node: &Arc<Node>) -> Option<usize> {
-        self.nodes.read().ok()?.iter().position(|n| Arc::ptr_eq(n, node))
+        self.nodes
+            .read()
+            .ok()?
+            .iter()
+            .position(|n| Arc::ptr_eq(n, node))
     }
 
     async fn cancel_flight(&self, f: &mut Flight) {
@@ -370,7 +481,13 @@ impl AwsExecutor {
     /// Ask the wrappers of `flights` to stop (they stop their step's process
     /// group, upload what they have and exit), wait up to `grace` for them,
     /// then CancelCommand what is still running.
-    async fn stop_flights(&self, req: &AttemptRequest, nodes: &[Arc<Node>], flights: &mut [&mut Flight], grace: Duration) {
+    async fn stop_flights(
+        &self,
+        req: &AttemptRequest,
+        nodes: &[Arc<Node>],
+        flights: &mut [&mut Flight],
+        grace: Duration,
+    ) {
         let mut per_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for f in flights.iter() {
             if f.rx.is_some() {
@@ -381,7 +498,10 @@ impl AwsExecutor {
             let mut args = vec![req.task.id.clone(), req.attempt.to_string()];
             args.extend(keys.iter().cloned());
             let script = script::command(&self.s.bundle, &[], "stop", &args);
-            let comment = format!("infra {} {} a{} stop", self.s.name_key, req.task.id, req.attempt);
+            let comment = format!(
+                "infra {} {} a{} stop",
+                self.s.name_key, req.task.id, req.attempt
+            );
             // nobody waits for the stop command itself
             let _ = self.send(&nodes[*rank], script, 60, comment).await;
         }
@@ -405,18 +525,39 @@ impl AwsExecutor {
             End::Success => StepEnd::Ok,
             End::Failed(script::EXIT_INTERRUPTED) => {
                 self.lose(f.node, "spot interruption notice");
-                StepEnd::Lost(format!("spot interruption notice on the node while step \"{name}\" ran"))
+                StepEnd::Lost(format!(
+                    "spot interruption notice on the node while step \"{name}\" ran"
+                ))
             }
-            End::Failed(script::EXIT_TIMEOUT) => StepEnd::Fail(format!("step \"{name}\" timed out after {} s", step.timeout_seconds.unwrap_or(0))),
-            End::Failed(script::EXIT_UPLOAD) => StepEnd::Fail(format!("step \"{name}\" could not upload its results to S3: {}", tail(&e.output))),
-            End::Failed(script::EXIT_BUNDLE) => StepEnd::Fail(format!("the node could not fetch the task bundle for step \"{name}\": {}", tail(&e.output))),
-            End::Failed(code) if code >= 0 => StepEnd::Fail(format!("step \"{name}\" exited with code {code}")),
+            End::Failed(script::EXIT_TIMEOUT) => StepEnd::Fail(format!(
+                "step \"{name}\" timed out after {} s",
+                step.timeout_seconds.unwrap_or(0)
+            )),
+            End::Failed(script::EXIT_UPLOAD) => StepEnd::Fail(format!(
+                "step \"{name}\" could not upload its results to S3: {}",
+                tail(&e.output)
+            )),
+            End::Failed(script::EXIT_BUNDLE) => StepEnd::Fail(format!(
+                "the node could not fetch the task bundle for step \"{name}\": {}",
+                tail(&e.output)
+            )),
+            End::Failed(code) if code >= 0 => {
+                StepEnd::Fail(format!("step \"{name}\" exited with code {code}"))
+            }
             End::NodeGone(r) => StepEnd::Lost(r),
-            End::Failed(_) | End::Undeliverable | End::NotFound => match self.confirm_gone(f.node).await {
-                Some(r) => StepEnd::Lost(r),
-                None => StepEnd::Fail(format!("step \"{name}\" ended without an exit code ({}): {}", e.details, tail(&e.output))),
-            },
-            End::TimedOut => StepEnd::Fail(format!("step \"{name}\" timed out (SSM executionTimeout)")),
+            End::Failed(_) | End::Undeliverable | End::NotFound => {
+                match self.confirm_gone(f.node).await {
+                    Some(r) => StepEnd::Lost(r),
+                    None => StepEnd::Fail(format!(
+                        "step \"{name}\" ended without an exit code ({}): {}",
+                        e.details,
+                        tail(&e.output)
+                    )),
+                }
+            }
+            End::TimedOut => {
+                StepEnd::Fail(format!("step \"{name}\" timed out (SSM executionTimeout)"))
+            }
             End::Cancelled => StepEnd::Fail(format!("step \"{name}\" was cancelled outside infra")),
         }
     }
@@ -430,20 +571,35 @@ impl AwsExecutor {
             match self.node(seat.node) {
                 Some(n) => {
                     if let Some(r) = n.gone() {
-                        return Outcome::Lost { reason: format!("node {} is gone: {r}", n.name) };
+                        return Outcome::Lost {
+                            reason: format!("node {} is gone: {r}", n.name),
+                        };
                     }
                     nodes.push(n);
                     node_idx.push(seat.node);
                 }
-                None => return Outcome::Lost { reason: format!("node #{} is unknown", seat.node) },
+                None => {
+                    return Outcome::Lost {
+                        reason: format!("node #{} is unknown", seat.node),
+                    }
+                }
             }
         }
         if let Err(e) = std::fs::create_dir_all(&req.staging) {
-            return Outcome::Failed { error: format!("cannot create {}: {e}", req.staging.display()), measured: Measured { exit_code: None, wall_seconds: 0.0, peak_rss_kb: 0 } };
+            return Outcome::Failed {
+                error: format!("cannot create {}: {e}", req.staging.display()),
+                measured: Measured {
+                    exit_code: None,
+                    wall_seconds: 0.0,
+                    peak_rss_kb: 0,
+                },
+            };
         }
         let prefix = format!("{}/{}/attempt-{}", self.s.name_key, t.id, req.attempt);
         let dest = format!("s3://{}/{prefix}", self.s.bucket);
-        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len()).map(|r| self.env_for(&req, r, &nodes, &dest)).collect();
+        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len())
+            .map(|r| self.env_for(&req, r, &nodes, &dest))
+            .collect();
         let mut bgs: Vec<Flight> = Vec::new();
         let mut keys: Vec<(String, String, usize)> = Vec::new(); // (key, step name, rank)
         let mut outcome: Option<StepEnd> = None;
@@ -456,7 +612,11 @@ impl AwsExecutor {
             env.push(("INFRA_STEP".into(), step.name.clone()));
             let tries = step.retries + 1;
             for try_no in 1..=tries {
-                let key = if try_no == 1 { k.to_string() } else { format!("{k}-{try_no}") };
+                let key = if try_no == 1 {
+                    k.to_string()
+                } else {
+                    format!("{k}-{try_no}")
+                };
                 let args = script::step_args(&StepArgs {
                     task: &t.id,
                     attempt: req.attempt,
@@ -464,7 +624,11 @@ impl AwsExecutor {
                     name: &step.name,
                     rank: step.node,
                     dest: &dest,
-                    timeout_seconds: if step.background { None } else { step.timeout_seconds },
+                    timeout_seconds: if step.background {
+                        None
+                    } else {
+                        step.timeout_seconds
+                    },
                     background: step.background,
                     outputs: &t.outputs,
                     command: &step.command,
@@ -473,8 +637,19 @@ impl AwsExecutor {
                     (false, Some(s)) => s + 300,
                     _ => ssm::MAX_EXECUTION_SECONDS,
                 };
-                let comment = format!("infra {} {} a{} {}", self.s.name_key, t.id, req.attempt, step.name);
-                let cmd = match self.send(&node, script::command(&self.s.bundle, &env, "step", &args), exec_timeout, comment).await {
+                let comment = format!(
+                    "infra {} {} a{} {}",
+                    self.s.name_key, t.id, req.attempt, step.name
+                );
+                let cmd = match self
+                    .send(
+                        &node,
+                        script::command(&self.s.bundle, &env, "step", &args),
+                        exec_timeout,
+                        comment,
+                    )
+                    .await
+                {
                     Ok(c) => c,
                     Err(e) => {
                         outcome = Some(e);
@@ -483,15 +658,34 @@ impl AwsExecutor {
                 };
                 keys.push((key.clone(), step.name.clone(), rank));
                 let rx = self.poller.watch(&cmd, &node.instance_id);
-                let mut flight = Flight { cmd, instance: node.instance_id.clone(), rx: Some(rx), key: key.clone(), rank, node: node_idx[rank] };
+                let mut flight = Flight {
+                    cmd,
+                    instance: node.instance_id.clone(),
+                    rx: Some(rx),
+                    key: key.clone(),
+                    rank,
+                    node: node_idx[rank],
+                };
                 if step.background {
-                    match self.wait_healthy(&req, &mut req.stop.clone(), step, &key, &env, &node, &mut flight).await {
+                    match self
+                        .wait_healthy(
+                            &req,
+                            &mut req.stop.clone(),
+                            step,
+                            &key,
+                            &env,
+                            &node,
+                            &mut flight,
+                        )
+                        .await
+                    {
                         StepEnd::Ok => {
                             bgs.push(flight);
                             continue 'steps;
                         }
                         StepEnd::Fail(_) if try_no < tries => {
-                            self.stop_flights(&req, &nodes, &mut [&mut flight], STOP_GRACE).await;
+                            self.stop_flights(&req, &nodes, &mut [&mut flight], STOP_GRACE)
+                                .await;
                             continue;
                         }
                         other => {
@@ -530,7 +724,11 @@ impl AwsExecutor {
         // stop the background steps (they upload their logs); on Ctrl-C also
         // the running step, with less patience before CancelCommand
         if !bgs.is_empty() {
-            let grace = if matches!(outcome, Some(StepEnd::Stopped)) { CANCEL_GRACE } else { STOP_GRACE };
+            let grace = if matches!(outcome, Some(StepEnd::Stopped)) {
+                CANCEL_GRACE
+            } else {
+                STOP_GRACE
+            };
             let mut refs: Vec<&mut Flight> = bgs.iter_mut().collect();
             self.stop_flights(&req, &nodes, &mut refs, grace).await;
         }
@@ -538,7 +736,10 @@ impl AwsExecutor {
         if let Some(StepEnd::Fail(_)) = &outcome {
             for (r, i) in node_idx.iter().enumerate() {
                 if let Some(reason) = self.node(*i).and_then(|n| n.gone()) {
-                    outcome = Some(StepEnd::Lost(format!("node {} went away: {reason}", nodes[r].name)));
+                    outcome = Some(StepEnd::Lost(format!(
+                        "node {} went away: {reason}",
+                        nodes[r].name
+                    )));
                     break;
                 }
             }
@@ -549,34 +750,89 @@ impl AwsExecutor {
             _ => {}
         }
         let collected = self.collect(&req.staging, &prefix, &keys, &nodes).await;
-        let measured = |peak: u64, code: Option<i32>| Measured { exit_code: code, wall_seconds: started.elapsed().as_secs_f64(), peak_rss_kb: peak };
+        let measured = |peak: u64, code: Option<i32>| Measured {
+            exit_code: code,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            peak_rss_kb: peak,
+        };
         let (peak, last_code) = match collected {
             Ok(x) => x,
-            Err(e) => return Outcome::Failed { error: format!("cannot collect the results from s3://{}/{prefix}: {e}", self.s.bucket), measured: measured(0, None) },
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!(
+                        "cannot collect the results from s3://{}/{prefix}: {e}",
+                        self.s.bucket
+                    ),
+                    measured: measured(0, None),
+                }
+            }
         };
         if let Some(StepEnd::Fail(error)) = outcome {
-            return Outcome::Failed { error, measured: measured(peak, last_code) };
+            return Outcome::Failed {
+                error,
+                measured: measured(peak, last_code),
+            };
         }
         for o in &t.outputs {
             if !req.staging.join(o).exists() {
-                return Outcome::Failed { error: format!("declared output \"{o}\" was not produced"), measured: measured(peak, last_code) };
+                return Outcome::Failed {
+                    error: format!("declared output \"{o}\" was not produced"),
+                    measured: measured(peak, last_code),
+                };
             }
         }
         Outcome::Succeeded(measured(peak, last_code.or(Some(0))))
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn wait_healthy(&self, req: &AttemptRequest, stop: &mut watch::Receiver<bool>, step: &Step, key: &str, env: &[(String, String)], node: &Arc<Node>, bg: &mut Flight) -> StepEnd {
-        let Some(h) = &step.health else { return StepEnd::Ok };
+    async fn wait_healthy(
+        &self,
+        req: &AttemptRequest,
+        stop: &mut watch::Receiver<bool>,
+        step: &Step,
+        key: &str,
+        env: &[(String, String)],
+        node: &Arc<Node>,
+        bg: &mut Flight,
+    ) -> StepEnd {
+        let Some(h) = &step.health else {
+            return StepEnd::Ok;
+        };
         let url = h.http.as_ref().map(|u| expand_vars(u, env));
-        let args = script::health_args(&req.task.id, req.attempt, key, h.timeout_seconds, h.interval_seconds, url.as_deref(), h.command.as_deref());
-        let comment = format!("infra {} {} a{} health {}", self.s.name_key, req.task.id, req.attempt, step.name);
-        let cmd = match self.send(node, script::command(&self.s.bundle, env, "health", &args), h.timeout_seconds + 300, comment).await {
+        let args = script::health_args(
+            &req.task.id,
+            req.attempt,
+            key,
+            h.timeout_seconds,
+            h.interval_seconds,
+            url.as_deref(),
+            h.command.as_deref(),
+        );
+        let comment = format!(
+            "infra {} {} a{} health {}",
+            self.s.name_key, req.task.id, req.attempt, step.name
+        );
+        let cmd = match self
+            .send(
+                node,
+                script::command(&self.s.bundle, env, "health", &args),
+                h.timeout_seconds + 300,
+                comment,
+            )
+            .await
+        {
             Ok(c) => c,
             Err(e) => return e,
         };
         let rx = self.poller.watch(&cmd, &node.instance_id);
-        let mut health = Flight { cmd, instance: node.instance_id.clone(), rx: Some(rx), key: key.to_string(), rank: bg.rank, node: bg.node };
+        let mut health = Flight {
+            cmd,
+            instance: node.instance_id.clone(),
+            rx: Some(rx),
+            key: key.to_string(),
+            rank: bg.rank,
+            node: bg.node,
+        };
         let what = url.clone().or(h.command.clone()).unwrap_or_default();
         let res = tokio::select! {
             r = health.rx.as_mut().expect("set") => {
@@ -619,20 +875,41 @@ impl AwsExecutor {
     /// Download the attempt's prefix and lay it out like the local
     /// provider: stdout.log and stderr.log (steps in order, with headers),
     /// the outputs at the top. Returns the peak RSS and the last exit code.
-    async fn collect(&self, staging: &Path, prefix: &str, keys: &[(String, String, usize)], nodes: &[Arc<Node>]) -> Result<(u64, Option<i32>), String> {
+    async fn collect(
+        &self,
+        staging: &Path,
+        prefix: &str,
+        keys: &[(String, String, usize)],
+        nodes: &[Arc<Node>],
+    ) -> Result<(u64, Option<i32>), String> {
         let tmp = staging.join(".s3");
         let _ = std::fs::remove_dir_all(&tmp);
         self.stats.s3_list.fetch_add(1, Ordering::Relaxed);
-        let files = super::s3::download_prefix(&self.s.clients, &self.s.bucket, &format!("{prefix}/"), &tmp).await.map_err(|e| e.to_string())?;
-        self.stats.s3_get.fetch_add(files.len() as u64, Ordering::Relaxed);
+        let files = super::s3::download_prefix(
+            &self.s.clients,
+            &self.s.bucket,
+            &format!("{prefix}/"),
+            &tmp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.stats
+            .s3_get
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         let mut out = String::new();
         let mut err = String::new();
         let mut peak = 0u64;
         let mut last = None;
         for (key, name, rank) in keys {
             let dir = tmp.join("steps").join(key);
-            let try_note = key.split_once('-').map(|(_, t)| format!(", try {t}")).unwrap_or_default();
-            out.push_str(&format!("== infra: step {name} on {} (rank {rank}){try_note} ==\n", nodes[*rank].name));
+            let try_note = key
+                .split_once('-')
+                .map(|(_, t)| format!(", try {t}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "== infra: step {name} on {} (rank {rank}){try_note} ==\n",
+                nodes[*rank].name
+            ));
             let o = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
             out.push_str(&o);
             if !o.is_empty() && !o.ends_with('\n') {
@@ -686,7 +963,10 @@ async fn watch_nodes(weak: Weak<AwsExecutor>, every: Duration) {
 
 impl Executor for AwsExecutor {
     fn node_names(&self) -> Vec<(String, String, u32)> {
-        self.nodes().iter().map(|n| (n.name.clone(), n.group.clone(), n.spec.slots)).collect()
+        self.nodes()
+            .iter()
+            .map(|n| (n.name.clone(), n.group.clone(), n.spec.slots))
+            .collect()
     }
 
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
@@ -709,7 +989,15 @@ impl Executor for AwsExecutor {
 /// Run the plan's setup on nodes `(name, instance id, private ip)` (the
 /// wrapper skips nodes where this setup already ran); one SendCommand per
 /// node, since each gets its own environment.
-pub async fn setup_nodes(c: &Clients, poller: &Poller, bundle: &BundleRef, bucket: &str, name_key: &str, hash: &str, nodes: &[(String, String, String)]) -> Result<(), String> {
+pub async fn setup_nodes(
+    c: &Clients,
+    poller: &Poller,
+    bundle: &BundleRef,
+    bucket: &str,
+    name_key: &str,
+    hash: &str,
+    nodes: &[(String, String, String)],
+) -> Result<(), String> {
     let dest = format!("s3://{bucket}/{name_key}/_setup");
     let prefix = format!("{name_key}/_ssm");
     let mut waits = Vec::new();
@@ -722,16 +1010,28 @@ pub async fn setup_nodes(c: &Clients, poller: &Poller, bundle: &BundleRef, bucke
         ];
         let script = script::command(bundle, &env, "setup", &[hash.to_string(), dest.clone()]);
         let ids = [iid.clone()];
-        let send = ssm::SendSpec { instances: &ids, script, execution_timeout: ssm::MAX_EXECUTION_SECONDS, comment: format!("infra {name_key} setup {name}"), output: Some((bucket, &prefix)) };
-        let cmd = ssm::send(c, &send).await.map_err(|e| format!("cannot start setup on node {name}: {e}"))?;
+        let send = ssm::SendSpec {
+            instances: &ids,
+            script,
+            execution_timeout: ssm::MAX_EXECUTION_SECONDS,
+            comment: format!("infra {name_key} setup {name}"),
+            output: Some((bucket, &prefix)),
+        };
+        let cmd = ssm::send(c, &send)
+            .await
+            .map_err(|e| format!("cannot start setup on node {name}: {e}"))?;
         waits.push((name.clone(), iid.clone(), poller.watch(&cmd, iid)));
     }
     let mut errors = Vec::new();
     for (name, iid, rx) in waits {
         match rx.await.map(|e| e.end) {
             Ok(End::Success) => {}
-            Ok(End::Failed(code)) => errors.push(format!("setup failed on node {name} ({iid}) with exit code {code} (log: {dest}/{iid}.log)")),
-            Ok(other) => errors.push(format!("setup did not finish on node {name} ({iid}): {other:?}")),
+            Ok(End::Failed(code)) => errors.push(format!(
+                "setup failed on node {name} ({iid}) with exit code {code} (log: {dest}/{iid}.log)"
+            )),
+            Ok(other) => errors.push(format!(
+                "setup did not finish on node {name} ({iid}): {other:?}"
+            )),
             Err(_) => errors.push(format!("setup on node {name} was lost")),
         }
     }
@@ -744,16 +1044,37 @@ pub async fn setup_nodes(c: &Clients, poller: &Poller, bundle: &BundleRef, bucke
 
 /// Stop every step a dead `infra run` left on the nodes (one SendCommand
 /// for up to 50 nodes) and wait for it.
-pub async fn reap(c: &Clients, poller: &Poller, bundle: &BundleRef, bucket: &str, name_key: &str, instance_ids: &[String]) -> usize {
+pub async fn reap(
+    c: &Clients,
+    poller: &Poller,
+    bundle: &BundleRef,
+    bucket: &str,
+    name_key: &str,
+    instance_ids: &[String],
+) -> usize {
     let prefix = format!("{name_key}/_ssm");
     let mut stopped = 0;
     for chunk in instance_ids.chunks(50) {
         let script = script::command(bundle, &[], "reap", &[]);
-        let send = ssm::SendSpec { instances: chunk, script, execution_timeout: 120, comment: format!("infra {name_key} reap"), output: Some((bucket, &prefix)) };
-        let Ok(cmd) = ssm::send(c, &send).await else { continue };
+        let send = ssm::SendSpec {
+            instances: chunk,
+            script,
+            execution_timeout: 120,
+            comment: format!("infra {name_key} reap"),
+            output: Some((bucket, &prefix)),
+        };
+        let Ok(cmd) = ssm::send(c, &send).await else {
+            continue;
+        };
         for iid in chunk {
             if let Ok(e) = poller.watch(&cmd, iid).await {
-                if let Some(n) = e.output.split("stopped ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse::<usize>().ok()) {
+                if let Some(n) = e
+                    .output
+                    .split("stopped ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
                     stopped += n;
                 }
             }

@@ -27,11 +27,15 @@ pub struct RefreshReport {
 }
 
 fn sdk_err(what: &str, e: impl std::fmt::Display) -> AwsError {
-    AwsError::Api { action: format!("call {what}"), message: e.to_string() }
+    AwsError::Api {
+        action: format!("call {what}"),
+        message: e.to_string(),
+    }
 }
 
 async fn config(settings: &AwsSettings, region: &str) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
     if let Some(p) = &settings.profile {
         loader = loader.profile_name(p);
     }
@@ -47,7 +51,12 @@ pub fn on_demand_price(entry: &str) -> Option<f64> {
     let terms = v.get("terms")?.get("OnDemand")?.as_object()?;
     for offer in terms.values() {
         for dim in offer.get("priceDimensions")?.as_object()?.values() {
-            let usd: f64 = dim.get("pricePerUnit")?.get("USD")?.as_str()?.parse().ok()?;
+            let usd: f64 = dim
+                .get("pricePerUnit")?
+                .get("USD")?
+                .as_str()?
+                .parse()
+                .ok()?;
             if usd > 0.0 {
                 return Some(usd);
             }
@@ -59,14 +68,26 @@ pub fn on_demand_price(entry: &str) -> Option<f64> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
-pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> Result<(Catalog, RefreshReport), AwsError> {
+pub async fn refresh(
+    settings: &AwsSettings,
+    mut cat: Catalog,
+    region: &str,
+) -> Result<(Catalog, RefreshReport), AwsError> {
     let names: Vec<String> = cat.names().map(str::to_string).collect();
     let pricing = aws_sdk_pricing::Client::new(&config(settings, PRICING_REGION).await);
     let ec2 = aws_sdk_ec2::Client::new(&config(settings, region).await);
-    let mut report = RefreshReport { region: region.into(), types: names.len(), ..Default::default() };
+    let mut report = RefreshReport {
+        region: region.into(),
+        types: names.len(),
+        ..Default::default()
+    };
 
     // hardware, in batches (a filter ignores types the region lacks)
     for chunk in names.chunks(50) {
@@ -74,14 +95,28 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
         loop {
             let out = ec2
                 .describe_instance_types()
-                .filters(Ec2Filter::builder().name("instance-type").set_values(Some(chunk.to_vec())).build())
+                .filters(
+                    Ec2Filter::builder()
+                        .name("instance-type")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
                 .set_next_token(token.clone())
                 .send()
                 .await
-                .map_err(|e| sdk_err("DescribeInstanceTypes", aws_smithy_types::error::display::DisplayErrorContext(&e)))?;
+                .map_err(|e| {
+                    sdk_err(
+                        "DescribeInstanceTypes",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e),
+                    )
+                })?;
             for it in out.instance_types() {
-                let Some(name) = it.instance_type().map(|t| t.as_str().to_string()) else { continue };
-                let Some(entry) = cat.instance_types.get_mut(&name) else { continue };
+                let Some(name) = it.instance_type().map(|t| t.as_str().to_string()) else {
+                    continue;
+                };
+                let Some(entry) = cat.instance_types.get_mut(&name) else {
+                    continue;
+                };
                 if let Some(v) = it.v_cpu_info().and_then(|c| c.default_v_cpus()) {
                     entry.vcpus = v.max(0) as u32;
                 }
@@ -89,7 +124,12 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
                     entry.memory_gib = (m as f64 / 1024.0 * 100.0).round() / 100.0;
                 }
                 if let Some(g) = it.gpu_info() {
-                    entry.gpus = g.gpus().iter().filter_map(|d| d.count()).sum::<i32>().max(0) as u32;
+                    entry.gpus = g
+                        .gpus()
+                        .iter()
+                        .filter_map(|d| d.count())
+                        .sum::<i32>()
+                        .max(0) as u32;
                 }
                 if let Some(n) = it.network_info() {
                     if let Some(e) = n.efa_supported() {
@@ -126,12 +166,27 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
         let mut on_demand = None;
         let mut token = None;
         loop {
-            let mut req = pricing.get_products().service_code("AmazonEC2").format_version("aws_v1").max_results(100).set_next_token(token.clone());
+            let mut req = pricing
+                .get_products()
+                .service_code("AmazonEC2")
+                .format_version("aws_v1")
+                .max_results(100)
+                .set_next_token(token.clone());
             for (f, v) in filters {
-                let filter = Filter::builder().r#type(FilterType::TermMatch).field(f).value(v).build().map_err(|e| sdk_err("GetProducts", e))?;
+                let filter = Filter::builder()
+                    .r#type(FilterType::TermMatch)
+                    .field(f)
+                    .value(v)
+                    .build()
+                    .map_err(|e| sdk_err("GetProducts", e))?;
                 req = req.filters(filter);
             }
-            let out = req.send().await.map_err(|e| sdk_err("GetProducts", aws_smithy_types::error::display::DisplayErrorContext(&e)))?;
+            let out = req.send().await.map_err(|e| {
+                sdk_err(
+                    "GetProducts",
+                    aws_smithy_types::error::display::DisplayErrorContext(&e),
+                )
+            })?;
             for entry in out.price_list() {
                 if on_demand.is_none() {
                     on_demand = on_demand_price(entry);
@@ -154,14 +209,25 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
                 .set_next_token(token.clone())
                 .send()
                 .await
-                .map_err(|e| sdk_err("DescribeSpotPriceHistory", aws_smithy_types::error::display::DisplayErrorContext(&e)))?;
+                .map_err(|e| {
+                    sdk_err(
+                        "DescribeSpotPriceHistory",
+                        aws_smithy_types::error::display::DisplayErrorContext(&e),
+                    )
+                })?;
             for sp in out.spot_price_history() {
-                if let (Some(az), Some(p)) = (sp.availability_zone(), sp.spot_price().and_then(|p| p.parse::<f64>().ok())) {
+                if let (Some(az), Some(p)) = (
+                    sp.availability_zone(),
+                    sp.spot_price().and_then(|p| p.parse::<f64>().ok()),
+                ) {
                     // the newest entry per AZ comes first
                     per_az.entry(az.to_string()).or_insert(p);
                 }
             }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
             if token.is_none() {
                 break;
             }
@@ -172,7 +238,12 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
             let mut v: Vec<f64> = per_az.values().copied().collect();
             let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let max = v.iter().cloned().fold(0.0, f64::max);
-            Some(SpotStats { median: median(&mut v), min, max, zones: v.len() as u32 })
+            Some(SpotStats {
+                median: median(&mut v),
+                min,
+                max,
+                zones: v.len() as u32,
+            })
         };
         if on_demand.is_some() {
             report.on_demand += 1;
@@ -185,7 +256,14 @@ pub async fn refresh(settings: &AwsSettings, mut cat: Catalog, region: &str) -> 
             continue;
         }
         if let Some(entry) = cat.instance_types.get_mut(name) {
-            entry.prices.insert(region.to_string(), RegionPrices { on_demand, spot, note: None });
+            entry.prices.insert(
+                region.to_string(),
+                RegionPrices {
+                    on_demand,
+                    spot,
+                    note: None,
+                },
+            );
         }
     }
     cat.date = chrono::Utc::now().format("%Y-%m-%d").to_string();

@@ -13,16 +13,30 @@ use super::error::{api, code, AwsError};
 use super::script::BundleRef;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The bucket a base stack of `prefix` made in `region` earlier, if it is
 /// still there (it is retained when the base stack goes).
-pub async fn find_bucket(c: &Clients, prefix: &str, region: &str) -> Result<Option<String>, AwsError> {
-    let out = c.s3.list_buckets().send().await.map_err(api("list the S3 buckets"))?;
+pub async fn find_bucket(
+    c: &Clients,
+    prefix: &str,
+    region: &str,
+) -> Result<Option<String>, AwsError> {
+    let out =
+        c.s3.list_buckets()
+            .send()
+            .await
+            .map_err(api("list the S3 buckets"))?;
     let suffix = format!("-{region}");
     Ok(out.buckets().iter().filter_map(|b| b.name()).find_map(|n| {
-        let middle = n.strip_prefix(prefix)?.strip_prefix('-')?.strip_suffix(&suffix)?;
+        let middle = n
+            .strip_prefix(prefix)?
+            .strip_prefix('-')?
+            .strip_suffix(&suffix)?;
         (middle.len() == 12 && middle.chars().all(|c| c.is_ascii_digit())).then(|| n.to_string())
     }))
 }
@@ -41,7 +55,10 @@ pub async fn put(c: &Clients, bucket: &str, key: &str, bytes: Vec<u8>) -> Result
 pub async fn get(c: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, AwsError> {
     match c.s3.get_object().bucket(bucket).key(key).send().await {
         Ok(o) => {
-            let data = o.body.collect().await.map_err(|e| AwsError::Api { action: format!("download s3://{bucket}/{key}"), message: e.to_string() })?;
+            let data = o.body.collect().await.map_err(|e| AwsError::Api {
+                action: format!("download s3://{bucket}/{key}"),
+                message: e.to_string(),
+            })?;
             Ok(Some(data.into_bytes().to_vec()))
         }
         Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -54,15 +71,14 @@ pub async fn list(c: &Clients, bucket: &str, prefix: &str) -> Result<Vec<(String
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page = c
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .map_err(api(format!("list s3://{bucket}/{prefix}")))?;
+        let page =
+            c.s3.list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(api(format!("list s3://{bucket}/{prefix}")))?;
         for o in page.contents() {
             if let Some(k) = o.key() {
                 out.push((k.to_string(), o.size().unwrap_or(0)));
@@ -85,12 +101,19 @@ fn safe_rel(rel: &str) -> Option<&Path> {
 
 /// Download everything under `prefix` into `dir` (keys relative to the
 /// prefix); returns the relative paths written.
-pub async fn download_prefix(c: &Clients, bucket: &str, prefix: &str, dir: &Path) -> Result<Vec<String>, AwsError> {
+pub async fn download_prefix(
+    c: &Clients,
+    bucket: &str,
+    prefix: &str,
+    dir: &Path,
+) -> Result<Vec<String>, AwsError> {
     let mut written = Vec::new();
     for (key, _) in list(c, bucket, prefix).await? {
         let rel = key[prefix.len()..].trim_start_matches('/').to_string();
         let Some(relp) = safe_rel(&rel) else { continue };
-        let Some(bytes) = get(c, bucket, &key).await? else { continue };
+        let Some(bytes) = get(c, bucket, &key).await? else {
+            continue;
+        };
         let to = dir.join(relp);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(AwsError::io(parent))?;
@@ -105,9 +128,21 @@ pub async fn download_prefix(c: &Clients, bucket: &str, prefix: &str, dir: &Path
 pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
     let keys = list(c, bucket, prefix).await?;
     for chunk in keys.chunks(1000) {
-        let ids: Vec<ObjectIdentifier> = chunk.iter().filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok()).collect();
-        let del = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| AwsError::Failed(e.to_string()))?;
-        c.s3.delete_objects().bucket(bucket).delete(del).send().await.map_err(api(format!("delete objects under s3://{bucket}/{prefix}")))?;
+        let ids: Vec<ObjectIdentifier> = chunk
+            .iter()
+            .filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok())
+            .collect();
+        let del = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| AwsError::Failed(e.to_string()))?;
+        c.s3.delete_objects()
+            .bucket(bucket)
+            .delete(del)
+            .send()
+            .await
+            .map_err(api(format!("delete objects under s3://{bucket}/{prefix}")))?;
     }
     Ok(keys.len())
 }
@@ -132,12 +167,18 @@ pub fn collect_dir(dir: &Path, under: &str, out: &mut Files) -> std::io::Result<
             let p = e.path();
             let ft = e.file_type()?;
             if ft.is_dir() {
-                if e.file_name().to_string_lossy().starts_with('.') || e.file_name() == "__pycache__" {
+                if e.file_name().to_string_lossy().starts_with('.')
+                    || e.file_name() == "__pycache__"
+                {
                     continue;
                 }
                 walk(base, &p, under, out)?;
             } else if ft.is_file() {
-                let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.insert(format!("{under}/{rel}"), std::fs::read(&p)?);
             }
         }
@@ -161,10 +202,18 @@ pub struct Uploaded {
 /// Upload the bundle under `<phase>/_bundle/`, only the files whose content
 /// changed since the last upload (by the manifest `<phase>/_bundle.manifest`,
 /// content hashes); files gone from the bundle are deleted.
-pub async fn upload_bundle(c: &Clients, bucket: &str, phase: &str, files: &Files) -> Result<Uploaded, AwsError> {
+pub async fn upload_bundle(
+    c: &Clients,
+    bucket: &str,
+    phase: &str,
+    files: &Files,
+) -> Result<Uploaded, AwsError> {
     let prefix = format!("{phase}/_bundle");
     let manifest_key = format!("{phase}/_bundle.manifest");
-    let new: BTreeMap<String, String> = files.iter().map(|(k, v)| (k.clone(), sha256_hex(v))).collect();
+    let new: BTreeMap<String, String> = files
+        .iter()
+        .map(|(k, v)| (k.clone(), sha256_hex(v)))
+        .collect();
     let old: BTreeMap<String, String> = match get(c, bucket, &manifest_key).await? {
         Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
         None => BTreeMap::new(),
@@ -178,7 +227,12 @@ pub async fn upload_bundle(c: &Clients, bucket: &str, phase: &str, files: &Files
     }
     let mut deleted = 0;
     for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        c.s3.delete_object().bucket(bucket).key(format!("{prefix}/{k}")).send().await.map_err(api(format!("delete s3://{bucket}/{prefix}/{k}")))?;
+        c.s3.delete_object()
+            .bucket(bucket)
+            .key(format!("{prefix}/{k}"))
+            .send()
+            .await
+            .map_err(api(format!("delete s3://{bucket}/{prefix}/{k}")))?;
         deleted += 1;
     }
     let text = serde_json::to_vec_pretty(&new).unwrap_or_default();
@@ -186,7 +240,11 @@ pub async fn upload_bundle(c: &Clients, bucket: &str, phase: &str, files: &Files
         put(c, bucket, &manifest_key, text.clone()).await?;
     }
     Ok(Uploaded {
-        bundle: BundleRef { url: format!("s3://{bucket}/{prefix}"), hash: sha256_hex(&text)[..16].to_string(), region: c.settings.region.clone() },
+        bundle: BundleRef {
+            url: format!("s3://{bucket}/{prefix}"),
+            hash: sha256_hex(&text)[..16].to_string(),
+            region: c.settings.region.clone(),
+        },
         files: new.len(),
         uploaded,
         deleted,

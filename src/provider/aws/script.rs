@@ -30,14 +30,24 @@ pub struct BundleRef {
 
 fn is_name(k: &str) -> bool {
     let mut cs = k.chars();
-    cs.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    cs.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The whole script for one wrapper call.
-pub fn command(bundle: &BundleRef, env: &[(String, String)], mode: &str, args: &[String]) -> String {
+pub fn command(
+    bundle: &BundleRef,
+    env: &[(String, String)],
+    mode: &str,
+    args: &[String],
+) -> String {
     let mut s = String::new();
     s.push_str("R=\"${INFRA_NODE_ROOT:-${INFRA_SANDBOX_DIR:-/var/lib/infra}}\"\n");
-    s.push_str(&format!(": \"${{AWS_DEFAULT_REGION:={}}}\"\nexport AWS_DEFAULT_REGION\n", quote(&bundle.region)));
+    s.push_str(&format!(
+        ": \"${{AWS_DEFAULT_REGION:={}}}\"\nexport AWS_DEFAULT_REGION\n",
+        quote(&bundle.region)
+    ));
     let (url, hash) = (quote(&format!("{}/", bundle.url)), quote(&bundle.hash));
     s.push_str(&format!(
         "if [ \"$(cat \"$R/bundle.hash\" 2>/dev/null)\" != {hash} ]; then\n  \
@@ -91,7 +101,15 @@ pub fn step_args(a: &StepArgs) -> Vec<String> {
 }
 
 /// Arguments of `infra-node.sh health`.
-pub fn health_args(task: &str, attempt: u32, key: &str, timeout: u64, interval: f64, url: Option<&str>, command: Option<&str>) -> Vec<String> {
+pub fn health_args(
+    task: &str,
+    attempt: u32,
+    key: &str,
+    timeout: u64,
+    interval: f64,
+    url: Option<&str>,
+    command: Option<&str>,
+) -> Vec<String> {
     vec![
         task.to_string(),
         attempt.to_string(),
@@ -109,7 +127,11 @@ mod tests {
     use std::process::Command;
 
     fn bundle() -> BundleRef {
-        BundleRef { url: "s3://b/p/_bundle".into(), hash: "abc".into(), region: "us-east-1".into() }
+        BundleRef {
+            url: "s3://b/p/_bundle".into(),
+            hash: "abc".into(),
+            region: "us-east-1".into(),
+        }
     }
 
     #[test]
@@ -119,16 +141,47 @@ mod tests {
         std::fs::create_dir_all(root.join("bundle/infra")).unwrap();
         std::fs::write(root.join("bundle.hash"), "abc\n").unwrap();
         // a stand-in wrapper that prints its arguments and one variable
-        std::fs::write(root.join("bundle/infra/infra-node.sh"), "for a in \"$@\"; do printf '<%s>' \"$a\"; done; printf '|%s' \"$V\"").unwrap();
+        std::fs::write(
+            root.join("bundle/infra/infra-node.sh"),
+            "for a in \"$@\"; do printf '<%s>' \"$a\"; done; printf '|%s' \"$V\"",
+        )
+        .unwrap();
         let hostile = "it's $(id) `x` \"q\" \n two";
-        let script = command(&bundle(), &[("V".into(), hostile.into()), ("bad-name".into(), "x".into())], "step", &["a b".into(), hostile.into()]);
-        let out = Command::new("sh").arg("-c").arg(&script).env("INFRA_NODE_ROOT", root).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("<step><a b><{hostile}>|{hostile}"), "{}", String::from_utf8_lossy(&out.stderr));
+        let script = command(
+            &bundle(),
+            &[
+                ("V".into(), hostile.into()),
+                ("bad-name".into(), "x".into()),
+            ],
+            "step",
+            &["a b".into(), hostile.into()],
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("INFRA_NODE_ROOT", root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("<step><a b><{hostile}>|{hostile}"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
     fn the_wrapper_parses() {
-        let out = Command::new("sh").arg("-n").arg("-c").arg(WRAPPER).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(WRAPPER)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

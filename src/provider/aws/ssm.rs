@@ -41,16 +41,33 @@ pub async fn send(c: &Clients, s: &SendSpec<'_>) -> Result<String, SendError> {
         .document_name("AWS-RunShellScript")
         .set_instance_ids(Some(s.instances.to_vec()))
         .parameters("commands", vec![s.script.clone()])
-        .parameters("executionTimeout", vec![s.execution_timeout.clamp(1, MAX_EXECUTION_SECONDS).to_string()])
+        .parameters(
+            "executionTimeout",
+            vec![s
+                .execution_timeout
+                .clamp(1, MAX_EXECUTION_SECONDS)
+                .to_string()],
+        )
         .timeout_seconds(600)
         .comment(comment);
     if let Some((b, p)) = s.output {
         req = req.output_s3_bucket_name(b).output_s3_key_prefix(p);
     }
     match req.send().await {
-        Ok(out) => Ok(out.command().and_then(|c| c.command_id()).unwrap_or_default().to_string()),
-        Err(e) if e.as_service_error().is_some_and(|x| x.is_invalid_instance_id()) => Err(SendError::NotReachable(super::error::describe(&e))),
-        Err(e) => Err(SendError::Other(api("send a command with SSM Run Command")(e))),
+        Ok(out) => Ok(out
+            .command()
+            .and_then(|c| c.command_id())
+            .unwrap_or_default()
+            .to_string()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|x| x.is_invalid_instance_id()) =>
+        {
+            Err(SendError::NotReachable(super::error::describe(&e)))
+        }
+        Err(e) => Err(SendError::Other(
+            api("send a command with SSM Run Command")(e),
+        )),
     }
 }
 
@@ -125,7 +142,12 @@ pub struct Poller {
 
 impl Poller {
     pub fn start(c: Clients) -> Arc<Poller> {
-        let p = Arc::new(Poller { c, watched: Mutex::new(HashMap::new()), wake: Notify::new(), stats: PollStats::default() });
+        let p = Arc::new(Poller {
+            c,
+            watched: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stats: PollStats::default(),
+        });
         let weak = Arc::downgrade(&p);
         tokio::spawn(async move {
             loop {
@@ -150,7 +172,11 @@ impl Poller {
         if let Ok(mut w) = self.watched.lock() {
             w.entry(instance.to_string()).or_default().insert(
                 command_id.to_string(),
-                Watch { tx: Some(tx), since: Instant::now(), requested: chrono::Utc::now() },
+                Watch {
+                    tx: Some(tx),
+                    since: Instant::now(),
+                    requested: chrono::Utc::now(),
+                },
             );
         }
         self.wake.notify_one();
@@ -159,10 +185,18 @@ impl Poller {
 
     /// The node is gone: every invocation watched on it ends with `reason`.
     pub fn node_gone(&self, instance: &str, reason: &str) {
-        let gone = self.watched.lock().ok().and_then(|mut w| w.remove(instance));
+        let gone = self
+            .watched
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(instance));
         for (_, mut w) in gone.unwrap_or_default() {
             if let Some(tx) = w.tx.take() {
-                let _ = tx.send(Ended { end: End::NodeGone(reason.to_string()), details: String::new(), output: String::new() });
+                let _ = tx.send(Ended {
+                    end: End::NodeGone(reason.to_string()),
+                    details: String::new(),
+                    output: String::new(),
+                });
             }
         }
     }
@@ -197,17 +231,33 @@ impl Poller {
     /// One polling round: per node with watched commands, list its recent
     /// invocations (paging only until every watched one is seen).
     async fn round(&self) {
-        let snapshot: Vec<(String, Vec<String>, chrono::DateTime<chrono::Utc>)> = match self.watched.lock() {
-            Ok(w) => w
-                .iter()
-                .map(|(i, m)| (i.clone(), m.keys().cloned().collect(), m.values().map(|x| x.requested).min().unwrap_or_else(chrono::Utc::now)))
-                .collect(),
-            Err(_) => return,
-        };
+        let snapshot: Vec<(String, Vec<String>, chrono::DateTime<chrono::Utc>)> =
+            match self.watched.lock() {
+                Ok(w) => w
+                    .iter()
+                    .map(|(i, m)| {
+                        (
+                            i.clone(),
+                            m.keys().cloned().collect(),
+                            m.values()
+                                .map(|x| x.requested)
+                                .min()
+                                .unwrap_or_else(chrono::Utc::now),
+                        )
+                    })
+                    .collect(),
+                Err(_) => return,
+            };
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         for (instance, commands, oldest) in snapshot {
-            let after = (oldest - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let filter = CommandFilter::builder().key(CommandFilterKey::InvokedAfter).value(after).build().ok();
+            let after = (oldest - chrono::Duration::minutes(5))
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let filter = CommandFilter::builder()
+                .key(CommandFilterKey::InvokedAfter)
+                .value(after)
+                .build()
+                .ok();
             let mut missing: Vec<String> = commands.clone();
             let mut token: Option<String> = None;
             loop {
@@ -238,26 +288,50 @@ impl Poller {
                     if !missing.iter().any(|m| m == id) {
                         continue;
                     }
-                    self.stats.polled_invocations.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .polled_invocations
+                        .fetch_add(1, Ordering::Relaxed);
                     missing.retain(|m| m != id);
                     let plugin = inv.command_plugins().first();
                     let response = plugin.map(|p| p.response_code()).unwrap_or(-1);
                     let details = inv.status_details().unwrap_or_default().to_string();
-                    let output = plugin.and_then(|p| p.output()).unwrap_or_default().to_string();
+                    let output = plugin
+                        .and_then(|p| p.output())
+                        .unwrap_or_default()
+                        .to_string();
                     let end = match inv.status() {
                         Some(CommandInvocationStatus::Success) => Some(End::Success),
-                        Some(CommandInvocationStatus::Failed) if details == "Undeliverable" || details == "Terminated" => Some(End::Undeliverable),
+                        Some(CommandInvocationStatus::Failed)
+                            if details == "Undeliverable" || details == "Terminated" =>
+                        {
+                            Some(End::Undeliverable)
+                        }
                         Some(CommandInvocationStatus::Failed) => Some(End::Failed(response)),
-                        Some(CommandInvocationStatus::TimedOut) if details == "DeliveryTimedOut" => Some(End::Undeliverable),
+                        Some(CommandInvocationStatus::TimedOut)
+                            if details == "DeliveryTimedOut" =>
+                        {
+                            Some(End::Undeliverable)
+                        }
                         Some(CommandInvocationStatus::TimedOut) => Some(End::TimedOut),
                         Some(CommandInvocationStatus::Cancelled) => Some(End::Cancelled),
                         _ => None,
                     };
                     if let Some(end) = end {
-                        self.deliver(&instance, id, Ended { end, details, output });
+                        self.deliver(
+                            &instance,
+                            id,
+                            Ended {
+                                end,
+                                details,
+                                output,
+                            },
+                        );
                     }
                 }
-                token = page.next_token().map(str::to_string).filter(|t| !t.is_empty());
+                token = page
+                    .next_token()
+                    .map(str::to_string)
+                    .filter(|t| !t.is_empty());
                 if token.is_none() || missing.is_empty() {
                     break;
                 }
@@ -266,12 +340,27 @@ impl Poller {
             let stale: Vec<String> = match self.watched.lock() {
                 Ok(w) => w
                     .get(&instance)
-                    .map(|m| m.iter().filter(|(id, x)| missing.contains(id) && x.since.elapsed() > NOT_FOUND_GRACE).map(|(id, _)| id.clone()).collect())
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(id, x)| {
+                                missing.contains(id) && x.since.elapsed() > NOT_FOUND_GRACE
+                            })
+                            .map(|(id, _)| id.clone())
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
             for id in stale {
-                self.deliver(&instance, &id, Ended { end: End::NotFound, details: "not listed by SSM".into(), output: String::new() });
+                self.deliver(
+                    &instance,
+                    &id,
+                    Ended {
+                        end: End::NotFound,
+                        details: "not listed by SSM".into(),
+                        output: String::new(),
+                    },
+                );
             }
         }
     }

@@ -109,8 +109,15 @@ pub fn merge(nodes: &mut Vec<AwsNode>, seen: &[Seen]) -> Vec<usize> {
             None => n.state = "terminated".into(),
         }
     }
-    let mut fresh: Vec<&Seen> = seen.iter().filter(|s| !nodes.iter().any(|n| n.instance_id == s.instance_id)).collect();
-    fresh.sort_by(|a, b| a.launch_time.cmp(&b.launch_time).then(a.instance_id.cmp(&b.instance_id)));
+    let mut fresh: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| !nodes.iter().any(|n| n.instance_id == s.instance_id))
+        .collect();
+    fresh.sort_by(|a, b| {
+        a.launch_time
+            .cmp(&b.launch_time)
+            .then(a.instance_id.cmp(&b.instance_id))
+    });
     let mut added = Vec::new();
     for s in fresh {
         if !matches!(s.state.as_str(), "pending" | "running") {
@@ -119,7 +126,11 @@ pub fn merge(nodes: &mut Vec<AwsNode>, seen: &[Seen]) -> Vec<usize> {
         let next = nodes
             .iter()
             .filter(|n| n.group == s.group)
-            .filter_map(|n| n.name.rsplit_once('-').and_then(|(_, i)| i.parse::<usize>().ok()))
+            .filter_map(|n| {
+                n.name
+                    .rsplit_once('-')
+                    .and_then(|(_, i)| i.parse::<usize>().ok())
+            })
             .max()
             .map_or(0, |m| m + 1);
         nodes.push(AwsNode {
@@ -159,12 +170,33 @@ mod tests {
     #[test]
     fn names_are_stable_and_never_reused() {
         let mut nodes = Vec::new();
-        let added = merge(&mut nodes, &[seen("i-b", "cpu", "running", "2"), seen("i-a", "cpu", "running", "1"), seen("i-g", "gpu", "pending", "1")]);
+        let added = merge(
+            &mut nodes,
+            &[
+                seen("i-b", "cpu", "running", "2"),
+                seen("i-a", "cpu", "running", "1"),
+                seen("i-g", "gpu", "pending", "1"),
+            ],
+        );
         assert_eq!(added, vec![0, 1, 2]);
-        let names: Vec<(&str, &str)> = nodes.iter().map(|n| (n.name.as_str(), n.instance_id.as_str())).collect();
-        assert_eq!(names, [("cpu-0", "i-a"), ("gpu-0", "i-g"), ("cpu-1", "i-b")]);
+        let names: Vec<(&str, &str)> = nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.instance_id.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("cpu-0", "i-a"), ("gpu-0", "i-g"), ("cpu-1", "i-b")]
+        );
         // i-a is interrupted and replaced by i-c
-        let added = merge(&mut nodes, &[seen("i-a", "cpu", "terminated", "1"), seen("i-b", "cpu", "running", "2"), seen("i-c", "cpu", "running", "3"), seen("i-g", "gpu", "running", "1")]);
+        let added = merge(
+            &mut nodes,
+            &[
+                seen("i-a", "cpu", "terminated", "1"),
+                seen("i-b", "cpu", "running", "2"),
+                seen("i-c", "cpu", "running", "3"),
+                seen("i-g", "gpu", "running", "1"),
+            ],
+        );
         assert_eq!(added, vec![3]);
         assert_eq!(nodes[3].name, "cpu-2");
         assert!(!nodes[0].alive());
