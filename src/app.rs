@@ -634,27 +634,29 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     // what the same nodes would have cost for as long as the run lasted
     let end = chrono::Utc::now();
     let hours = summary.wall_seconds / 3600.0;
+    let span = ledger::RunSpan {
+        phase: &plan.name_key,
+        provider: "local",
+        start: started,
+        end,
+        hours,
+        kind: "simulated",
+    };
     let entries: Vec<ledger::Spend> = st
         .nodes
         .iter()
-        .map(|n| ledger::Spend {
-            v: 1,
-            phase: plan.name_key.clone(),
-            provider: "local".into(),
-            node: n.name.clone(),
-            group: n.group.clone(),
-            instance_type: n.instance_type.clone(),
-            market: plan
+        .map(|n| {
+            let market = plan
                 .node_group(&n.group)
                 .map(|g| g.market.as_str())
-                .unwrap_or("on-demand")
-                .into(),
-            start: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            hours,
-            usd_per_hour: n.hourly_usd,
-            usd: n.hourly_usd * hours,
-            kind: "simulated".into(),
+                .unwrap_or("on-demand");
+            span.spend(
+                n.name.clone(),
+                &n.group,
+                &n.instance_type,
+                market,
+                n.hourly_usd,
+            )
         })
         .collect();
     ledger::append(&plan.root, &entries).map_err(io_err(ledger::path(&plan.root)))?;

@@ -26,6 +26,48 @@ pub struct Spend {
     pub kind: String,
 }
 
+/// One run of a phase: every node it used is billed for the same span.
+pub struct RunSpan<'a> {
+    pub phase: &'a str,
+    pub provider: &'a str,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub hours: f64,
+    pub kind: &'a str,
+}
+
+impl RunSpan<'_> {
+    /// The ledger entry of one node for this span.
+    pub fn spend(
+        &self,
+        node: String,
+        group: &str,
+        instance_type: &str,
+        market: &str,
+        usd_per_hour: f64,
+    ) -> Spend {
+        Spend {
+            v: 1,
+            phase: self.phase.to_string(),
+            provider: self.provider.to_string(),
+            node,
+            group: group.to_string(),
+            instance_type: instance_type.to_string(),
+            market: market.to_string(),
+            start: self
+                .start
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            end: self
+                .end
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            hours: self.hours,
+            usd_per_hour,
+            usd: usd_per_hour * self.hours,
+            kind: self.kind.to_string(),
+        }
+    }
+}
+
 pub fn path(root: &Path) -> PathBuf {
     root.join(".infra").join("ledger.jsonl")
 }

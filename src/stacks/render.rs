@@ -464,7 +464,7 @@ fn json_registry() -> Handlebars<'static> {
     hb.set_strict_mode(true);
     // Every `{{value}}` lands inside a JSON string literal.
     hb.register_escape_fn(shell::json_escape);
-    hb.register_helper("json", Box::new(json_helper));
+    hb.register_helper("json", Box::new(crate::tasks::render::json_helper));
     hb.register_helper("tags", Box::new(tags_helper));
     hb
 }
@@ -481,21 +481,6 @@ fn shell_registry() -> Result<Handlebars<'static>, StackError> {
             message: e.to_string(),
         })?;
     Ok(hb)
-}
-
-/// `{{{json value}}}`: the value as JSON text.
-fn json_helper(
-    h: &handlebars::Helper,
-    _: &Handlebars,
-    _: &handlebars::Context,
-    _: &mut handlebars::RenderContext,
-    out: &mut dyn handlebars::Output,
-) -> handlebars::HelperResult {
-    let v = h
-        .param(0)
-        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
-    out.write(&serde_json::to_string(v.value()).unwrap_or_default())?;
-    Ok(())
 }
 
 /// `{{{tags "vpc"}}}`: the root `tags` plus a `Name` tag

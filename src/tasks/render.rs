@@ -48,7 +48,8 @@ fn registry() -> Handlebars<'static> {
     hb
 }
 
-fn json_helper(
+/// `{{{json value}}}`: the value as JSON text (also used by the stack templates).
+pub(crate) fn json_helper(
     h: &handlebars::Helper,
     _: &Handlebars,
     _: &handlebars::Context,

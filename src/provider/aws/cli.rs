@@ -751,33 +751,28 @@ pub async fn run(
     save(plan, &mut st)?;
     // the nodes' time during the run, at catalog prices
     let hours = summary.wall_seconds / 3600.0;
+    let span = ledger::RunSpan {
+        phase: &plan.name_key,
+        provider: "aws",
+        start: started,
+        end,
+        hours,
+        kind: "metered",
+    };
     let entries: Vec<ledger::Spend> = exec
         .nodes()
         .iter()
-        .map(|n| ledger::Spend {
-            v: 1,
-            phase: plan.name_key.clone(),
-            provider: "aws".into(),
-            node: format!("{} ({})", n.name, n.instance_id),
-            group: n.group.clone(),
-            instance_type: st
-                .nodes
-                .iter()
-                .find(|x| x.instance_id == n.instance_id)
-                .map(|x| x.instance_type.clone())
-                .unwrap_or_default(),
-            market: st
-                .nodes
-                .iter()
-                .find(|x| x.instance_id == n.instance_id)
-                .map(|x| x.market.clone())
-                .unwrap_or_default(),
-            start: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            hours,
-            usd_per_hour: n.spec.hourly_usd,
-            usd: n.spec.hourly_usd * hours,
-            kind: "metered".into(),
+        .map(|n| {
+            let deployed = st.nodes.iter().find(|x| x.instance_id == n.instance_id);
+            span.spend(
+                format!("{} ({})", n.name, n.instance_id),
+                &n.group,
+                deployed
+                    .map(|x| x.instance_type.as_str())
+                    .unwrap_or_default(),
+                deployed.map(|x| x.market.as_str()).unwrap_or_default(),
+                n.spec.hourly_usd,
+            )
         })
         .collect();
     ledger::append(&plan.root, &entries).map_err(|source| AppError::Io {
