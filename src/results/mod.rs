@@ -1,0 +1,5 @@
+//! Result tables: per-task outputs aggregated into one CSV + metadata.
+
+pub mod table;
+
+pub use table::cmd_results;
