@@ -589,16 +589,21 @@ async fn cmd_run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
             local::apply(&plan, local_nodes(&plan, &catalog)).map_err(io_err(plan.state_dir()))?
         }
     };
-    let killed = crate::provider::process::reap_orphans(
-        &plan.state_dir().join("pids"),
-        &local::marker(&plan),
-    );
-    if killed > 0 {
-        eprintln!("stopped {killed} process group(s) left by an earlier run");
+    {
+        // what a crashed run left is stopped only once no other run holds
+        // the phase (its processes carry the same marker)
+        let _lock = runner::lock_phase(&plan.state_dir())?;
+        let killed = crate::provider::process::reap_orphans(
+            &plan.state_dir().join("pids.log"),
+            &local::marker(&plan),
+        );
+        if killed > 0 {
+            eprintln!("stopped {killed} process group(s) left by an earlier run");
+        }
+        local::run_setup(&plan, &st.nodes)
+            .await
+            .map_err(AppError::Provider)?;
     }
-    local::run_setup(&plan, &st.nodes)
-        .await
-        .map_err(AppError::Provider)?;
     let hourly: f64 = st.nodes.iter().map(|n| n.hourly_usd).sum();
     let exec = Arc::new(local::LocalExecutor::new(&plan, &st));
     let paths = Paths {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::process::{reap_orphans, Exit, Spawned};
+use super::process::{reap_orphans, Exit, PidLog, Spawned};
 use crate::plan::Plan;
 use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, Outcome, Seat};
 use crate::tasks::{Health, Step, TaskDef};
@@ -112,7 +112,7 @@ pub fn apply(plan: &Plan, nodes: Vec<LocalNode>) -> std::io::Result<LocalState> 
 
 /// Kill anything left running, remove node folders; results stay.
 pub fn destroy(plan: &Plan) -> std::io::Result<(usize, usize)> {
-    let killed = reap_orphans(&plan.state_dir().join("pids"), &marker(plan));
+    let killed = reap_orphans(&plan.state_dir().join("pids.log"), &marker(plan));
     let mut removed = 0;
     if let Some(st) = load_state(plan) {
         removed = st.nodes.len();
@@ -125,6 +125,18 @@ pub fn destroy(plan: &Plan) -> std::io::Result<(usize, usize)> {
     Ok((removed, killed))
 }
 
+/// Make `dir` an empty folder, touching the file system only when it is
+/// missing or holds something.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    if let Ok(mut d) = std::fs::read_dir(dir) {
+        if d.next().is_none() {
+            return Ok(());
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)
+}
+
 pub fn marker(plan: &Plan) -> String {
     format!("INFRA_STATE_DIR={}", plan.state_dir().display())
 }
@@ -135,14 +147,13 @@ pub struct LocalExecutor {
     pub root: PathBuf,
     pub phase: String,
     pub phase_name: String,
-    pub pid_dir: PathBuf,
+    pub pid_log: PidLog,
     pub node_dirs: Vec<PathBuf>,
 }
 
 impl LocalExecutor {
     pub fn new(plan: &Plan, state: &LocalState) -> LocalExecutor {
-        let pid_dir = plan.state_dir().join("pids");
-        let _ = std::fs::create_dir_all(&pid_dir);
+        let pid_log = PidLog::open(&plan.state_dir().join("pids.log"));
         LocalExecutor {
             node_dirs: state
                 .nodes
@@ -154,7 +165,7 @@ impl LocalExecutor {
             root: plan.root.clone(),
             phase: plan.phase.clone(),
             phase_name: plan.name_key.clone(),
-            pid_dir,
+            pid_log,
         }
     }
 
@@ -367,12 +378,15 @@ impl LocalExecutor {
         let stdout_path = req.staging.join("stdout.log");
         let stderr_path = req.staging.join("stderr.log");
         let task: Arc<TaskDef> = req.task.clone();
-        // a fresh working folder per rank
+        // a fresh working folder per rank: one folder per slot, emptied
+        // after every task, so a task creates and deletes no folder of its
+        // own when it leaves nothing behind
         let mut works = Vec::new();
         for seat in &req.seats {
-            let w = self.node_dirs[seat.node].join("work").join(&task.id);
-            let _ = std::fs::remove_dir_all(&w);
-            if let Err(e) = std::fs::create_dir_all(&w) {
+            let w = self.node_dirs[seat.node]
+                .join("work")
+                .join(format!("slot-{}", seat.slot));
+            if let Err(e) = empty_dir(&w) {
                 return Outcome::Lost {
                     reason: format!(
                         "node {} cannot create {}: {e}",
@@ -397,33 +411,31 @@ impl LocalExecutor {
             env.push(("INFRA_STEP".into(), step.name.clone()));
             let tries = step.retries + 1;
             for attempt_of_step in 1..=tries {
-                let _ = writeln_file(
-                    &stdout_path,
-                    &format!(
-                        "== infra: step {} on {} (rank {rank}){} ==",
-                        step.name,
-                        self.nodes[req.seats[rank].node].name,
-                        if attempt_of_step > 1 {
-                            format!(", try {attempt_of_step}")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                );
-                let (out, err) = match (open_append(&stdout_path), open_append(&stderr_path)) {
+                let (mut out, err) = match (open_append(&stdout_path), open_append(&stderr_path)) {
                     (Ok(o), Ok(e)) => (o, e),
                     _ => {
                         failure = Some("cannot open the task's log files".into());
                         break 'steps;
                     }
                 };
+                let _ = writeln!(
+                    out,
+                    "== infra: step {} on {} (rank {rank}){} ==",
+                    step.name,
+                    self.nodes[req.seats[rank].node].name,
+                    if attempt_of_step > 1 {
+                        format!(", try {attempt_of_step}")
+                    } else {
+                        String::new()
+                    }
+                );
                 let sp = match super::process::spawn(
                     &step.command,
                     &works[rank],
                     &env,
                     out,
                     err,
-                    Some(&self.pid_dir),
+                    Some(&self.pid_log),
                 ) {
                     Ok(sp) => sp,
                     Err(e) => {
@@ -443,14 +455,12 @@ impl LocalExecutor {
                         Err(HealthEnd::Stopped) => {
                             sp.kill_group(Duration::from_secs(2)).await;
                             sp.wait().await;
-                            sp.forget_pid_file();
                             stopped = true;
                             break 'steps;
                         }
                         Err(HealthEnd::Failed(msg)) => {
                             sp.kill_group(Duration::from_secs(2)).await;
                             let e = sp.wait().await;
-                            sp.forget_pid_file();
                             peak = peak.max(e.max_rss_kb);
                             if attempt_of_step == tries {
                                 failure = Some(msg);
@@ -463,7 +473,6 @@ impl LocalExecutor {
                 let end = self
                     .wait_step(&sp, step.timeout_seconds, &mut req.stop)
                     .await;
-                sp.forget_pid_file();
                 match end {
                     StepEnd::Exited(e) => {
                         peak = peak.max(e.max_rss_kb);
@@ -497,7 +506,6 @@ impl LocalExecutor {
         for bg in bgs.iter().rev() {
             bg.proc.kill_group(Duration::from_secs(2)).await;
             let e = bg.proc.wait().await;
-            bg.proc.forget_pid_file();
             peak = peak.max(e.max_rss_kb);
             let _ = writeln_file(
                 &stdout_path,
@@ -526,7 +534,7 @@ impl LocalExecutor {
             }
         }
         for w in &works {
-            let _ = std::fs::remove_dir_all(w);
+            let _ = empty_dir(w);
         }
         match failure {
             None => Outcome::Succeeded(measured(peak, last_code.or(Some(0)))),
@@ -714,11 +722,10 @@ pub async fn run_setup(
             &env,
             o,
             e,
-            Some(&plan.state_dir().join("pids")),
+            Some(&PidLog::open(&plan.state_dir().join("pids.log"))),
         )
         .map_err(|e| format!("setup could not start on {}: {e}", n.name))?;
         let exit = sp.wait().await;
-        sp.forget_pid_file();
         if exit.code != 0 {
             return Err(format!(
                 "setup failed on node {} with exit code {} (log: {})",

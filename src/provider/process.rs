@@ -3,6 +3,7 @@
 //! checks.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 pub struct Spawned {
     pub pid: i32,
-    pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -20,21 +20,66 @@ pub struct Exit {
     pub max_rss_kb: u64,
 }
 
+/// Start `command` in its own process group. Commands that are one plain
+/// program call (no shell syntax at all, the program found on PATH and not a
+/// shell builtin) are executed directly, as `bash -c` itself would exec them,
+/// without paying for bash's start-up; everything else runs under `bash -c`.
+/// The process group id is appended to `pid_log` so a later run or `destroy`
+/// can stop what a crashed run left behind.
 pub fn spawn(
     command: &str,
     cwd: &Path,
     env: &[(String, String)],
     stdout: File,
     stderr: File,
-    pid_dir: Option<&Path>,
+    pid_log: Option<&PidLog>,
 ) -> std::io::Result<Spawned> {
-    let mut c = Command::new("bash");
-    c.arg("-c")
-        .arg(command)
-        .current_dir(cwd)
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok());
+    let direct = direct_exec(command, path_var.as_deref(), cwd);
+    let child = match direct {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args);
+            match start(c, cwd, env, &stdout, &stderr) {
+                // gone since it was found: bash reports it as usual
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                r => Some(r?),
+            }
+        }
+        None => None,
+    };
+    let child = match child {
+        Some(c) => c,
+        None => {
+            let mut c = Command::new("bash");
+            c.arg("-c").arg(command);
+            start(c, cwd, env, &stdout, &stderr)?
+        }
+    };
+    let pid = child.id() as i32;
+    drop(child); // std does not reap or kill on drop; wait4 below reaps
+    if let Some(log) = pid_log {
+        log.record(pid);
+    }
+    Ok(Spawned { pid })
+}
+
+fn start(
+    mut c: Command,
+    cwd: &Path,
+    env: &[(String, String)],
+    stdout: &File,
+    stderr: &File,
+) -> std::io::Result<std::process::Child> {
+    c.current_dir(cwd)
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+        .stdout(stdout.try_clone()?)
+        .stderr(stderr.try_clone()?);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -42,56 +87,251 @@ pub fn spawn(
     // started. `process_group` (unlike a pre_exec hook) keeps std on the
     // posix_spawn path, which avoids copying this process's page tables.
     c.process_group(0);
-    let child = c.spawn()?;
-    let pid = child.id() as i32;
-    drop(child); // std does not reap or kill on drop; wait4 below reaps
-    let pid_file = pid_dir.map(|d| d.join(pid.to_string()));
-    if let Some(f) = &pid_file {
-        let _ = std::fs::write(f, "");
+    c.spawn()
+}
+
+/// The process groups this state folder started, one id per line: a later
+/// run or `destroy` stops what a crashed run left behind. One short
+/// O_APPEND write per process on a file kept open; no file is created or
+/// deleted per task (ext4 slows down under that churn).
+pub struct PidLog {
+    file: Option<File>,
+}
+
+impl PidLog {
+    pub fn open(path: &Path) -> PidLog {
+        PidLog {
+            file: std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok(),
+        }
     }
-    Ok(Spawned { pid, pid_file })
+
+    fn record(&self, pid: i32) {
+        if let Some(mut f) = self.file.as_ref() {
+            let _ = f.write_all(format!("{pid}\n").as_bytes());
+        }
+    }
+}
+
+/// Bash builtins and keywords: a command starting with one of these needs
+/// bash even when it looks like a plain program call (`true` and `false`
+/// are left out: the programs of those names do exactly what the builtins do).
+const SHELL_WORDS: &[&str] = &[
+    ".",
+    ":",
+    "[",
+    "[[",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "echo",
+    "elif",
+    "else",
+    "enable",
+    "esac",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "fc",
+    "fg",
+    "fi",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "in",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "then",
+    "time",
+    "times",
+    "trap",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
+];
+
+/// The program and arguments of a command that needs no shell: only words
+/// of characters that no shell treats specially, separated by spaces.
+fn direct_exec(
+    command: &str,
+    path_var: Option<&str>,
+    cwd: &Path,
+) -> Option<(PathBuf, Vec<String>)> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./,:@+%".contains(c);
+    if command.is_empty() || !command.chars().all(|c| c == ' ' || plain(c)) {
+        return None;
+    }
+    let mut words = command.split(' ').filter(|w| !w.is_empty());
+    let first = words.next()?;
+    if SHELL_WORDS.contains(&first) {
+        return None;
+    }
+    let program = if first.contains('/') {
+        let p = cwd.join(first);
+        is_executable(&p).then_some(p)?
+    } else {
+        lookup(first, path_var?)?
+    };
+    Some((program, words.map(str::to_string).collect()))
+}
+
+/// `name` searched on `path_var`, remembered for the life of the process (a
+/// campaign runs the same few programs thousands of times; a program removed
+/// meanwhile fails to start and the command goes to bash instead).
+fn lookup(name: &str, path_var: &str) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Cache = Mutex<HashMap<(String, String), Option<PathBuf>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (name.to_string(), path_var.to_string());
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return hit;
+    }
+    let found = path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p));
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, found.clone());
+    }
+    found
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What `wait` reports when the leader cannot be reaped.
+const UNKNOWN_EXIT: Exit = Exit {
+    code: -1,
+    max_rss_kb: 0,
+};
+
+/// Wait for `pid` on the runtime's event loop through a pidfd (Linux 5.3+),
+/// without a thread per child; None when pidfd_open is not available.
+async fn wait_pidfd(pid: i32) -> Option<Exit> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns; the AsyncFd
+    // owns it from here and closes it (after deregistering) when dropped.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .ok()?;
+    loop {
+        // readable once the process has exited
+        let mut ready = afd.readable().await.ok()?;
+        match reap(pid, libc::WNOHANG) {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) => ready.clear_ready(),
+            Err(_) => return Some(UNKNOWN_EXIT),
+        }
+    }
+}
+
+/// wait4 with rusage: the exit, Ok(None) while it still runs (WNOHANG), or
+/// the error (not our child).
+fn reap(pid: i32, flags: i32) -> std::io::Result<Option<Exit>> {
+    let mut status = 0i32;
+    // SAFETY: rusage is plain data; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        -1
+    };
+    Ok(Some(Exit {
+        code,
+        max_rss_kb: ru.ru_maxrss.max(0) as u64,
+    }))
 }
 
 impl Spawned {
     /// Block until the leader exits (run it on a blocking thread).
     pub fn wait_blocking(pid: i32) -> Exit {
-        let mut status = 0i32;
-        // SAFETY: rusage is plain data; wait4 fills it.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-            if r == pid {
-                break;
-            }
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Exit {
-                code: -1,
-                max_rss_kb: 0,
-            };
-        }
-        let code = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else if libc::WIFSIGNALED(status) {
-            128 + libc::WTERMSIG(status)
-        } else {
-            -1
-        };
-        Exit {
-            code,
-            max_rss_kb: ru.ru_maxrss.max(0) as u64,
-        }
+        reap(pid, 0).ok().flatten().unwrap_or(UNKNOWN_EXIT)
     }
 
     pub async fn wait(&self) -> Exit {
         let pid = self.pid;
+        if let Some(exit) = wait_pidfd(pid).await {
+            return exit;
+        }
+        // kernels without pidfd_open: a blocking thread waits
         tokio::task::spawn_blocking(move || Spawned::wait_blocking(pid))
             .await
-            .unwrap_or(Exit {
-                code: -1,
-                max_rss_kb: 0,
-            })
+            .unwrap_or(UNKNOWN_EXIT)
     }
 
     pub fn signal_group(&self, sig: i32) {
@@ -113,12 +353,6 @@ impl Spawned {
         }
         self.signal_group(libc::SIGKILL);
     }
-
-    pub fn forget_pid_file(&self) {
-        if let Some(f) = &self.pid_file {
-            let _ = std::fs::remove_file(f);
-        }
-    }
 }
 
 /// True when the process has exited (a zombie or gone), without reaping it.
@@ -138,26 +372,76 @@ pub fn group_alive(pgid: i32) -> bool {
 }
 
 /// Kill process groups left by a run that died (kill -9): their ids are in
-/// `pid_dir`, and each must carry our state dir in its environment so a
-/// reused pid of an unrelated process is never touched.
-pub fn reap_orphans(pid_dir: &Path, marker: &str) -> usize {
-    let mut killed = 0;
-    let Ok(rd) = std::fs::read_dir(pid_dir) else {
-        return 0;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if let Ok(pgid) = name.parse::<i32>() {
-            let env = std::fs::read(format!("/proc/{pgid}/environ")).unwrap_or_default();
-            let ours = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
-            if ours && group_alive(pgid) {
-                unsafe {
-                    libc::killpg(pgid, libc::SIGKILL);
-                }
-                killed += 1;
-            }
+/// the pid log, and each must carry our state dir in its environment so a
+/// reused pid of an unrelated process is never touched. The log is emptied.
+pub fn reap_orphans(pid_log: &Path, marker: &str) -> usize {
+    let mut pids: Vec<i32> = Vec::new();
+    if pid_log.is_dir() {
+        // the layout of earlier versions: one file per process group
+        if let Ok(rd) = std::fs::read_dir(pid_log) {
+            pids.extend(
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()),
+            );
         }
-        let _ = std::fs::remove_file(e.path());
+        let _ = std::fs::remove_dir_all(pid_log);
+    } else if let Ok(text) = std::fs::read_to_string(pid_log) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        let _ = std::fs::remove_file(pid_log);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    let mut killed = 0;
+    for pgid in pids.into_iter().filter(|p| *p > 1) {
+        let env = std::fs::read(format!("/proc/{pgid}/environ")).unwrap_or_default();
+        let ours = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+        if ours && group_alive(pgid) {
+            // SAFETY: plain syscall on a process group that carries our marker.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_program_calls_skip_the_shell_and_the_rest_do_not() {
+        let path = Some("/usr/bin:/bin");
+        let cwd = Path::new("/");
+        let (p, args) = direct_exec("env -0 a,b", path, cwd).expect("env is a plain program");
+        assert!(p.ends_with("env"), "{p:?}");
+        assert_eq!(args, vec!["-0", "a,b"]);
+        assert!(
+            direct_exec("true", path, cwd).is_some(),
+            "true acts the same as a program"
+        );
+        for cmd in [
+            "echo hi",
+            "cd /tmp",
+            "env $HOME",
+            "env a; env",
+            "env 'a b'",
+            "env \"a\"",
+            "env > out",
+            "env a=b",
+            "X=1 env",
+            "env *",
+            "env ~",
+            "env\tx",
+            "env\nenv",
+            "no-such-program-anywhere",
+            "",
+        ] {
+            assert!(
+                direct_exec(cmd, path, cwd).is_none(),
+                "{cmd:?} must go through bash"
+            );
+        }
+    }
 }

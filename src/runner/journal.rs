@@ -1,5 +1,5 @@
 //! The append-only journal (`.infra/<phase>/journal.jsonl`): one JSON object
-//! per line, fsync'd, versioned. The state of a campaign is rebuilt from it;
+//! per line, fsync'd (group commit), versioned. The state of a campaign is rebuilt from it;
 //! nothing else is trusted after a crash.
 
 use std::collections::HashMap;
@@ -256,6 +256,54 @@ pub fn read(path: &Path) -> Result<(State, Vec<Record>), JournalError> {
 pub struct Journal {
     file: File,
     path: PathBuf,
+    syncer: Option<Syncer>,
+}
+
+/// Group commit: outcome lines are written at once (a killed process loses
+/// nothing written) and made durable by a thread of their own, one
+/// `fdatasync` covering every line written while the previous one ran, so
+/// the run loop never waits for the disk.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Syncer {
+    fn start(file: File) -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("journal-sync".into())
+            .spawn(move || {
+                let mut result = Ok(());
+                while rx.recv().is_ok() {
+                    while rx.try_recv().is_ok() {}
+                    if let Err(e) = file.sync_data() {
+                        result = Err(e);
+                    }
+                }
+                result
+            })
+            .ok();
+        Syncer {
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    /// False when the thread is gone: the caller syncs itself.
+    fn request(&self) -> bool {
+        self.thread.is_some() && self.tx.as_ref().is_some_and(|tx| tx.send(()).is_ok())
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // the last requests are synced before the journal closes
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Journal {
@@ -281,9 +329,11 @@ impl Journal {
             file.set_len(keep as u64).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }
+        let syncer = file.try_clone().ok().map(Syncer::start);
         Ok(Journal {
             file,
             path: path.into(),
+            syncer,
         })
     }
 
@@ -306,7 +356,8 @@ impl Journal {
         if !matches!(
             rec.entry,
             Entry::Dispatched { .. } | Entry::Requeued { .. } | Entry::AttemptFailed { .. }
-        ) {
+        ) && !self.syncer.as_ref().is_some_and(Syncer::request)
+        {
             self.file.sync_data().map_err(io)?;
         }
         Ok(())

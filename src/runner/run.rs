@@ -132,8 +132,18 @@ impl Paths {
     }
 }
 
-struct Lock {
+/// Held while a run owns a phase's state folder.
+pub struct Lock {
     _file: std::fs::File,
+}
+
+/// Take the phase's run lock, or fail at once if another run holds it.
+pub fn lock_phase(state_dir: &Path) -> Result<Lock, RunError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| RunError::Io {
+        path: state_dir.into(),
+        source,
+    })?;
+    lock(&state_dir.join("run.lock"))
 }
 
 fn lock(path: &Path) -> Result<Lock, RunError> {
@@ -599,18 +609,27 @@ fn finalize(
     staging: &Path,
     runtime: &serde_json::Value,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(staging)?;
     let mut bytes = serde_json::to_vec_pretty(runtime)?;
     bytes.push(b'\n');
-    std::fs::write(staging.join("runtime.json"), bytes)?;
+    let runtime_path = staging.join("runtime.json");
+    if std::fs::write(&runtime_path, &bytes).is_err() {
+        // the executor made no staging folder (it failed before)
+        std::fs::create_dir_all(staging)?;
+        std::fs::write(&runtime_path, &bytes)?;
+    }
     let dest = paths.results_dir.join(&t.id);
     let old = paths.results_dir.join(format!(".{}.old", t.id));
     let _ = std::fs::remove_dir_all(&old);
-    if dest.exists() {
-        std::fs::rename(&dest, &old)?;
-    }
+    // a result of an earlier attempt is replaced whole
+    let replaced = match std::fs::rename(&dest, &old) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
     std::fs::rename(staging, &dest)?;
-    let _ = std::fs::remove_dir_all(&old);
+    if replaced {
+        let _ = std::fs::remove_dir_all(&old);
+    }
     Ok(())
 }
 

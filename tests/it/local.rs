@@ -319,6 +319,50 @@ fn crash_resume_loop_200_tasks_5_sigkills() {
 }
 
 #[test]
+fn a_second_run_of_the_same_phase_is_refused_and_leaves_the_first_alone() {
+    let p = Project::new();
+    crash_plan(&p, 8, "1");
+    let first = p
+        .cmd(&["run", "crash", "all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the first run has tasks on the nodes
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let journal_path = p.path().join(".infra/crash/journal.jsonl");
+    while !std::fs::read_to_string(&journal_path).is_ok_and(|t| t.contains("\"dispatched\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first run never dispatched"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = p.infra(&["run", "crash", "all"]);
+    assert_eq!(second.code, 4, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already running"),
+        "{}",
+        second.stderr
+    );
+    assert!(!second.stderr.contains("stopped"), "{}", second.stderr);
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // nothing of the first run was killed: every task succeeded on its first attempt
+    let j = journal(&p, "crash");
+    assert_eq!(succeeded_in_journal(&p).len(), 8);
+    assert!(
+        j.iter()
+            .all(|e| e["event"] != "requeued" && e["event"] != "attempt_failed"),
+        "{j:?}"
+    );
+}
+
+#[test]
 fn sigint_stops_cleanly_and_the_next_run_finishes() {
     let p = Project::new();
     crash_plan(&p, 20, "1");
