@@ -273,7 +273,7 @@ async fn dispatch(cli: Cli) -> Result<i32, AppError> {
             phase,
             format,
             output,
-        } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()),
+        } => cmd_budget(&ctx, phase.as_deref(), format, output.as_deref()).await,
         Cmd::Catalog {
             action: CatalogCmd::Show { instance_type },
         } => cmd_catalog_show(&ctx, instance_type.as_deref()),
@@ -953,7 +953,8 @@ async fn cmd_destroy(
         )));
     }
     if plan.provider == ProviderKind::Aws {
-        return crate::provider::aws::cli::destroy(ctx, &plan, opts).await;
+        let (catalog, _) = ctx.catalog()?;
+        return crate::provider::aws::cli::destroy(ctx, &plan, &catalog, opts).await;
     }
     let (nodes, killed) = local::destroy(&plan).map_err(io_err(plan.state_dir()))?;
     ctx.out(
@@ -1018,18 +1019,26 @@ fn phase_report(
     }))
 }
 
-fn cmd_budget(
+async fn cmd_budget(
     ctx: &Ctx,
     phase: Option<&str>,
     format: ReportFormat,
     output: Option<&std::path::Path>,
 ) -> Result<i32, AppError> {
     use crate::cost::report;
-    let spend = ledger::read(&ctx.cwd);
     let names: Vec<String> = match phase {
         Some(p) => vec![p.to_string()],
         None => plan::load::list_plans(&ctx.cwd.join("plans")),
     };
+    // deployed AWS phases: what other machines recorded in the bucket
+    for n in &names {
+        if let Ok(plan) = ctx.load(n) {
+            if plan.provider == ProviderKind::Aws {
+                crate::provider::aws::cli::pull_ledger(ctx, &plan).await;
+            }
+        }
+    }
+    let spend = ledger::read(&ctx.cwd);
     let mut reports = Vec::new();
     for n in &names {
         match phase_report(ctx, n, &spend) {

@@ -24,6 +24,18 @@ pub struct Spend {
     /// "simulated" on the local provider (what the plan's types would cost),
     /// "metered" for real instances.
     pub kind: String,
+    /// The EC2 instance id of a metered entry: the next metering of that
+    /// instance starts where its last entry ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Where the price came from ("spot price history", "catalog ...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<String>,
+}
+
+/// What makes two entries the same (a local one and its copy from the bucket).
+pub fn entry_key(e: &Spend) -> String {
+    format!("{}|{}|{}|{}|{}", e.phase, e.node, e.start, e.end, e.kind)
 }
 
 /// One run of a phase: every node it used is billed for the same span.
@@ -64,6 +76,8 @@ impl RunSpan<'_> {
             usd_per_hour,
             usd: usd_per_hour * self.hours,
             kind: self.kind.to_string(),
+            instance: None,
+            price_source: Some("catalog".into()),
         }
     }
 }

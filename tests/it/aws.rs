@@ -1025,3 +1025,5 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
     ok(&r, "catalog show");
     assert!(r.stdout.contains("refreshed catalog"), "{}", r.stdout);
 }
+
+mod budget;

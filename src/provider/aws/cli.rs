@@ -1,7 +1,7 @@
 //! The AWS side of `infra apply`, `run`, `status` and `destroy`. `app.rs`
 //! loads and checks the plan (and the budget), then calls these.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use super::config::{self, AwsSettings, Clients};
 use super::ec2;
 use super::error::AwsError;
 use super::executor::{self, AwsExecutor, GroupSpec};
+use super::meter;
 use super::s3;
 use super::script;
 use super::ssm::Poller;
@@ -610,6 +611,13 @@ pub async fn run(
 ) -> Result<i32, AppError> {
     let c = config::connect(&settings(ctx, plan)).await?;
     let (mut st, looked) = deployed(&c, plan).await?;
+    // what other machines recorded, then the nodes' time since the last
+    // metering (idle since apply, or a run that crashed): the budget is
+    // checked again against that
+    let metered_now = sync_ledger(&c, plan, catalog, &looked.bucket).await;
+    let metered_at = Instant::now();
+    let (_, from) = ctx.catalog()?;
+    crate::app::gate(ctx, plan, &tasks, catalog, &from)?;
     let alive: Vec<String> = st
         .nodes
         .iter()
@@ -708,12 +716,24 @@ pub async fn run(
         state_dir: plan.state_dir(),
         results_dir: plan.results_dir(),
     };
+    // the watchdog burns at the nodes' metered prices (their zone's spot
+    // price), the catalog's where a node has not been metered
+    let metered_price: HashMap<&str, f64> = metered_now
+        .iter()
+        .filter_map(|e| Some((e.instance.as_deref()?, e.usd_per_hour)))
+        .collect();
     let hourly: f64 = live
         .iter()
-        .filter_map(|l| groups.get(&l.1))
-        .map(|g| g.hourly_usd)
+        .filter_map(|l| {
+            metered_price
+                .get(l.2.as_str())
+                .copied()
+                .or_else(|| groups.get(&l.1).map(|g| g.hourly_usd))
+        })
         .sum();
-    let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key));
+    // the nodes also burn while the bundle uploads and setup runs
+    let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+        + hourly * metered_at.elapsed().as_secs_f64() / 3600.0;
     let watchdog = plan.budget.as_ref().map(|b| runner::Watchdog {
         budget_usd: b.usd,
         spent_before_usd: spent_before,
@@ -733,7 +753,6 @@ pub async fn run(
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let mut rep = Reporter::new();
-    let started = chrono::Utc::now();
     let summary = runner::run(
         tasks,
         exec.clone(),
@@ -746,39 +765,8 @@ pub async fn run(
     .await;
     rep.finish();
     let summary = summary?;
-    let end = chrono::Utc::now();
     let mut st = exec.state();
     save(plan, &mut st)?;
-    // the nodes' time during the run, at catalog prices
-    let hours = summary.wall_seconds / 3600.0;
-    let span = ledger::RunSpan {
-        phase: &plan.name_key,
-        provider: "aws",
-        start: started,
-        end,
-        hours,
-        kind: "metered",
-    };
-    let entries: Vec<ledger::Spend> = exec
-        .nodes()
-        .iter()
-        .map(|n| {
-            let deployed = st.nodes.iter().find(|x| x.instance_id == n.instance_id);
-            span.spend(
-                format!("{} ({})", n.name, n.instance_id),
-                &n.group,
-                deployed
-                    .map(|x| x.instance_type.as_str())
-                    .unwrap_or_default(),
-                deployed.map(|x| x.market.as_str()).unwrap_or_default(),
-                n.spec.hourly_usd,
-            )
-        })
-        .collect();
-    ledger::append(&plan.root, &entries).map_err(|source| AppError::Io {
-        path: ledger::path(&plan.root),
-        source,
-    })?;
     let calls = json!({
         "poll_rounds": exec.poller.stats.rounds.load(std::sync::atomic::Ordering::Relaxed),
         "list_command_invocations": exec.poller.stats.list_calls.load(std::sync::atomic::Ordering::Relaxed),
@@ -790,6 +778,12 @@ pub async fn run(
     if summary.budget_stop {
         progress("budget reached: deleting the compute stack");
         let _ = delete_stack(&c, &st.compute_stack).await;
+    }
+    // every node's lifetime up to now (or to their termination after a budget stop), at its spot price history
+    if let Err(e) = meter::meter(&c, plan, catalog, Some(&looked.bucket)).await {
+        progress(&format!(
+            "warning: the spend of this run is not metered: {e}"
+        ));
     }
     let mut h = format!(
         "{}: {} succeeded, {} failed, {} already done{} in {}\nresults in {}",
@@ -823,6 +817,62 @@ pub async fn run(
     } else {
         exit::OK
     })
+}
+
+/// Merge the bucket's ledger into the local one and meter the phase's
+/// instances up to now; failures are warnings (the run goes on, and the
+/// next metering picks up the time).
+async fn sync_ledger(
+    c: &Clients,
+    plan: &Plan,
+    catalog: &Catalog,
+    bucket: &str,
+) -> Vec<ledger::Spend> {
+    match meter::pull(c, bucket, &plan.root).await {
+        Ok(n) if n > 0 => progress(&format!(
+            "ledger: {n} entr(ies) from other machines (s3://{bucket}/{})",
+            meter::PREFIX
+        )),
+        Ok(_) => {}
+        Err(e) => progress(&format!(
+            "warning: cannot read the ledger in the bucket: {e}"
+        )),
+    }
+    meter::meter(c, plan, catalog, Some(bucket))
+        .await
+        .unwrap_or_else(|e| {
+            progress(&format!("warning: cannot meter the phase's instances: {e}"));
+            Vec::new()
+        })
+}
+
+/// `infra budget`: merge the bucket's ledger of a deployed phase into the
+/// local one (best effort: without credentials or a bucket, the local
+/// ledger is what there is, and a note says so).
+pub async fn pull_ledger(ctx: &Ctx, plan: &Plan) {
+    let Some(st) = state::load(plan) else {
+        return;
+    };
+    if st.bucket.is_empty() {
+        return;
+    }
+    let pulled = match config::connect(&settings(ctx, plan)).await {
+        Ok(c) => meter::pull(&c, &st.bucket, &plan.root).await,
+        Err(e) => Err(e),
+    };
+    match pulled {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "{}: {n} ledger entr(ies) merged from s3://{}/{}",
+            plan.name_key,
+            st.bucket,
+            meter::PREFIX
+        ),
+        Err(e) => eprintln!(
+            "{}: the bucket's ledger was not read ({e}); showing this machine's ledger only",
+            plan.name_key
+        ),
+    }
 }
 
 /// `infra status` on AWS: stacks, nodes (type, market, AZ, state, SSM), tasks.
@@ -966,7 +1016,12 @@ fn missing_results(plan: &Plan) -> Result<Vec<String>, AppError> {
 }
 
 /// `infra destroy` on AWS.
-pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppError> {
+pub async fn destroy(
+    ctx: &Ctx,
+    plan: &Plan,
+    catalog: &Catalog,
+    o: DestroyOpts,
+) -> Result<i32, AppError> {
     let c = config::connect(&settings(ctx, plan)).await?;
     if o.delete_results {
         let missing = missing_results(plan)?;
@@ -1011,7 +1066,7 @@ pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppE
             let rest: Vec<(String, i64)> = s3::list(&c, b, "")
                 .await?
                 .into_iter()
-                .filter(|(k, _)| !k.starts_with("_templates/"))
+                .filter(|(k, _)| !k.starts_with("_templates/") && !k.starts_with(meter::PREFIX))
                 .collect();
             if rest.is_empty() {
                 s3::delete_prefix(&c, b, "").await?;
@@ -1030,6 +1085,15 @@ pub async fn destroy(ctx: &Ctx, plan: &Plan, o: DestroyOpts) -> Result<i32, AppE
                 ));
             }
         }
+    }
+    // the instances' lifetimes up to their termination
+    if let Some(b) = &bucket {
+        let _ = meter::pull(&c, b, &plan.root).await;
+    }
+    if let Err(e) = meter::meter(&c, plan, catalog, bucket.as_deref()).await {
+        progress(&format!(
+            "warning: the phase's last spend is not metered: {e}"
+        ));
     }
     // anything billable left, by tag
     let phase = if o.all {

@@ -83,6 +83,10 @@ pub async fn instances(
                         .state_reason()
                         .and_then(|r| r.message())
                         .map(str::to_string),
+                    transition_reason: i
+                        .state_transition_reason()
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_string),
                 });
             }
         }

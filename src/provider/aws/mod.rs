@@ -9,6 +9,7 @@ pub mod config;
 pub mod ec2;
 pub mod error;
 pub mod executor;
+pub mod meter;
 pub mod pricing;
 pub mod s3;
 pub mod script;

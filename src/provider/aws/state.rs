@@ -91,6 +91,8 @@ pub struct Seen {
     pub state: String,
     /// EC2's reason for the last state change (e.g. a spot interruption).
     pub state_reason: Option<String>,
+    /// EC2's StateTransitionReason, which carries the time of a termination.
+    pub transition_reason: Option<String>,
 }
 
 /// Merge what EC2 shows into the known nodes: known instances keep their
@@ -164,6 +166,7 @@ mod tests {
             launch_time: t.into(),
             state: state.into(),
             state_reason: None,
+            transition_reason: None,
         }
     }
 
