@@ -12,6 +12,17 @@ use crate::tasks::TaskDef;
 pub const GP3_USD_PER_GB_MONTH: f64 = 0.08;
 pub const HOURS_PER_MONTH: f64 = 730.0;
 
+/// A NAT gateway and its Elastic IP, USD per hour (AWS list prices; the
+/// reference catalog has none). Its data processing ($0.045/GB) depends on
+/// traffic and is not estimated.
+pub fn nat_usd_per_hour(region: &str) -> f64 {
+    let gateway = match region {
+        "eu-north-1" => 0.046,
+        _ => 0.045,
+    };
+    gateway + 0.005
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GroupEstimate {
     pub group: String,
@@ -141,6 +152,32 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
             total_on_demand_usd: od.map(|p| round(n * h * p + storage)),
             hourly_usd: round(n * per.unwrap_or(0.0)),
             task_hours: round(task_hours),
+        });
+    }
+    // multi-card EFA nodes reach S3 and SSM through the base stack's NAT
+    // gateway, which is billed for as long as the nodes run
+    if plan
+        .node_groups
+        .iter()
+        .any(|g| crate::stacks::multi_card_efa(g, catalog))
+    {
+        let p = nat_usd_per_hour(&plan.region);
+        groups.push(GroupEstimate {
+            group: "network".into(),
+            instance_type: "NAT gateway".into(),
+            market: "hourly".into(),
+            nodes: 1,
+            hours: round(h),
+            usd_per_node_hour: Some(p),
+            spot_worst_usd_per_node_hour: Some(p),
+            on_demand_usd_per_node_hour: Some(p),
+            storage_usd: 0.0,
+            compute_usd: round(h * p),
+            total_usd: round(h * p),
+            total_worst_usd: round(h * p),
+            total_on_demand_usd: Some(round(h * p)),
+            hourly_usd: p,
+            task_hours: 0.0,
         });
     }
     let sum = |f: &dyn Fn(&GroupEstimate) -> f64| round(groups.iter().map(f).sum());

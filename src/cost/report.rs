@@ -121,15 +121,15 @@ pub fn build(i: Inputs) -> PhaseReport {
         max_hourly_usd: i.max_hourly_usd,
         estimated_usd: i.full.total_usd,
         estimate_hours: i.full.hours,
-        metered_usd: r4(metered),
+        metered_usd: r6(metered),
         metered_kind: if mine.iter().any(|s| s.kind == "metered") {
             "metered".into()
         } else {
             "simulated at catalog prices (local provider)".into()
         },
-        remaining_usd: i.budget_usd.map(|b| r4(b - metered)),
-        burn_rate_usd_per_hour: (run_hours > 0.0).then(|| r4(metered / run_hours)),
-        projected_usd: r4(metered + i.remaining.total_usd),
+        remaining_usd: i.budget_usd.map(|b| r6(b - metered)),
+        burn_rate_usd_per_hour: (run_hours > 0.0).then(|| r6(metered / run_hours)),
+        projected_usd: r6(metered + i.remaining.total_usd),
         tasks: i.full.tasks,
         tasks_done: i.tasks_done,
         prices: format!("{} ({})", i.full.prices_from, i.full.prices_date),
@@ -140,8 +140,8 @@ pub fn build(i: Inputs) -> PhaseReport {
     }
 }
 
-fn r4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
+fn r6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
 /// Dollars with cents, or four decimals for amounts under a dollar (local

@@ -13,6 +13,7 @@ mod write;
 
 pub use limits::{group_limits, GroupLimits};
 pub use model::{RenderedStack, ResourceSummary, StackError, Stacks, MAX_BODY, MAX_INLINE_BODY};
+pub(crate) use render::multi_card_efa;
 pub use render::{
     compute_parameters, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON,
 };

@@ -168,7 +168,9 @@ fn efa_interfaces(g: &NodeGroup, catalog: &Catalog) -> u32 {
         .unwrap_or(1)
 }
 
-fn multi_card_efa(g: &NodeGroup, catalog: &Catalog) -> bool {
+/// The group needs the NAT gateway of the base stack (its nodes have no
+/// public address: several EFA cards rule one out).
+pub(crate) fn multi_card_efa(g: &NodeGroup, catalog: &Catalog) -> bool {
     efa_interfaces(g, catalog) > 1
 }
 

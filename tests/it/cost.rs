@@ -239,3 +239,33 @@ fn catalog_show_prints_a_type_and_suggests_close_names() {
     );
     let _ = Path::new(".");
 }
+
+#[test]
+fn a_multi_card_efa_group_adds_the_nat_gateway_to_the_estimate() {
+    let text = |efa: bool| {
+        format!(
+            r#"{{"phase": "n", "name": "nat", "provider": "aws", "region": "us-east-1",
+      "estimate": {{"duration": "10h"}},
+      "node_groups": {{"gpu": {{"instance_type": "p4d.24xlarge", "count": 2, "efa": {efa}}}}},
+      "layers": [{{"id": "L0", "patterns": [{{"id": "n-a", "backend": "x"}}]}}]}}"#
+        )
+    };
+    let cat = Catalog::builtin();
+    let path = Path::new("plans/nat.json");
+    let with = parse_plan(&text(true), path, &|_| true).unwrap();
+    let without = parse_plan(&text(false), path, &|_| true).unwrap();
+    let e = estimate(&with, &[], &cat, "built-in catalog");
+    let plain = estimate(&without, &[], &cat, "built-in catalog");
+    let nat = e
+        .groups
+        .iter()
+        .find(|g| g.instance_type == "NAT gateway")
+        .expect("a NAT gateway line");
+    // $0.045/h for the gateway and $0.005/h for its address, for 10 h
+    assert!((nat.total_usd - 0.5).abs() < 1e-9, "{nat:?}");
+    assert!((e.total_usd - plain.total_usd - 0.5).abs() < 1e-6);
+    assert!(plain
+        .groups
+        .iter()
+        .all(|g| g.instance_type != "NAT gateway"));
+}
