@@ -246,6 +246,13 @@ cmd_reap() {
 cmd_setup() {
   hash=$1 dest=$2
   marker="$ROOT/setup.done"
+  # one setup at a time on a node: the setup of an `infra apply` that died
+  # goes on running, and the next apply (or run) waits for it instead of
+  # running it a second time beside it (package managers' locks, clones)
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>>"$ROOT/setup.lock"
+    flock 9
+  fi
   if [ "$(cat "$marker" 2>/dev/null)" = "$hash" ]; then
     echo "infra-node: setup $hash already done"
     exit 0
@@ -253,7 +260,7 @@ cmd_setup() {
   mkdir -p "$ROOT/setup"
   shell=bash
   command -v bash >/dev/null 2>&1 || shell=sh
-  ( cd "$ROOT/setup" && "$shell" -e "$ROOT/bundle/setup.sh" ) >"$ROOT/setup.log" 2>&1
+  ( cd "$ROOT/setup" && "$shell" -e "$ROOT/bundle/setup.sh" 9>&- ) >"$ROOT/setup.log" 2>&1
   code=$?
   aws s3 cp --only-show-errors "$ROOT/setup.log" "$dest/$(instance_id).log" || log "cannot upload the setup log to $dest"
   if [ $code -eq 0 ]; then

@@ -113,6 +113,21 @@ def test_maintain_ec2_fleet_replaces_interrupted_instance(aws):
     assert {"Key": "aws:ec2:fleet-id", "Value": fleet_id} in state_of(ec2, new)["Tags"]
 
 
+def test_an_interruption_without_capacity_left_is_not_replaced(aws):
+    cfn, ec2 = aws.client("cloudformation"), aws.client("ec2")
+    cfn.create_stack(StackName="nocap", TemplateBody=ec2_fleet_template(2))
+    before = {i["InstanceId"] for i in live_instances(ec2)}
+    victim = sorted(before)[0]
+    result = aws.control("POST", "interrupt", {"instance_id": victim, "delay_seconds": 0.2, "replace": False})
+    assert result["replace"] is False
+    assert wait_until(lambda: state_of(ec2, victim)["State"]["Name"] == "terminated", timeout=5)
+    time.sleep(0.3)
+    assert {i["InstanceId"] for i in live_instances(ec2)} == before - {victim}
+    assert state_of(ec2, victim)["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    cfn.delete_stack(StackName="nocap")
+    assert live_instances(ec2) == []
+
+
 def test_interrupt_unknown_instance_is_404(aws):
     with pytest.raises(urllib.error.HTTPError) as err:
         aws.control("POST", "interrupt", {"instance_id": "i-0000000000000000f"})

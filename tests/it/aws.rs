@@ -1,7 +1,7 @@
 //! The AWS provider end to end against the local emulator (tests/emulator):
 //! the real `infra` binary with `AWS_ENDPOINT_URL`, one emulator for the
 //! whole test binary, one AWS account per test (the access key id is the
-//! account), and independent checks through boto3.
+//! account), and independent checks through boto3 or the AWS SDK for Rust.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -753,6 +753,664 @@ fn ctrl_c_stops_the_running_steps_and_leaves_the_journal_consistent() {
     ok(&a.infra(&["run", "cc", "all"]), "the next run");
     assert_eq!(succeeded_counts(&a.p, "cc").len(), 4);
     ok(&a.infra(&["destroy", "cc", "--all"]), "destroy");
+}
+
+// ------------------------------------------------------------ resilience
+// Every node interrupted in turn, `kill -9` of apply and of destroy at
+// several moments. Each test ends with a look at the test's account made
+// directly with the AWS SDK for Rust, not through `infra`.
+
+/// The test's account as the AWS SDK for Rust sees it on the emulator: the
+/// independent check of what `infra destroy` says it left.
+struct Sdk {
+    rt: tokio::runtime::Runtime,
+    ec2: aws_sdk_ec2::Client,
+    cfn: aws_sdk_cloudformation::Client,
+}
+
+impl Aws {
+    fn sdk(&self) -> Sdk {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conf = rt.block_on(
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(emulator().url())
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    &self.acct, "testing", None, None, "it",
+                ))
+                .load(),
+        );
+        Sdk {
+            ec2: aws_sdk_ec2::Client::new(&conf),
+            cfn: aws_sdk_cloudformation::Client::new(&conf),
+            rt,
+        }
+    }
+
+    /// `infra` in the background, its stderr collected as it comes.
+    fn spawn(&self, args: &[&str]) -> Bg {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start infra");
+        let mut stderr = child.stderr.take().unwrap();
+        let err = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = err.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Bg {
+            child,
+            err,
+            reader: Some(reader),
+        }
+    }
+}
+
+impl Sdk {
+    /// Stacks not deleted: (name, status).
+    fn stacks(&self) -> Vec<(String, String)> {
+        let out = self
+            .rt
+            .block_on(self.cfn.list_stacks().send())
+            .expect("ListStacks");
+        let mut v: Vec<(String, String)> = out
+            .stack_summaries()
+            .iter()
+            .map(|s| {
+                (
+                    s.stack_name().unwrap_or_default().to_string(),
+                    s.stack_status()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .filter(|(_, st)| st != "DELETE_COMPLETE")
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn stack_status(&self, name: &str) -> Option<String> {
+        self.stacks()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// Instances of the account not terminated (nor terminating): (id, state).
+    fn instances(&self) -> Vec<(String, String)> {
+        let out = self
+            .rt
+            .block_on(self.ec2.describe_instances().send())
+            .expect("DescribeInstances");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| {
+                (
+                    i.instance_id().unwrap_or_default().to_string(),
+                    i.state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .filter(|(_, st)| st != "terminated" && st != "shutting-down")
+            .collect()
+    }
+
+    /// EC2 fleets not deleted and spot fleet requests not cancelled.
+    fn fleets(&self) -> Vec<String> {
+        let ec2_fleets = self
+            .rt
+            .block_on(self.ec2.describe_fleets().send())
+            .expect("DescribeFleets");
+        let spot_fleets = self
+            .rt
+            .block_on(self.ec2.describe_spot_fleet_requests().send())
+            .expect("DescribeSpotFleetRequests");
+        let mut v: Vec<String> = ec2_fleets
+            .fleets()
+            .iter()
+            .filter(|f| {
+                !f.fleet_state()
+                    .is_some_and(|s| s.as_str().starts_with("deleted"))
+            })
+            .map(|f| f.fleet_id().unwrap_or_default().to_string())
+            .collect();
+        v.extend(
+            spot_fleets
+                .spot_fleet_request_configs()
+                .iter()
+                .filter(|f| {
+                    !f.spot_fleet_request_state()
+                        .is_some_and(|s| s.as_str().starts_with("cancelled"))
+                })
+                .map(|f| f.spot_fleet_request_id().unwrap_or_default().to_string()),
+        );
+        v
+    }
+
+    /// After `infra destroy --all`: no instance runs in the account, no
+    /// fleet and no stack is left.
+    #[track_caller]
+    fn assert_nothing_left(&self, after: &str) {
+        let left = json!({"instances": self.instances(), "fleets": self.fleets(), "stacks": self.stacks()});
+        assert_eq!(
+            left,
+            json!({"instances": [], "fleets": [], "stacks": []}),
+            "left in the account {after}"
+        );
+    }
+}
+
+/// A background `infra`.
+struct Bg {
+    child: Child,
+    err: std::sync::Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bg {
+    fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Wait until `what` appears on its stderr (fails at once if it exits).
+    fn wait_stderr(&mut self, what: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(what) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "infra ended ({status}) before printing {what:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what:?} on stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (no chance to clean up); returns what it printed.
+    fn kill9(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.stderr()
+    }
+}
+
+impl Drop for Bg {
+    /// A test that fails leaves no `infra` behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The journal as it is now (the run may be writing it).
+fn journal_now(p: &Project, phase: &str) -> Vec<Value> {
+    std::fs::read_to_string(p.path().join(format!(".infra/{phase}/journal.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The attempt (task, attempt) running on `node` now, from the journal:
+/// dispatched there and not ended yet.
+fn running_on(p: &Project, phase: &str, node: &str) -> Option<(String, u64)> {
+    let mut open: Vec<(String, u64)> = Vec::new();
+    for e in journal_now(p, phase) {
+        let ta = (
+            e["task"].as_str().unwrap_or_default().to_string(),
+            e["attempt"].as_u64().unwrap_or(0),
+        );
+        match e["event"].as_str().unwrap_or_default() {
+            "dispatched"
+                if e["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|x| x == node)) =>
+            {
+                open.push(ta)
+            }
+            "succeeded" | "failed" | "requeued" | "attempt_failed" => open.retain(|x| *x != ta),
+            _ => {}
+        }
+    }
+    open.pop()
+}
+
+fn node_ids(a: &Aws, phase: &str) -> Vec<(String, String)> {
+    a.state(phase)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["instance_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Interrupt each node of `nodes` in turn while it runs a task, and wait
+/// each time until the run has re-queued that task. `before(i)` runs
+/// before looking for node `i`'s task. Returns (node, task, attempt).
+fn interrupt_in_turn(
+    a: &Aws,
+    phase: &str,
+    nodes: &[(String, String)],
+    replace: bool,
+    mut before: impl FnMut(usize),
+) -> Vec<(String, String, u64)> {
+    let mut victims = Vec::new();
+    for (i, (name, iid)) in nodes.iter().enumerate() {
+        before(i);
+        let mut on = None;
+        wait_for(
+            &format!("a task running on {name}"),
+            Duration::from_secs(120),
+            || {
+                on = running_on(&a.p, phase, name);
+                on.is_some()
+            },
+        );
+        let (task, attempt) = on.unwrap();
+        let r = a.control(
+            "POST",
+            "interrupt",
+            json!({"instance_id": iid, "delay_seconds": 1, "replace": replace}),
+        );
+        assert_eq!(r["instance_id"], iid.as_str(), "{r}");
+        wait_for(
+            &format!("{task} (attempt {attempt}) re-queued after {name} was interrupted"),
+            Duration::from_secs(60),
+            || {
+                journal_now(&a.p, phase).iter().any(|e| {
+                    e["event"] == "requeued"
+                        && e["task"] == task.as_str()
+                        && e["attempt"] == attempt
+                })
+            },
+        );
+        victims.push((name.clone(), task, attempt));
+    }
+    victims
+}
+
+#[test]
+fn every_node_interrupted_in_turn_every_result_arrives_once_and_destroy_leaves_nothing() {
+    let a = Aws::new("interrupt_each_node");
+    sleeper_plan(&a, "each", "eachnode", 4, 3.0, 3, 1);
+    ok(&a.infra(&["apply", "each", "--yes"]), "apply");
+    let originals = node_ids(&a, "each");
+    assert_eq!(originals.len(), 3, "{originals:?}");
+    let child = a
+        .cmd(&["run", "each", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // node 1, then (once the run has re-queued its task) node 2, then node 3;
+    // the fleet replaces each one
+    let victims = interrupt_in_turn(&a, "each", &originals, true, |_| {});
+    let r = Run::from(child.wait_with_output().unwrap());
+    ok(&r, "the run with every node interrupted");
+    for (name, _) in &originals {
+        assert!(
+            r.stderr.contains(&format!("node {name} lost")),
+            "{name} lost:\n{}",
+            r.stderr
+        );
+    }
+    let j = journal(&a.p, "each");
+    let requeued: Vec<&Value> = j.iter().filter(|e| e["event"] == "requeued").collect();
+    assert_eq!(
+        requeued.len(),
+        3,
+        "one re-queue per interruption: {requeued:?}"
+    );
+    for (name, task, attempt) in &victims {
+        let at = j
+            .iter()
+            .position(|e| {
+                e["event"] == "requeued" && e["task"] == task.as_str() && e["attempt"] == *attempt
+            })
+            .unwrap();
+        let reason = j[at]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("interruption") || reason.contains("SpotInstanceTermination"),
+            "{task} on {name}: {reason}"
+        );
+        let later: Vec<&Value> = j[at..]
+            .iter()
+            .filter(|e| {
+                e["event"] == "dispatched"
+                    && e["nodes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|n| n == name.as_str())
+            })
+            .collect();
+        assert!(
+            later.is_empty(),
+            "nothing is placed on {name} once it is lost: {later:?}"
+        );
+    }
+    // every result exactly once
+    let counts = succeeded_counts(&a.p, "each");
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    for i in 1..=4 {
+        assert_eq!(
+            a.p.read(&format!("results/each/each-t{i}/out.txt")).trim(),
+            i.to_string()
+        );
+    }
+    let dirs = std::fs::read_dir(a.p.path().join("results/each"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(dirs, 4, "one result folder per task");
+    // the three replacements joined; the originals are gone
+    let st = a.state("each");
+    let nodes = st["nodes"].as_array().unwrap();
+    assert!(nodes.len() >= 6, "{st}");
+    for (name, _) in &originals {
+        let n = nodes.iter().find(|n| n["name"] == name.as_str()).unwrap();
+        assert_ne!(n["state"], "running", "{n}");
+    }
+    let sdk = a.sdk();
+    assert_eq!(sdk.instances().len(), 3, "the fleet kept 3 nodes up");
+    let r = a.infra(&["destroy", "each", "--all"]);
+    ok(&r, "destroy");
+    sdk.assert_nothing_left("after destroy --all");
+}
+
+#[test]
+fn interrupted_nodes_without_replacement_stop_the_run_with_the_reason_and_destroy_leaves_nothing() {
+    let a = Aws::new("interrupt_no_capacity");
+    sleeper_plan(&a, "nocap", "nocapacity", 4, 3.0, 2, 1);
+    ok(&a.infra(&["apply", "nocap", "--yes"]), "apply");
+    let originals = node_ids(&a, "nocap");
+    assert_eq!(originals.len(), 2, "{originals:?}");
+    let child = a
+        .cmd(&["run", "nocap", "all"])
+        .env("INFRA_REPLACEMENT_WAIT_SECONDS", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // node 1 goes at once; node 2 once it has finished a task; the fleet
+    // finds no capacity for either
+    let victims = interrupt_in_turn(&a, "nocap", &originals, false, |i| {
+        if i == 1 {
+            wait_for("a finished task", Duration::from_secs(90), || {
+                journal_now(&a.p, "nocap")
+                    .iter()
+                    .any(|e| e["event"] == "succeeded")
+            });
+        }
+    });
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(
+        r.code, 4,
+        "no node left: exit 4\nstdout:\n{}\nstderr:\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        r.stdout.contains("no replacement came within 3s"),
+        "the reason is said:\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let j = journal(&a.p, "nocap");
+    let last = j.last().unwrap();
+    assert_eq!(last["event"], "run_finished", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("need more nodes of group cpu than are left"),
+        "{last}"
+    );
+    let counts = succeeded_counts(&a.p, "nocap");
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    assert!(!counts.is_empty() && counts.len() < 4, "{counts:?}");
+    assert_eq!(last["pending"], 4 - counts.len(), "{last}");
+    for (_, task, _) in &victims[1..] {
+        assert!(
+            !counts.contains_key(task),
+            "{task} was cut short: {counts:?}"
+        );
+    }
+    for i in 1..=4 {
+        let id = format!("nocap-t{i}");
+        assert_eq!(
+            a.p.exists(&format!("results/nocap/{id}/out.txt")),
+            counts.contains_key(&id),
+            "{id}: results only of what finished"
+        );
+    }
+    let r = a.infra(&["status", "nocap"]);
+    ok(&r, "status");
+    assert!(
+        r.stdout.contains(&format!(
+            "{} done, 0 failed, {} queued",
+            counts.len(),
+            4 - counts.len()
+        )),
+        "{}",
+        r.stdout
+    );
+    let sdk = a.sdk();
+    assert!(sdk.instances().is_empty(), "{:?}", sdk.instances());
+    ok(&a.infra(&["destroy", "nocap", "--all"]), "destroy");
+    sdk.assert_nothing_left("after destroy --all");
+}
+
+/// `kill -9` of `infra apply` while CloudFormation creates the base stack
+/// (early) and, on a second deployment, the compute stack (mid-way): the
+/// stack goes on being created; `infra apply` again waits for it and
+/// converges on one deployment, which runs; destroy leaves nothing.
+#[test]
+fn kill_9_of_apply_while_the_stacks_are_created_then_apply_again_converges() {
+    let a = Aws::new("kill9_apply");
+    sleeper_plan(&a, "ka", "killapply", 2, 0.5, 2, 1);
+    a.control("POST", "stack-delay", json!({"create_seconds": 3}));
+    let sdk = a.sdk();
+    for (moment, stack) in [("early", "killapply-base"), ("mid-way", "killapply-ka")] {
+        let mut bg = a.spawn(&["apply", "ka", "--yes"]);
+        bg.wait_stderr(&format!("creating stack {stack}"), Duration::from_secs(60));
+        wait_for(
+            &format!("{stack} in CREATE_IN_PROGRESS"),
+            Duration::from_secs(30),
+            || sdk.stack_status(stack).as_deref() == Some("CREATE_IN_PROGRESS"),
+        );
+        let err = bg.kill9();
+        assert_eq!(
+            sdk.stack_status(stack).as_deref(),
+            Some("CREATE_IN_PROGRESS"),
+            "{moment}: killed while CloudFormation creates {stack}\n{err}"
+        );
+        let r = a.infra(&["apply", "ka", "--yes"]);
+        ok(&r, &format!("apply after a kill {moment}"));
+        assert!(
+            r.stderr.contains(&format!(
+                "stack {stack} is CREATE_IN_PROGRESS; waiting for it"
+            )),
+            "{moment}:\n{}",
+            r.stderr
+        );
+        // one deployment: two stacks, one fleet, two nodes
+        assert_eq!(
+            sdk.stacks(),
+            vec![
+                ("killapply-base".to_string(), "CREATE_COMPLETE".to_string()),
+                ("killapply-ka".to_string(), "CREATE_COMPLETE".to_string())
+            ],
+            "{moment}"
+        );
+        assert_eq!(sdk.fleets().len(), 1, "{moment}: {:?}", sdk.fleets());
+        assert_eq!(sdk.instances().len(), 2, "{moment}: {:?}", sdk.instances());
+        let r = a.infra(&["apply", "ka", "--yes"]);
+        ok(&r, "a third apply");
+        assert!(
+            r.stderr.contains("stack killapply-base is up to date")
+                && r.stderr.contains("stack killapply-ka is up to date"),
+            "{}",
+            r.stderr
+        );
+        if moment == "mid-way" {
+            ok(&a.infra(&["run", "ka", "all"]), "run");
+            assert_eq!(succeeded_counts(&a.p, "ka").len(), 2);
+        }
+        ok(&a.infra(&["destroy", "ka", "--all"]), "destroy");
+        sdk.assert_nothing_left(&format!("after a kill {moment}, apply and destroy"));
+    }
+}
+
+/// `kill -9` of `infra apply` while the compute stack is being created,
+/// then straight to `infra destroy`: the stack being created is deleted
+/// and nothing is left.
+#[test]
+fn kill_9_of_apply_mid_way_then_destroy_deletes_the_stack_being_created() {
+    let a = Aws::new("kill9_apply_destroy");
+    sleeper_plan(&a, "kad", "killapplydestroy", 1, 0.5, 2, 1);
+    a.control("POST", "stack-delay", json!({"create_seconds": 4}));
+    let sdk = a.sdk();
+    let mut bg = a.spawn(&["apply", "kad", "--yes"]);
+    bg.wait_stderr(
+        "creating stack killapplydestroy-kad",
+        Duration::from_secs(60),
+    );
+    wait_for(
+        "the compute stack in CREATE_IN_PROGRESS",
+        Duration::from_secs(30),
+        || sdk.stack_status("killapplydestroy-kad").as_deref() == Some("CREATE_IN_PROGRESS"),
+    );
+    let err = bg.kill9();
+    assert_eq!(
+        sdk.stack_status("killapplydestroy-kad").as_deref(),
+        Some("CREATE_IN_PROGRESS"),
+        "{err}"
+    );
+    let r = a.infra(&["destroy", "kad", "--all"]);
+    ok(&r, "destroy after a kill of apply");
+    assert!(
+        r.stderr.contains("deleting stack killapplydestroy-kad")
+            && r.stderr.contains("deleting stack killapplydestroy-base"),
+        "{}",
+        r.stderr
+    );
+    sdk.assert_nothing_left("after destroy --all");
+}
+
+/// Regression: `kill -9` of `infra apply` while the plan's setup runs on
+/// the nodes. The setup goes on there; the next apply started a second one
+/// beside it, and a setup that takes a lock (apt, dpkg, a clone into the
+/// same folder) failed, so apply failed (exit 4). Now the second waits for
+/// the first and finds it done.
+#[test]
+fn kill_9_of_apply_during_setup_then_apply_again_waits_for_the_setup_left_running() {
+    let a = Aws::new("kill9_apply_setup");
+    sleeper_plan_with(&a, "ks", "killsetup", 2, 0.5, 2, 1, true);
+    let path = "plans/ks.json";
+    let mut plan: Value = serde_json::from_str(&a.p.read(path)).unwrap();
+    plan["setup"] = json!([
+        "if [ -e busy ]; then echo another setup is running here >&2; exit 1; fi",
+        "touch busy",
+        "sleep 4.17",
+        "rm busy",
+        "echo set up $INFRA_NODE_NAME"
+    ]);
+    a.p.write(path, &plan.to_string());
+    let mut bg = a.spawn(&["apply", "ks", "--yes"]);
+    bg.wait_stderr("running setup on 2 node(s)", Duration::from_secs(60));
+    wait_for(
+        "the setup running on the nodes",
+        Duration::from_secs(30),
+        || {
+            Command::new("pgrep")
+                .args(["-f", "sleep 4.17"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().count() >= 2)
+                .unwrap_or(false)
+        },
+    );
+    bg.kill9();
+    let r = a.infra(&["apply", "ks", "--yes"]);
+    ok(&r, "apply after a kill during setup");
+    assert!(!r.stderr.contains("setup failed"), "{}", r.stderr);
+    // the tasks check that setup ran on their node
+    ok(&a.infra(&["run", "ks", "all"]), "run");
+    assert_eq!(succeeded_counts(&a.p, "ks").len(), 2);
+    ok(&a.infra(&["destroy", "ks", "--all"]), "destroy");
+    a.sdk().assert_nothing_left("after destroy --all");
+}
+
+/// `kill -9` of `infra destroy` while CloudFormation deletes the compute
+/// stack, and (second deployment) while it deletes the base stack:
+/// `infra destroy` again completes and nothing is left.
+#[test]
+fn kill_9_of_destroy_midway_then_destroy_again_completes_and_nothing_is_left() {
+    let a = Aws::new("kill9_destroy");
+    sleeper_plan(&a, "kd", "killdestroy", 1, 0.5, 2, 1);
+    a.control("POST", "stack-delay", json!({"delete_seconds": 3}));
+    let sdk = a.sdk();
+    for stack in ["killdestroy-kd", "killdestroy-base"] {
+        ok(&a.infra(&["apply", "kd", "--yes"]), "apply");
+        let mut bg = a.spawn(&["destroy", "kd", "--all"]);
+        bg.wait_stderr(&format!("deleting stack {stack}"), Duration::from_secs(60));
+        wait_for(
+            &format!("{stack} in DELETE_IN_PROGRESS"),
+            Duration::from_secs(30),
+            || sdk.stack_status(stack).as_deref() == Some("DELETE_IN_PROGRESS"),
+        );
+        let err = bg.kill9();
+        assert_eq!(
+            sdk.stack_status(stack).as_deref(),
+            Some("DELETE_IN_PROGRESS"),
+            "killed while CloudFormation deletes {stack}\n{err}"
+        );
+        let r = a.infra(&["destroy", "kd", "--all"]);
+        ok(
+            &r,
+            &format!("destroy after a kill while {stack} was deleted"),
+        );
+        assert!(
+            r.stdout
+                .contains("nothing billable tagged infra:project=killdestroy is left"),
+            "{}",
+            r.stdout
+        );
+        sdk.assert_nothing_left(&format!(
+            "after a kill while {stack} was deleted, and destroy again"
+        ));
+    }
 }
 
 #[test]

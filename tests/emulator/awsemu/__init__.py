@@ -13,6 +13,8 @@ lacks and what the addition does:
 - ``faults``       -- fault injection (addition 6)
 - ``cfn_extra_types`` -- SecurityGroupEgress and PlacementGroup in stacks
                       (addition 8)
+- ``cfn_timing``   -- stack creation and deletion that take time
+                      (addition 9)
 - ``control``      -- the /_emulator control API, reset and call counts
                       (addition 7)
 

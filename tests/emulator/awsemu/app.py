@@ -24,10 +24,12 @@ class EmulatorApp:
         registry.CALL_MOTO = registry.MotoCaller(moto_app)
         self.verbose = verbose
         # Import the additions so that they register their intercepts and patches.
-        from . import cfn_delete, cfn_extra_types, cfn_fleets, instance_info, prices, runcommand  # noqa: F401
+        from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_timing, instance_info,  # noqa: F401
+                       prices, runcommand)
 
         cfn_fleets.install()
         cfn_delete.install()
+        cfn_timing.install()
         prices.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -18,10 +18,12 @@ else the ``x-moto-account-id`` header, else 123456789012):
   {"ec2:DescribeInstances": 3, ...}}`` (``?all=1``: every account);
   ``DELETE /_emulator/calls`` clears the counts
 - ``POST /_emulator/interrupt`` ``{"instance_id", "delay_seconds"?,
-  "action"?: "terminate"|"stop"}``
+  "action"?: "terminate"|"stop", "replace"?: false}``
 - ``POST /_emulator/throttle`` ``{"action": "DescribeInstances" or
   "ec2:DescribeInstances", "count": N}``; ``GET`` lists them
 - ``POST /_emulator/fail-create-stack`` ``{"stack_name", "reason"?}``
+- ``GET|POST /_emulator/stack-delay`` ``{"create_seconds"?, "delete_seconds"?}``
+  (addition 9: stacks stay CREATE_IN_PROGRESS / DELETE_IN_PROGRESS that long)
 - ``GET|POST /_emulator/config`` ``{"interruption_delay",
   "invocation_visibility_delay"}``
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
-from . import faults
+from . import cfn_timing, faults
 from .protocol import Response, json_plain, read_body
 from .state import CONFIG, DEFAULT_ACCOUNT_ID, MOTO_LOCK, run_reset_hooks
 
@@ -107,7 +109,8 @@ def handle(environ: dict[str, Any]) -> Response:
             return json_plain({"error": "instance_id is required"}, 400)
         try:
             result = faults.interrupt_instance(body["instance_id"], body.get("delay_seconds"),
-                                               explicit, body.get("action") or "terminate")
+                                               explicit, body.get("action") or "terminate",
+                                               body.get("replace", True) is not False)
         except KeyError as err:
             return json_plain({"error": str(err)}, 404)
         except ValueError as err:
@@ -124,6 +127,15 @@ def handle(environ: dict[str, Any]) -> Response:
             return json_plain({"error": "stack_name is required"}, 400)
         faults.fail_next_create_stack(account, body["stack_name"], body.get("reason"))
         return json_plain({"account_id": account, "stack_name": body["stack_name"]})
+    if name == "stack-delay":
+        if method == "POST":
+            try:
+                result = cfn_timing.set_delays(account, body.get("create_seconds"), body.get("delete_seconds"))
+            except (TypeError, ValueError):
+                return json_plain({"error": "create_seconds and delete_seconds must be numbers"}, 400)
+        else:
+            result = cfn_timing.delays(account)
+        return json_plain({"account_id": account, **result})
     if name == "config":
         if method == "POST":
             for key in ("interruption_delay", "invocation_visibility_delay", "poll_interval"):

@@ -8,7 +8,8 @@ per account (``x-moto-account-id``):
   rebalance recommendation) and the instance is terminated after a short
   configurable delay instead of two minutes, with the state reason real EC2
   gives (``Server.SpotInstanceTermination``). A maintain-type spot fleet
-  then launches a replacement (see ``cfn_fleets.replace_interrupted``).
+  then launches a replacement (see ``cfn_fleets.replace_interrupted``),
+  unless told there is no capacity for one (``replace=False``).
 - ``throttle``: the next N calls of a named API fail with the throttling
   error of their protocol (EC2: ``RequestLimitExceeded`` HTTP 503; other
   query APIs: ``Throttling`` HTTP 400; JSON APIs: ``ThrottlingException``
@@ -108,10 +109,12 @@ def throttle_response(req: AwsRequest) -> Response | None:
 
 
 def interrupt_instance(instance_id: str, delay_seconds: float | None = None,
-                       account_id: str | None = None, action: str = "terminate") -> dict[str, Any]:
+                       account_id: str | None = None, action: str = "terminate",
+                       replace: bool = True) -> dict[str, Any]:
     """Post a spot interruption notice for the instance and terminate (or
     stop) it after ``delay_seconds`` (default: the server's
-    ``interruption_delay``)."""
+    ``interruption_delay``); its fleet replaces it unless ``replace`` is
+    false (the fleet finds no capacity)."""
     found = find_instance(instance_id, account_id)
     if found is None:
         raise KeyError(f"instance {instance_id} not found")
@@ -126,17 +129,17 @@ def interrupt_instance(instance_id: str, delay_seconds: float | None = None,
 
     def fire() -> None:
         _interrupt_timers.pop(instance_id, None)
-        _terminate_interrupted(instance, action)
+        _terminate_interrupted(instance, action, replace)
 
     timer = threading.Timer(max(delay, 0.0), fire)
     timer.daemon = True
     _interrupt_timers[instance_id] = timer
     timer.start()
-    return {"instance_id": instance_id, "account_id": acct, "region": region,
-            "notice": notice, "lifecycle": getattr(instance, "lifecycle", None) or "on-demand"}
+    return {"instance_id": instance_id, "account_id": acct, "region": region, "notice": notice,
+            "lifecycle": getattr(instance, "lifecycle", None) or "on-demand", "replace": replace}
 
 
-def _terminate_interrupted(instance: Any, action: str) -> None:
+def _terminate_interrupted(instance: Any, action: str, replace: bool = True) -> None:
     from moto.ec2.models.instances import StateReason
 
     from . import cfn_fleets
@@ -162,7 +165,8 @@ def _terminate_interrupted(instance: Any, action: str) -> None:
                 req.state = "closed" if action == "terminate" else "disabled"
                 req._status_code = "instance-terminated-no-capacity"
                 req.status_message = "Spot Instance terminated due to lack of capacity."
-        cfn_fleets.replace_interrupted(instance)
+        if replace:
+            cfn_fleets.replace_interrupted(instance)
 
 
 # ------------------------------------------------------ failing CreateStack
@@ -180,12 +184,18 @@ def pop_failing_stack(account_id: str, stack_name: str) -> str | None:
 
 @intercept("cloudformation", "CreateStack")
 def _create_stack(req: AwsRequest) -> Response:
-    """CreateStack passes to moto; an injected failure then rolls it back."""
+    """CreateStack passes to moto; an injected failure then rolls it back;
+    else the account's creation delay (addition 9) holds it in progress."""
+    from . import cfn_timing
+
     name = req.form.get("StackName", "")
     reason = pop_failing_stack(req.account_id, name)
-    resp = call_moto(req)
-    if reason is not None and resp.status == 200:
-        fail_created_stack(req.account_id, req.region, name, reason)
+    with MOTO_LOCK:
+        resp = call_moto(req)
+        if reason is not None and resp.status == 200:
+            fail_created_stack(req.account_id, req.region, name, reason)
+        elif resp.status == 200:
+            cfn_timing.after_create(req, name)
     return resp
 
 
