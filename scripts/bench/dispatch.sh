@@ -6,7 +6,8 @@ cd "$(dirname "$0")/../.."
 N=${N:-2000}
 RUNS=${RUNS:-5}
 BIN=$PWD/target/release/infra
-W=$(mktemp -d)
+# DIR=/dev/shm runs it on tmpfs, to separate the file system's share
+W=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}")
 trap 'rm -rf "$W"' EXIT
 mkdir -p "$W/plans/templates"
 cat > "$W/plans/templates/noop.json.hbs" <<'T'
@@ -43,4 +44,24 @@ for k, v in med.items():
     print(f"  {k:24s} {v:7.3f} s")
 for k in names[1:]:
     print(f"  infra / {k:24s} = {med['infra run']/med[k]:.2f}x")
+P
+# The file work infra does per task and xargs does not, alone: a staging
+# folder with stdout.log, stderr.log and runtime.json, moved into results/.
+python3 - "$W/fs" "$N" "$RUNS" <<'P'
+import os, statistics, sys, time
+root, n, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+times = []
+for r in range(runs):
+    d0 = f"{root}/{r}"
+    os.makedirs(f"{d0}/results")
+    t = time.perf_counter()
+    for i in range(n):
+        d = f"{d0}/s{i}"
+        os.mkdir(d)
+        for f in ("stdout.log", "stderr.log", "runtime.json"):
+            with open(f"{d}/{f}", "w") as fh:
+                fh.write("x\n")
+        os.rename(d, f"{d0}/results/{i}")
+    times.append(time.perf_counter() - t)
+print(f"  file work alone (python, {n} x mkdir + 3 files + rename): {statistics.median(times):.3f} s")
 P
