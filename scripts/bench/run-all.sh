@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-runs every benchmark and prints the figures for docs/BENCHMARKS.md.
 # Release build; needs GNU parallel, hyperfine and GNU time (Debian packages
-# parallel, hyperfine, time).
+# parallel, hyperfine, time); aws-path.sh also needs curl and the emulator's
+# Python packages (scripts/setup-test-deps.sh, run by it when they are missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --quiet
@@ -9,3 +10,4 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname 
 scripts/bench/dispatch.sh
 scripts/bench/plan-throughput.sh
 cargo test --release --quiet --test it scheduling_a_heterogeneous -- --nocapture 2>&1 | grep "500 tasks" || true
+scripts/bench/aws-path.sh   # about an hour with RUNS=3 on 2 shared cores
