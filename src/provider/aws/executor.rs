@@ -1066,8 +1066,11 @@ pub async fn reap(
         let Ok(cmd) = ssm::send(c, &send).await else {
             continue;
         };
-        for iid in chunk {
-            if let Ok(e) = poller.watch(&cmd, iid).await {
+        // every node's invocation is watched before any is awaited: one
+        // polling round for the chunk, not one per node
+        let waits: Vec<_> = chunk.iter().map(|iid| poller.watch(&cmd, iid)).collect();
+        for rx in waits {
+            if let Ok(e) = rx.await {
                 if let Some(n) = e
                     .output
                     .split("stopped ")
