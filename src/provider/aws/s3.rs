@@ -218,10 +218,23 @@ pub async fn upload_bundle(
         Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
         None => BTreeMap::new(),
     };
+    // changed files, 16 uploads at a time (one by one, a campaign of a few
+    // hundred task definitions took tens of seconds before its first task)
+    let changed: Vec<&String> = new
+        .iter()
+        .filter(|(k, h)| old.get(*k) != Some(*h))
+        .map(|(k, _)| k)
+        .collect();
     let mut uploaded = 0;
-    for (k, h) in &new {
-        if old.get(k) != Some(h) {
-            put(c, bucket, &format!("{prefix}/{k}"), files[k].clone()).await?;
+    for chunk in changed.chunks(16) {
+        let mut set = tokio::task::JoinSet::new();
+        for k in chunk {
+            let (c, bucket) = (c.clone(), bucket.to_string());
+            let (key, bytes) = (format!("{prefix}/{k}"), files[*k].clone());
+            set.spawn(async move { put(&c, &bucket, &key, bytes).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| AwsError::Failed(format!("an upload of the bundle failed: {e}")))??;
             uploaded += 1;
         }
     }
