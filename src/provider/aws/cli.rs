@@ -614,7 +614,7 @@ pub async fn run(
     // what other machines recorded, then the nodes' time since the last
     // metering (idle since apply, or a run that crashed): the budget is
     // checked again against that
-    let metered_now = sync_ledger(&c, plan, catalog, &looked.bucket).await;
+    let metered_now = sync_ledger(&c, plan, catalog, Some(&looked.bucket)).await;
     let metered_at = Instant::now();
     let (_, from) = ctx.catalog()?;
     crate::app::gate(ctx, plan, &tasks, catalog, &from)?;
@@ -826,19 +826,21 @@ async fn sync_ledger(
     c: &Clients,
     plan: &Plan,
     catalog: &Catalog,
-    bucket: &str,
+    bucket: Option<&str>,
 ) -> Vec<ledger::Spend> {
-    match meter::pull(c, bucket, &plan.root).await {
-        Ok(n) if n > 0 => progress(&format!(
-            "ledger: {n} entr(ies) from other machines (s3://{bucket}/{})",
-            meter::PREFIX
-        )),
-        Ok(_) => {}
-        Err(e) => progress(&format!(
-            "warning: cannot read the ledger in the bucket: {e}"
-        )),
+    if let Some(bucket) = bucket {
+        match meter::pull(c, bucket, &plan.root).await {
+            Ok(n) if n > 0 => progress(&format!(
+                "ledger: {n} entr(ies) from other machines (s3://{bucket}/{})",
+                meter::PREFIX
+            )),
+            Ok(_) => {}
+            Err(e) => progress(&format!(
+                "warning: cannot read the ledger in the bucket: {e}"
+            )),
+        }
     }
-    meter::meter(c, plan, catalog, Some(bucket))
+    meter::meter(c, plan, catalog, bucket)
         .await
         .unwrap_or_else(|e| {
             progress(&format!("warning: cannot meter the phase's instances: {e}"));
@@ -1087,14 +1089,7 @@ pub async fn destroy(
         }
     }
     // the instances' lifetimes up to their termination
-    if let Some(b) = &bucket {
-        let _ = meter::pull(&c, b, &plan.root).await;
-    }
-    if let Err(e) = meter::meter(&c, plan, catalog, bucket.as_deref()).await {
-        progress(&format!(
-            "warning: the phase's last spend is not metered: {e}"
-        ));
-    }
+    sync_ledger(&c, plan, catalog, bucket.as_deref()).await;
     // anything billable left, by tag
     let phase = if o.all {
         None

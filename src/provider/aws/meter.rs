@@ -146,28 +146,28 @@ pub async fn meter(
                 "catalog on-demand",
             )
         };
-        let hours = (end - start).num_milliseconds() as f64 / 3_600_000.0;
         let name = names
             .get(&i.instance_id)
             .cloned()
             .unwrap_or_else(|| i.group.clone());
-        out.push(Spend {
-            v: 1,
-            phase: plan.name_key.clone(),
-            provider: "aws".into(),
-            node: format!("{name} ({})", i.instance_id),
-            group: i.group.clone(),
-            instance_type: i.instance_type.clone(),
-            market: i.market.clone(),
-            start: start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            end: end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            hours,
+        let span = ledger::RunSpan {
+            phase: &plan.name_key,
+            provider: "aws",
+            start,
+            end,
+            hours: (end - start).num_milliseconds() as f64 / 3_600_000.0,
+            kind: "metered",
+        };
+        let mut e = span.spend(
+            format!("{name} ({})", i.instance_id),
+            &i.group,
+            &i.instance_type,
+            &i.market,
             usd_per_hour,
-            usd: usd_per_hour * hours,
-            kind: "metered".into(),
-            instance: Some(i.instance_id.clone()),
-            price_source: Some(source.into()),
-        });
+        );
+        e.instance = Some(i.instance_id.clone());
+        e.price_source = Some(source.into());
+        out.push(e);
     }
     ledger::append(&plan.root, &out).map_err(AwsError::io(ledger::path(&plan.root)))?;
     if let Some(b) = bucket {
