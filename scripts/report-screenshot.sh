@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/budget-report.png}
+case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cp -r plans scripts "$W/"
@@ -17,5 +18,5 @@ mkdir -p "$(dirname "$OUT")"
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$W/chrome" --hide-scrollbars --window-size=1280,1600 \
-  --screenshot="$PWD/$OUT" "file://$W/budget.html" 2>/dev/null
+  --screenshot="$OUT" "file://$W/budget.html" 2>/dev/null
 echo "wrote $OUT"

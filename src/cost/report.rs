@@ -122,7 +122,7 @@ pub fn build(i: Inputs) -> PhaseReport {
         estimated_usd: i.full.total_usd,
         estimate_hours: i.full.hours,
         metered_usd: r6(metered),
-        metered_kind: if mine.iter().any(|s| s.kind == "metered") {
+        metered_kind: if i.provider == "aws" || mine.iter().any(|s| s.kind == "metered") {
             "metered".into()
         } else {
             "simulated at catalog prices (local provider)".into()
