@@ -6,9 +6,33 @@ cd "$(dirname "$0")/../.."
 N=${N:-2000}
 RUNS=${RUNS:-5}
 BIN=$PWD/target/release/infra
-# DIR=/dev/shm runs it on tmpfs, to separate the file system's share
+# Where the campaign's files go decides much of the figure (infra writes four
+# files per task, xargs none):
+#   DIR=/dev/shm      tmpfs, the file system's share taken out
+#   FS=ext4-image     a fresh ext4 made by mkfs.ext4's defaults (with a journal,
+#                     as on most machines), loop-mounted; needs root
+#   default           $TMPDIR or /tmp, whatever this machine has there
+MNT=
+cleanup() {
+  rm -rf "$W"
+  if [ -n "$MNT" ]; then umount "$MNT" && rm -rf "$MNT"; fi
+}
+if [ "${FS:-}" = ext4-image ]; then
+  MNT=$(mktemp -d)
+  truncate -s 4G "$MNT.img"
+  mkfs.ext4 -q -F "$MNT.img"
+  mount -o loop "$MNT.img" "$MNT"
+  rm -f "$MNT.img" # the mount keeps it until it is unmounted
+  DIR=$MNT
+fi
 W=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}")
-trap 'rm -rf "$W"' EXIT
+trap cleanup EXIT
+dev=$(findmnt -no SOURCE --target "$W")
+fstype=$(findmnt -no FSTYPE --target "$W")
+if [ "$fstype" = ext4 ]; then
+  if dumpe2fs -h "$dev" 2>/dev/null | grep -q has_journal; then fstype="ext4 (journal)"; else fstype="ext4 (no journal)"; fi
+fi
+echo "campaign folder: $W on $fstype"
 mkdir -p "$W/plans/templates"
 cat > "$W/plans/templates/noop.json.hbs" <<'T'
 {"steps": [{"name": "noop", "command": "true"}]}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -259,10 +260,14 @@ pub struct Journal {
     syncer: Option<Syncer>,
 }
 
+/// The longest an outcome line waits to be made durable.
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Group commit: outcome lines are written at once (a killed process loses
 /// nothing written) and made durable by a thread of their own, one
-/// `fdatasync` covering every line written while the previous one ran, so
-/// the run loop never waits for the disk.
+/// `fdatasync` covering every line written in the last `SYNC_INTERVAL`, so
+/// the run loop never waits for the disk and a power loss costs at most the
+/// outcomes of that interval (their tasks run again).
 struct Syncer {
     tx: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -275,11 +280,30 @@ impl Syncer {
             .name("journal-sync".into())
             .spawn(move || {
                 let mut result = Ok(());
+                let mut last_sync: Option<Instant> = None;
                 while rx.recv().is_ok() {
+                    // At most one sync per interval: on a journaling file
+                    // system every sync commits the file system's journal,
+                    // and the run's file creation waits behind each commit.
+                    // The first request after a quiet spell, and the last
+                    // ones when the journal closes, are synced at once.
+                    if let Some(deadline) = last_sync.map(|t| t + SYNC_INTERVAL) {
+                        loop {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                break;
+                            }
+                            match rx.recv_timeout(deadline - now) {
+                                Ok(()) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     while rx.try_recv().is_ok() {}
                     if let Err(e) = file.sync_data() {
                         result = Err(e);
                     }
+                    last_sync = Some(Instant::now());
                 }
                 result
             })
