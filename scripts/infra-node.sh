@@ -86,6 +86,30 @@ upload() { # DIR DEST
   aws s3 cp --recursive --only-show-errors "$1" "$2/"
 }
 
+# watch_step PID RUN DEADLINE: stop the step when asked to ($RUN/stop), at
+# DEADLINE (seconds since boot, empty for none) or on a spot interruption
+# notice; the reason goes to $RUN/why before the step's group is killed
+watch_step() {
+  trap - TERM INT HUP
+  while ! [ -f "$2/rc" ]; do
+    why=""
+    if [ -f "$2/stop" ]; then
+      why=stopped
+    elif [ -n "$3" ] && awk -v d="$3" -v n="$(now)" 'BEGIN { exit !(n >= d) }'; then
+      why=timeout
+    elif spot_notice; then
+      why=interrupted
+    fi
+    if [ -n "$why" ]; then
+      [ -f "$2/rc" ] && return 0 # it ended on its own meanwhile
+      printf '%s\n' "$why" >"$2/why"
+      kill_group "$1"
+      return 0
+    fi
+    nap
+  done
+}
+
 cmd_step() {
   task=$1 attempt=$2 k=$3 name=$4 rank=$5 dest=$6 timeout=$7 bg=$8 outputs=$9
   shift 9
@@ -119,48 +143,33 @@ cmd_step() {
   fi
   pid=$!
   echo "$pid" >"$run/pid"
-  # SSM may TERM the wrapper (cancel, timeout): the step goes with it
-  trap 'kill_group "$pid"; exit 143' TERM INT HUP
-  status=""
-  code=""
   deadline=""
   if [ "$timeout" -gt 0 ] 2>/dev/null; then
     deadline=$(awk -v a="$started" -v t="$timeout" 'BEGIN { printf "%.2f\n", a + t }')
   fi
-  while :; do
-    if [ -f "$run/rc" ]; then
-      code=$(cat "$run/rc")
+  # The wrapper waits for the step itself (it returns the moment the step
+  # ends); a watcher beside it stops the step on `stop`, on its timeout or on
+  # a spot interruption notice, and says which in $run/why.
+  watch_step "$pid" "$run" "$deadline" &
+  watcher=$!
+  # SSM may TERM the wrapper (cancel, timeout): the step goes with it
+  trap 'kill "$watcher" 2>/dev/null; kill_group "$pid"; exit 143' TERM INT HUP
+  wait "$pid"
+  waited=$?
+  kill "$watcher" 2>/dev/null
+  wait "$watcher" 2>/dev/null
+  why=$(cat "$run/why" 2>/dev/null)
+  case "$why" in
+    stopped) status=stopped code=0 ;;
+    timeout) status=timeout code=$EXIT_TIMEOUT ;;
+    interrupted) status=interrupted code=$EXIT_INTERRUPTED ;;
+    *)
       status=exited
-      break
-    fi
-    if [ -f "$run/stop" ]; then
-      kill_group "$pid"
-      status=stopped
-      code=0
-      break
-    fi
-    if [ -n "$deadline" ] && awk -v d="$deadline" -v n="$(now)" 'BEGIN { exit !(n >= d) }'; then
-      kill_group "$pid"
-      status=timeout
-      code=$EXIT_TIMEOUT
-      break
-    fi
-    if spot_notice; then
-      kill_group "$pid"
-      status=interrupted
-      code=$EXIT_INTERRUPTED
-      break
-    fi
-    if gone "$pid" && [ ! -f "$run/rc" ]; then
-      sleep 0.2 2>/dev/null || sleep 1
-      [ -f "$run/rc" ] && continue
-      status=exited
-      code=1
-      break
-    fi
-    nap
-  done
-  wait "$pid" 2>/dev/null
+      # no exit code written: the step's shell itself was killed
+      code=$(cat "$run/rc" 2>/dev/null) || code=$waited
+      [ -n "$code" ] || code=$waited
+      ;;
+  esac
   wall=$(elapsed "$started")
   peak=0
   if [ -s "$run/maxrss" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Dispatch overhead: 2,000 no-op tasks on 2 slots, whole-command wall time of
-# `infra run` against `xargs -P2` and GNU `parallel -j2` doing the same work.
+# `infra run` against `xargs -P2` and GNU `parallel -j2` doing the same work
+# (the median of RUNS rounds; needs Debian's parallel).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-2000}
@@ -46,39 +47,31 @@ json.dump({"phase": "noop", "name": "dispatch benchmark",
 P
 "$BIN" -C "$W" plan noop > /dev/null
 seq "$N" > "$W/ids"
-# Between runs the journal and the results are moved aside, not deleted:
-# deleting 8,000 files right before a run makes every file the next run
-# creates slower on ext4 (it skips recently deleted inodes), a cost of the
-# benchmark's own cleanup, not of dispatching. They are deleted at the end.
+# The commands run in rounds, one after the other within a round (the first
+# round is a warm-up), so that each figure sees the same machine and the same
+# file-system state as the others: on this machine's ext4 the cost of
+# creating a file varies several-fold with what was deleted in the minutes
+# before. Between runs the journal and the results are moved aside, not
+# deleted (deleting 8,000 files right before a run slows the next run's file
+# creation; they are deleted at the end).
+# "file work alone" is the file work infra does per task and xargs does not,
+# without any process: a folder with stdout.log, stderr.log and runtime.json,
+# moved into results/ (Python).
 mkdir -p "$W/trash"
-PREP="d=\$(mktemp -d -p $W/trash); mv $W/.infra/noop/journal.jsonl $W/results \$d/ 2>/dev/null || true"
-hyperfine --warmup 1 --runs "$RUNS" --export-json "$W/h.json" -N \
-  --prepare "sh -c '$PREP'" \
-  "$BIN -C $W run noop all" \
-  "xargs -P2 -n1 -a $W/ids true" \
-  "xargs -P2 -n1 -a $W/ids sh -c true" \
-  "parallel -j2 -a $W/ids sh -c true" > "$W/out.txt" 2>&1 || { cat "$W/out.txt"; exit 1; }
-python3 - "$W/h.json" "$N" <<'P'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]
-names = ["infra run", "xargs -P2 true", "xargs -P2 sh -c true", "parallel -j2 sh -c true"]
-med = dict(zip(names, (x["median"] for x in r)))
-print(f"dispatch, {sys.argv[2]} no-op tasks on 2 slots (median of {len(r[0]['times'])} runs):")
-for k, v in med.items():
-    print(f"  {k:24s} {v:7.3f} s")
-for k in names[1:]:
-    print(f"  infra / {k:24s} = {med['infra run']/med[k]:.2f}x")
-P
-# The file work infra does per task and xargs does not, alone: a staging
-# folder with stdout.log, stderr.log and runtime.json, moved into results/.
-python3 - "$W/fs" "$N" "$RUNS" <<'P'
-import os, statistics, sys, time
-root, n, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-times = []
-for r in range(runs):
-    d0 = f"{root}/{r}"
-    os.makedirs(f"{d0}/results")
-    t = time.perf_counter()
+python3 - "$W" "$BIN" "$N" "$RUNS" <<'P2'
+import os, statistics, subprocess, sys, tempfile, time
+w, bin_, n, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ids = f"{w}/ids"
+
+def aside():
+    d = tempfile.mkdtemp(dir=f"{w}/trash")
+    for p in (f"{w}/.infra/noop/journal.jsonl", f"{w}/results"):
+        if os.path.exists(p):
+            os.rename(p, f"{d}/{os.path.basename(p)}")
+
+def file_work():
+    d0 = tempfile.mkdtemp(dir=f"{w}/trash")
+    os.mkdir(f"{d0}/results")
     for i in range(n):
         d = f"{d0}/s{i}"
         os.mkdir(d)
@@ -86,6 +79,34 @@ for r in range(runs):
             with open(f"{d}/{f}", "w") as fh:
                 fh.write("x\n")
         os.rename(d, f"{d0}/results/{i}")
-    times.append(time.perf_counter() - t)
-print(f"  file work alone (python, {n} x mkdir + 3 files + rename): {statistics.median(times):.3f} s")
-P
+
+commands = {
+    "infra run": [bin_, "-C", w, "run", "noop", "all"],
+    "xargs -P2 true": ["xargs", "-P2", "-n1", "-a", ids, "true"],
+    "xargs -P2 sh -c true": ["xargs", "-P2", "-n1", "-a", ids, "sh", "-c", "true"],
+    "parallel -j2 sh -c true": ["parallel", "-j2", "-a", ids, "sh", "-c", "true"],
+    "file work alone": None,
+}
+times = {k: [] for k in commands}
+for r in range(runs + 1):
+    for name, argv in commands.items():
+        if name == "infra run":
+            aside()
+        t = time.perf_counter()
+        if argv is None:
+            file_work()
+        else:
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if r > 0:
+            times[name].append(time.perf_counter() - t)
+med = {k: statistics.median(v) for k, v in times.items()}
+print(f"dispatch, {n} no-op tasks on 2 slots (median of {runs} rounds):")
+for k, v in med.items():
+    lo, hi = min(times[k]), max(times[k])
+    print(f"  {k:24s} {v:7.3f} s   (range {lo:.3f} .. {hi:.3f})")
+for k in ["xargs -P2 true", "xargs -P2 sh -c true", "parallel -j2 sh -c true"]:
+    print(f"  infra / {k:24s} = {med['infra run'] / med[k]:.2f}x")
+# per round, so that both halves of the difference saw the same state
+over = [a - b for a, b in zip(times["infra run"], times["file work alone"])]
+print(f"  infra run minus file work alone, per round: median {statistics.median(over):.3f} s")
+P2

@@ -664,6 +664,32 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     let counts = succeeded_counts(&a.p, "k9");
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    // The nodes fetched the wrapper, not the task definitions; a changed
+    // task definition is uploaded to the bundle but no node fetches again.
+    let node_dirs: Vec<PathBuf> = node_ids(&a, "k9")
+        .iter()
+        .map(|(_, id)| emulator()._dir.path().join("state/instances").join(id))
+        .collect();
+    let hashes = || -> Vec<String> {
+        node_dirs
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("bundle.hash")).unwrap())
+            .collect()
+    };
+    let fetched = hashes();
+    for d in &node_dirs {
+        assert!(d.join("bundle/infra/infra-node.sh").is_file(), "{d:?}");
+        assert!(!d.join("bundle/tasks").exists(), "{d:?}");
+    }
+    let template = a.p.read("plans/templates/sleeper.json.hbs");
+    a.p.write(
+        "plans/templates/sleeper.json.hbs",
+        &template.replace("sleep 3", "sleep 0.1"),
+    );
+    let r = a.infra(&["run", "k9", "k9-t1"]);
+    ok(&r, "a run after the task definitions changed");
+    assert!(r.stderr.contains(" 6 uploaded, 0 removed"), "{}", r.stderr);
+    assert_eq!(hashes(), fetched, "a node fetched the bundle again");
     // --delete-results refuses while a finished task's results are not here
     std::fs::remove_dir_all(a.p.path().join("results/k9/k9-t1")).unwrap();
     let r = a.infra(&["destroy", "k9", "--all", "--delete-results"]);

@@ -658,6 +658,12 @@ pub async fn run(
     save(plan, &mut st)?;
     let bundle = upload_bundle(&c, plan, &looked.bucket).await?;
     let ids: Vec<String> = live.iter().map(|l| l.2.clone()).collect();
+    // what each instance costs by the hour, as metered (its zone's spot
+    // price): tasks are charged at their own nodes' prices
+    let metered_price: HashMap<String, f64> = metered_now
+        .iter()
+        .filter_map(|e| Some((e.instance.clone()?, e.usd_per_hour)))
+        .collect();
     let exec = AwsExecutor::start(
         executor::Setup {
             clients: c.clone(),
@@ -670,6 +676,7 @@ pub async fn run(
             state: st.clone(),
             state_path: state::path(plan),
             setup_hash: setup_hash(plan),
+            metered_usd_per_hour: metered_price.clone(),
             replacement_wait: Duration::from_secs_f64(
                 env_f64("INFRA_REPLACEMENT_WAIT_SECONDS").unwrap_or(600.0),
             ),
@@ -718,15 +725,11 @@ pub async fn run(
     };
     // the watchdog burns at the nodes' metered prices (their zone's spot
     // price), the catalog's where a node has not been metered
-    let metered_price: HashMap<&str, f64> = metered_now
-        .iter()
-        .filter_map(|e| Some((e.instance.as_deref()?, e.usd_per_hour)))
-        .collect();
     let hourly: f64 = live
         .iter()
         .filter_map(|l| {
             metered_price
-                .get(l.2.as_str())
+                .get(&l.2)
                 .copied()
                 .or_else(|| groups.get(&l.1).map(|g| g.hourly_usd))
         })

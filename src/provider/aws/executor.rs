@@ -14,7 +14,7 @@
 //! (`NodeChange::Lost`) and its attempts end `Outcome::Lost`; a new
 //! instance of the fleet joins once SSM reaches it (and setup ran on it).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -73,6 +73,9 @@ pub struct Setup {
     pub state_path: std::path::PathBuf,
     /// Hash of the plan's setup commands, when it has any.
     pub setup_hash: Option<String>,
+    /// Metered $/h by instance id; a node not in it costs its group's
+    /// catalog price.
+    pub metered_usd_per_hour: HashMap<String, f64>,
     /// How long the runner waits for replacement nodes.
     pub replacement_wait: Duration,
     /// Interval of the node check (DescribeInstances by tag).
@@ -974,7 +977,15 @@ impl Executor for AwsExecutor {
     }
 
     fn node_hourly_usd(&self, node: usize) -> f64 {
-        self.node(node).map(|n| n.spec.hourly_usd).unwrap_or(0.0)
+        self.node(node)
+            .map(|n| {
+                self.s
+                    .metered_usd_per_hour
+                    .get(&n.instance_id)
+                    .copied()
+                    .unwrap_or(n.spec.hourly_usd)
+            })
+            .unwrap_or(0.0)
     }
 
     fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {

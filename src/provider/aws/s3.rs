@@ -126,11 +126,21 @@ pub async fn download_prefix(
 
 /// Delete every object under `prefix`; returns how many.
 pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
-    let keys = list(c, bucket, prefix).await?;
+    let keys: Vec<String> = list(c, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    delete_keys(c, bucket, &keys, prefix).await?;
+    Ok(keys.len())
+}
+
+/// Delete `keys`, a thousand per request (`what` names them in an error).
+async fn delete_keys(c: &Clients, bucket: &str, keys: &[String], what: &str) -> Result<(), AwsError> {
     for chunk in keys.chunks(1000) {
         let ids: Vec<ObjectIdentifier> = chunk
             .iter()
-            .filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok())
+            .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
             .collect();
         let del = Delete::builder()
             .set_objects(Some(ids))
@@ -142,9 +152,9 @@ pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<us
             .delete(del)
             .send()
             .await
-            .map_err(api(format!("delete objects under s3://{bucket}/{prefix}")))?;
+            .map_err(api(format!("delete objects under s3://{bucket}/{what}")))?;
     }
-    Ok(keys.len())
+    Ok(())
 }
 
 pub async fn delete_bucket(c: &Clients, bucket: &str) -> Result<bool, AwsError> {
@@ -154,6 +164,9 @@ pub async fn delete_bucket(c: &Clients, bucket: &str) -> Result<bool, AwsError> 
         Err(e) => Err(api(format!("delete bucket {bucket}"))(e)),
     }
 }
+
+/// The part of the bundle the nodes do not fetch: the task definitions.
+pub const NODE_SKIPS: &str = "tasks/";
 
 /// What the bundle holds: key (relative to the bundle prefix) → bytes.
 pub type Files = BTreeMap<String, Vec<u8>>;
@@ -238,24 +251,29 @@ pub async fn upload_bundle(
             uploaded += 1;
         }
     }
-    let mut deleted = 0;
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        c.s3.delete_object()
-            .bucket(bucket)
-            .key(format!("{prefix}/{k}"))
-            .send()
-            .await
-            .map_err(api(format!("delete s3://{bucket}/{prefix}/{k}")))?;
-        deleted += 1;
-    }
+    let gone: Vec<String> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .map(|k| format!("{prefix}/{k}"))
+        .collect();
+    delete_keys(c, bucket, &gone, &prefix).await?;
+    let deleted = gone.len();
     let text = serde_json::to_vec_pretty(&new).unwrap_or_default();
     if uploaded + deleted > 0 || old.is_empty() {
         put(c, bucket, &manifest_key, text.clone()).await?;
     }
+    // The nodes fetch what they run (the wrapper, scripts/, setup.sh), not
+    // the task definitions (each step's command comes with its Run Command),
+    // so a changed task definition does not make every node fetch again.
+    let node_side: BTreeMap<&String, &String> = new
+        .iter()
+        .filter(|(k, _)| !k.starts_with(NODE_SKIPS))
+        .collect();
+    let node_hash = sha256_hex(&serde_json::to_vec(&node_side).unwrap_or_default());
     Ok(Uploaded {
         bundle: BundleRef {
             url: format!("s3://{bucket}/{prefix}"),
-            hash: sha256_hex(&text)[..16].to_string(),
+            hash: node_hash[..16].to_string(),
             region: c.settings.region.clone(),
         },
         files: new.len(),

@@ -49,9 +49,10 @@ pub fn command(
         quote(&bundle.region)
     ));
     let (url, hash) = (quote(&format!("{}/", bundle.url)), quote(&bundle.hash));
+    let skips = quote(&format!("{}*", super::s3::NODE_SKIPS));
     s.push_str(&format!(
         "if [ \"$(cat \"$R/bundle.hash\" 2>/dev/null)\" != {hash} ]; then\n  \
-         mkdir -p \"$R/bundle\" && aws s3 sync --delete --only-show-errors {url} \"$R/bundle/\" && printf '%s\\n' {hash} >\"$R/bundle.hash\" \
+         mkdir -p \"$R/bundle\" && aws s3 sync --delete --only-show-errors --exclude {skips} {url} \"$R/bundle/\" && printf '%s\\n' {hash} >\"$R/bundle.hash\" \
          || {{ echo \"infra: cannot fetch the task bundle from \"{url} >&2; exit {EXIT_BUNDLE}; }}\nfi\n"
     ));
     for (k, v) in env {

@@ -134,6 +134,29 @@ fn a_run_whose_budget_runs_out_on_aws_stops_dispatching_deletes_the_stack_and_st
             assert!(w[0].1 <= w[1].0, "overlapping spans for {id}: {spans:?}");
         }
     }
+    // each task is charged a slot's share of its own node's metered price,
+    // not the catalog's spot median ($8.00/h)
+    let metered: Vec<f64> = per_instance.values().copied().collect();
+    let mut charged = 0;
+    for e in std::fs::read_dir(a.p.path().join("results/money")).unwrap() {
+        let Ok(text) = std::fs::read_to_string(e.unwrap().path().join("runtime.json")) else {
+            continue;
+        };
+        let rt: Value = serde_json::from_str(&text).unwrap();
+        if rt["status"] != "succeeded" {
+            continue;
+        }
+        let slots = 2.0;
+        let per_hour =
+            rt["cost_usd"].as_f64().unwrap() * 3600.0 * slots / rt["wall_seconds"].as_f64().unwrap();
+        assert!(
+            metered.iter().any(|m| (per_hour - m).abs() < 0.03 * m),
+            "{} charged at ${per_hour:.3}/h; metered prices {metered:?}",
+            rt["task"]
+        );
+        charged += 1;
+    }
+    assert_eq!(charged, done);
     // the report says why it stopped, and the next run is refused
     let rep: Value =
         serde_json::from_str(&a.infra(&["budget", "money", "--format", "json"]).stdout).unwrap();
