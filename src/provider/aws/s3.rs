@@ -136,7 +136,12 @@ pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<us
 }
 
 /// Delete `keys`, a thousand per request (`what` names them in an error).
-async fn delete_keys(c: &Clients, bucket: &str, keys: &[String], what: &str) -> Result<(), AwsError> {
+async fn delete_keys(
+    c: &Clients,
+    bucket: &str,
+    keys: &[String],
+    what: &str,
+) -> Result<(), AwsError> {
     for chunk in keys.chunks(1000) {
         let ids: Vec<ObjectIdentifier> = chunk
             .iter()

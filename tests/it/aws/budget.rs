@@ -147,8 +147,8 @@ fn a_run_whose_budget_runs_out_on_aws_stops_dispatching_deletes_the_stack_and_st
             continue;
         }
         let slots = 2.0;
-        let per_hour =
-            rt["cost_usd"].as_f64().unwrap() * 3600.0 * slots / rt["wall_seconds"].as_f64().unwrap();
+        let per_hour = rt["cost_usd"].as_f64().unwrap() * 3600.0 * slots
+            / rt["wall_seconds"].as_f64().unwrap();
         assert!(
             metered.iter().any(|m| (per_hour - m).abs() < 0.03 * m),
             "{} charged at ${per_hour:.3}/h; metered prices {metered:?}",
