@@ -28,8 +28,8 @@ if [ "${FS:-}" = ext4-image ]; then
 fi
 W=$(mktemp -d -p "${DIR:-${TMPDIR:-/tmp}}")
 trap cleanup EXIT
-dev=$(findmnt -no SOURCE --target "$W")
-fstype=$(findmnt -no FSTYPE --target "$W")
+dev=$(findmnt -no SOURCE --target "$W" | tail -n 1)
+fstype=$(findmnt -no FSTYPE --target "$W" | tail -n 1)
 if [ "$fstype" = ext4 ]; then
   if dumpe2fs -h "$dev" 2>/dev/null | grep -q has_journal; then fstype="ext4 (journal)"; else fstype="ext4 (no journal)"; fi
 fi
@@ -82,6 +82,9 @@ def file_work():
 
 commands = {
     "infra run": [bin_, "-C", w, "run", "noop", "all"],
+    # `true` with no argument, as infra runs it (with one, coreutils' true
+    # sets up its locale for --help, which costs it a tenth of its time)
+    "xargs -P2 -I{} true": ["xargs", "-P2", "-I{}", "-a", ids, "true"],
     "xargs -P2 true": ["xargs", "-P2", "-n1", "-a", ids, "true"],
     "xargs -P2 sh -c true": ["xargs", "-P2", "-n1", "-a", ids, "sh", "-c", "true"],
     "parallel -j2 sh -c true": ["parallel", "-j2", "-a", ids, "sh", "-c", "true"],
@@ -104,7 +107,7 @@ print(f"dispatch, {n} no-op tasks on 2 slots (median of {runs} rounds):")
 for k, v in med.items():
     lo, hi = min(times[k]), max(times[k])
     print(f"  {k:24s} {v:7.3f} s   (range {lo:.3f} .. {hi:.3f})")
-for k in ["xargs -P2 true", "xargs -P2 sh -c true", "parallel -j2 sh -c true"]:
+for k in ["xargs -P2 -I{} true", "xargs -P2 true", "xargs -P2 sh -c true", "parallel -j2 sh -c true"]:
     print(f"  infra / {k:24s} = {med['infra run'] / med[k]:.2f}x")
 # per round, so that both halves of the difference saw the same state
 over = [a - b for a, b in zip(times["infra run"], times["file work alone"])]

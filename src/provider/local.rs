@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::env::{task_env, Phase, RankNode, Shape};
 use super::process::{reap_orphans, Exit, PidLog, Spawned};
 use crate::plan::Plan;
-use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, Outcome, Seat};
+use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, Outcome};
 use crate::tasks::{Health, Step, TaskDef};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,9 +44,6 @@ pub struct LocalState {
 pub fn loopback(index: usize) -> String {
     format!("127.0.{}.{}", 1 + index / 250, 2 + index % 250)
 }
-
-pub const BASE_PORT: u32 = 20000;
-pub const PORTS_PER_SLOT: u32 = 16;
 
 /// The nodes a plan asks for, laid out on this machine.
 pub fn nodes_for(
@@ -169,83 +167,36 @@ impl LocalExecutor {
         }
     }
 
-    fn slot_env(&self, node: &LocalNode, slot: u32, env: &mut Vec<(String, String)>) {
-        if node.gpus > 0 {
-            let (g, s) = (node.gpus, node.slots.max(1));
-            let devices: Vec<u32> = if s <= g {
-                let per = g / s;
-                (slot * per..(slot + 1) * per).collect()
-            } else {
-                vec![slot * g / s]
-            };
-            env.push((
-                "CUDA_VISIBLE_DEVICES".into(),
-                devices
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ));
-        }
-        let per = (node.vcpus / node.slots.max(1)).max(1);
-        let first = slot * per;
-        env.push((
-            "INFRA_CORES".into(),
-            format!("{}-{}", first, first + per - 1),
-        ));
-        env.push((
-            "INFRA_N_WORKERS".into(),
-            node.workers_per_slot.unwrap_or(per).to_string(),
-        ));
-    }
-
     fn env_for(&self, req: &AttemptRequest, rank: usize, work: &Path) -> Vec<(String, String)> {
-        let t = &req.task;
-        let seat = &req.seats[rank];
-        let node = &self.nodes[seat.node];
-        let port = |s: &Seat| BASE_PORT + s.slot * PORTS_PER_SLOT;
-        let mut env: Vec<(String, String)> = vec![
-            (
-                "INFRA_STATE_DIR".into(),
-                self.state_dir.display().to_string(),
-            ),
-            ("INFRA_PHASE".into(), self.phase.clone()),
-            ("INFRA_PHASE_NAME".into(), self.phase_name.clone()),
-            ("INFRA_TASK_ID".into(), t.id.clone()),
-            ("INFRA_TASK_KEY".into(), t.key.clone()),
-            ("INFRA_LAYER".into(), t.layer.clone()),
-            ("INFRA_ATTEMPT".into(), req.attempt.to_string()),
-            ("INFRA_NODE_RANK".into(), rank.to_string()),
-            ("INFRA_NODES".into(), req.seats.len().to_string()),
-            ("INFRA_NODE_NAME".into(), node.name.clone()),
-            ("INFRA_NODE_ADDR".into(), node.addr.clone()),
-            ("INFRA_PORT".into(), port(seat).to_string()),
-            ("INFRA_SLOT".into(), seat.slot.to_string()),
-            ("INFRA_OUTPUT_DIR".into(), req.staging.display().to_string()),
-            ("INFRA_WORK_DIR".into(), work.display().to_string()),
-            (
-                "INFRA_SCRIPTS".into(),
-                self.root.join("scripts").display().to_string(),
-            ),
-            ("INFRA_ROOT".into(), self.root.display().to_string()),
-            ("INFRA_PROVIDER".into(), "local".into()),
+        let node = &self.nodes[req.seats[rank].node];
+        let nodes: Vec<RankNode> = req
+            .seats
+            .iter()
+            .map(|s| RankNode {
+                name: &self.nodes[s.node].name,
+                addr: &self.nodes[s.node].addr,
+            })
+            .collect();
+        let shape = Shape {
+            gpus: node.gpus,
+            vcpus: node.vcpus,
+            slots: node.slots,
+            workers_per_slot: node.workers_per_slot,
+        };
+        let phase = Phase {
+            phase: &self.phase,
+            name: &self.phase_name,
+            provider: "local",
+        };
+        let path = |p: &Path| p.display().to_string();
+        let extra = vec![
+            ("INFRA_STATE_DIR".into(), path(&self.state_dir)),
+            ("INFRA_OUTPUT_DIR".into(), path(&req.staging)),
+            ("INFRA_WORK_DIR".into(), path(work)),
+            ("INFRA_SCRIPTS".into(), path(&self.root.join("scripts"))),
+            ("INFRA_ROOT".into(), path(&self.root)),
         ];
-        for (r, s) in req.seats.iter().enumerate() {
-            env.push((
-                format!("INFRA_NODE_{r}_ADDR"),
-                self.nodes[s.node].addr.clone(),
-            ));
-            env.push((format!("INFRA_NODE_{r}_PORT"), port(s).to_string()));
-        }
-        if let Some((i, k)) = t.partition {
-            env.push(("INFRA_PARTITION".into(), i.to_string()));
-            env.push(("INFRA_N_PARTITIONS".into(), k.to_string()));
-        }
-        self.slot_env(node, seat.slot, &mut env);
-        for (k, v) in &t.env {
-            env.push((k.clone(), v.clone()));
-        }
-        env
+        task_env(&phase, req, rank, &nodes, &shape, extra)
     }
 }
 

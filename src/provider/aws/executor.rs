@@ -27,7 +27,8 @@ use super::ec2;
 use super::script::{self, BundleRef, StepArgs};
 use super::ssm::{self, End, Ended, Poller};
 use super::state::{self, AwsState};
-use crate::provider::local::{expand_vars, wait_stop, BASE_PORT, PORTS_PER_SLOT};
+use crate::provider::env::{task_env, Phase, RankNode, Shape};
+use crate::provider::local::{expand_vars, wait_stop};
 use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, NodeChange, Outcome};
 use crate::tasks::{Step, TaskDef};
 
@@ -362,67 +363,30 @@ impl AwsExecutor {
         nodes: &[Arc<Node>],
         dest: &str,
     ) -> Vec<(String, String)> {
-        let t = &req.task;
-        let seat = &req.seats[rank];
-        let node = &nodes[rank];
-        let port = |slot: u32| BASE_PORT + slot * PORTS_PER_SLOT;
-        let mut env: Vec<(String, String)> = vec![
-            ("INFRA_PHASE".into(), self.s.phase.clone()),
-            ("INFRA_PHASE_NAME".into(), self.s.name_key.clone()),
-            ("INFRA_TASK_ID".into(), t.id.clone()),
-            ("INFRA_TASK_KEY".into(), t.key.clone()),
-            ("INFRA_LAYER".into(), t.layer.clone()),
-            ("INFRA_ATTEMPT".into(), req.attempt.to_string()),
-            ("INFRA_NODE_RANK".into(), rank.to_string()),
-            ("INFRA_NODES".into(), req.seats.len().to_string()),
-            ("INFRA_NODE_NAME".into(), node.name.clone()),
-            ("INFRA_NODE_ADDR".into(), node.addr.clone()),
-            ("INFRA_PORT".into(), port(seat.slot).to_string()),
-            ("INFRA_SLOT".into(), seat.slot.to_string()),
-            ("INFRA_PROVIDER".into(), "aws".into()),
+        let ranks: Vec<RankNode> = nodes
+            .iter()
+            .map(|n| RankNode {
+                name: &n.name,
+                addr: &n.addr,
+            })
+            .collect();
+        let spec = &nodes[rank].spec;
+        let shape = Shape {
+            gpus: spec.gpus,
+            vcpus: spec.vcpus,
+            slots: spec.slots,
+            workers_per_slot: spec.workers_per_slot,
+        };
+        let phase = Phase {
+            phase: &self.s.phase,
+            name: &self.s.name_key,
+            provider: "aws",
+        };
+        let extra = vec![
             ("INFRA_BUCKET".into(), self.s.bucket.clone()),
             ("INFRA_RESULTS_URL".into(), dest.to_string()),
         ];
-        for (r, s) in req.seats.iter().enumerate() {
-            env.push((format!("INFRA_NODE_{r}_ADDR"), nodes[r].addr.clone()));
-            env.push((format!("INFRA_NODE_{r}_PORT"), port(s.slot).to_string()));
-        }
-        if let Some((i, k)) = t.partition {
-            env.push(("INFRA_PARTITION".into(), i.to_string()));
-            env.push(("INFRA_N_PARTITIONS".into(), k.to_string()));
-        }
-        let spec = &node.spec;
-        if spec.gpus > 0 {
-            let (g, s) = (spec.gpus, spec.slots.max(1));
-            let devices: Vec<u32> = if s <= g {
-                let per = g / s;
-                (seat.slot * per..(seat.slot + 1) * per).collect()
-            } else {
-                vec![seat.slot * g / s]
-            };
-            env.push((
-                "CUDA_VISIBLE_DEVICES".into(),
-                devices
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ));
-        }
-        let per = (spec.vcpus / spec.slots.max(1)).max(1);
-        let first = seat.slot * per;
-        env.push((
-            "INFRA_CORES".into(),
-            format!("{}-{}", first, first + per - 1),
-        ));
-        env.push((
-            "INFRA_N_WORKERS".into(),
-            spec.workers_per_slot.unwrap_or(per).to_string(),
-        ));
-        for (k, v) in &t.env {
-            env.push((k.clone(), v.clone()));
-        }
-        env
+        task_env(&phase, req, rank, &ranks, &shape, extra)
     }
 
     async fn send(
