@@ -70,7 +70,7 @@ json_str() { printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\
 # gone PID: the process has exited (a zombie or no more)
 gone() {
   [ -r "/proc/$1/stat" ] || return 0
-  [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" = Z ]
+  [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
 }
 
 # kill_group PID: TERM the process group, KILL what is left after 2 s
@@ -154,7 +154,7 @@ cmd_step() {
   watcher=$!
   # SSM may TERM the wrapper (cancel, timeout): the step goes with it
   trap 'kill "$watcher" 2>/dev/null; kill_group "$pid"; exit 143' TERM INT HUP
-  wait "$pid"
+  wait "$pid" 2>/dev/null
   waited=$?
   kill "$watcher" 2>/dev/null
   wait "$watcher" 2>/dev/null
