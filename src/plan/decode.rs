@@ -221,7 +221,7 @@ pub(crate) fn duration(d: &mut Diags, v: &Spanned, path: &str) -> Option<Duratio
         _ => None,
     };
     match secs {
-        Some(s) if s.is_finite() && s >= 0.0 && s <= 365.0 * 86400.0 => {
+        Some(s) if s.is_finite() && (0.0..=365.0 * 86400.0).contains(&s) => {
             Some(Duration::from_secs_f64(s))
         }
         Some(s) if s < 0.0 => {
@@ -732,224 +732,228 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let mut seen_layers: HashMap<String, Pos> = HashMap::new();
     let mut seen_ids: HashMap<String, Pos> = HashMap::new();
     let mut total = 0usize;
-    match top.required(
+    if let Some(v) = top.required(
         &mut d,
         "layers",
         "[{\"id\": \"L0\", \"name\": \"...\", \"patterns\": [...]}]",
     ) {
-        Some(v) => {
-            match &v.node {
-                Node::Arr(items) => {
-                    if items.is_empty() {
+        match &v.node {
+            Node::Arr(items) => {
+                if items.is_empty() {
+                    d.hint(
+                        "layers",
+                        v.pos,
+                        "no layers",
+                        "add a layer with at least one pattern",
+                    );
+                }
+                for (li, lv) in items.iter().enumerate() {
+                    let lpath = format!("layers[{li}]");
+                    let Some(lo) = obj(&mut d, lv, &lpath) else {
+                        continue;
+                    };
+                    lo.known(&mut d, LAYER_FIELDS);
+                    let Some(lid) = lo
+                        .required(&mut d, "id", "\"L0\"")
+                        .and_then(|v| string(&mut d, v, &child(&lpath, "id")))
+                    else {
+                        continue;
+                    };
+                    let lid_pos = lo.get("id").map(|v| v.pos).unwrap_or(lv.pos);
+                    if let Some(r) = unsafe_id_reason(&lid) {
                         d.hint(
-                            "layers",
-                            v.pos,
-                            "no layers",
-                            "add a layer with at least one pattern",
+                            &child(&lpath, "id"),
+                            lid_pos,
+                            format!("layer id \"{lid}\" is not safe as a file name: {r}"),
+                            "use letters, digits, '-', '_' and '.'",
                         );
                     }
-                    for (li, lv) in items.iter().enumerate() {
-                        let lpath = format!("layers[{li}]");
-                        let Some(lo) = obj(&mut d, lv, &lpath) else {
-                            continue;
-                        };
-                        lo.known(&mut d, LAYER_FIELDS);
-                        let Some(lid) = lo
-                            .required(&mut d, "id", "\"L0\"")
-                            .and_then(|v| string(&mut d, v, &child(&lpath, "id")))
-                        else {
-                            continue;
-                        };
-                        let lid_pos = lo.get("id").map(|v| v.pos).unwrap_or(lv.pos);
-                        if let Some(r) = unsafe_id_reason(&lid) {
+                    if let Some(first) = seen_layers.insert(lid.clone(), lid_pos) {
+                        d.hint(
+                            &child(&lpath, "id"),
+                            lid_pos,
+                            format!("duplicate layer id \"{lid}\" (first at {first})"),
+                            "give every layer its own id",
+                        );
+                    }
+                    let lname = lo
+                        .get("name")
+                        .and_then(|v| string(&mut d, v, &child(&lpath, "name")))
+                        .unwrap_or_else(|| lid.clone());
+                    let priority = lo
+                        .get("priority")
+                        .and_then(|v| string(&mut d, v, &child(&lpath, "priority")));
+                    let ldesc = lo
+                        .get("description")
+                        .and_then(|v| string(&mut d, v, &child(&lpath, "description")))
+                        .unwrap_or_default();
+                    let lgroup = lo.get("node_group").and_then(|v| {
+                        let g = string(&mut d, v, &child(&lpath, "node_group"))?;
+                        if !group_names.contains(&g) {
                             d.hint(
-                                &child(&lpath, "id"),
-                                lid_pos,
-                                format!("layer id \"{lid}\" is not safe as a file name: {r}"),
-                                "use letters, digits, '-', '_' and '.'",
+                                &child(&lpath, "node_group"),
+                                v.pos,
+                                format!("unknown node group \"{g}\""),
+                                did_you_mean(&g, group_names.iter().map(String::as_str)),
                             );
                         }
-                        if let Some(first) = seen_layers.insert(lid.clone(), lid_pos) {
-                            d.hint(
-                                &child(&lpath, "id"),
-                                lid_pos,
-                                format!("duplicate layer id \"{lid}\" (first at {first})"),
-                                "give every layer its own id",
-                            );
-                        }
-                        let lname = lo
-                            .get("name")
-                            .and_then(|v| string(&mut d, v, &child(&lpath, "name")))
-                            .unwrap_or_else(|| lid.clone());
-                        let priority = lo
-                            .get("priority")
-                            .and_then(|v| string(&mut d, v, &child(&lpath, "priority")));
-                        let ldesc = lo
-                            .get("description")
-                            .and_then(|v| string(&mut d, v, &child(&lpath, "description")))
-                            .unwrap_or_default();
-                        let lgroup = lo.get("node_group").and_then(|v| {
-                            let g = string(&mut d, v, &child(&lpath, "node_group"))?;
-                            if !group_names.contains(&g) {
-                                d.hint(
-                                    &child(&lpath, "node_group"),
-                                    v.pos,
-                                    format!("unknown node group \"{g}\""),
-                                    did_you_mean(&g, group_names.iter().map(String::as_str)),
-                                );
-                            }
-                            Some(g)
-                        });
-                        let partitions = lo
-                            .get("partitions")
-                            .and_then(|v| count(&mut d, v, &child(&lpath, "partitions"), 10_000));
-                        let lsettings = match lo.get("settings") {
-                            Some(v) => obj(&mut d, v, &child(&lpath, "settings"))
-                                .map(|_| v.to_value())
-                                .and_then(|v| v.as_object().cloned())
-                                .unwrap_or_default(),
-                            None => Map::new(),
-                        };
-                        let lestimate = lo
-                            .get("estimate")
-                            .and_then(|v| duration(&mut d, v, &child(&lpath, "estimate")))
-                            .or_else(|| layer_estimates.get(&lid).map(|e| e.0));
+                        Some(g)
+                    });
+                    let partitions = lo
+                        .get("partitions")
+                        .and_then(|v| count(&mut d, v, &child(&lpath, "partitions"), 10_000));
+                    let lsettings = match lo.get("settings") {
+                        Some(v) => obj(&mut d, v, &child(&lpath, "settings"))
+                            .map(|_| v.to_value())
+                            .and_then(|v| v.as_object().cloned())
+                            .unwrap_or_default(),
+                        None => Map::new(),
+                    };
+                    let lestimate = lo
+                        .get("estimate")
+                        .and_then(|v| duration(&mut d, v, &child(&lpath, "estimate")))
+                        .or_else(|| layer_estimates.get(&lid).map(|e| e.0));
 
-                        // raw patterns: (id, backend, overrides, factors, estimate, node_group, pos, path)
-                        let mut raws: Vec<RawPattern> = Vec::new();
-                        if let Some(pv) = lo.get("patterns") {
-                            match &pv.node {
-                                Node::Arr(ps) => {
-                                    for (pi, p) in ps.iter().enumerate() {
-                                        let ppath = format!("{lpath}.patterns[{pi}]");
-                                        if let Some(r) =
-                                            decode_pattern(&mut d, p, &ppath, legacy, &group_names)
-                                        {
-                                            raws.push(r);
-                                        }
+                    // raw patterns: (id, backend, overrides, factors, estimate, node_group, pos, path)
+                    let mut raws: Vec<RawPattern> = Vec::new();
+                    if let Some(pv) = lo.get("patterns") {
+                        match &pv.node {
+                            Node::Arr(ps) => {
+                                for (pi, p) in ps.iter().enumerate() {
+                                    let ppath = format!("{lpath}.patterns[{pi}]");
+                                    if let Some(r) =
+                                        decode_pattern(&mut d, p, &ppath, legacy, &group_names)
+                                    {
+                                        raws.push(r);
                                     }
                                 }
-                                _ => d.hint(
-                                    &child(&lpath, "patterns"),
-                                    pv.pos,
-                                    format!("expected an array of patterns, found {}", pv.kind()),
-                                    "write \"patterns\": [{\"id\": ..., \"backend\": ...}]",
-                                ),
                             }
+                            _ => d.hint(
+                                &child(&lpath, "patterns"),
+                                pv.pos,
+                                format!("expected an array of patterns, found {}", pv.kind()),
+                                "write \"patterns\": [{\"id\": ..., \"backend\": ...}]",
+                            ),
                         }
-                        let mut grid_cells = 0;
-                        if let Some(gv) = lo.get("grid") {
-                            let budget_left = MAX_TASKS.saturating_sub(total + raws.len());
-                            let cells =
-                                grid::expand(&mut d, gv, &child(&lpath, "grid"), budget_left);
-                            grid_cells = cells.len();
-                            raws.extend(cells);
-                        }
-                        if lo.get("patterns").is_none() && lo.get("grid").is_none() {
-                            d.hint(
-                                &lpath,
-                                lv.pos,
-                                format!("layer \"{lid}\" has neither \"patterns\" nor \"grid\""),
-                                "add \"patterns\": [...] or a \"grid\"",
-                            );
-                        }
+                    }
+                    let mut grid_cells = 0;
+                    if let Some(gv) = lo.get("grid") {
+                        let budget_left = MAX_TASKS.saturating_sub(total + raws.len());
+                        let cells = grid::expand(&mut d, gv, &child(&lpath, "grid"), budget_left);
+                        grid_cells = cells.len();
+                        raws.extend(cells);
+                    }
+                    if lo.get("patterns").is_none() && lo.get("grid").is_none() {
+                        d.hint(
+                            &lpath,
+                            lv.pos,
+                            format!("layer \"{lid}\" has neither \"patterns\" nor \"grid\""),
+                            "add \"patterns\": [...] or a \"grid\"",
+                        );
+                    }
 
-                        let mut patterns =
-                            Vec::with_capacity(raws.len() * partitions.unwrap_or(1) as usize);
-                        for raw in raws {
-                            if raw.id_path_is_template {
-                                // grid ids were checked by the grid expander
-                            } else if let Some(r) = unsafe_id_reason(&raw.id) {
-                                d.hint(&raw.path, raw.pos, format!("pattern id {:?} is not safe as a file name and S3 key: {r}", raw.id), "use letters, digits, '-', '_' and '.'");
+                    let mut patterns =
+                        Vec::with_capacity(raws.len() * partitions.unwrap_or(1) as usize);
+                    for raw in raws {
+                        if raw.id_path_is_template {
+                            // grid ids were checked by the grid expander
+                        } else if let Some(r) = unsafe_id_reason(&raw.id) {
+                            d.hint(
+                                &raw.path,
+                                raw.pos,
+                                format!(
+                                    "pattern id {:?} is not safe as a file name and S3 key: {r}",
+                                    raw.id
+                                ),
+                                "use letters, digits, '-', '_' and '.'",
+                            );
+                            continue;
+                        }
+                        if !raw.id.starts_with(&id_prefix) {
+                            d.hint(&raw.path, raw.pos, format!("pattern id \"{}\" does not start with the phase prefix \"{id_prefix}\"", raw.id), format!("rename it to \"{id_prefix}{}\"", raw.id));
+                        }
+                        let mut vars = infrastructure.clone();
+                        for (k, v) in &common_settings {
+                            vars.insert(k.clone(), v.clone());
+                        }
+                        for (k, v) in &lsettings {
+                            vars.insert(k.clone(), v.clone());
+                        }
+                        for (k, v) in raw.overrides {
+                            vars.insert(k, v);
+                        }
+                        let node_group = raw
+                            .node_group
+                            .or_else(|| lgroup.clone())
+                            .unwrap_or_else(|| default_group.clone());
+                        let est = raw
+                            .estimate
+                            .or_else(|| pattern_estimates.get(&raw.id).map(|e| e.0))
+                            .or(lestimate)
+                            .or(estimate.default);
+                        let parts = partitions.unwrap_or(1);
+                        for part in 0..parts {
+                            let (id, partition) = if partitions.is_some() {
+                                (
+                                    format!("{}-part{}of{}", raw.id, part + 1, parts),
+                                    Some((part, parts)),
+                                )
+                            } else {
+                                (raw.id.clone(), None)
+                            };
+                            if let Some(first) = seen_ids.insert(id.clone(), raw.pos) {
+                                d.hint(
+                                    &child(&raw.path, "id"),
+                                    raw.pos,
+                                    format!("duplicate pattern id \"{id}\" (first at {first})"),
+                                    "pattern ids must be unique across the plan",
+                                );
                                 continue;
                             }
-                            if !raw.id.starts_with(&id_prefix) {
-                                d.hint(&raw.path, raw.pos, format!("pattern id \"{}\" does not start with the phase prefix \"{id_prefix}\"", raw.id), format!("rename it to \"{id_prefix}{}\"", raw.id));
-                            }
-                            let mut vars = infrastructure.clone();
-                            for (k, v) in &common_settings {
-                                vars.insert(k.clone(), v.clone());
-                            }
-                            for (k, v) in &lsettings {
-                                vars.insert(k.clone(), v.clone());
-                            }
-                            for (k, v) in raw.overrides {
-                                vars.insert(k, v);
-                            }
-                            let node_group = raw
-                                .node_group
-                                .or_else(|| lgroup.clone())
-                                .unwrap_or_else(|| default_group.clone());
-                            let est = raw
-                                .estimate
-                                .or_else(|| pattern_estimates.get(&raw.id).map(|e| e.0))
-                                .or(lestimate)
-                                .or(estimate.default);
-                            let parts = partitions.unwrap_or(1);
-                            for part in 0..parts {
-                                let (id, partition) = if partitions.is_some() {
-                                    (
-                                        format!("{}-part{}of{}", raw.id, part + 1, parts),
-                                        Some((part, parts)),
-                                    )
-                                } else {
-                                    (raw.id.clone(), None)
-                                };
-                                if let Some(first) = seen_ids.insert(id.clone(), raw.pos) {
-                                    d.hint(
-                                        &child(&raw.path, "id"),
-                                        raw.pos,
-                                        format!("duplicate pattern id \"{id}\" (first at {first})"),
-                                        "pattern ids must be unique across the plan",
-                                    );
-                                    continue;
-                                }
-                                let key = content_key(&id, &raw.backend, &vars, partition);
-                                patterns.push(Pattern {
-                                    id,
-                                    layer: lid.clone(),
-                                    backend: raw.backend.clone(),
-                                    vars: vars.clone(),
-                                    factors: raw.factors.clone(),
-                                    estimate: est,
-                                    node_group: node_group.clone(),
-                                    partition,
-                                    key,
-                                    pos: raw.pos,
-                                });
-                            }
+                            let key = content_key(&id, &raw.backend, &vars, partition);
+                            patterns.push(Pattern {
+                                id,
+                                layer: lid.clone(),
+                                backend: raw.backend.clone(),
+                                vars: vars.clone(),
+                                factors: raw.factors.clone(),
+                                estimate: est,
+                                node_group: node_group.clone(),
+                                partition,
+                                key,
+                                pos: raw.pos,
+                            });
                         }
-                        total += patterns.len();
-                        if total > MAX_TASKS {
-                            d.hint(
-                                &lpath,
-                                lv.pos,
-                                format!("the plan expands to more than {MAX_TASKS} tasks"),
-                                "split the campaign into several phases",
-                            );
-                            return Err(d);
-                        }
-                        layers.push(Layer {
-                            id: lid,
-                            name: lname,
-                            priority,
-                            description: ldesc,
-                            node_group: lgroup,
-                            partitions,
-                            grid_cells,
-                            patterns,
-                        });
                     }
+                    total += patterns.len();
+                    if total > MAX_TASKS {
+                        d.hint(
+                            &lpath,
+                            lv.pos,
+                            format!("the plan expands to more than {MAX_TASKS} tasks"),
+                            "split the campaign into several phases",
+                        );
+                        return Err(d);
+                    }
+                    layers.push(Layer {
+                        id: lid,
+                        name: lname,
+                        priority,
+                        description: ldesc,
+                        node_group: lgroup,
+                        partitions,
+                        grid_cells,
+                        patterns,
+                    });
                 }
-                _ => d.hint(
-                    "layers",
-                    v.pos,
-                    format!("expected an array of layers, found {}", v.kind()),
-                    "write \"layers\": [{\"id\": \"L0\", \"patterns\": [...]}]",
-                ),
             }
+            _ => d.hint(
+                "layers",
+                v.pos,
+                format!("expected an array of layers, found {}", v.kind()),
+                "write \"layers\": [{\"id\": \"L0\", \"patterns\": [...]}]",
+            ),
         }
-        None => {}
     }
 
     for (id, (_, pos, path)) in &pattern_estimates {

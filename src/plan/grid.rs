@@ -183,7 +183,7 @@ pub(crate) fn expand(d: &mut Diags, v: &Spanned, path: &str, max_cells: usize) -
     // the id template must tell cells apart
     if let Some(t) = &id_tpl {
         for ph in placeholders(t) {
-            if !names.contains(&ph.as_str()) && !(ph == "rep") {
+            if !names.contains(&ph.as_str()) && (ph != "rep") {
                 d.hint(
                     &o.child("id"),
                     id_pos,

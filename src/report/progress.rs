@@ -100,7 +100,7 @@ impl Reporter {
             } => {
                 self.running = self.running.saturating_sub(1);
                 self.done += 1;
-                if self.bar.is_some() || self.total <= 200 || self.done % 100 == 0 {
+                if self.bar.is_some() || self.total <= 200 || self.done.is_multiple_of(100) {
                     self.line(&format!(
                         "ok     {task} ({wall_seconds:.1}s) [{}/{}]",
                         self.done + self.failed,

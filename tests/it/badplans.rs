@@ -80,7 +80,7 @@ fn corpus() -> Vec<(&'static str, String, &'static str)> {
     ];
     v.push((
         "bom and garbage",
-        format!("\u{feff}{{\"phase\": 15,}}"),
+        "\u{feff}{\"phase\": 15,}".to_string(),
         "trailing comma",
     ));
     v

@@ -46,9 +46,9 @@ fn exclusions_and_inclusions_and_repetitions() {
     assert_eq!(p.pattern_count(), 9);
     assert!(p.patterns().any(|x| x.id == "g-9-z-true"));
     assert!(!p.patterns().any(|x| x.id == "g-1-x-true"));
-    let reps = plan(&format!(
-        r#"{{"phase": "g", "name": "g", "layers": [{{"id": "L", "grid": {{"backend": "b", "id": "g-{{a}}-r{{rep}}", "factors": {{"a": [1, 2]}}, "repetitions": 3}}}}]}}"#
-    ));
+    let reps = plan(
+        r#"{"phase": "g", "name": "g", "layers": [{"id": "L", "grid": {"backend": "b", "id": "g-{a}-r{rep}", "factors": {"a": [1, 2]}, "repetitions": 3}}]}"#,
+    );
     assert_eq!(reps.pattern_count(), 6);
     assert!(reps
         .patterns()

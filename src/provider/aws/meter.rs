@@ -74,6 +74,9 @@ pub async fn push(
     s3::put(c, bucket, &key, body.into_bytes()).await
 }
 
+/// A spot price history: (since when, $/h), oldest first.
+type PriceHistory = Vec<(DateTime<Utc>, f64)>;
+
 /// Meter the phase's instances up to now: append the new spans to the local
 /// ledger (and to the bucket when there is one) and return them.
 pub async fn meter(
@@ -100,7 +103,7 @@ pub async fn meter(
             *t = (*t).max(end);
         }
     }
-    let mut prices: BTreeMap<(String, String), Vec<(DateTime<Utc>, f64)>> = BTreeMap::new();
+    let mut prices: BTreeMap<(String, String), PriceHistory> = BTreeMap::new();
     let mut out = Vec::new();
     for i in &seen {
         let Some(launch) = parse_time(&i.launch_time) else {
@@ -238,7 +241,7 @@ pub fn average(
         return None;
     }
     let mut h = history.to_vec();
-    h.sort_by(|a, b| a.0.cmp(&b.0));
+    h.sort_by_key(|a| a.0);
     let price_at = |t: DateTime<Utc>| {
         h.iter()
             .take_while(|(ts, _)| *ts <= t)
