@@ -1005,6 +1005,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         estimate,
         retry,
         layers,
+        positions: value_positions(root_node),
     };
     let mut backends: Vec<(String, Pos, String)> = Vec::new();
     for l in &plan.layers {
@@ -1320,4 +1321,22 @@ pub fn default_root_for(file: &Path) -> (PathBuf, PathBuf) {
         plan_dir.clone()
     };
     (root, plan_dir)
+}
+
+/// Positions of the top-level values and of `budget`'s, by path.
+fn value_positions(top: &Spanned) -> BTreeMap<String, Pos> {
+    let mut out = BTreeMap::new();
+    if let Node::Obj(fields) = &top.node {
+        for (k, v) in fields {
+            out.insert(k.clone(), v.pos);
+            if k == "budget" {
+                if let Node::Obj(inner) = &v.node {
+                    for (k2, v2) in inner {
+                        out.insert(format!("budget.{k2}"), v2.pos);
+                    }
+                }
+            }
+        }
+    }
+    out
 }

@@ -164,9 +164,21 @@ pub struct Plan {
     pub estimate: Estimates,
     pub retry: RetryPolicy,
     pub layers: Vec<Layer>,
+    /// Where each top-level value (and each of `budget`'s) is in the file,
+    /// by path (`availability_zone`, `budget.max_hourly_usd`), for
+    /// diagnostics found after decoding.
+    pub positions: BTreeMap<String, Pos>,
 }
 
 impl Plan {
+    /// The position of the value at `path`, else of the plan's start.
+    pub fn pos_of(&self, path: &str) -> Pos {
+        self.positions
+            .get(path)
+            .copied()
+            .unwrap_or(Pos { line: 1, col: 1 })
+    }
+
     pub fn patterns(&self) -> impl Iterator<Item = &Pattern> {
         self.layers.iter().flat_map(|l| l.patterns.iter())
     }

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 
 use crate::catalog::Catalog;
 use crate::plan::diag::{closest, Diags};
-use crate::plan::json::Pos;
 use crate::plan::{Market, NodeGroup, Plan, ProviderKind};
 
 use super::names::stack_name_problem;
@@ -27,7 +26,6 @@ pub const DLAMI_MIN_VOLUME_GB: u32 = 75;
 
 /// Fields of the plan that are not node group fields have no position in
 /// the resolved plan; they point at its start.
-const PLAN_POS: Pos = Pos { line: 1, col: 1 };
 
 /// The JSON path of a node group field; the `infrastructure` form names
 /// some fields differently.
@@ -57,7 +55,7 @@ pub fn validate(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
     if let Some(why) = stack_name_problem(&plan.project) {
         d.hint(
             "project",
-            PLAN_POS,
+            plan.pos_of("project"),
             format!("project \"{}\" cannot name a stack: {why}", plan.project),
             "set \"project\" to a name that starts with a letter, e.g. \"study-2024\"",
         );
@@ -202,7 +200,7 @@ fn zones(plan: &Plan, d: &mut Diags) {
     if let Some(z) = plan.availability_zone.as_deref().filter(|z| !in_region(z)) {
         d.hint(
             "availability_zone",
-            PLAN_POS,
+            plan.pos_of("availability_zone"),
             format!("availability zone \"{z}\" is not in region \"{region}\""),
             format!("use a zone of {region} such as \"{region}a\", or change \"region\""),
         );
@@ -248,7 +246,7 @@ fn zones(plan: &Plan, d: &mut Diags) {
         }
     }
     if named.len() > MAX_ZONES {
-        d.hint("node_groups", PLAN_POS, format!("the node groups use {} availability zones, more than the {MAX_ZONES} the base stack lays out", named.len()), "use fewer distinct \"availability_zone\" values");
+        d.hint("node_groups", plan.pos_of("node_groups"), format!("the node groups use {} availability zones, more than the {MAX_ZONES} the base stack lays out", named.len()), "use fewer distinct \"availability_zone\" values");
     }
 }
 
@@ -260,7 +258,7 @@ fn sizes(plan: &Plan, d: &mut Diags) {
         .sum::<usize>()
         + 1;
     if resources > MAX_RESOURCES {
-        d.hint("node_groups", PLAN_POS, format!("the compute stack would have {resources} resources, more than CloudFormation's {MAX_RESOURCES} per template"), "use fewer node groups (each adds 2 or 3 resources; a group's node count adds none), or split them across phases");
+        d.hint("node_groups", plan.pos_of("node_groups"), format!("the compute stack would have {resources} resources, more than CloudFormation's {MAX_RESOURCES} per template"), "use fewer node groups (each adds 2 or 3 resources; a group's node count adds none), or split them across phases");
     }
     let nodes: u32 = plan
         .node_groups
@@ -275,7 +273,10 @@ fn sizes(plan: &Plan, d: &mut Diags) {
         };
         d.hint(
             &at,
-            plan.node_groups.first().map(|g| g.pos).unwrap_or(PLAN_POS),
+            plan.node_groups
+                .first()
+                .map(|g| g.pos)
+                .unwrap_or(plan.pos_of("node_groups")),
             format!(
                 "the plan asks for {nodes} nodes, more than the {MAX_NODES} one phase may have"
             ),
@@ -300,7 +301,7 @@ fn budget(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
         if cap < price {
             d.hint(
                 "budget.max_hourly_usd",
-                PLAN_POS,
+                plan.pos_of("budget.max_hourly_usd"),
                 format!("a budget of ${cap}/h cannot pay for one node: the cheapest, {} ({} in {}), costs ${price}/h", g.instance_type, g.market.as_str(), plan.region),
                 format!("raise \"max_hourly_usd\" to at least {price}, or use smaller or spot instances"),
             );

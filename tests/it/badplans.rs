@@ -169,6 +169,38 @@ fn all_problems_are_reported_at_once_with_their_json_paths() {
 }
 
 #[test]
+fn problems_found_after_decoding_point_at_their_values() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo", ""),
+    );
+    p.write(
+        "plans/zone.json",
+        r#"{
+  "phase": "z",
+  "name": "x",
+  "provider": "aws",
+  "region": "us-east-1",
+  "availability_zone": "eu-west-1a",
+  "budget": {"usd": 100,
+     "max_hourly_usd": 0.001},
+  "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
+  "layers": [{"id": "L", "grid": {"backend": "echo", "id": "z-{a}", "factors": {"a": [1]}}}]
+}"#,
+    );
+    let r = p.infra(&["plan", "zone"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "plans/zone.json:6:24 availability_zone: availability zone \"eu-west-1a\" is not in region \"us-east-1\"",
+        "plans/zone.json:8:24 budget.max_hourly_usd: a budget of $0.001/h cannot pay for one node",
+    ] {
+        assert!(r.stderr.contains(want), "{want}\n{}", r.stderr);
+    }
+    assert!(!p.path().join(".infra/zone").exists(), "nothing is created");
+}
+
+#[test]
 fn a_10_mb_plan_is_refused() {
     let p = Project::new();
     let big = format!(
