@@ -24,9 +24,6 @@ pub const MAX_ZONES: usize = 8;
 /// Root volume the Deep Learning AMIs need (their snapshot size).
 pub const DLAMI_MIN_VOLUME_GB: u32 = 75;
 
-/// Fields of the plan that are not node group fields have no position in
-/// the resolved plan; they point at its start.
-
 /// The JSON path of a node group field; the `infrastructure` form names
 /// some fields differently.
 fn field(g: &NodeGroup, name: &str) -> String {
