@@ -166,7 +166,7 @@ cmd_step() {
     *)
       status=exited
       # no exit code written: the step's shell itself was killed
-      code=$(cat "$run/rc" 2>/dev/null) || code=$waited
+      code=$(cat "$run/rc" 2>/dev/null)
       [ -n "$code" ] || code=$waited
       ;;
   esac

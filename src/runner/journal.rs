@@ -288,14 +288,9 @@ impl Syncer {
                     // The first request after a quiet spell, and the last
                     // ones when the journal closes, are synced at once.
                     if let Some(deadline) = last_sync.map(|t| t + SYNC_INTERVAL) {
-                        loop {
-                            let now = Instant::now();
-                            if now >= deadline {
-                                break;
-                            }
-                            match rx.recv_timeout(deadline - now) {
-                                Ok(()) => {}
-                                Err(_) => break,
+                        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                            if rx.recv_timeout(left).is_err() {
+                                break; // the interval is over, or the journal closed
                             }
                         }
                     }

@@ -664,6 +664,17 @@ pub async fn run(
         .iter()
         .filter_map(|e| Some((e.instance.clone()?, e.usd_per_hour)))
         .collect();
+    // the watchdog burns at the nodes' metered prices (their zone's spot
+    // price), the catalog's where a node has not been metered
+    let hourly: f64 = live
+        .iter()
+        .filter_map(|l| {
+            metered_price
+                .get(&l.2)
+                .copied()
+                .or_else(|| groups.get(&l.1).map(|g| g.hourly_usd))
+        })
+        .sum();
     let exec = AwsExecutor::start(
         executor::Setup {
             clients: c.clone(),
@@ -676,7 +687,7 @@ pub async fn run(
             state: st.clone(),
             state_path: state::path(plan),
             setup_hash: setup_hash(plan),
-            metered_usd_per_hour: metered_price.clone(),
+            metered_usd_per_hour: metered_price,
             replacement_wait: Duration::from_secs_f64(
                 env_f64("INFRA_REPLACEMENT_WAIT_SECONDS").unwrap_or(600.0),
             ),
@@ -723,17 +734,6 @@ pub async fn run(
         state_dir: plan.state_dir(),
         results_dir: plan.results_dir(),
     };
-    // the watchdog burns at the nodes' metered prices (their zone's spot
-    // price), the catalog's where a node has not been metered
-    let hourly: f64 = live
-        .iter()
-        .filter_map(|l| {
-            metered_price
-                .get(&l.2)
-                .copied()
-                .or_else(|| groups.get(&l.1).map(|g| g.hourly_usd))
-        })
-        .sum();
     // the nodes also burn while the bundle uploads and setup runs
     let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
         + hourly * metered_at.elapsed().as_secs_f64() / 3600.0;
