@@ -4,9 +4,9 @@
 //! The core (plan, tasks, scheduler, stacks, cost) is pure and deterministic;
 //! effects (processes, files, AWS) sit behind the provider.
 
-pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod cmd;
 pub mod cost;
 pub mod plan;
 pub mod provider;

@@ -4,6 +4,6 @@ use clap::Parser;
 
 fn main() {
     let cli = infra::cli::Cli::parse();
-    let code = infra::app::main(cli);
+    let code = infra::cmd::main(cli);
     std::process::exit(code);
 }

@@ -1,6 +1,283 @@
 //! Where tasks run: this machine (`local`) or AWS.
+//!
+//! Every command that needs "where things run" goes through one trait,
+//! [`Provider`]: apply, a run (its executor, and what happens before and
+//! after it), status, destroy, and the shared ledger. The commands hold no
+//! provider branch; [`for_plan`] is the one place that picks the provider.
 
 pub mod aws;
 pub mod env;
 pub mod local;
+pub mod local_provider;
 pub mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::catalog::Catalog;
+use crate::plan::{Plan, ProviderKind};
+use crate::runner::exec::Executor;
+use crate::runner::run::RunSummary;
+
+/// A future borrowed from the provider for the length of one call; the
+/// commands await it on the one-thread runtime, so it need not be `Send`.
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Progress lines for the user (stderr).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Asked before a change that needs the user's consent (a stack update);
+/// `Ok` to go on. `question` is what to ask, `what` what would happen.
+pub type Confirm = dyn Fn(&str, &str) -> Result<(), ProviderError>;
+
+#[derive(Debug, Error)]
+pub enum ProviderError {
+    /// Bad input found by the provider (a refused confirmation, a plan the
+    /// cloud cannot take): exit 2, nothing was changed.
+    #[error("{0}")]
+    Usage(String),
+    /// A plan mistake found while rendering the stacks (unknown type, too
+    /// many zones): exit 2.
+    #[error(transparent)]
+    Stack(#[from] crate::stacks::StackError),
+    #[error(transparent)]
+    Aws(#[from] aws::error::AwsError),
+    #[error(transparent)]
+    Run(#[from] crate::runner::run::RunError),
+    #[error(transparent)]
+    Journal(#[from] crate::runner::journal::JournalError),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Nodes that did not come up, a setup that failed, stacks left behind.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProviderError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ProviderError {
+        let path = path.into();
+        move |source| ProviderError::Io { path, source }
+    }
+
+    /// True when the input was at fault (exit 2), not the provider (exit 4).
+    pub fn is_bad_input(&self) -> bool {
+        use crate::stacks::StackError as S;
+        match self {
+            ProviderError::Usage(_) => true,
+            ProviderError::Aws(aws::error::AwsError::Usage(_)) => true,
+            ProviderError::Stack(s) => matches!(
+                s,
+                S::NoMachines | S::UnknownInstanceType { .. } | S::TooManyZones { .. } | S::TooLarge { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What the provider needs from the command layer, resolved once from the
+/// arguments and the environment.
+#[derive(Clone)]
+pub struct Settings {
+    /// `--region`, else the plan's.
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// One endpoint for every AWS service (`AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// `AWS_MAX_ATTEMPTS`.
+    pub max_attempts: Option<u32>,
+    /// How often stacks, nodes and commands are polled (`INFRA_POLL_SECONDS`).
+    pub poll: Option<Duration>,
+    /// How long nodes may take to come up (`INFRA_NODES_TIMEOUT_SECONDS`).
+    pub nodes_timeout: Option<Duration>,
+    /// How long a run waits for replacement nodes
+    /// (`INFRA_REPLACEMENT_WAIT_SECONDS`, default 600 s).
+    pub replacement_wait: Duration,
+    pub log: Log,
+}
+
+impl Settings {
+    pub fn log(&self, line: &str) {
+        (self.log)(line)
+    }
+}
+
+/// The provider of a plan: the one place that looks at its kind.
+pub fn for_plan(plan: &Plan, settings: &Settings) -> Box<dyn Provider> {
+    match plan.provider {
+        ProviderKind::Local => Box::new(local_provider::LocalProvider::new(settings.clone())),
+        ProviderKind::Aws => Box::new(aws::provider::AwsProvider::new(settings.clone())),
+    }
+}
+
+/// The whole lifecycle of a phase on one provider.
+pub trait Provider {
+    /// `local` or `aws`, as the journal and the ledger record it.
+    fn name(&self) -> &'static str;
+
+    /// Bring the phase's nodes up and run the plan's setup on them.
+    fn apply<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        confirm: &'a Confirm,
+    ) -> Fut<'a, Result<Applied, ProviderError>>;
+
+    /// The deployed phase, ready for a run: nodes applied when there are
+    /// none yet (local), the shared ledger merged and the nodes' idle time
+    /// metered (AWS). Nothing runs yet: the budget is checked after this.
+    fn open_run<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+    ) -> Fut<'a, Result<Box<dyn RunSession + 'a>, ProviderError>>;
+
+    /// Nodes and stacks as they are now.
+    fn status<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Infra, ProviderError>>;
+
+    /// Remove the phase's nodes (results stay).
+    fn destroy<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        opts: DestroyOpts,
+    ) -> Fut<'a, Result<Destroyed, ProviderError>>;
+
+    /// Merge what other machines recorded of the phase's spend into this
+    /// machine's ledger (best effort; a note says what could not be read).
+    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()>;
+}
+
+/// One run on a provider, between `open_run` and the summary.
+pub trait RunSession {
+    /// Stop what an earlier run left, run the setup where it is missing,
+    /// and hand over the executor.
+    fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>>;
+
+    /// After the runner: record the spend, tear the nodes down after a
+    /// budget stop, save the provider's state.
+    fn finish<'s>(&'s mut self, summary: &'s RunSummary) -> Fut<'s, Result<Finished, ProviderError>>;
+}
+
+pub struct Started {
+    pub executor: Arc<dyn Executor>,
+    /// What the nodes of the run cost by the hour, for the watchdog.
+    pub hourly_usd: f64,
+    /// The phase's spend before the first task (the ledger, plus the time
+    /// the nodes burnt while the run was prepared).
+    pub spent_before_usd: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Finished {
+    /// Provider-specific counters (AWS: API calls per kind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_calls: Option<serde_json::Value>,
+}
+
+/// What `apply` brought up.
+#[derive(Debug, Serialize)]
+pub struct Applied {
+    pub provider: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub stacks: Vec<StackRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    pub nodes: Vec<NodeRow>,
+    /// Where the provider keeps its state of the phase.
+    pub state: PathBuf,
+    /// Provider-specific details for `--json` (security group, VPC, fleets).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// Nodes and stacks of a phase, the same shape on every provider.
+#[derive(Debug, Default, Serialize)]
+pub struct Infra {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub stacks: Vec<StackRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    pub nodes: Vec<NodeRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StackRow {
+    /// `base` or `compute`.
+    pub role: &'static str,
+    pub name: String,
+    /// CloudFormation's status; `None`: not deployed.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub group: String,
+    /// The instance id on AWS; the node's folder name locally.
+    pub id: String,
+    pub instance_type: String,
+    pub market: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `running`, `terminated`, ... (local nodes: `ready`).
+    pub state: String,
+    /// Its private (local: loopback) address.
+    pub address: String,
+    pub slots: u32,
+    /// Reachable for commands (SSM online); always true locally.
+    pub online: bool,
+}
+
+/// What `infra destroy` was asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DestroyOpts {
+    /// Also the base stack (network, role, bucket's stack).
+    pub all: bool,
+    /// Empty the phase's results from the bucket (after checking they are here).
+    pub delete_results: bool,
+    /// Terminate whatever billable resource is left.
+    pub force: bool,
+}
+
+/// What `destroy` removed and what is still there.
+#[derive(Debug, Default, Serialize)]
+pub struct Destroyed {
+    /// What was removed, as one clause ("deleted stack-a, stack-b").
+    pub removed: String,
+    /// Further clauses (the bucket kept or emptied).
+    pub notes: Vec<String>,
+    /// Resources removed by `--force`.
+    pub forced: Vec<Resource>,
+    /// Billable resources still there afterwards (exit 4).
+    pub leftovers: Vec<Resource>,
+    /// What was checked for leftovers, when something was ("tagged
+    /// infra:project=x"); `None`: nothing to check (local).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checked: Option<String>,
+    /// Results also live elsewhere (the bucket): the ones on this machine
+    /// are called local.
+    pub remote_results: bool,
+    /// The hint when something is left.
+    #[serde(skip)]
+    pub leftover_hint: String,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resource {
+    pub kind: String,
+    pub id: String,
+    pub detail: String,
+}

@@ -2,4 +2,3 @@
 
 pub mod table;
 
-pub use table::cmd_results;

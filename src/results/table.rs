@@ -5,10 +5,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use crate::app::{render_tasks, AppError, Ctx};
-use crate::cli::TableFormat;
 use crate::runner::run::csv_field;
 use crate::tasks::TaskDef;
 
@@ -21,7 +19,7 @@ pub enum ColType {
 }
 
 impl ColType {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ColType::Integer => "integer",
             ColType::Float => "float",
@@ -210,7 +208,7 @@ const FIXED: &[(&str, &str)] = &[
     ("task", "pattern id of the task"),
     ("layer", "layer the task belongs to"),
 ];
-const RUNTIME: &[(&str, &str)] = &[
+pub const RUNTIME: &[(&str, &str)] = &[
     ("attempts", "attempts the task took"),
     (
         "wall_seconds",
@@ -333,7 +331,7 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
 }
 
 /// A value in its column's type (an integer column read as 3.0 stays 3).
-fn typed(v: Option<&Value>, t: ColType) -> Value {
+pub fn typed(v: Option<&Value>, t: ColType) -> Value {
     match (v, t) {
         (None, _) | (Some(Value::Null), _) => Value::Null,
         (Some(v), ColType::String) if !v.is_string() => Value::String(cell_text(v)),
@@ -363,92 +361,4 @@ pub fn write_csv(path: &Path, cols: &[String], rows: &[Map<String, Value>]) -> s
         f.flush()?;
     }
     std::fs::rename(tmp, path)
-}
-
-pub fn cmd_results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppError> {
-    let plan = ctx.load(phase)?;
-    let (tasks, _) = render_tasks(&plan)?;
-    let dir = plan.results_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| AppError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let table = build(&dir, &tasks);
-    let io = |source| AppError::Io {
-        path: dir.clone(),
-        source,
-    };
-    let names: Vec<String> = table.columns.iter().map(|c| c.0.clone()).collect();
-    let rows: Vec<Map<String, Value>> = table
-        .rows
-        .iter()
-        .map(|r| {
-            table
-                .columns
-                .iter()
-                .map(|(c, t, _)| (c.clone(), typed(r.get(c), *t)))
-                .collect()
-        })
-        .collect();
-    let out_file = match format {
-        TableFormat::Csv => {
-            write_csv(&dir.join("table.csv"), &names, &rows).map_err(io)?;
-            dir.join("table.csv")
-        }
-        TableFormat::Json => {
-            let p = dir.join("table.json");
-            std::fs::write(&p, serde_json::to_vec_pretty(&rows).unwrap_or_default()).map_err(io)?;
-            p
-        }
-    };
-    let mut fcols: Vec<String> = vec!["task".into(), "layer".into()];
-    for (c, _, _) in &table.columns {
-        if table.failed.iter().any(|f| f.contains_key(c))
-            && !fcols.contains(c)
-            && !RUNTIME.iter().any(|(r, _)| r == c)
-        {
-            fcols.push(c.clone());
-        }
-    }
-    fcols.extend([
-        "attempts".to_string(),
-        "error".to_string(),
-        "ended".to_string(),
-    ]);
-    write_csv(&dir.join("failed.csv"), &fcols, &table.failed).map_err(io)?;
-    let meta = json!({
-        "phase": plan.name_key,
-        "plan": plan.name,
-        "file": out_file.file_name().map(|f| f.to_string_lossy().to_string()),
-        "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "row_count": rows.len(),
-        "tasks": table.tasks,
-        "tasks_finished": table.done,
-        "tasks_failed": table.failed.len(),
-        "partial": table.partial,
-        "columns": table.columns.iter().map(|(n, t, d)| json!({"name": n, "type": t.name(), "description": d})).collect::<Vec<_>>(),
-        "problems": table.problems,
-    });
-    let mut mb = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-    mb.push(b'\n');
-    std::fs::write(dir.join("table.metadata.json"), mb).map_err(io)?;
-    let mut h = format!(
-        "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed.csv",
-        plan.name_key,
-        rows.len(),
-        table.done - table.failed.len(),
-        table.tasks,
-        crate::plan::decode::rel(&out_file, &ctx.cwd),
-        if table.partial {
-            " (partial: the campaign is not finished)"
-        } else {
-            ""
-        },
-        table.failed.len()
-    );
-    for p in &table.problems {
-        h.push_str(&format!("\n  warning: {p}"));
-    }
-    ctx.out(&h, meta);
-    Ok(crate::app::exit::OK)
 }

@@ -4,3 +4,4 @@ pub mod exec;
 pub mod journal;
 pub mod run;
 pub mod scheduler;
+pub mod lock;

@@ -172,7 +172,7 @@ struct Done {
     started: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn run<E: Executor>(
+pub async fn run<E: Executor + ?Sized>(
     tasks: Vec<TaskDef>,
     exec: Arc<E>,
     paths: &Paths,

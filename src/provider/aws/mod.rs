@@ -1,16 +1,18 @@
 //! The AWS provider: CloudFormation stacks, EC2 nodes reached through SSM
-//! Run Command, the results bucket in S3. `cli` holds the commands
-//! (apply, run, status, destroy); `executor` runs tasks for the shared
-//! runner; the other modules are thin wrappers over one service each.
+//! Run Command, the results bucket in S3. `provider` is the lifecycle (apply,
+//! run, status, destroy) behind the `Provider` trait, `deploy` its stacks
+//! and nodes; `executor` runs tasks for the shared runner; the other
+//! modules are thin wrappers over one service each.
 
 pub mod cfn;
-pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod ec2;
 pub mod error;
 pub mod executor;
 pub mod meter;
 pub mod pricing;
+pub mod provider;
 pub mod s3;
 pub mod script;
 pub mod ssm;

@@ -1,0 +1,265 @@
+//! What every command starts from: the settings, resolved once from the
+//! arguments and the environment, and the writer its output goes to.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::error::{io_err, AppError};
+use crate::catalog::Catalog;
+use crate::cli::{Global, ProviderArg};
+use crate::cost::{estimate as est, ledger};
+use crate::plan::{self, LoadError, Plan, ProviderKind};
+use crate::provider::{self, Provider};
+use crate::runner::journal::{self, Status};
+use crate::stacks;
+use crate::tasks::render::{render_all, write_all};
+use crate::tasks::TaskDef;
+
+/// The environment a command may read, captured once in `main` (tests
+/// pass their own).
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub cwd: Option<PathBuf>,
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Env {
+    /// This process's working folder and the variables `infra` reads.
+    pub fn from_process() -> Env {
+        const READ: &[&str] = &[
+            "INFRA_CATALOG",
+            "XDG_CACHE_HOME",
+            "HOME",
+            "INFRA_WATCHDOG_SECONDS",
+            "AWS_ENDPOINT_URL",
+            "AWS_MAX_ATTEMPTS",
+            "INFRA_POLL_SECONDS",
+            "INFRA_NODES_TIMEOUT_SECONDS",
+            "INFRA_REPLACEMENT_WAIT_SECONDS",
+        ];
+        Env {
+            cwd: std::env::current_dir().ok(),
+            vars: READ
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect(),
+        }
+    }
+
+    fn var(&self, k: &str) -> Option<&str> {
+        self.vars.get(k).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A positive, finite number of the variable `k`.
+    fn positive(&self, k: &str) -> Option<f64> {
+        self.var(k)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0)
+    }
+}
+
+/// Settings resolved once from the arguments and the environment, and the
+/// writer of the command's output (stdout, or a buffer in tests).
+pub struct Ctx {
+    pub cwd: PathBuf,
+    pub json: bool,
+    pub provider: Option<ProviderKind>,
+    pub region: Option<String>,
+    /// The user's refreshed catalog (`infra catalog refresh`), if any.
+    pub catalog_path: PathBuf,
+    /// How often the budget watchdog looks at the spend.
+    pub watchdog_interval: Duration,
+    /// What the providers get.
+    pub provider_settings: provider::Settings,
+    out: RefCell<Box<dyn Write>>,
+}
+
+impl Ctx {
+    pub fn new(g: &Global, env: &Env, out: Box<dyn Write>) -> Result<Ctx, AppError> {
+        let cwd = match (&g.dir, &env.cwd) {
+            (Some(d), Some(cwd)) => cwd.join(d),
+            (Some(d), None) => d.clone(),
+            (None, Some(cwd)) => cwd.clone(),
+            (None, None) => return Err(AppError::Usage(
+                "cannot tell the current folder\n  (hint: pass the project folder with -C <dir>)".into(),
+            )),
+        };
+        let catalog_path = match env.var("INFRA_CATALOG") {
+            Some(p) => PathBuf::from(p),
+            None => env
+                .var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env.var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("infra")
+                .join("catalog.json"),
+        };
+        let secs = |k: &str| env.positive(k).map(Duration::from_secs_f64);
+        let provider_settings = provider::Settings {
+            region: g.region.clone(),
+            profile: g.profile.clone(),
+            endpoint: env.var("AWS_ENDPOINT_URL").map(str::to_string),
+            max_attempts: env.positive("AWS_MAX_ATTEMPTS").map(|n| n as u32),
+            poll: env
+                .positive("INFRA_POLL_SECONDS")
+                .map(|p| Duration::from_secs_f64(p.clamp(0.05, 60.0))),
+            nodes_timeout: secs("INFRA_NODES_TIMEOUT_SECONDS"),
+            replacement_wait: secs("INFRA_REPLACEMENT_WAIT_SECONDS")
+                .unwrap_or(Duration::from_secs(600)),
+            log: Arc::new(|l: &str| eprintln!("{l}")),
+        };
+        Ok(Ctx {
+            cwd,
+            json: g.json,
+            region: g.region.clone(),
+            catalog_path,
+            watchdog_interval: secs("INFRA_WATCHDOG_SECONDS").unwrap_or(Duration::from_secs(30)),
+            provider: g.provider.map(|p| match p {
+                ProviderArg::Local => ProviderKind::Local,
+                ProviderArg::Aws => ProviderKind::Aws,
+            }),
+            provider_settings,
+            out: RefCell::new(out),
+        })
+    }
+
+    /// The provider of a loaded plan.
+    pub fn provider(&self, plan: &Plan) -> Box<dyn Provider> {
+        provider::for_plan(plan, &self.provider_settings)
+    }
+
+    /// A path as the user sees it: relative to the project folder.
+    pub fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.cwd).unwrap_or(p).display().to_string()
+    }
+
+    pub fn load(&self, name: &str) -> Result<Plan, AppError> {
+        let mut p = plan::load(name, &self.cwd)?;
+        if let Some(pk) = self.provider {
+            p.provider = pk;
+        }
+        if let Some(r) = &self.region {
+            p.region = r.clone();
+        }
+        Ok(p)
+    }
+
+    pub fn catalog(&self) -> Result<(Catalog, String), AppError> {
+        let cat = Catalog::load_or_builtin(&self.catalog_path)
+            .map_err(|e| AppError::Usage(e.to_string()))?;
+        let from = if self.catalog_path.is_file() {
+            format!("refreshed catalog {}", self.catalog_path.display())
+        } else {
+            "built-in catalog".to_string()
+        };
+        Ok((cat, from))
+    }
+
+    /// Load the plan and check it against the catalog and AWS's limits:
+    /// every problem at once, before anything is rendered.
+    pub fn prepare(&self, name: &str) -> Result<(Plan, Catalog, String), AppError> {
+        let plan = self.load(name)?;
+        let (catalog, from) = self.catalog()?;
+        let mut d = plan::diag::Diags::default();
+        stacks::validate(&plan, &catalog, &mut d);
+        if !d.is_empty() {
+            let file = plan
+                .source
+                .strip_prefix(&self.cwd)
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|_| plan.source.clone());
+            return Err(AppError::Load(LoadError::Invalid(plan::PlanErrors {
+                file,
+                diags: d.list,
+            })));
+        }
+        Ok((plan, catalog, from))
+    }
+
+    /// Write the command's output: the human text, or the view as one JSON
+    /// document with `--json`.
+    pub fn emit<V: Serialize + ?Sized>(&self, human: &str, view: &V) {
+        if self.json {
+            let text = serde_json::to_string_pretty(view).unwrap_or_default();
+            self.write(&format!("{text}\n"));
+        } else if !human.is_empty() {
+            self.write(&format!("{}\n", human.trim_end()));
+        }
+    }
+
+    /// `emit` for a view built as a JSON value.
+    pub fn out(&self, human: &str, view: serde_json::Value) {
+        self.emit(human, &view)
+    }
+
+    /// Write text as it is.
+    pub fn write(&self, text: &str) {
+        let mut o = self.out.borrow_mut();
+        let _ = o.write_all(text.as_bytes());
+        let _ = o.flush();
+    }
+
+    /// Write bytes as they are (logs).
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        let mut o = self.out.borrow_mut();
+        let _ = o.write_all(bytes);
+        let _ = o.flush();
+    }
+}
+
+/// Render every task definition of the plan into `.infra/<phase>/tasks/`.
+pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
+    let all: Vec<&plan::Pattern> = plan.patterns().collect();
+    let rendered = render_all(plan, &all)?;
+    let dir = plan.state_dir().join("tasks");
+    let written = write_all(&dir, &rendered.tasks).map_err(io_err(&dir))?;
+    Ok((rendered.tasks, written))
+}
+
+pub fn journal_path(plan: &Plan) -> PathBuf {
+    plan.state_dir().join("journal.jsonl")
+}
+
+/// Tasks not yet completed according to the journal.
+pub fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
+    let state = journal::read(&journal_path(plan))
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    tasks
+        .iter()
+        .filter(|t| state.status_of(&t.key) != Status::Succeeded)
+        .collect()
+}
+
+/// What the ledger records as spent on the phase.
+pub fn spent(plan: &Plan) -> f64 {
+    ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+}
+
+/// The budget gate of `apply` and `run`: exit 3 with the numbers.
+pub fn gate(
+    plan: &Plan,
+    tasks: &[TaskDef],
+    catalog: &Catalog,
+    from: &str,
+) -> Result<est::Estimate, AppError> {
+    let left = remaining(plan, tasks);
+    let e = est::estimate(plan, &left, catalog, from);
+    let v = est::verdict(plan, &e, spent(plan));
+    for w in &v.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !v.ok {
+        return Err(AppError::Budget(format!(
+            "the budget refuses {}:\n  {}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
+            plan.name_key,
+            v.reasons.join("\n  ")
+        )));
+    }
+    Ok(e)
+}

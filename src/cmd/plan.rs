@@ -1,0 +1,288 @@
+//! `infra plan`: validate, render tasks (and stacks), schedule, estimate,
+//! and the budget's verdict. Changes nothing but the rendered files.
+
+use serde::Serialize;
+
+use super::context::{remaining, render_tasks, spent, Ctx};
+use super::error::AppError;
+use crate::cost::estimate as est;
+use crate::plan::NodeGroup;
+use crate::report::progress::human_duration;
+use crate::stacks;
+use crate::tasks::TaskDef;
+
+#[derive(Debug, Serialize)]
+pub struct PlanView {
+    pub plan: String,
+    pub name: String,
+    /// The plan file, as the user sees it.
+    pub file: String,
+    pub phase: String,
+    pub project: String,
+    pub provider: String,
+    pub region: String,
+    pub tasks: usize,
+    /// Task definitions written (changed) this time.
+    pub written: usize,
+    pub remaining: usize,
+    /// Where the task definitions are.
+    pub tasks_dir: String,
+    pub layers: Vec<LayerRow>,
+    pub node_groups: Vec<NodeGroup>,
+    pub schedule: Option<Schedule>,
+    pub stacks: Option<StacksView>,
+    pub estimate: est::Estimate,
+    pub verdict: est::Verdict,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerRow {
+    pub id: String,
+    pub name: String,
+    pub priority: Option<String>,
+    pub tasks: usize,
+    pub grid_cells: usize,
+    /// The first few pattern ids.
+    pub sample: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Schedule {
+    pub makespan_seconds: f64,
+    pub lower_bound_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StacksView {
+    /// Where they were written.
+    pub dir: String,
+    pub list: Vec<StackView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StackView {
+    pub name: String,
+    pub bytes: usize,
+    pub needs_upload: bool,
+    pub resources: Vec<ResourceRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceRow {
+    pub logical_id: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    pub properties: String,
+}
+
+pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
+    let (plan, catalog, prices_from) = ctx.prepare(name)?;
+    let (tasks, written) = render_tasks(&plan)?;
+    let all: Vec<&TaskDef> = tasks.iter().collect();
+    let sim = est::schedule(&plan, &all);
+    let left = remaining(&plan, &tasks);
+    let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
+    let verdict = est::verdict(&plan, &estimate, spent(&plan));
+    let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
+    let stacks = if deployable {
+        let st = stacks::render(&plan, &catalog)?;
+        // `write` puts the files under `<dir>/stacks/`
+        stacks::write(&plan.state_dir(), &st)?;
+        Some(StacksView {
+            dir: ctx.rel(&plan.state_dir().join("stacks")),
+            list: [&st.base, &st.compute]
+                .iter()
+                .map(|s| StackView {
+                    name: s.name.clone(),
+                    bytes: s.body.len(),
+                    needs_upload: s.needs_upload,
+                    resources: s
+                        .summary()
+                        .into_iter()
+                        .map(|r| ResourceRow {
+                            logical_id: r.logical_id,
+                            resource_type: r.resource_type,
+                            properties: r.key_properties,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    } else {
+        None
+    };
+    let view = PlanView {
+        plan: plan.name_key.clone(),
+        name: plan.name.clone(),
+        file: ctx.rel(&plan.source),
+        phase: plan.phase.clone(),
+        project: plan.project.clone(),
+        provider: plan.provider.as_str().to_string(),
+        region: plan.region.clone(),
+        tasks: tasks.len(),
+        written,
+        remaining: left.len(),
+        tasks_dir: ctx.rel(&plan.state_dir().join("tasks")),
+        layers: plan
+            .layers
+            .iter()
+            .map(|l| LayerRow {
+                id: l.id.clone(),
+                name: l.name.clone(),
+                priority: l.priority.clone(),
+                tasks: l.patterns.len(),
+                grid_cells: l.grid_cells,
+                sample: l.patterns.iter().take(3).map(|p| p.id.clone()).collect(),
+            })
+            .collect(),
+        node_groups: plan.node_groups.clone(),
+        schedule: sim.map(|s| Schedule {
+            makespan_seconds: s.makespan,
+            lower_bound_seconds: s.lower_bound,
+        }),
+        stacks,
+        estimate,
+        verdict,
+    };
+    ctx.emit(&text(&view), &view);
+    Ok(view)
+}
+
+/// What `infra plan` shows.
+pub fn text(v: &PlanView) -> String {
+    let mut h = String::new();
+    h.push_str(&format!("plan {} ({}): {}\n", v.plan, v.file, v.name));
+    h.push_str(&format!(
+        "  provider {}, project {}, region {}\n",
+        v.provider, v.project, v.region
+    ));
+    h.push_str("  node groups:\n");
+    for g in &v.node_groups {
+        h.push_str(&format!(
+            "    {:<12} {} x {} ({}{}), {} slot(s) per node\n",
+            g.name,
+            g.count,
+            g.instance_type,
+            g.market.as_str(),
+            if g.efa { ", EFA" } else { "" },
+            g.slots
+        ));
+    }
+    h.push_str("  layers:\n");
+    for l in &v.layers {
+        h.push_str(&format!(
+            "    {:<8} {:<4} {:>6} task(s){}  {}{}\n",
+            l.id,
+            l.priority.as_deref().unwrap_or(""),
+            l.tasks,
+            if l.grid_cells > 0 {
+                format!(" (grid: {} cells)", l.grid_cells)
+            } else {
+                String::new()
+            },
+            l.sample.join(", "),
+            if l.tasks > 3 { ", ..." } else { "" }
+        ));
+    }
+    h.push_str(&format!(
+        "  tasks: {} rendered into {} ({} changed), {} still to run\n",
+        v.tasks, v.tasks_dir, v.written, v.remaining
+    ));
+    if let Some(s) = &v.schedule {
+        h.push_str(&format!(
+            "  schedule: makespan {} (lower bound {}), longest estimate first\n",
+            human_duration(s.makespan_seconds),
+            human_duration(s.lower_bound_seconds)
+        ));
+    }
+    if let Some(st) = &v.stacks {
+        h.push_str(&format!("  stacks (written to {}):\n", st.dir));
+        for stack in &st.list {
+            h.push_str(&format!(
+                "    {} — {} resources, {} bytes{}\n",
+                stack.name,
+                stack.resources.len(),
+                stack.bytes,
+                if stack.needs_upload {
+                    " (over 51,200: uploaded to the bucket, deployed by TemplateURL)"
+                } else {
+                    ""
+                }
+            ));
+            for r in stack.resources.iter().take(40) {
+                h.push_str(&format!(
+                    "      {:<28} {:<36} {}\n",
+                    r.logical_id, r.resource_type, r.properties
+                ));
+            }
+            if stack.resources.len() > 40 {
+                h.push_str(&format!("      ... {} more\n", stack.resources.len() - 40));
+            }
+        }
+    }
+    h.push_str(&estimate_text(&v.estimate, &v.verdict));
+    h
+}
+
+/// The estimate's table and the budget's verdict.
+pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
+    let mut h = String::new();
+    let hours = e
+        .hours
+        .map(|x| human_duration(x * 3600.0))
+        .unwrap_or_else(|| "unknown".into());
+    h.push_str(&format!(
+        "  estimate ({} in {}, prices from the {} of {}):\n",
+        hours, e.region, e.prices_from, e.prices_date
+    ));
+    let row = |cols: [&str; 8]| {
+        format!(
+            "    {:<12} {:<14} {:<10} {:>5} {:>10} {:>11} {:>11} {:>11}\n",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+        )
+    };
+    let money = |x: Option<f64>| x.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into());
+    h.push_str(&row([
+        "group", "type", "market", "nodes", "$/h", "total", "worst AZ", "on-demand",
+    ]));
+    for g in &e.groups {
+        h.push_str(&row([
+            &g.group,
+            &g.instance_type,
+            &g.market,
+            &g.nodes.to_string(),
+            &money(Some(g.hourly_usd)),
+            &money(Some(g.total_usd)),
+            &money(Some(g.total_worst_usd)),
+            &money(g.total_on_demand_usd),
+        ]));
+    }
+    h.push_str(&row([
+        "total",
+        "",
+        "",
+        "",
+        &money(Some(e.hourly_usd)),
+        &money(Some(e.total_usd)),
+        &money(Some(e.total_worst_usd)),
+        &money(e.total_on_demand_usd),
+    ]));
+    match (v.budget_usd, v.remaining_usd) {
+        (Some(b), Some(r)) => h.push_str(&format!(
+            "  budget: ${b:.2}, spent ${:.2}, remaining ${r:.2}{} -> {}\n",
+            v.spent_usd,
+            v.max_hourly_usd
+                .map(|m| format!(", cap ${m:.2}/h"))
+                .unwrap_or_default(),
+            if v.ok { "OK" } else { "REFUSED" }
+        )),
+        _ => h.push_str("  budget: none set\n"),
+    }
+    for r in &v.reasons {
+        h.push_str(&format!("    refused: {r}\n"));
+    }
+    for w in &v.warnings {
+        h.push_str(&format!("    warning: {w}\n"));
+    }
+    h
+}

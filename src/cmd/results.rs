@@ -1,0 +1,97 @@
+//! `infra results`: the per-task outputs aggregated into one table
+//! (`table.csv` or `table.json`), its metadata and the failed tasks.
+
+use serde_json::{json, Map, Value};
+
+use super::context::{render_tasks, Ctx};
+use super::error::{exit, AppError};
+use crate::cli::TableFormat;
+use crate::results::table::{build, typed, write_csv, RUNTIME};
+
+pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppError> {
+    let plan = ctx.load(phase)?;
+    let (tasks, _) = render_tasks(&plan)?;
+    let dir = plan.results_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| AppError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let table = build(&dir, &tasks);
+    let io = |source| AppError::Io {
+        path: dir.clone(),
+        source,
+    };
+    let names: Vec<String> = table.columns.iter().map(|c| c.0.clone()).collect();
+    let rows: Vec<Map<String, Value>> = table
+        .rows
+        .iter()
+        .map(|r| {
+            table
+                .columns
+                .iter()
+                .map(|(c, t, _)| (c.clone(), typed(r.get(c), *t)))
+                .collect()
+        })
+        .collect();
+    let out_file = match format {
+        TableFormat::Csv => {
+            write_csv(&dir.join("table.csv"), &names, &rows).map_err(io)?;
+            dir.join("table.csv")
+        }
+        TableFormat::Json => {
+            let p = dir.join("table.json");
+            std::fs::write(&p, serde_json::to_vec_pretty(&rows).unwrap_or_default()).map_err(io)?;
+            p
+        }
+    };
+    let mut fcols: Vec<String> = vec!["task".into(), "layer".into()];
+    for (c, _, _) in &table.columns {
+        if table.failed.iter().any(|f| f.contains_key(c))
+            && !fcols.contains(c)
+            && !RUNTIME.iter().any(|(r, _)| r == c)
+        {
+            fcols.push(c.clone());
+        }
+    }
+    fcols.extend([
+        "attempts".to_string(),
+        "error".to_string(),
+        "ended".to_string(),
+    ]);
+    write_csv(&dir.join("failed.csv"), &fcols, &table.failed).map_err(io)?;
+    let meta = json!({
+        "phase": plan.name_key,
+        "plan": plan.name,
+        "file": out_file.file_name().map(|f| f.to_string_lossy().to_string()),
+        "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "row_count": rows.len(),
+        "tasks": table.tasks,
+        "tasks_finished": table.done,
+        "tasks_failed": table.failed.len(),
+        "partial": table.partial,
+        "columns": table.columns.iter().map(|(n, t, d)| json!({"name": n, "type": t.name(), "description": d})).collect::<Vec<_>>(),
+        "problems": table.problems,
+    });
+    let mut mb = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+    mb.push(b'\n');
+    std::fs::write(dir.join("table.metadata.json"), mb).map_err(io)?;
+    let mut h = format!(
+        "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed.csv",
+        plan.name_key,
+        rows.len(),
+        table.done - table.failed.len(),
+        table.tasks,
+        ctx.rel(&out_file),
+        if table.partial {
+            " (partial: the campaign is not finished)"
+        } else {
+            ""
+        },
+        table.failed.len()
+    );
+    for p in &table.problems {
+        h.push_str(&format!("\n  warning: {p}"));
+    }
+    ctx.out(&h, meta);
+    Ok(exit::OK)
+}

@@ -1,0 +1,176 @@
+//! `infra status`: nodes and stacks (from the provider), tasks (from the
+//! journal), the same keys on every provider.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::context::{journal_path, render_tasks, Ctx};
+use super::error::{exit, AppError};
+use crate::provider::Infra;
+use crate::runner::journal::{self, Status};
+use crate::runner::lock;
+
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub plan: String,
+    pub name: String,
+    pub provider: String,
+    pub tasks: usize,
+    /// Tasks per status (`succeeded`, `failed`, `running`, `pending`).
+    pub counts: BTreeMap<String, usize>,
+    /// Tasks nobody runs now and that have not succeeded, sorted.
+    pub missing: Vec<String>,
+    /// Tasks a run on this machine is running now.
+    pub running: Vec<String>,
+    pub failed: Vec<FailedRow>,
+    /// Whether an `infra run` of the phase holds its lock on this machine.
+    pub run_in_progress: bool,
+    /// What the finished tasks cost (the journal's per-task costs).
+    pub spend_usd: f64,
+    pub last_stop: Option<String>,
+    #[serde(flatten)]
+    pub infra: Infra,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedRow {
+    pub task: String,
+    pub error: Option<String>,
+}
+
+pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
+    let plan = ctx.load(name)?;
+    let (tasks, _) = render_tasks(&plan)?;
+    let provider = ctx.provider(&plan);
+    let infra = provider.status(&plan).await?;
+    let (state, _) = journal::read(&journal_path(&plan))?;
+    let run_in_progress = lock::is_held(&plan.state_dir().join("run.lock"));
+    let mut counts = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut failed = Vec::new();
+    let mut running = Vec::new();
+    for t in &tasks {
+        let s = state.status_of(&t.key);
+        *counts
+            .entry(format!("{s:?}").to_lowercase())
+            .or_insert(0usize) += 1;
+        match s {
+            Status::Succeeded => {}
+            Status::Failed => failed.push(FailedRow {
+                task: t.id.clone(),
+                error: state.tasks.get(&t.key).and_then(|x| x.last_error.clone()),
+            }),
+            // what a run that is gone left as running is missing
+            Status::Running if run_in_progress => running.push(t.id.clone()),
+            Status::Running | Status::Pending => missing.push(t.id.clone()),
+        }
+    }
+    missing.sort();
+    let view = StatusView {
+        plan: plan.name_key.clone(),
+        name: plan.name.clone(),
+        provider: provider.name().to_string(),
+        tasks: tasks.len(),
+        counts,
+        missing,
+        running,
+        failed,
+        run_in_progress,
+        spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum(),
+        last_stop: state.last_stop.clone(),
+        infra,
+    };
+    ctx.emit(&text(&view), &view);
+    Ok(exit::OK)
+}
+
+/// What `infra status` shows.
+pub fn text(v: &StatusView) -> String {
+    let mut h = format!(
+        "{} ({}): {} task(s), provider {}{}\n",
+        v.plan,
+        v.name,
+        v.tasks,
+        v.provider,
+        v.infra
+            .region
+            .as_deref()
+            .map(|r| format!(", region {r}"))
+            .unwrap_or_default()
+    );
+    if !v.infra.stacks.is_empty() {
+        let stacks: Vec<String> = v
+            .infra
+            .stacks
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.status.as_deref().unwrap_or("not deployed")))
+            .collect();
+        h.push_str(&format!("  stacks: {}\n", stacks.join("; ")));
+    }
+    if let Some(b) = &v.infra.bucket {
+        h.push_str(&format!("  bucket: {b}\n"));
+    }
+    if v.infra.nodes.is_empty() {
+        h.push_str("  nodes: none (not applied)\n");
+    } else {
+        h.push_str(&format!("  nodes: {}\n", v.infra.nodes.len()));
+        for n in &v.infra.nodes {
+            h.push_str(&format!(
+                "    {:<12} {:<20} {:<14} {:<10} {:<12} {:<11} {:<7} {}\n",
+                n.name,
+                n.id,
+                n.instance_type,
+                n.market,
+                n.zone.as_deref().unwrap_or("-"),
+                n.state,
+                if n.online { "online" } else { "-" },
+                n.address
+            ));
+        }
+    }
+    h.push_str(&format!(
+        "  run: {}\n",
+        if v.run_in_progress {
+            "in progress"
+        } else {
+            "not running"
+        }
+    ));
+    let c = |k: &str| v.counts.get(k).copied().unwrap_or(0);
+    h.push_str(&format!(
+        "  tasks: {} done, {} failed, {} running, {} queued\n",
+        c("succeeded"),
+        c("failed"),
+        v.running.len(),
+        v.missing.len()
+    ));
+    h.push_str(&format!(
+        "  spend so far (finished tasks): ${:.2}\n",
+        v.spend_usd
+    ));
+    if !v.missing.is_empty() {
+        h.push_str(&format!(
+            "  missing: {}{}\n",
+            v.missing
+                .iter()
+                .take(20)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if v.missing.len() > 20 {
+                format!(" ... and {} more", v.missing.len() - 20)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for f in v.failed.iter().take(20) {
+        h.push_str(&format!(
+            "  failed: {} — {}\n",
+            f.task,
+            f.error.as_deref().unwrap_or("")
+        ));
+    }
+    h
+}

@@ -1,0 +1,748 @@
+//! The AWS provider's lifecycle: apply (base stack, compute stack, nodes
+//! up and online, setup), a run (the shared runner with `AwsExecutor`),
+//! status, destroy, and the ledger shared through the bucket.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::cfn::{self, Source, StackInfo};
+use super::config::{self, AwsSettings, Clients};
+use super::deploy::{self, Looked};
+use super::ec2;
+use super::executor::{self, AwsExecutor};
+use super::meter;
+use super::s3;
+use super::ssm::Poller;
+use super::state::{self, AwsState};
+use crate::catalog::Catalog;
+use crate::cost::ledger;
+use crate::plan::Plan;
+use crate::provider::{
+    Applied, Confirm, DestroyOpts, Destroyed, Finished, Fut, Infra, NodeRow, Provider,
+    ProviderError, Resource, RunSession, Settings, StackRow, Started,
+};
+use crate::runner::journal::{self, Status};
+use crate::runner::run::RunSummary;
+use crate::stacks::{self, names};
+
+pub struct AwsProvider {
+    settings: Settings,
+}
+
+impl AwsProvider {
+    pub fn new(settings: Settings) -> AwsProvider {
+        AwsProvider { settings }
+    }
+
+    /// The SDK settings for a plan: `--region` or the plan's, and the
+    /// endpoint, attempts and polling the command layer resolved.
+    pub fn sdk_settings(&self, plan: &Plan) -> AwsSettings {
+        sdk_settings(&self.settings, &plan.region)
+    }
+
+    fn log(&self, line: &str) {
+        self.settings.log(line)
+    }
+
+    async fn connect(&self, plan: &Plan) -> Result<Clients, ProviderError> {
+        Ok(config::connect(&self.sdk_settings(plan)).await?)
+    }
+}
+
+/// SDK settings from the command layer's settings, for `region` unless
+/// `--region` says otherwise.
+pub fn sdk_settings(s: &Settings, region: &str) -> AwsSettings {
+    let mut a = AwsSettings::new(s.region.clone().unwrap_or_else(|| region.to_string()));
+    a.profile = s.profile.clone();
+    a.endpoint = s.endpoint.clone();
+    if let Some(n) = s.max_attempts {
+        a.max_attempts = n;
+    }
+    if let Some(p) = s.poll {
+        a.poll = p;
+    }
+    a
+}
+
+fn node_rows(nodes: &[state::AwsNode], online: &HashSet<String>) -> Vec<NodeRow> {
+    nodes
+        .iter()
+        .map(|n| NodeRow {
+            name: n.name.clone(),
+            group: n.group.clone(),
+            id: n.instance_id.clone(),
+            instance_type: n.instance_type.clone(),
+            market: n.market.clone(),
+            zone: Some(n.az.clone()),
+            state: n.state.clone(),
+            address: n.private_ip.clone(),
+            slots: 0,
+            online: online.contains(&n.instance_id),
+        })
+        .collect()
+}
+
+fn stack_row(role: &'static str, name: &str, s: Option<&StackInfo>) -> StackRow {
+    StackRow {
+        role,
+        name: name.to_string(),
+        status: s.map(|s| s.status.clone()),
+    }
+}
+
+/// Instances of `ids` online in SSM.
+async fn online(c: &Clients, ids: Vec<String>) -> Result<HashSet<String>, ProviderError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    Ok(ec2::ssm_online(c, &ids).await?)
+}
+
+/// Merge the bucket's ledger into the local one and meter the phase's
+/// instances up to now; failures are warnings (the run goes on, and the
+/// next metering picks up the time).
+async fn sync_and_meter(
+    c: &Clients,
+    log: &dyn Fn(&str),
+    plan: &Plan,
+    catalog: &Catalog,
+    bucket: Option<&str>,
+) -> Vec<ledger::Spend> {
+    if let Some(bucket) = bucket {
+        match meter::pull(c, bucket, &plan.root).await {
+            Ok(n) if n > 0 => log(&format!(
+                "ledger: {n} entr(ies) from other machines (s3://{bucket}/{})",
+                meter::PREFIX
+            )),
+            Ok(_) => {}
+            Err(e) => log(&format!(
+                "warning: cannot read the ledger in the bucket: {e}"
+            )),
+        }
+    }
+    meter::meter(c, plan, catalog, bucket)
+        .await
+        .unwrap_or_else(|e| {
+            log(&format!("warning: cannot meter the phase's instances: {e}"));
+            Vec::new()
+        })
+}
+
+/// The deployed phase, checked against the cloud: stacks, bucket, live
+/// nodes (names from the state file, new instances named).
+async fn deployed(c: &Clients, plan: &Plan) -> Result<(AwsState, Looked), ProviderError> {
+    let base_name = names::base_stack_name(&plan.project);
+    let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
+    let not_applied = || {
+        ProviderError::Failed(format!(
+            "{} is not deployed\n  (hint: `infra apply {}` first)",
+            plan.name_key, plan.name_key
+        ))
+    };
+    let base = cfn::describe(c, &base_name)
+        .await?
+        .filter(|s| !s.dead())
+        .ok_or_else(not_applied)?;
+    let compute = cfn::describe(c, &compute_name)
+        .await?
+        .filter(|s| !s.dead())
+        .ok_or_else(not_applied)?;
+    let looked = deploy::looked_up(&base, Some(&compute))?;
+    let seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
+    let nodes = deploy::known_nodes(plan, &compute_name, &seen);
+    let mut st = deploy::new_state(plan, &looked, (&base_name, &compute_name), nodes);
+    state::merge(&mut st.nodes, &seen);
+    Ok((st, looked))
+}
+
+/// Succeeded tasks of the journal whose results are not on this machine.
+fn missing_results(plan: &Plan) -> Result<Vec<String>, ProviderError> {
+    let (js, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
+    let mut missing: Vec<String> = js
+        .tasks
+        .values()
+        .filter(|t| t.status == Status::Succeeded)
+        .filter(|t| {
+            let d = plan.results_dir().join(&t.id);
+            !(d.join("runtime.json").is_file() && d.join("stdout.log").is_file())
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    missing.sort();
+    Ok(missing)
+}
+
+impl AwsProvider {
+    async fn apply_(
+        &self,
+        plan: &Plan,
+        catalog: &Catalog,
+        confirm: &Confirm,
+    ) -> Result<Applied, ProviderError> {
+        let log = |l: &str| self.log(l);
+        let c = self.connect(plan).await?;
+        let rendered = stacks::render(plan, catalog)?;
+        stacks::write(&plan.state_dir(), &rendered)?;
+        // base: the bucket survives a deleted base stack; then it is not created again
+        let prefix = names::bucket_prefix(&plan.project);
+        // (an existing stack keeps its parameters' values: see `deploy`)
+        let create_bucket = if s3::find_bucket(&c, &prefix, &c.settings.region)
+            .await?
+            .is_some()
+            && cfn::describe(&c, &rendered.base.name)
+                .await?
+                .is_none_or(|s| s.dead())
+        {
+            "false"
+        } else {
+            "true"
+        };
+        let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
+        if rendered.base.needs_upload {
+            return Err(ProviderError::Failed(format!(
+                "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
+                rendered.base.name
+            )));
+        }
+        let base = deploy::deploy(
+            &c,
+            &log,
+            confirm,
+            &rendered.base.name,
+            Source::Body(rendered.base.body.clone()),
+            &base_params,
+            &deploy::stack_tags(plan, true),
+        )
+        .await?;
+        let looked = deploy::looked_up(&base, None)?;
+        // compute
+        let source = if rendered.compute.needs_upload {
+            let key = format!(
+                "_templates/{}-{}.json",
+                rendered.compute.name,
+                &s3::sha256_hex(rendered.compute.body.as_bytes())[..12]
+            );
+            s3::put(
+                &c,
+                &looked.bucket,
+                &key,
+                rendered.compute.body.clone().into_bytes(),
+            )
+            .await?;
+            log(&format!(
+                "stack {} is {} bytes: deployed from s3://{}/{key}",
+                rendered.compute.name,
+                rendered.compute.body.len(),
+                looked.bucket
+            ));
+            Source::Url(config::object_url(&c.settings, &looked.bucket, &key))
+        } else {
+            Source::Body(rendered.compute.body.clone())
+        };
+        let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now());
+        let compute = deploy::deploy(
+            &c,
+            &log,
+            confirm,
+            &rendered.compute.name,
+            source,
+            &params,
+            &deploy::stack_tags(plan, false),
+        )
+        .await?;
+        let looked = deploy::looked_up(&base, Some(&compute))?;
+        // nodes
+        let timeout = deploy::nodes_timeout(plan, self.settings.nodes_timeout);
+        let ready = deploy::wait_for_nodes(&c, &log, plan, &looked.fleets, timeout).await?;
+        let all = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
+        let mut st = deploy::known_nodes(plan, &rendered.compute.name, &all);
+        state::merge(&mut st, &all);
+        let mut state_ = deploy::new_state(
+            plan,
+            &looked,
+            (&rendered.base.name, &rendered.compute.name),
+            st,
+        );
+        deploy::save(plan, &mut state_)?;
+        // setup, once per node (the wrapper remembers)
+        if let Some(hash) = deploy::setup_hash(plan) {
+            let bundle = deploy::upload_bundle(&c, &log, plan, &looked.bucket).await?;
+            let poller = Poller::start(c.clone());
+            let nodes: Vec<(String, String, String)> = state_
+                .nodes
+                .iter()
+                .filter(|n| ready.iter().any(|r| r.instance_id == n.instance_id))
+                .map(|n| (n.name.clone(), n.instance_id.clone(), n.private_ip.clone()))
+                .collect();
+            log(&format!("running setup on {} node(s)", nodes.len()));
+            executor::setup_nodes(
+                &c,
+                &poller,
+                &bundle,
+                &looked.bucket,
+                &plan.name_key,
+                &hash,
+                &nodes,
+            )
+            .await
+            .map_err(ProviderError::Failed)?;
+        }
+        let live: Vec<state::AwsNode> = state_.nodes.iter().filter(|n| n.alive()).cloned().collect();
+        let ids: HashSet<String> = live.iter().map(|n| n.instance_id.clone()).collect();
+        Ok(Applied {
+            provider: "aws",
+            region: Some(plan.region.clone()),
+            stacks: vec![
+                stack_row("base", &base.name, Some(&base)),
+                stack_row("compute", &compute.name, Some(&compute)),
+            ],
+            bucket: Some(looked.bucket.clone()),
+            nodes: node_rows(&live, &ids),
+            state: state::path(plan),
+            details: json!({"security_group": looked.security_group, "vpc": looked.vpc, "fleets": looked.fleets}),
+        })
+    }
+
+    async fn open_run_<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+    ) -> Result<Box<dyn RunSession + 'a>, ProviderError> {
+        let c = self.connect(plan).await?;
+        let (st, looked) = deployed(&c, plan).await?;
+        // what other machines recorded, then the nodes' time since the last
+        // metering (idle since apply, or a run that crashed): the command
+        // layer checks the budget again against that
+        let log = |l: &str| self.log(l);
+        let metered = sync_and_meter(&c, &log, plan, catalog, Some(&looked.bucket)).await;
+        Ok(Box::new(AwsRun {
+            provider: self,
+            plan,
+            catalog,
+            c,
+            st,
+            looked,
+            metered,
+            metered_at: Instant::now(),
+            exec: None,
+        }))
+    }
+
+    async fn status_(&self, plan: &Plan) -> Result<Infra, ProviderError> {
+        let c = self.connect(plan).await?;
+        let base_name = names::base_stack_name(&plan.project);
+        let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
+        let base = cfn::describe(&c, &base_name).await?;
+        let compute = cfn::describe(&c, &compute_name).await?;
+        let seen = ec2::instances(&c, &plan.project, Some(&plan.name_key)).await?;
+        let mut nodes = deploy::known_nodes(plan, &compute_name, &seen);
+        state::merge(&mut nodes, &seen);
+        let running: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.state == "running")
+            .map(|n| n.instance_id.clone())
+            .collect();
+        let online = online(&c, running).await?;
+        Ok(Infra {
+            region: Some(c.settings.region.clone()),
+            bucket: base.as_ref().and_then(|b| b.outputs.get("BucketName").cloned()),
+            stacks: vec![
+                stack_row("base", &base_name, base.as_ref()),
+                stack_row("compute", &compute_name, compute.as_ref()),
+            ],
+            nodes: node_rows(&nodes, &online),
+        })
+    }
+
+    async fn destroy_(
+        &self,
+        plan: &Plan,
+        catalog: &Catalog,
+        o: DestroyOpts,
+    ) -> Result<Destroyed, ProviderError> {
+        let log = |l: &str| self.log(l);
+        let c = self.connect(plan).await?;
+        if o.delete_results {
+            let missing = missing_results(plan)?;
+            if !missing.is_empty() {
+                return Err(ProviderError::Failed(format!(
+                    "--delete-results refused: {} finished task(s) have no results in {}: {}{}\n  (hint: nothing was deleted; fetch them first, or destroy without --delete-results)",
+                    missing.len(),
+                    crate::plan::decode::rel(&plan.results_dir(), &plan.root),
+                    missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    if missing.len() > 5 { ", ..." } else { "" }
+                )));
+            }
+        }
+        let base_name = names::base_stack_name(&plan.project);
+        let compute_name = names::compute_stack_name(&plan.project, &plan.name_key);
+        let bucket = match cfn::describe(&c, &base_name)
+            .await?
+            .and_then(|b| b.outputs.get("BucketName").cloned())
+        {
+            Some(b) => Some(b),
+            None => {
+                s3::find_bucket(&c, &names::bucket_prefix(&plan.project), &c.settings.region)
+                    .await?
+            }
+        };
+        let mut deleted = Vec::new();
+        if deploy::delete_stack(&c, &log, &compute_name).await? {
+            deleted.push(compute_name.clone());
+        }
+        if o.all && deploy::delete_stack(&c, &log, &base_name).await? {
+            deleted.push(base_name.clone());
+        }
+        let bucket_note = self.bucket_after_destroy(&c, plan, bucket.as_deref(), o).await?;
+        // the instances' lifetimes up to their termination
+        sync_and_meter(&c, &log, plan, catalog, bucket.as_deref()).await;
+        // anything billable left, by tag
+        let phase = if o.all {
+            None
+        } else {
+            Some(plan.name_key.as_str())
+        };
+        let mut left = ec2::sweep(&c, &plan.project, phase, o.all).await?;
+        let mut forced = Vec::new();
+        if !left.is_empty() && o.force {
+            forced = left.clone();
+            let errors = ec2::force_remove(&c, &left).await;
+            for e in &errors {
+                log(&format!("could not remove: {e}"));
+            }
+            left = ec2::sweep(&c, &plan.project, phase, o.all).await?;
+            // VPCs are not billable; they go with the base stack
+            left.retain(|l| l.kind != "vpc" || !o.force);
+        }
+        if let Some(mut st) = state::load(plan) {
+            for n in st.nodes.iter_mut() {
+                n.state = "terminated".into();
+            }
+            let _ = deploy::save(plan, &mut st);
+        }
+        let resource = |l: &ec2::Leftover| Resource {
+            kind: l.kind.to_string(),
+            id: l.id.clone(),
+            detail: l.detail.clone(),
+        };
+        Ok(Destroyed {
+            removed: if deleted.is_empty() {
+                "no stack was deployed".to_string()
+            } else {
+                format!("deleted {}", deleted.join(", "))
+            },
+            notes: vec![bucket_note.clone()],
+            remote_results: true,
+            forced: forced.iter().map(resource).collect(),
+            leftovers: left.iter().map(resource).collect(),
+            checked: Some(format!(
+                "tagged {}={}{}",
+                names::TAG_PROJECT,
+                plan.project,
+                phase
+                    .map(|p| format!(", {}={p}", names::TAG_PHASE))
+                    .unwrap_or_default()
+            )),
+            leftover_hint: format!(
+                "{} resource(s) tagged with project {} are still there\n  (hint: `infra destroy {} --force{}` terminates them)",
+                left.len(),
+                plan.project,
+                plan.name_key,
+                if o.all { " --all" } else { "" }
+            ),
+            details: json!({"deleted_stacks": deleted, "bucket": bucket, "bucket_note": bucket_note}),
+        })
+    }
+
+    /// The bucket after `destroy`: kept unless asked, and then only the
+    /// checked results go (the bucket itself with `--all` once it is empty).
+    async fn bucket_after_destroy(
+        &self,
+        c: &Clients,
+        plan: &Plan,
+        bucket: Option<&str>,
+        o: DestroyOpts,
+    ) -> Result<String, ProviderError> {
+        let Some(b) = bucket else {
+            return Ok("no bucket".to_string());
+        };
+        if !o.delete_results {
+            return Ok(format!("bucket {b} kept (results stay there)"));
+        }
+        let n = s3::delete_prefix(c, b, &format!("{}/", plan.name_key)).await?;
+        let _ = s3::delete_prefix(c, b, &format!("{}/_bundle.manifest", plan.name_key)).await;
+        let mut note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
+        if o.all {
+            let rest: Vec<(String, i64)> = s3::list(c, b, "")
+                .await?
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("_templates/") && !k.starts_with(meter::PREFIX))
+                .collect();
+            if rest.is_empty() {
+                s3::delete_prefix(c, b, "").await?;
+                if s3::delete_bucket(c, b).await? {
+                    note = format!("bucket {b} emptied and deleted");
+                }
+            } else {
+                let mut prefixes: Vec<&str> = rest
+                    .iter()
+                    .filter_map(|(k, _)| k.split('/').next())
+                    .collect();
+                prefixes.dedup();
+                note.push_str(&format!("; bucket kept: it still holds {}", prefixes.join(", ")));
+            }
+        }
+        Ok(note)
+    }
+
+    async fn sync_ledger_(&self, plan: &Plan) {
+        let Some(st) = state::load(plan) else {
+            return;
+        };
+        if st.bucket.is_empty() {
+            return;
+        }
+        let pulled = match config::connect(&self.sdk_settings(plan)).await {
+            Ok(c) => meter::pull(&c, &st.bucket, &plan.root).await,
+            Err(e) => Err(e),
+        };
+        match pulled {
+            Ok(0) => {}
+            Ok(n) => self.log(&format!(
+                "{}: {n} ledger entr(ies) merged from s3://{}/{}",
+                plan.name_key,
+                st.bucket,
+                meter::PREFIX
+            )),
+            Err(e) => self.log(&format!(
+                "{}: the bucket's ledger was not read ({e}); showing this machine's ledger only",
+                plan.name_key
+            )),
+        }
+    }
+}
+
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        confirm: &'a Confirm,
+    ) -> Fut<'a, Result<Applied, ProviderError>> {
+        Box::pin(self.apply_(plan, catalog, confirm))
+    }
+
+    fn open_run<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+    ) -> Fut<'a, Result<Box<dyn RunSession + 'a>, ProviderError>> {
+        Box::pin(self.open_run_(plan, catalog))
+    }
+
+    fn status<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Infra, ProviderError>> {
+        Box::pin(self.status_(plan))
+    }
+
+    fn destroy<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        opts: DestroyOpts,
+    ) -> Fut<'a, Result<Destroyed, ProviderError>> {
+        Box::pin(self.destroy_(plan, catalog, opts))
+    }
+
+    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()> {
+        Box::pin(self.sync_ledger_(plan))
+    }
+}
+
+/// One `infra run` on AWS: the same runner as locally, with `AwsExecutor`.
+struct AwsRun<'a> {
+    provider: &'a AwsProvider,
+    plan: &'a Plan,
+    catalog: &'a Catalog,
+    c: Clients,
+    st: AwsState,
+    looked: Looked,
+    /// The metering when the run opened, and when it was done.
+    metered: Vec<ledger::Spend>,
+    metered_at: Instant,
+    exec: Option<Arc<AwsExecutor>>,
+}
+
+impl AwsRun<'_> {
+    async fn start_(&mut self) -> Result<Started, ProviderError> {
+        let (plan, c) = (self.plan, &self.c);
+        let log = |l: &str| self.provider.log(l);
+        let alive: Vec<String> = self
+            .st
+            .nodes
+            .iter()
+            .filter(|n| n.state == "running")
+            .map(|n| n.instance_id.clone())
+            .collect();
+        let online = online(c, alive).await?;
+        let groups = deploy::group_specs(plan, self.catalog);
+        let live: Vec<(String, String, String, String)> = self
+            .st
+            .nodes
+            .iter()
+            .filter(|n| online.contains(&n.instance_id) && groups.contains_key(&n.group))
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    n.group.clone(),
+                    n.instance_id.clone(),
+                    n.private_ip.clone(),
+                )
+            })
+            .collect();
+        let offline: Vec<&str> = self
+            .st
+            .nodes
+            .iter()
+            .filter(|n| n.state == "running" && !online.contains(&n.instance_id))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !offline.is_empty() {
+            log(&format!("not online in SSM, not used: {}", offline.join(", ")));
+        }
+        deploy::save(plan, &mut self.st)?;
+        let bundle = deploy::upload_bundle(c, &log, plan, &self.looked.bucket).await?;
+        let ids: Vec<String> = live.iter().map(|l| l.2.clone()).collect();
+        // what each instance costs by the hour, as metered (its zone's spot
+        // price): tasks are charged at their own nodes' prices
+        let metered_price: HashMap<String, f64> = self
+            .metered
+            .iter()
+            .filter_map(|e| Some((e.instance.clone()?, e.usd_per_hour)))
+            .collect();
+        // the watchdog burns at the nodes' metered prices (their zone's spot
+        // price), the catalog's where a node has not been metered
+        let hourly: f64 = live
+            .iter()
+            .filter_map(|l| {
+                metered_price
+                    .get(&l.2)
+                    .copied()
+                    .or_else(|| groups.get(&l.1).map(|g| g.hourly_usd))
+            })
+            .sum();
+        let log_arc = self.provider.settings.log.clone();
+        let exec = AwsExecutor::start(
+            executor::Setup {
+                clients: c.clone(),
+                bundle: bundle.clone(),
+                bucket: self.looked.bucket.clone(),
+                project: plan.project.clone(),
+                name_key: plan.name_key.clone(),
+                phase: plan.phase.clone(),
+                groups: groups.clone(),
+                state: self.st.clone(),
+                state_path: state::path(plan),
+                setup_hash: deploy::setup_hash(plan),
+                metered_usd_per_hour: metered_price,
+                replacement_wait: self.provider.settings.replacement_wait,
+                node_check: (c.settings.poll * 5).max(Duration::from_secs(1)),
+                log: Arc::new(move |l: &str| log_arc(l)),
+            },
+            live.clone(),
+        );
+        // steps a dead `infra run` left running
+        if !ids.is_empty() {
+            let stopped = executor::reap(
+                c,
+                &exec.poller,
+                &bundle,
+                &self.looked.bucket,
+                &plan.name_key,
+                &ids,
+            )
+            .await;
+            if stopped > 0 {
+                log(&format!(
+                    "stopped {stopped} step(s) left running by an earlier run"
+                ));
+            }
+        }
+        if let Some(hash) = deploy::setup_hash(plan) {
+            let nodes: Vec<(String, String, String)> = live
+                .iter()
+                .map(|l| (l.0.clone(), l.2.clone(), l.3.clone()))
+                .collect();
+            executor::setup_nodes(
+                c,
+                &exec.poller,
+                &bundle,
+                &self.looked.bucket,
+                &plan.name_key,
+                &hash,
+                &nodes,
+            )
+            .await
+            .map_err(ProviderError::Failed)?;
+        }
+        // the nodes also burn while the bundle uploads and setup runs
+        let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+            + hourly * self.metered_at.elapsed().as_secs_f64() / 3600.0;
+        self.exec = Some(exec.clone());
+        Ok(Started {
+            executor: exec,
+            hourly_usd: hourly,
+            spent_before_usd: spent_before,
+        })
+    }
+
+    async fn finish_(&mut self, summary: &RunSummary) -> Result<Finished, ProviderError> {
+        let (plan, c) = (self.plan, &self.c);
+        let Some(exec) = self.exec.take() else {
+            return Ok(Finished::default());
+        };
+        let mut st = exec.state();
+        deploy::save(plan, &mut st)?;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let calls = json!({
+            "poll_rounds": n(&exec.poller.stats.rounds),
+            "list_command_invocations": n(&exec.poller.stats.list_calls),
+            "send_command": n(&exec.stats.send_command),
+            "cancel_command": n(&exec.stats.cancel_command),
+            "describe_instances": n(&exec.stats.describe_instances),
+            "describe_instance_information": n(&exec.stats.describe_instance_information),
+        });
+        if summary.budget_stop {
+            self.provider.log("budget reached: deleting the compute stack");
+            let log = |l: &str| self.provider.log(l);
+            let _ = deploy::delete_stack(c, &log, &st.compute_stack).await;
+        }
+        // every node's lifetime up to now (or to their termination after a
+        // budget stop), at its spot price history
+        if let Err(e) = meter::meter(c, plan, self.catalog, Some(&self.looked.bucket)).await {
+            self.provider.log(&format!(
+                "warning: the spend of this run is not metered: {e}"
+            ));
+        }
+        Ok(Finished {
+            api_calls: Some(calls),
+        })
+    }
+}
+
+impl RunSession for AwsRun<'_> {
+    fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>> {
+        Box::pin(self.start_())
+    }
+
+    fn finish<'s>(&'s mut self, summary: &'s RunSummary) -> Fut<'s, Result<Finished, ProviderError>> {
+        Box::pin(self.finish_(summary))
+    }
+}

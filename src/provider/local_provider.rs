@@ -1,0 +1,234 @@
+//! The local provider's lifecycle: nodes are folders on this machine
+//! (`local.rs` runs the steps), the spend is simulated at the plan's prices.
+
+use std::sync::Arc;
+
+use super::local::{self, LocalExecutor, LocalNode, LocalState};
+use super::{
+    Applied, Confirm, DestroyOpts, Destroyed, Finished, Fut, Infra, NodeRow, Provider,
+    ProviderError, RunSession, Settings, Started,
+};
+use crate::catalog::Catalog;
+use crate::cost::ledger;
+use crate::plan::Plan;
+use crate::runner::run::RunSummary;
+
+pub struct LocalProvider {
+    settings: Settings,
+}
+
+impl LocalProvider {
+    pub fn new(settings: Settings) -> LocalProvider {
+        LocalProvider { settings }
+    }
+}
+
+/// The nodes a plan asks for, priced from the catalog.
+fn nodes(plan: &Plan, catalog: &Catalog) -> Vec<LocalNode> {
+    local::nodes_for(
+        plan,
+        &|it, market| {
+            catalog
+                .price(it, &plan.region, market)
+                .map(|p| p.usd_per_hour)
+        },
+        &|it| catalog.get(it).map(|t| (t.vcpus, t.gpus)),
+    )
+}
+
+fn market_of(plan: &Plan, group: &str) -> String {
+    plan.node_group(group)
+        .map(|g| g.market.as_str())
+        .unwrap_or("on-demand")
+        .to_string()
+}
+
+fn rows(plan: &Plan, nodes: &[LocalNode]) -> Vec<NodeRow> {
+    nodes
+        .iter()
+        .map(|n| NodeRow {
+            name: n.name.clone(),
+            group: n.group.clone(),
+            id: n.name.clone(),
+            instance_type: n.instance_type.clone(),
+            market: market_of(plan, &n.group),
+            zone: None,
+            state: "ready".into(),
+            address: n.addr.clone(),
+            slots: n.slots,
+            online: true,
+        })
+        .collect()
+}
+
+fn apply_nodes(plan: &Plan, catalog: &Catalog) -> Result<LocalState, ProviderError> {
+    local::apply(plan, nodes(plan, catalog)).map_err(ProviderError::io(plan.state_dir()))
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        _confirm: &'a Confirm,
+    ) -> Fut<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            let st = apply_nodes(plan, catalog)?;
+            local::run_setup(plan, &st.nodes)
+                .await
+                .map_err(ProviderError::Failed)?;
+            Ok(Applied {
+                provider: "local",
+                region: None,
+                stacks: Vec::new(),
+                bucket: None,
+                nodes: rows(plan, &st.nodes),
+                state: plan.state_dir().join("nodes"),
+                details: serde_json::Value::Null,
+            })
+        })
+    }
+
+    fn open_run<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+    ) -> Fut<'a, Result<Box<dyn RunSession + 'a>, ProviderError>> {
+        Box::pin(async move {
+            let st = match local::load_state(plan) {
+                Some(st) => st,
+                None => {
+                    self.settings
+                        .log(&format!("no local nodes for {} yet: applying", plan.name_key));
+                    apply_nodes(plan, catalog)?
+                }
+            };
+            let session: Box<dyn RunSession + 'a> = Box::new(LocalRun {
+                provider: self,
+                plan,
+                state: st,
+                started: chrono::Utc::now(),
+            });
+            Ok(session)
+        })
+    }
+
+    fn status<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Infra, ProviderError>> {
+        Box::pin(async move {
+            let nodes = local::load_state(plan)
+                .map(|s| s.nodes)
+                .unwrap_or_default();
+            Ok(Infra {
+                nodes: rows(plan, &nodes),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn destroy<'a>(
+        &'a self,
+        plan: &'a Plan,
+        _catalog: &'a Catalog,
+        _opts: DestroyOpts,
+    ) -> Fut<'a, Result<Destroyed, ProviderError>> {
+        Box::pin(async move {
+            let (nodes, killed) =
+                local::destroy(plan).map_err(ProviderError::io(plan.state_dir()))?;
+            Ok(Destroyed {
+                removed: format!(
+                    "{nodes} local node(s) removed, {killed} leftover process group(s) stopped"
+                ),
+                details: serde_json::json!({"nodes_removed": nodes, "processes_stopped": killed}),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn sync_ledger<'a>(&'a self, _plan: &'a Plan) -> Fut<'a, ()> {
+        // one machine, one ledger
+        Box::pin(async {})
+    }
+}
+
+struct LocalRun<'a> {
+    provider: &'a LocalProvider,
+    plan: &'a Plan,
+    state: LocalState,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunSession for LocalRun<'_> {
+    fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>> {
+        Box::pin(async move {
+            let plan = self.plan;
+            {
+                // what a crashed run left is stopped only once no other run
+                // holds the phase (its processes carry the same marker)
+                let _lock = crate::runner::run::lock_phase(&plan.state_dir())?;
+                let killed = super::process::reap_orphans(
+                    &plan.state_dir().join("pids.log"),
+                    &local::marker(plan),
+                );
+                if killed > 0 {
+                    self.provider.settings.log(&format!(
+                        "stopped {killed} process group(s) left by an earlier run"
+                    ));
+                }
+                local::run_setup(plan, &self.state.nodes)
+                    .await
+                    .map_err(ProviderError::Failed)?;
+            }
+            let executor = Arc::new(LocalExecutor::new(plan, &self.state));
+            self.started = chrono::Utc::now();
+            Ok(Started {
+                executor,
+                hourly_usd: self.state.nodes.iter().map(|n| n.hourly_usd).sum(),
+                spent_before_usd: ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key)),
+            })
+        })
+    }
+
+    fn finish<'s>(&'s mut self, summary: &'s RunSummary) -> Fut<'s, Result<Finished, ProviderError>> {
+        Box::pin(async move {
+            let plan = self.plan;
+            // what the same nodes would have cost for as long as the run lasted
+            let span = ledger::RunSpan {
+                phase: &plan.name_key,
+                provider: "local",
+                start: self.started,
+                end: chrono::Utc::now(),
+                hours: summary.wall_seconds / 3600.0,
+                kind: "simulated",
+            };
+            let entries: Vec<ledger::Spend> = self
+                .state
+                .nodes
+                .iter()
+                .map(|n| {
+                    span.spend(
+                        n.name.clone(),
+                        &n.group,
+                        &n.instance_type,
+                        &market_of(plan, &n.group),
+                        n.hourly_usd,
+                    )
+                })
+                .collect();
+            ledger::append(&plan.root, &entries)
+                .map_err(ProviderError::io(ledger::path(&plan.root)))?;
+            if summary.budget_stop {
+                let (nodes, _) =
+                    local::destroy(plan).map_err(ProviderError::io(plan.state_dir()))?;
+                self.provider.settings.log(&format!(
+                    "budget reached: dispatching stopped and {nodes} node(s) destroyed; results so far are in {}",
+                    crate::plan::decode::rel(&plan.results_dir(), &plan.root)
+                ));
+            }
+            Ok(Finished::default())
+        })
+    }
+}
