@@ -203,10 +203,9 @@ pub struct Applied {
 /// Nodes and stacks of a phase, the same shape on every provider.
 #[derive(Debug, Default, Serialize)]
 pub struct Infra {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The cloud region (`None` locally).
     pub region: Option<String>,
     pub stacks: Vec<StackRow>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
     pub nodes: Vec<NodeRow>,
 }

@@ -1245,7 +1245,7 @@ fn interrupted_nodes_without_replacement_stop_the_run_with_the_reason_and_destro
     ok(&r, "status");
     assert!(
         r.stdout.contains(&format!(
-            "{} done, 0 failed, {} queued",
+            "{} done, 0 failed, 0 running, {} queued",
             counts.len(),
             4 - counts.len()
         )),
@@ -1711,3 +1711,35 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 }
 
 mod budget;
+
+#[test]
+fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
+    let a = Aws::new("same_summary");
+    crate::output::mixed_plan(&a.p, r#""project": "samesum", "provider": "aws", "region": "us-east-1","#);
+    ok(&a.infra(&["apply", "mixed", "--yes"]), "apply");
+    let on_aws = a.infra(&["run", "mixed"]);
+    let local = Project::new();
+    crate::output::mixed_plan(&local, r#""project": "samesum", "provider": "aws", "region": "us-east-1","#);
+    let on_local = local.infra(&["--provider", "local", "run", "mixed"]);
+    assert_eq!(on_aws.code, 1, "{}\n{}", on_aws.stdout, on_aws.stderr);
+    assert_eq!(on_local.code, on_aws.code, "{}\n{}", on_local.stdout, on_local.stderr);
+    let text = |s: &str| crate::output::without_duration(s);
+    assert_eq!(text(&on_local.stdout), text(&on_aws.stdout));
+    assert!(
+        on_aws.stdout.contains("failed: mixed-t3 (see results/mixed/failed-tasks.csv)"),
+        "{}",
+        on_aws.stdout
+    );
+    // the same keys in --json, whatever the provider
+    let keys = |r: &Run| {
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.retain(|k| k != "api_calls");
+        k.sort();
+        k
+    };
+    let aws_status = a.infra(&["--json", "status", "mixed"]);
+    let local_status = local.infra(&["--json", "--provider", "local", "status", "mixed"]);
+    assert_eq!(keys(&aws_status), keys(&local_status));
+    ok(&a.infra(&["destroy", "mixed", "--all"]), "destroy");
+}

@@ -6,5 +6,6 @@ mod common;
 mod cost;
 mod fuzz;
 mod local;
+mod output;
 mod stacks;
 mod sweep;

@@ -1,0 +1,85 @@
+//! What a person sees: the human output of `plan`, `status`, the run
+//! summary and `budget`, pinned by snapshots, and the same view in `--json`.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// The run's wall time is the one thing that differs between two runs.
+pub fn without_duration(s: &str) -> String {
+    s.lines()
+        .map(|l| match l.rfind(" in ") {
+            Some(i) if l.ends_with('s') && l[i + 4..].chars().all(|c| c.is_ascii_alphanumeric()) => {
+                format!("{} in <duration>", &l[..i])
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Three tasks on two local nodes; `mixed-t3` fails with code 3 and says why.
+pub fn mixed_plan(p: &Project, provider_extra: &str) {
+    p.write(
+        "plans/mixed.json",
+        &format!(
+            r#"{{ "phase": "mixed", "name": "two pass, one fails", {provider_extra}
+  "node_groups": {{ "cpu": {{ "instance_type": "c6i.xlarge", "count": 2, "market": "spot", "slots": 1 }} }},
+  "retry": {{ "attempts": 1 }},
+  "estimate": {{ "default": "10s" }},
+  "layers": [ {{ "id": "L0", "name": "mixed", "patterns": [
+    {{ "id": "mixed-t1", "backend": "mixed", "code": 0 }},
+    {{ "id": "mixed-t2", "backend": "mixed", "code": 0 }},
+    {{ "id": "mixed-t3", "backend": "mixed", "code": 3 }} ] }} ] }}"#
+        ),
+    );
+    p.write(
+        "plans/templates/mixed.json.hbs",
+        r#"{ "steps": [ {"name": "main", "timeout_seconds": 120, "command": "echo working; test {{code}} -eq 0 || { echo broken input >&2; exit {{code}}; }"} ] }"#,
+    );
+}
+
+#[test]
+fn plan_output_of_the_quickstart() {
+    let p = Project::with_examples();
+    let r = p.infra(&["plan", "quickstart"]);
+    r.ok();
+    insta::assert_snapshot!(r.stdout);
+    let j: Value = serde_json::from_str(&p.infra(&["--json", "plan", "quickstart"]).ok().stdout)
+        .expect("one JSON document");
+    assert_eq!(j["plan"], "quickstart");
+    assert_eq!(j["tasks"], 5);
+    assert_eq!(j["written"], 0, "the second plan changes nothing");
+    assert_eq!(j["layers"][1]["sample"][0], "quickstart-L1-echo-c1");
+}
+
+#[test]
+fn plan_output_of_an_aws_phase_with_its_stacks() {
+    let p = Project::with_examples();
+    let r = p.infra(&["plan", "phase15"]);
+    r.ok();
+    insta::assert_snapshot!(r.stdout);
+}
+
+#[test]
+fn run_summary_status_and_budget_after_a_run_with_a_failing_task() {
+    let p = Project::new();
+    mixed_plan(&p, r#""budget": { "usd": 5 },"#);
+    let r = p.infra(&["run", "mixed"]);
+    assert_eq!(r.code, 1, "a failed task exits 1:\n{}\n{}", r.stdout, r.stderr);
+    insta::assert_snapshot!("run_summary_mixed", without_duration(&r.stdout));
+
+    let r = p.infra(&["status", "mixed"]);
+    r.ok();
+    insta::assert_snapshot!("status_mixed", r.stdout);
+    let j: Value = serde_json::from_str(&p.infra(&["--json", "status", "mixed"]).ok().stdout).unwrap();
+    assert_eq!(j["counts"]["succeeded"], 2);
+    assert_eq!(j["failed"][0]["task"], "mixed-t3");
+    assert_eq!(j["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(j["provider"], "local");
+    assert_eq!(j["run_in_progress"], false);
+
+    let r = p.infra(&["budget", "mixed"]);
+    r.ok();
+    insta::assert_snapshot!("budget_mixed", r.stdout);
+}
