@@ -1,6 +1,8 @@
 //! Running a campaign: scheduling (pure), the dispatch loop, the journal.
 
 pub mod exec;
+mod finalize;
 pub mod journal;
+pub mod lock;
 pub mod run;
 pub mod scheduler;
