@@ -1,7 +1,9 @@
 //! Running a campaign: scheduling (pure), the dispatch loop, the journal.
 
 pub mod exec;
+mod finalize;
 pub mod journal;
+pub mod lock;
 pub mod run;
 pub mod scheduler;
 pub mod lock;

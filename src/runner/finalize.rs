@@ -1,0 +1,137 @@
+//! What an ended attempt leaves on disk: its `runtime.json`, its staging
+//! folder moved into `results/<phase>/<task>/`, and a line in
+//! `failed-tasks.csv` when the task failed for good.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use super::exec::Measured;
+use crate::tasks::TaskDef;
+
+/// How an attempt ended, for its `runtime.json`.
+pub(super) struct Ended<'a> {
+    pub status: &'a str,
+    pub attempt: u32,
+    pub nodes: &'a [String],
+    pub started: &'a chrono::DateTime<chrono::Utc>,
+    pub measured: &'a Measured,
+    pub cost_usd: f64,
+    pub error: Option<&'a str>,
+}
+
+/// The `runtime.json` of an attempt that ended now.
+pub(super) fn runtime_json(t: &TaskDef, e: &Ended) -> serde_json::Value {
+    let m = e.measured;
+    serde_json::json!({
+        "task": t.id,
+        "key": t.key,
+        "phase": t.phase,
+        "layer": t.layer,
+        "status": e.status,
+        "exit_code": m.exit_code,
+        "error": e.error,
+        "attempts": e.attempt,
+        "nodes": e.nodes,
+        "node_group": t.node_group,
+        "started": e.started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "ended": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "wall_seconds": (m.wall_seconds * 1000.0).round() / 1000.0,
+        "peak_rss_kb": m.peak_rss_kb,
+        "cost_usd": (e.cost_usd * 1e6).round() / 1e6,
+        "factors": t.factors,
+    })
+}
+
+/// Write `runtime` into the attempt's staging folder and move the folder to
+/// `results_dir/<task>/` whole: a crash leaves either the old result or the
+/// new one, never half of each.
+pub(super) fn finalize(
+    results_dir: &Path,
+    t: &TaskDef,
+    staging: &Path,
+    runtime: &serde_json::Value,
+) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(runtime)?;
+    bytes.push(b'\n');
+    let runtime_path = staging.join("runtime.json");
+    if std::fs::write(&runtime_path, &bytes).is_err() {
+        // the executor made no staging folder (it failed before)
+        std::fs::create_dir_all(staging)?;
+        std::fs::write(&runtime_path, &bytes)?;
+    }
+    let dest = results_dir.join(&t.id);
+    let old = results_dir.join(format!(".{}.old", t.id));
+    let _ = std::fs::remove_dir_all(&old);
+    // a result of an earlier attempt is replaced whole
+    let replaced = match std::fs::rename(&dest, &old) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    std::fs::rename(staging, &dest)?;
+    if replaced {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// One CSV field, quoted when it has to be.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Add a task that failed for good to `dir/failed-tasks.csv` (with its
+/// header when the file is new).
+pub(super) fn append_failed_csv(
+    dir: &Path,
+    id: &str,
+    attempt: u32,
+    error: &str,
+) -> std::io::Result<()> {
+    let path = dir.join("failed-tasks.csv");
+    let new = !path.exists();
+    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    if new {
+        writeln!(f, "time,pattern,attempt,error")?;
+    }
+    writeln!(
+        f,
+        "{},{},{},{}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        csv_field(id),
+        attempt,
+        csv_field(error)
+    )?;
+    f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn the_failed_tasks_csv_gets_its_header_once() {
+        let dir = tempfile::tempdir().unwrap();
+        append_failed_csv(dir.path(), "t1", 2, "exit 1").unwrap();
+        append_failed_csv(dir.path(), "t,2", 1, "boom").unwrap();
+        let text = std::fs::read_to_string(dir.path().join("failed-tasks.csv")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], "time,pattern,attempt,error");
+        assert!(lines[1].ends_with(",t1,2,exit 1"), "{}", lines[1]);
+        assert!(lines[2].ends_with(",\"t,2\",1,boom"), "{}", lines[2]);
+    }
+}

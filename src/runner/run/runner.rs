@@ -1,0 +1,635 @@
+//! The run's state between events, and one method per event.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{io_at, Paths, RunError, RunEvent, RunOptions, RunSummary};
+use crate::runner::exec::{AttemptRequest, Executor, Measured, NodeChange, Outcome, Seat};
+use crate::runner::finalize::{append_failed_csv, finalize, runtime_json, Ended};
+use crate::runner::journal::{self, Entry, Journal, State, Status};
+use crate::runner::lock::{self, Lock};
+use crate::runner::scheduler::{order, Placement, Policy, Pool};
+use crate::tasks::TaskDef;
+
+/// An attempt handed to the executor.
+pub(super) struct Attempt {
+    /// The task's index.
+    pub(super) idx: usize,
+    pub(super) number: u32,
+    pub(super) placement: Placement,
+    pub(super) started: chrono::DateTime<chrono::Utc>,
+}
+
+/// An attempt that ended, as its task sends it back to the loop.
+pub(super) struct Done {
+    pub(super) attempt: Attempt,
+    pub(super) outcome: Outcome,
+}
+
+/// One run's state between events. Tasks are named by their index in
+/// `tasks`.
+pub(super) struct Runner<'a, E: ?Sized> {
+    exec: Arc<E>,
+    paths: &'a Paths,
+    opts: &'a RunOptions,
+    report: &'a mut dyn FnMut(&RunEvent),
+    tasks: Vec<Arc<TaskDef>>,
+    journal: Journal,
+    run_no: u32,
+    /// Held until the run's summary is written.
+    _lock: Lock,
+    clock: Instant,
+    pub(super) staging_root: PathBuf,
+    pub(super) pool: Pool,
+    node_names: Vec<String>,
+    pub(super) node_changes: Option<mpsc::UnboundedReceiver<NodeChange>>,
+    /// Queued, in dispatch order.
+    pub(super) pending: VecDeque<usize>,
+    /// Failed tasks waiting out their backoff: (when, task).
+    pub(super) waiting: Vec<(tokio::time::Instant, usize)>,
+    /// Failed attempts per task; they count against the task's `attempts`.
+    pub(super) failures: HashMap<usize, u32>,
+    /// The number of the task's last attempt (all runs together).
+    pub(super) attempts: HashMap<usize, u32>,
+    pub(super) running: usize,
+    /// Why the run stops, once it does: nothing more is dispatched.
+    pub(super) stopping: Option<String>,
+    /// Since when the queue has waited for nodes with nothing running.
+    pub(super) starved: Option<tokio::time::Instant>,
+    pub(super) summary: RunSummary,
+    /// Turns true to cancel the running attempts.
+    cancel_tx: watch::Sender<bool>,
+    pub(super) cancel_rx: watch::Receiver<bool>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    pub(super) done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl<'a, E: Executor + ?Sized> Runner<'a, E> {
+    /// Lock the phase, journal the run's start, queue what still has to run
+    /// (in the policy's order) and report the start.
+    pub(super) fn start(
+        tasks: Vec<TaskDef>,
+        exec: Arc<E>,
+        paths: &'a Paths,
+        provider: &str,
+        opts: &'a RunOptions,
+        report: &'a mut dyn FnMut(&RunEvent),
+    ) -> Result<Self, RunError> {
+        std::fs::create_dir_all(&paths.state_dir).map_err(io_at(&paths.state_dir))?;
+        std::fs::create_dir_all(&paths.results_dir).map_err(io_at(&paths.results_dir))?;
+        let lock = lock::take(&paths.state_dir.join("run.lock"))?;
+        let clock = Instant::now();
+        let (mut state, _) = journal::read(&paths.journal())?;
+        let mut journal = Journal::open(&paths.journal())?;
+        let run_no = state.runs + 1;
+        journal.append(Entry::RunStarted {
+            run: run_no,
+            pid: std::process::id(),
+            provider: provider.into(),
+            selected: tasks.len(),
+        })?;
+        state.apply(&Entry::RunStarted {
+            run: run_no,
+            pid: 0,
+            provider: String::new(),
+            selected: 0,
+        });
+
+        let pool = Pool::new(exec.node_names());
+        let node_names: Vec<String> = pool.nodes.iter().map(|n| n.name.clone()).collect();
+        let node_changes = exec.node_changes();
+        let mut summary = RunSummary {
+            selected: tasks.len(),
+            ..Default::default()
+        };
+        let tasks: Vec<Arc<TaskDef>> = tasks.into_iter().map(Arc::new).collect();
+        let todo = to_run(&tasks, &state, opts.retry_failed, &mut summary);
+        check_placeable(&tasks, &todo, &pool)?;
+        let est: Vec<Option<f64>> = todo.iter().map(|i| tasks[*i].estimate_seconds).collect();
+        let pending: VecDeque<usize> = order(&est, opts.policy.unwrap_or(Policy::LongestFirst))
+            .into_iter()
+            .map(|k| todo[k])
+            .collect();
+        report(&RunEvent::Start {
+            selected: tasks.len(),
+            already_done: summary.already_done,
+            to_run: pending.len(),
+            slots: pool.nodes.iter().map(|n| n.busy.len()).sum(),
+        });
+
+        let earlier = |i: &usize| state.tasks.get(&tasks[*i].key);
+        let failures = pending
+            .iter()
+            .map(|i| {
+                let f = earlier(i).map(|t| t.failures).unwrap_or(0);
+                (*i, if opts.retry_failed { 0 } else { f })
+            })
+            .collect();
+        let attempts = pending
+            .iter()
+            .map(|i| (*i, earlier(i).map(|t| t.attempts).unwrap_or(0)))
+            .collect();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Ok(Runner {
+            exec,
+            paths,
+            opts,
+            report,
+            tasks,
+            journal,
+            run_no,
+            _lock: lock,
+            clock,
+            staging_root: paths.state_dir.join("staging"),
+            pool,
+            node_names,
+            node_changes,
+            pending,
+            waiting: Vec::new(),
+            failures,
+            attempts,
+            running: 0,
+            stopping: None,
+            starved: None,
+            summary,
+            cancel_tx,
+            cancel_rx,
+            done_tx,
+            done_rx,
+        })
+    }
+
+    /// Nothing runs and nothing more will start.
+    pub(super) fn is_over(&self) -> bool {
+        self.running == 0
+            && (self.stopping.is_some() || (self.pending.is_empty() && self.waiting.is_empty()))
+    }
+
+    /// When the next failed task's backoff ends.
+    pub(super) fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.waiting.iter().map(|(t, _)| *t).min()
+    }
+
+    /// Nothing runs, nothing waits for a retry, and the queue fits on no
+    /// node left: wait a while for new nodes (`on_starved` then stops).
+    pub(super) fn update_starved(&mut self) {
+        self.starved = if self.running == 0
+            && self.waiting.is_empty()
+            && !self.pending.is_empty()
+            && self.stopping.is_none()
+        {
+            Some(
+                self.starved
+                    .unwrap_or_else(|| tokio::time::Instant::now() + self.exec.replacement_wait()),
+            )
+        } else {
+            None
+        };
+    }
+
+    /// Start what fits on the free slots, in queue order; the rest stays
+    /// queued in its order. Nothing starts once the run is stopping.
+    pub(super) fn dispatch(&mut self) -> Result<(), RunError> {
+        if self.stopping.is_some() {
+            return Ok(());
+        }
+        // (group, ranks) that found no placement this round
+        let mut blocked: Vec<(String, u32)> = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        while let Some(i) = self.pending.pop_front() {
+            // nothing free anywhere: the rest of the queue waits as it is
+            if self.pool.free_slots() == 0 {
+                kept.push_back(i);
+                kept.extend(self.pending.drain(..));
+                break;
+            }
+            let t = &self.tasks[i];
+            if blocked
+                .iter()
+                .any(|(g, n)| *g == t.node_group && *n == t.nodes)
+            {
+                kept.push_back(i);
+                continue;
+            }
+            let Some(placement) = self.pool.place(&t.node_group, t.nodes) else {
+                blocked.push((t.node_group.clone(), t.nodes));
+                kept.push_back(i);
+                continue;
+            };
+            self.start_attempt(i, placement)?;
+        }
+        self.pending = kept;
+        Ok(())
+    }
+
+    /// Journal and report the task's next attempt, and hand it to the
+    /// executor; its end comes back on `done_rx`.
+    fn start_attempt(&mut self, i: usize, placement: Placement) -> Result<(), RunError> {
+        let t = self.tasks[i].clone();
+        let attempt = self.attempts.get(&i).copied().unwrap_or(0) + 1;
+        self.attempts.insert(i, attempt);
+        let nodes = self.names_of(&placement);
+        self.journal.append(Entry::Dispatched {
+            task: t.id.clone(),
+            key: t.key.clone(),
+            attempt,
+            nodes: nodes.clone(),
+        })?;
+        (self.report)(&RunEvent::Dispatched {
+            task: t.id.clone(),
+            attempt,
+            nodes,
+        });
+        let staging = self.staging(&t, attempt);
+        let _ = std::fs::remove_dir_all(&staging);
+        let req = AttemptRequest {
+            task: t,
+            attempt,
+            seats: placement
+                .iter()
+                .map(|(n, s)| Seat { node: *n, slot: *s })
+                .collect(),
+            staging,
+            stop: self.cancel_rx.clone(),
+        };
+        let exec = self.exec.clone();
+        let done_tx = self.done_tx.clone();
+        self.running += 1;
+        let started = chrono::Utc::now();
+        tokio::spawn(async move {
+            let outcome = exec.run_attempt(req).await;
+            let attempt = Attempt {
+                idx: i,
+                number: attempt,
+                placement,
+                started,
+            };
+            let _ = done_tx.send(Done { attempt, outcome });
+        });
+        Ok(())
+    }
+
+    /// An attempt ended: free its slots and record it by how it ended.
+    pub(super) fn on_attempt_done(&mut self, done: Done) -> Result<(), RunError> {
+        let Done {
+            attempt: a,
+            outcome,
+        } = done;
+        self.running -= 1;
+        self.pool.release(&a.placement);
+        let t = self.tasks[a.idx].clone();
+        let staging = self.staging(&t, a.number);
+        match outcome {
+            Outcome::Succeeded(m) => {
+                let cost_usd = self.write_result(&t, &a, &staging, "succeeded", &m, None)?;
+                self.journal.append(Entry::Succeeded {
+                    task: t.id.clone(),
+                    key: t.key.clone(),
+                    attempt: a.number,
+                    wall_seconds: m.wall_seconds,
+                    cost_usd,
+                })?;
+                self.summary.succeeded += 1;
+                (self.report)(&RunEvent::Succeeded {
+                    task: t.id.clone(),
+                    attempt: a.number,
+                    wall_seconds: m.wall_seconds,
+                });
+            }
+            Outcome::Failed { error, measured } => {
+                let failures = self.failures.entry(a.idx).or_insert(0);
+                *failures += 1;
+                let failures = *failures;
+                if failures < t.attempts && self.stopping.is_none() {
+                    self.retry_later(&t, &a, failures, error, &staging)?;
+                } else {
+                    self.write_result(&t, &a, &staging, "failed", &measured, Some(&error))?;
+                    self.failed_for_good(&t, a.number, error)?;
+                }
+            }
+            Outcome::Lost { reason } => {
+                // the executor reports the node before the attempt: apply it
+                // first, so that the task is not placed on the same node again
+                while let Some(ch) = self.node_changes.as_mut().and_then(|r| r.try_recv().ok()) {
+                    self.on_node_change(ch);
+                }
+                self.journal.append(Entry::Requeued {
+                    task: t.id.clone(),
+                    key: t.key.clone(),
+                    attempt: a.number,
+                    reason: reason.clone(),
+                })?;
+                (self.report)(&RunEvent::Requeued {
+                    task: t.id.clone(),
+                    reason,
+                });
+                let _ = std::fs::remove_dir_all(&staging);
+                // not the task's fault: no failure counted, first in line
+                self.pending.push_front(a.idx);
+            }
+            Outcome::Cancelled => {
+                let reason = self.stopping.clone().unwrap_or_else(|| "cancelled".into());
+                self.journal.append(Entry::Requeued {
+                    task: t.id.clone(),
+                    key: t.key.clone(),
+                    attempt: a.number,
+                    reason: reason.clone(),
+                })?;
+                let _ = std::fs::remove_dir_all(&staging);
+                (self.report)(&RunEvent::Requeued {
+                    task: t.id.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the ended attempt's `runtime.json` and move its staging folder
+    /// into the results; what the attempt cost.
+    fn write_result(
+        &self,
+        t: &TaskDef,
+        a: &Attempt,
+        staging: &Path,
+        status: &str,
+        measured: &Measured,
+        error: Option<&str>,
+    ) -> Result<f64, RunError> {
+        let nodes = self.names_of(&a.placement);
+        let cost_usd = self.cost_usd(&a.placement, measured);
+        let ended = Ended {
+            status,
+            attempt: a.number,
+            nodes: &nodes,
+            started: &a.started,
+            measured,
+            cost_usd,
+            error,
+        };
+        let results = &self.paths.results_dir;
+        finalize(results, t, staging, &runtime_json(t, &ended)).map_err(io_at(results))?;
+        Ok(cost_usd)
+    }
+
+    /// A failed attempt with attempts left: its task waits out the backoff
+    /// before attempt `failures + 1`.
+    fn retry_later(
+        &mut self,
+        t: &TaskDef,
+        a: &Attempt,
+        failures: u32,
+        error: String,
+        staging: &Path,
+    ) -> Result<(), RunError> {
+        let attempt = a.number;
+        let delay = self.opts.retry.delay_before(failures + 1);
+        self.journal.append(Entry::AttemptFailed {
+            task: t.id.clone(),
+            key: t.key.clone(),
+            attempt,
+            error: error.clone(),
+            retry_in_seconds: delay.as_secs_f64(),
+        })?;
+        (self.report)(&RunEvent::Retrying {
+            task: t.id.clone(),
+            attempt,
+            error,
+            delay_seconds: delay.as_secs_f64(),
+        });
+        // keep this attempt's logs beside the final result
+        let kept = self
+            .staging_root
+            .join(format!("{}.{}.failed", t.id, attempt));
+        let _ = std::fs::rename(staging, kept);
+        self.waiting
+            .push((tokio::time::Instant::now() + delay, a.idx));
+        Ok(())
+    }
+
+    /// A task that used its attempts (or failed while the run stops): into
+    /// the failed-tasks CSV, the journal and the summary.
+    fn failed_for_good(
+        &mut self,
+        t: &TaskDef,
+        attempt: u32,
+        error: String,
+    ) -> Result<(), RunError> {
+        let dir = &self.paths.results_dir;
+        append_failed_csv(dir, &t.id, attempt, &error).map_err(io_at(dir))?;
+        self.journal.append(Entry::Failed {
+            task: t.id.clone(),
+            key: t.key.clone(),
+            attempt,
+            error: error.clone(),
+        })?;
+        self.summary.failed += 1;
+        self.summary.failed_tasks.push(t.id.clone());
+        (self.report)(&RunEvent::Failed {
+            task: t.id.clone(),
+            attempt,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Backoffs ended: those tasks go to the front of the queue, in the
+    /// order they failed.
+    pub(super) fn on_retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.waiting = rest;
+        for (_, i) in ready.into_iter().rev() {
+            self.pending.push_front(i);
+        }
+    }
+
+    /// A node went (nothing more is placed on it) or joined.
+    pub(super) fn on_node_change(&mut self, ch: NodeChange) {
+        match ch {
+            NodeChange::Lost { node, reason } => {
+                if self.pool.nodes.get(node).is_some_and(|n| !n.retired) {
+                    self.pool.retire(node);
+                    (self.report)(&RunEvent::NodeLost {
+                        node: self.node_names.get(node).cloned().unwrap_or_default(),
+                        reason,
+                    });
+                }
+            }
+            NodeChange::Added {
+                node,
+                name,
+                group,
+                slots,
+            } => {
+                // indices are the executor's; they only grow
+                if node == self.pool.nodes.len() {
+                    self.pool.add(name.clone(), group.clone(), slots);
+                    self.node_names.push(name.clone());
+                    (self.report)(&RunEvent::NodeAdded { node: name, group });
+                }
+            }
+        }
+    }
+
+    /// Ctrl-C or SIGTERM: stop and cancel the running attempts.
+    pub(super) fn on_interrupt(&mut self, why: &str) {
+        self.stop(why, true);
+        self.summary.interrupted = true;
+    }
+
+    /// The caller asked the run to stop: cancel the running attempts.
+    pub(super) fn on_stop_request(&mut self, why: &str) {
+        self.stop(why, true);
+    }
+
+    /// No node came in time for what is queued: stop with it pending.
+    pub(super) fn on_starved(&mut self) {
+        let groups: BTreeSet<&str> = self
+            .pending
+            .iter()
+            .map(|i| self.tasks[*i].node_group.as_str())
+            .collect();
+        let why = format!(
+            "{} task(s) need more nodes of group {} than are left, and no replacement came within {:.0}s",
+            self.pending.len(),
+            groups.into_iter().collect::<Vec<_>>().join(", "),
+            self.exec.replacement_wait().as_secs_f64()
+        );
+        self.stop(&why, true);
+    }
+
+    /// The budget watchdog: stop when the next interval would reach the
+    /// budget (cancelling the running attempts on a hard stop).
+    pub(super) fn on_watchdog_tick(&mut self) {
+        let opts = self.opts;
+        let Some(w) = &opts.watchdog else {
+            return;
+        };
+        let spent = w.spent_before_usd + w.hourly_usd * self.clock.elapsed().as_secs_f64() / 3600.0;
+        let next = spent + w.hourly_usd * w.interval.as_secs_f64() / 3600.0;
+        if next >= w.budget_usd && self.stopping.is_none() {
+            let why = format!(
+                "budget: ${spent:.4} spent of ${:.4}; the next {:.0}s at ${:.2}/h would reach it ({})",
+                w.budget_usd,
+                w.interval.as_secs_f64(),
+                w.hourly_usd,
+                if w.hard_stop {
+                    "hard stop: running tasks cancelled"
+                } else {
+                    "running tasks finish"
+                }
+            );
+            self.summary.budget_stop = true;
+            self.stop(&why, w.hard_stop);
+        }
+    }
+
+    /// The first stop wins: nothing more is dispatched, and the running
+    /// attempts are cancelled if `cancel_running`.
+    fn stop(&mut self, why: &str, cancel_running: bool) {
+        if self.stopping.is_none() {
+            self.stopping = Some(why.to_string());
+            if cancel_running {
+                let _ = self.cancel_tx.send(true);
+            }
+            (self.report)(&RunEvent::Stopping {
+                reason: why.to_string(),
+            });
+        }
+    }
+
+    /// The end: the summary, the journal's `RunFinished`, no staging left.
+    pub(super) fn finish(mut self) -> Result<RunSummary, RunError> {
+        let s = &mut self.summary;
+        s.pending = self.pending.len() + self.waiting.len();
+        s.reason = self.stopping.clone().unwrap_or_else(|| "done".into());
+        s.wall_seconds = self.clock.elapsed().as_secs_f64();
+        s.metered_usd = (0..self.pool.nodes.len())
+            .map(|i| self.exec.node_hourly_usd(i))
+            .sum::<f64>()
+            * s.wall_seconds
+            / 3600.0;
+        self.journal.append(Entry::RunFinished {
+            run: self.run_no,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            pending: s.pending,
+            reason: s.reason.clone(),
+        })?;
+        let _ = std::fs::remove_dir_all(&self.staging_root);
+        Ok(self.summary)
+    }
+
+    fn names_of(&self, placement: &Placement) -> Vec<String> {
+        placement
+            .iter()
+            .map(|(n, _)| self.node_names[*n].clone())
+            .collect()
+    }
+
+    fn staging(&self, t: &TaskDef, attempt: u32) -> PathBuf {
+        self.staging_root.join(format!("{}.{}", t.id, attempt))
+    }
+
+    /// The attempt's share of its nodes' price: each rank pays its slot.
+    fn cost_usd(&self, placement: &Placement, m: &Measured) -> f64 {
+        placement
+            .iter()
+            .map(|(n, _)| {
+                let slots = self.pool.nodes[*n].busy.len().max(1) as f64;
+                self.exec.node_hourly_usd(*n) * m.wall_seconds / 3600.0 / slots
+            })
+            .sum()
+    }
+}
+
+/// The selected tasks that still have to run (counting the others in
+/// `summary`): not succeeded, and not failed unless `retry_failed`.
+fn to_run(
+    tasks: &[Arc<TaskDef>],
+    state: &State,
+    retry_failed: bool,
+    summary: &mut RunSummary,
+) -> Vec<usize> {
+    let mut todo = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        match state.status_of(&t.key) {
+            Status::Succeeded => summary.already_done += 1,
+            Status::Failed if !retry_failed => summary.skipped_failed += 1,
+            _ => todo.push(i),
+        }
+    }
+    todo
+}
+
+/// Every task to run must fit on its group's nodes.
+fn check_placeable(tasks: &[Arc<TaskDef>], todo: &[usize], pool: &Pool) -> Result<(), RunError> {
+    let unplaceable: Vec<&str> = todo
+        .iter()
+        .map(|i| &tasks[*i])
+        .filter(|t| {
+            let nodes = pool
+                .nodes
+                .iter()
+                .filter(|n| n.group == t.node_group && !n.busy.is_empty())
+                .count();
+            nodes < t.nodes as usize
+        })
+        .map(|t| t.id.as_str())
+        .collect();
+    if unplaceable.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Unplaceable {
+        count: unplaceable.len(),
+        examples: unplaceable[..unplaceable.len().min(3)].join(", "),
+    })
+}
