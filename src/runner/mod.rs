@@ -6,4 +6,3 @@ pub mod journal;
 pub mod lock;
 pub mod run;
 pub mod scheduler;
-pub mod lock;
