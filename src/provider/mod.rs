@@ -4,3 +4,4 @@ pub mod aws;
 pub mod env;
 pub mod local;
 pub mod process;
+pub mod sequence;

@@ -1,7 +1,9 @@
 //! The AWS provider: CloudFormation stacks, EC2 nodes reached through SSM
 //! Run Command, the results bucket in S3. `cli` holds the commands
-//! (apply, run, status, destroy); `executor` runs tasks for the shared
-//! runner; the other modules are thin wrappers over one service each.
+//! (apply, run, status, destroy); `executor` holds the nodes of a run for
+//! the shared runner and `transport` moves one attempt's steps for the
+//! shared sequencer; the other modules are thin wrappers over one service
+//! each.
 
 pub mod cfn;
 pub mod cli;
@@ -10,8 +12,10 @@ pub mod ec2;
 pub mod error;
 pub mod executor;
 pub mod meter;
+pub mod node_commands;
 pub mod pricing;
 pub mod s3;
 pub mod script;
 pub mod ssm;
 pub mod state;
+pub mod transport;
