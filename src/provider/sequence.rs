@@ -286,10 +286,8 @@ async fn run_step<T: StepTransport>(
             };
             v
         } else {
-            let Some(v) = step_verdict(step, t.wait(&mut s, step, stop).await) else {
-                return None;
-            };
-            v
+            // no verdict: it succeeded
+            step_verdict(step, t.wait(&mut s, step, stop).await)?
         };
         let retry = matches!(v, Verdict::Failed(_)) && try_no <= step.retries;
         if step.background || matches!(v, Verdict::Stopped) {
