@@ -1,7 +1,9 @@
 //! The local provider: nodes are folders on this machine with a number of
 //! slots each, the bucket is `results/`, and Run Command is a process spawn.
 //! Each node has its own loopback address so multi-node tasks talk over
-//! distinct addresses as they would between instances.
+//! distinct addresses as they would between instances. `LocalAttempt` is
+//! the transport the shared sequencer (`provider::sequence`) runs an
+//! attempt's steps over.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -12,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::env::{task_env, Phase, RankNode, Shape};
 use super::process::{reap_orphans, Exit, PidLog, Spawned};
+use super::sequence::{self, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage};
+pub use super::sequence::{expand_vars, wait_stop};
 use crate::plan::Plan;
-use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, Outcome};
-use crate::tasks::{Health, Step, TaskDef};
+use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Outcome};
+use crate::tasks::Step;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LocalNode {
@@ -204,32 +209,6 @@ fn open_append(p: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
-/// `${VAR}` from `env`; unknown names stay as written.
-pub fn expand_vars(s: &str, env: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        match after.find('}') {
-            Some(j) => {
-                let name = &after[..j];
-                match env.iter().rev().find(|(k, _)| k == name) {
-                    Some((_, v)) => out.push_str(v),
-                    None => out.push_str(&rest[i..i + 3 + j]),
-                }
-                rest = &after[j + 1..];
-            }
-            None => {
-                out.push_str(&rest[i..]);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// One HTTP/1.0 GET; true on a 2xx answer.
 pub async fn http_ok(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
@@ -266,319 +245,256 @@ pub async fn http_ok(url: &str) -> bool {
         .unwrap_or(false)
 }
 
-struct Bg {
-    proc: Spawned,
+/// One attempt's steps on this machine: a process group per step, the logs
+/// appended to the staging folder, a working folder per rank.
+pub(crate) struct LocalAttempt {
+    ex: Arc<LocalExecutor>,
+    /// The node of each rank.
+    nodes: Vec<usize>,
+    works: Vec<PathBuf>,
+    envs: Vec<Vec<(String, String)>>,
+    staging: PathBuf,
+    usage: Usage,
+}
+
+/// A started step: its process group until it is reaped.
+pub(crate) struct LocalStep {
+    proc: Option<Spawned>,
     name: String,
 }
 
-enum StepEnd {
-    Exited(Exit),
-    TimedOut(u64),
-    Stopped,
-}
-
-impl LocalExecutor {
-    async fn wait_step(
-        &self,
-        sp: &Spawned,
-        timeout: Option<u64>,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> StepEnd {
-        let waiter = sp.wait();
-        tokio::pin!(waiter);
-        let sleep = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(Duration::from_secs(t)).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            e = &mut waiter => {
-                // a foreground step's leftovers die with it
-                sp.signal_group(libc::SIGKILL);
-                StepEnd::Exited(e)
-            }
-            _ = sleep => {
-                sp.kill_group(Duration::from_secs(2)).await;
-                waiter.await;
-                StepEnd::TimedOut(timeout.unwrap_or(0))
-            }
-            _ = wait_stop(stop) => {
-                sp.kill_group(Duration::from_secs(2)).await;
-                waiter.await;
-                StepEnd::Stopped
-            }
-        }
-    }
-
-    async fn attempt(self: Arc<Self>, mut req: AttemptRequest) -> Outcome {
-        let started = Instant::now();
-        let mut peak = 0u64;
-        let mut last_code = None;
-        let measured = |peak: u64, code: Option<i32>| Measured {
-            exit_code: code,
-            wall_seconds: started.elapsed().as_secs_f64(),
-            peak_rss_kb: peak,
-        };
-        if let Err(e) = std::fs::create_dir_all(&req.staging) {
-            return Outcome::Failed {
-                error: format!("cannot create {}: {e}", req.staging.display()),
-                measured: measured(0, None),
-            };
-        }
-        let stdout_path = req.staging.join("stdout.log");
-        let stderr_path = req.staging.join("stderr.log");
-        let task: Arc<TaskDef> = req.task.clone();
-        // a fresh working folder per rank: one folder per slot, emptied
-        // after every task, so a task creates and deletes no folder of its
-        // own when it leaves nothing behind
+impl LocalAttempt {
+    /// A fresh working folder per rank: one folder per slot, emptied after
+    /// every task, so a task creates and deletes no folder of its own when
+    /// it leaves nothing behind.
+    fn open(ex: Arc<LocalExecutor>, req: &AttemptRequest) -> Result<LocalAttempt, String> {
         let mut works = Vec::new();
         for seat in &req.seats {
-            let w = self.node_dirs[seat.node]
+            let w = ex.node_dirs[seat.node]
                 .join("work")
                 .join(format!("slot-{}", seat.slot));
-            if let Err(e) = empty_dir(&w) {
-                return Outcome::Lost {
-                    reason: format!(
-                        "node {} cannot create {}: {e}",
-                        self.nodes[seat.node].name,
-                        w.display()
-                    ),
-                };
-            }
+            empty_dir(&w).map_err(|e| {
+                format!(
+                    "node {} cannot create {}: {e}",
+                    ex.nodes[seat.node].name,
+                    w.display()
+                )
+            })?;
             works.push(w);
         }
-        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len())
-            .map(|r| self.env_for(&req, r, &works[r]))
+        let envs = (0..req.seats.len())
+            .map(|r| ex.env_for(req, r, &works[r]))
             .collect();
-        let mut bgs: Vec<Bg> = Vec::new();
-        let mut failure: Option<String> = None;
-        let mut stopped = false;
+        Ok(LocalAttempt {
+            nodes: req.seats.iter().map(|s| s.node).collect(),
+            ex,
+            works,
+            envs,
+            staging: req.staging.clone(),
+            usage: Usage::default(),
+        })
+    }
 
-        'steps: for step in &task.steps {
-            let rank = step.node as usize;
-            let mut env = envs[rank].clone();
-            env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            env.push(("INFRA_STEP".into(), step.name.clone()));
-            let tries = step.retries + 1;
-            for attempt_of_step in 1..=tries {
-                let (mut out, err) = match (open_append(&stdout_path), open_append(&stderr_path)) {
-                    (Ok(o), Ok(e)) => (o, e),
-                    _ => {
-                        failure = Some("cannot open the task's log files".into());
-                        break 'steps;
-                    }
-                };
-                let _ = writeln!(
-                    out,
-                    "== infra: step {} on {} (rank {rank}){} ==",
-                    step.name,
-                    self.nodes[req.seats[rank].node].name,
-                    if attempt_of_step > 1 {
-                        format!(", try {attempt_of_step}")
-                    } else {
-                        String::new()
-                    }
-                );
-                let sp = match super::process::spawn(
-                    &step.command,
-                    &works[rank],
-                    &env,
-                    out,
-                    err,
-                    Some(&self.pid_log),
-                ) {
-                    Ok(sp) => sp,
-                    Err(e) => {
-                        failure = Some(format!("step \"{}\" could not start: {e}", step.name));
-                        break 'steps;
-                    }
-                };
-                if step.background {
-                    match self.wait_healthy(&sp, step, &env, &mut req.stop).await {
-                        Ok(()) => {
-                            bgs.push(Bg {
-                                proc: sp,
-                                name: step.name.clone(),
-                            });
-                            continue 'steps;
-                        }
-                        Err(HealthEnd::Stopped) => {
-                            sp.kill_group(Duration::from_secs(2)).await;
-                            sp.wait().await;
-                            stopped = true;
-                            break 'steps;
-                        }
-                        Err(HealthEnd::Failed(msg)) => {
-                            sp.kill_group(Duration::from_secs(2)).await;
-                            let e = sp.wait().await;
-                            peak = peak.max(e.max_rss_kb);
-                            if attempt_of_step == tries {
-                                failure = Some(msg);
-                                break 'steps;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                let end = self
-                    .wait_step(&sp, step.timeout_seconds, &mut req.stop)
-                    .await;
-                match end {
-                    StepEnd::Exited(e) => {
-                        peak = peak.max(e.max_rss_kb);
-                        last_code = Some(e.code);
-                        if e.code == 0 {
-                            continue 'steps;
-                        }
-                        if attempt_of_step == tries {
-                            failure = Some(format!(
-                                "step \"{}\" exited with code {}",
-                                step.name, e.code
-                            ));
-                            break 'steps;
-                        }
-                    }
-                    StepEnd::TimedOut(t) => {
-                        last_code = Some(124);
-                        if attempt_of_step == tries {
-                            failure = Some(format!("step \"{}\" timed out after {t} s", step.name));
-                            break 'steps;
-                        }
-                    }
-                    StepEnd::Stopped => {
-                        stopped = true;
-                        break 'steps;
-                    }
-                }
+    fn reaped(&mut self, e: Exit) {
+        self.usage.peak_rss_kb = self.usage.peak_rss_kb.max(e.max_rss_kb);
+    }
+}
+
+impl StepTransport for LocalAttempt {
+    type Step = LocalStep;
+
+    fn env(&self, rank: usize) -> &[(String, String)] {
+        &self.envs[rank]
+    }
+
+    async fn start(
+        &mut self,
+        _index: usize,
+        step: &Step,
+        try_no: u32,
+        env: &[(String, String)],
+    ) -> Result<LocalStep, StartError> {
+        let rank = step.node as usize;
+        let (mut out, err) = match (
+            open_append(&self.staging.join("stdout.log")),
+            open_append(&self.staging.join("stderr.log")),
+        ) {
+            (Ok(o), Ok(e)) => (o, e),
+            _ => {
+                return Err(StartError::Failed(
+                    "cannot open the task's log files".into(),
+                ))
             }
-        }
-        // stop the servers
-        for bg in bgs.iter().rev() {
-            bg.proc.kill_group(Duration::from_secs(2)).await;
-            let e = bg.proc.wait().await;
-            peak = peak.max(e.max_rss_kb);
-            let _ = writeln_file(
-                &stdout_path,
-                &format!("== infra: stopped background step {} ==", bg.name),
-            );
-        }
-        if stopped {
-            return Outcome::Cancelled;
-        }
-        if failure.is_none() {
-            for o in &task.outputs {
-                // the first rank whose folder has it
-                let from = works
-                    .iter()
-                    .map(|w| w.join(o))
-                    .find(|p| p.exists())
-                    .unwrap_or_else(|| works[0].join(o));
-                let to = req.staging.join(o);
-                if let Some(parent) = to.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                if let Err(e) = copy_any(&from, &to) {
-                    failure = Some(format!("declared output \"{o}\" was not produced ({e})"));
-                    break;
-                }
+        };
+        let _ = writeln!(
+            out,
+            "== infra: step {} on {} (rank {rank}){} ==",
+            step.name,
+            self.ex.nodes[self.nodes[rank]].name,
+            if try_no > 1 {
+                format!(", try {try_no}")
+            } else {
+                String::new()
             }
-        }
-        for w in &works {
-            let _ = empty_dir(w);
-        }
-        match failure {
-            None => Outcome::Succeeded(measured(peak, last_code.or(Some(0)))),
-            Some(error) => Outcome::Failed {
-                error,
-                measured: measured(peak, last_code),
-            },
-        }
+        );
+        let sp = super::process::spawn(
+            &step.command,
+            &self.works[rank],
+            env,
+            out,
+            err,
+            Some(&self.ex.pid_log),
+        )
+        .map_err(|e| StartError::Failed(format!("step \"{}\" could not start: {e}", step.name)))?;
+        Ok(LocalStep {
+            proc: Some(sp),
+            name: step.name.clone(),
+        })
+    }
+
+    async fn wait(
+        &mut self,
+        started: &mut LocalStep,
+        step: &Step,
+        stop: &mut watch::Receiver<bool>,
+    ) -> StepEnd {
+        let end = {
+            let Some(sp) = &started.proc else {
+                return StepEnd::Failed(format!("step \"{}\" is not running", step.name));
+            };
+            let timeout = step.timeout_seconds;
+            let waiter = sp.wait();
+            tokio::pin!(waiter);
+            let sleep = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(Duration::from_secs(t)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                e = &mut waiter => {
+                    // a foreground step's leftovers die with it
+                    sp.signal_group(libc::SIGKILL);
+                    self.reaped(e);
+                    self.usage.last_exit_code = Some(e.code);
+                    StepEnd::Exited(e.code)
+                }
+                _ = sleep => {
+                    sp.kill_group(Duration::from_secs(2)).await;
+                    waiter.await;
+                    self.usage.last_exit_code = Some(124);
+                    StepEnd::TimedOut
+                }
+                // killed by `stop`, with the background steps
+                _ = wait_stop(stop) => return StepEnd::Stopped,
+            }
+        };
+        // it ended and was reaped: nothing left to stop
+        started.proc = None;
+        end
     }
 
     async fn wait_healthy(
-        &self,
-        sp: &Spawned,
-        step: &Step,
+        &mut self,
+        started: &mut LocalStep,
+        _step: &Step,
+        check: &Check<'_>,
         env: &[(String, String)],
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), HealthEnd> {
-        let Some(h) = &step.health else { return Ok(()) };
-        let Health {
-            http,
-            command,
-            timeout_seconds,
-            interval_seconds,
-        } = h;
-        let deadline = Instant::now() + Duration::from_secs(*timeout_seconds);
-        let interval = Duration::from_secs_f64(interval_seconds.clamp(0.05, 60.0));
-        let url = http.as_ref().map(|u| expand_vars(u, env));
+        stop: &mut watch::Receiver<bool>,
+    ) -> HealthEnd {
+        let Some(sp) = &started.proc else {
+            return HealthEnd::ExitedEarly;
+        };
+        let deadline = Instant::now() + Duration::from_secs(check.timeout_seconds);
+        let interval = Duration::from_secs_f64(check.interval_seconds.clamp(0.05, 60.0));
         loop {
             if *stop.borrow() {
-                return Err(HealthEnd::Stopped);
+                return HealthEnd::Stopped;
             }
             if !super::process::group_alive(sp.pid) || super::process::leader_gone(sp.pid) {
-                return Err(HealthEnd::Failed(format!(
-                    "background step \"{}\" exited before it became healthy",
-                    step.name
-                )));
+                return HealthEnd::ExitedEarly;
             }
-            let ok = match (&url, command) {
+            let ok = match (&check.url, check.command) {
                 (Some(u), _) => http_ok(u).await,
-                (None, Some(c)) => {
-                    let dev = || File::create("/dev/null");
-                    match (dev(), dev()) {
-                        (Ok(o), Ok(e)) => {
-                            match super::process::spawn(c, Path::new("."), env, o, e, None) {
-                                Ok(p) => {
-                                    let r = tokio::time::timeout(Duration::from_secs(10), p.wait())
-                                        .await;
-                                    if r.is_err() {
-                                        p.signal_group(libc::SIGKILL);
-                                        p.wait().await;
-                                    }
-                                    matches!(r, Ok(Exit { code: 0, .. }))
-                                }
-                                Err(_) => false,
-                            }
-                        }
-                        _ => false,
-                    }
-                }
+                (None, Some(c)) => command_ok(c, env).await,
                 _ => true,
             };
             if ok {
-                return Ok(());
+                return HealthEnd::Healthy;
             }
             if Instant::now() >= deadline {
-                return Err(HealthEnd::Failed(format!(
-                    "background step \"{}\" was not healthy after {timeout_seconds} s ({})",
-                    step.name,
-                    url.clone().or(command.clone()).unwrap_or_default()
-                )));
+                return HealthEnd::NotHealthy;
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
-                _ = wait_stop(stop) => return Err(HealthEnd::Stopped),
+                _ = wait_stop(stop) => return HealthEnd::Stopped,
             }
         }
     }
-}
 
-enum HealthEnd {
-    Stopped,
-    Failed(String),
-}
-
-pub async fn wait_stop(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
+    async fn stop(&mut self, mut steps: Vec<Started<LocalStep>>, _cancelled: bool) {
+        // the last started first: a client before its server
+        for s in steps.iter_mut().rev() {
+            if let Some(sp) = s.step.proc.take() {
+                sp.kill_group(Duration::from_secs(2)).await;
+                let e = sp.wait().await;
+                self.reaped(e);
+            }
+            if s.healthy {
+                let _ = writeln_file(
+                    &self.staging.join("stdout.log"),
+                    &format!("== infra: stopped background step {} ==", s.step.name),
+                );
+            }
         }
     }
+
+    fn node_gone(&self) -> Option<String> {
+        None
+    }
+
+    async fn collect(&mut self) -> Result<Usage, String> {
+        // the logs are written in place
+        Ok(self.usage)
+    }
+
+    fn output(&mut self, path: &str) -> Result<(), Option<String>> {
+        // the first rank whose folder has it
+        let from = self
+            .works
+            .iter()
+            .map(|w| w.join(path))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| self.works[0].join(path));
+        let to = self.staging.join(path);
+        if let Some(parent) = to.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        copy_any(&from, &to).map_err(|e| Some(e.to_string()))
+    }
+
+    fn release(&mut self) {
+        for w in &self.works {
+            let _ = empty_dir(w);
+        }
+    }
+}
+
+/// A health-check command: true when it exits 0 within 10 s.
+async fn command_ok(c: &str, env: &[(String, String)]) -> bool {
+    let dev = || File::create("/dev/null");
+    let (Ok(o), Ok(e)) = (dev(), dev()) else {
+        return false;
+    };
+    let Ok(p) = super::process::spawn(c, Path::new("."), env, o, e, None) else {
+        return false;
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), p.wait()).await;
+    if r.is_err() {
+        p.signal_group(libc::SIGKILL);
+        p.wait().await;
+    }
+    matches!(r, Ok(Exit { code: 0, .. }))
 }
 
 fn writeln_file(p: &Path, line: &str) -> std::io::Result<()> {
@@ -609,7 +525,7 @@ impl Executor for LocalExecutor {
     }
 
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
-        Box::pin(self.attempt(req))
+        Box::pin(sequence::run(req, move |req| LocalAttempt::open(self, req)))
     }
 
     fn node_hourly_usd(&self, node: usize) -> f64 {

@@ -4,12 +4,15 @@
 //! [`Provider`]: apply, a run (its executor, and what happens before and
 //! after it), status, destroy, and the shared ledger. The commands hold no
 //! provider branch; [`for_plan`] is the one place that picks the provider.
+//! Both run an attempt's steps through one sequencer (`sequence`), each
+//! over its own transport.
 
 pub mod aws;
 pub mod env;
 pub mod local;
 pub mod local_provider;
 pub mod process;
+pub mod sequence;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,36 +1,29 @@
-//! `AwsExecutor`: runs one attempt of a task on EC2 nodes through SSM Run
-//! Command, for the same runner (journal, retries, resume) as the local
-//! provider.
+//! `AwsExecutor`: the EC2 nodes of a run, for the same runner (journal,
+//! retries, resume) as the local provider. Each attempt's steps go through
+//! the shared sequencer (`provider::sequence`) over the SSM transport in
+//! `transport.rs`.
 //!
-//! A step is one SendCommand to its rank's node, running the node wrapper
-//! (`scripts/infra-node.sh step`), which uploads the step's logs, runtime
-//! and outputs to `s3://<bucket>/<phase>/<task>/attempt-<n>/`. A background
-//! step is a long-running SendCommand; its health check a second, short one
-//! on the same node that loops until the URL (or command) answers. At the
-//! end `stop` ends the background steps, and the attempt's prefix is
-//! downloaded into the runner's staging folder. Statuses come from the
-//! shared `Poller`. Nodes are watched by tag: a node that disappears (or
-//! whose wrapper saw a spot interruption notice) is reported to the runner
-//! (`NodeChange::Lost`) and its attempts end `Outcome::Lost`; a new
-//! instance of the fleet joins once SSM reaches it (and setup ran on it).
+//! Nodes are watched by tag: a node that disappears (or whose wrapper saw a
+//! spot interruption notice) is reported to the runner (`NodeChange::Lost`)
+//! and its attempts end `Outcome::Lost`; a new instance of the fleet joins
+//! once SSM reaches it (and setup ran on it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use super::config::Clients;
 use super::ec2;
-use super::script::{self, BundleRef, StepArgs};
-use super::ssm::{self, End, Ended, Poller};
+pub use super::node_commands::{reap, setup_nodes};
+use super::script::BundleRef;
+use super::ssm::Poller;
 use super::state::{self, AwsState};
-use crate::provider::env::{task_env, Phase, RankNode, Shape};
-use crate::provider::local::{expand_vars, wait_stop};
-use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, Measured, NodeChange, Outcome};
-use crate::tasks::{Step, TaskDef};
+use super::transport::AwsAttempt;
+use crate::provider::sequence;
+use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, NodeChange, Outcome};
 
 /// A node as the executor uses it.
 #[derive(Debug)]
@@ -97,7 +90,7 @@ pub struct ExecStats {
 }
 
 pub struct AwsExecutor {
-    s: Setup,
+    pub(super) s: Setup,
     pub poller: Arc<Poller>,
     nodes: RwLock<Vec<Arc<Node>>>,
     state: Mutex<AwsState>,
@@ -106,29 +99,6 @@ pub struct AwsExecutor {
     joining: Mutex<HashSet<String>>,
     check_now: Notify,
     pub stats: ExecStats,
-}
-
-/// How long stopped steps get to upload and exit before CancelCommand.
-const STOP_GRACE: Duration = Duration::from_secs(30);
-/// The same when the run is being stopped (Ctrl-C).
-const CANCEL_GRACE: Duration = Duration::from_secs(8);
-
-enum StepEnd {
-    Ok,
-    Fail(String),
-    Lost(String),
-    Stopped,
-}
-
-struct Flight {
-    cmd: String,
-    instance: String,
-    rx: Option<oneshot::Receiver<Ended>>,
-    /// The step's key: its folder under `steps/` (`<index>` or `<index>-<try>`).
-    key: String,
-    /// The rank within the task, and the runner's index of its node.
-    rank: usize,
-    node: usize,
 }
 
 impl AwsExecutor {
@@ -172,7 +142,7 @@ impl AwsExecutor {
         self.nodes.read().map(|n| n.clone()).unwrap_or_default()
     }
 
-    fn node(&self, i: usize) -> Option<Arc<Node>> {
+    pub(super) fn node(&self, i: usize) -> Option<Arc<Node>> {
         self.nodes.read().ok().and_then(|n| n.get(i).cloned())
     }
 
@@ -194,7 +164,7 @@ impl AwsExecutor {
     }
 
     /// Node `i` is gone (or going): say so once, to the runner and the poller.
-    fn lose(&self, i: usize, reason: &str) {
+    pub(super) fn lose(&self, i: usize, reason: &str) {
         let Some(n) = self.node(i) else { return };
         {
             let Ok(mut g) = n.gone.lock() else { return };
@@ -220,7 +190,7 @@ impl AwsExecutor {
 
     /// After a command died oddly: is the instance really gone? One
     /// DescribeInstances for the phase (it also finds replacements).
-    async fn confirm_gone(&self, i: usize) -> Option<String> {
+    pub(super) async fn confirm_gone(&self, i: usize) -> Option<String> {
         if let Some(r) = self.node(i).and_then(|n| n.gone()) {
             return Some(r);
         }
@@ -356,564 +326,13 @@ impl AwsExecutor {
         });
     }
 
-    fn env_for(
-        &self,
-        req: &AttemptRequest,
-        rank: usize,
-        nodes: &[Arc<Node>],
-        dest: &str,
-    ) -> Vec<(String, String)> {
-        let ranks: Vec<RankNode> = nodes
-            .iter()
-            .map(|n| RankNode {
-                name: &n.name,
-                addr: &n.addr,
-            })
-            .collect();
-        let spec = &nodes[rank].spec;
-        let shape = Shape {
-            gpus: spec.gpus,
-            vcpus: spec.vcpus,
-            slots: spec.slots,
-            workers_per_slot: spec.workers_per_slot,
-        };
-        let phase = Phase {
-            phase: &self.s.phase,
-            name: &self.s.name_key,
-            provider: "aws",
-        };
-        let extra = vec![
-            ("INFRA_BUCKET".into(), self.s.bucket.clone()),
-            ("INFRA_RESULTS_URL".into(), dest.to_string()),
-        ];
-        task_env(&phase, req, rank, &ranks, &shape, extra)
-    }
-
-    async fn send(
-        &self,
-        node: &Arc<Node>,
-        script: String,
-        timeout: u64,
-        comment: String,
-    ) -> Result<String, StepEnd> {
-        if let Some(r) = node.gone() {
-            return Err(StepEnd::Lost(r));
-        }
-        self.stats.send_command.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("{}/_ssm", self.s.name_key);
-        let ids = [node.instance_id.clone()];
-        let send = ssm::SendSpec {
-            instances: &ids,
-            script,
-            execution_timeout: timeout,
-            comment,
-            output: Some((&self.s.bucket, &prefix)),
-        };
-        match ssm::send(&self.s.clients, &send).await {
-            Ok(id) => Ok(id),
-            Err(ssm::SendError::NotReachable(m)) => {
-                let idx = self.index_of(node);
-                match idx {
-                    Some(i) => match self.confirm_gone(i).await {
-                        Some(r) => Err(StepEnd::Lost(r)),
-                        None => {
-                            // running but out of SSM's reach: use it no more (else its tasks would bounce back to it)
-                            let why = format!("not reachable through SSM: {m}");
-                            self.lose(i, &why);
-                            Err(StepEnd::Lost(format!("node {} is {why}", node.name)))
-                        }
-                    },
-                    None => Err(StepEnd::Lost(m)),
-                }
-            }
-            Err(e) => Err(StepEnd::Fail(e.to_string())),
-        }
-    }
-
-    fn index_of(&self, node: &Arc<Node>) -> Option<usize> {
+    pub(super) fn index_of(&self, node: &Arc<Node>) -> Option<usize> {
         self.nodes
             .read()
             .ok()?
             .iter()
             .position(|n| Arc::ptr_eq(n, node))
     }
-
-    async fn cancel_flight(&self, f: &mut Flight) {
-        self.stats.cancel_command.fetch_add(1, Ordering::Relaxed);
-        ssm::cancel(&self.s.clients, &f.cmd).await;
-        self.poller.forget(&f.cmd, &f.instance);
-        f.rx = None;
-    }
-
-    /// Ask the wrappers of `flights` to stop (they stop their step's process
-    /// group, upload what they have and exit), wait up to `grace` for them,
-    /// then CancelCommand what is still running.
-    async fn stop_flights(
-        &self,
-        req: &AttemptRequest,
-        nodes: &[Arc<Node>],
-        flights: &mut [&mut Flight],
-        grace: Duration,
-    ) {
-        let mut per_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for f in flights.iter() {
-            if f.rx.is_some() {
-                per_node.entry(f.rank).or_default().push(f.key.clone());
-            }
-        }
-        for (rank, keys) in &per_node {
-            let mut args = vec![req.task.id.clone(), req.attempt.to_string()];
-            args.extend(keys.iter().cloned());
-            let script = script::command(&self.s.bundle, &[], "stop", &args);
-            let comment = format!(
-                "infra {} {} a{} stop",
-                self.s.name_key, req.task.id, req.attempt
-            );
-            // nobody waits for the stop command itself
-            let _ = self.send(&nodes[*rank], script, 60, comment).await;
-        }
-        let deadline = tokio::time::Instant::now() + grace + self.s.clients.settings.poll * 3;
-        for f in flights.iter_mut() {
-            if let Some(rx) = f.rx.take() {
-                if tokio::time::timeout_at(deadline, rx).await.is_err() {
-                    f.rx = None;
-                    self.stats.cancel_command.fetch_add(1, Ordering::Relaxed);
-                    ssm::cancel(&self.s.clients, &f.cmd).await;
-                    self.poller.forget(&f.cmd, &f.instance);
-                }
-            }
-        }
-    }
-
-    /// What a foreground step's end means.
-    async fn judge(&self, step: &Step, f: &Flight, e: Ended) -> StepEnd {
-        let name = &step.name;
-        match e.end {
-            End::Success => StepEnd::Ok,
-            End::Failed(script::EXIT_INTERRUPTED) => {
-                self.lose(f.node, "spot interruption notice");
-                StepEnd::Lost(format!(
-                    "spot interruption notice on the node while step \"{name}\" ran"
-                ))
-            }
-            End::Failed(script::EXIT_TIMEOUT) => StepEnd::Fail(format!(
-                "step \"{name}\" timed out after {} s",
-                step.timeout_seconds.unwrap_or(0)
-            )),
-            End::Failed(script::EXIT_UPLOAD) => StepEnd::Fail(format!(
-                "step \"{name}\" could not upload its results to S3: {}",
-                tail(&e.output)
-            )),
-            End::Failed(script::EXIT_BUNDLE) => StepEnd::Fail(format!(
-                "the node could not fetch the task bundle for step \"{name}\": {}",
-                tail(&e.output)
-            )),
-            End::Failed(code) if code >= 0 => {
-                StepEnd::Fail(format!("step \"{name}\" exited with code {code}"))
-            }
-            End::NodeGone(r) => StepEnd::Lost(r),
-            End::Failed(_) | End::Undeliverable | End::NotFound => {
-                match self.confirm_gone(f.node).await {
-                    Some(r) => StepEnd::Lost(r),
-                    None => StepEnd::Fail(format!(
-                        "step \"{name}\" ended without an exit code ({}): {}",
-                        e.details,
-                        tail(&e.output)
-                    )),
-                }
-            }
-            End::TimedOut => {
-                StepEnd::Fail(format!("step \"{name}\" timed out (SSM executionTimeout)"))
-            }
-            End::Cancelled => StepEnd::Fail(format!("step \"{name}\" was cancelled outside infra")),
-        }
-    }
-
-    async fn attempt(self: Arc<Self>, mut req: AttemptRequest) -> Outcome {
-        let started = Instant::now();
-        let t: Arc<TaskDef> = req.task.clone();
-        let mut nodes = Vec::new();
-        let mut node_idx = Vec::new();
-        for seat in &req.seats {
-            match self.node(seat.node) {
-                Some(n) => {
-                    if let Some(r) = n.gone() {
-                        return Outcome::Lost {
-                            reason: format!("node {} is gone: {r}", n.name),
-                        };
-                    }
-                    nodes.push(n);
-                    node_idx.push(seat.node);
-                }
-                None => {
-                    return Outcome::Lost {
-                        reason: format!("node #{} is unknown", seat.node),
-                    }
-                }
-            }
-        }
-        if let Err(e) = std::fs::create_dir_all(&req.staging) {
-            return Outcome::Failed {
-                error: format!("cannot create {}: {e}", req.staging.display()),
-                measured: Measured {
-                    exit_code: None,
-                    wall_seconds: 0.0,
-                    peak_rss_kb: 0,
-                },
-            };
-        }
-        let prefix = format!("{}/{}/attempt-{}", self.s.name_key, t.id, req.attempt);
-        let dest = format!("s3://{}/{prefix}", self.s.bucket);
-        let envs: Vec<Vec<(String, String)>> = (0..req.seats.len())
-            .map(|r| self.env_for(&req, r, &nodes, &dest))
-            .collect();
-        let mut bgs: Vec<Flight> = Vec::new();
-        let mut keys: Vec<(String, String, usize)> = Vec::new(); // (key, step name, rank)
-        let mut outcome: Option<StepEnd> = None;
-
-        'steps: for (k, step) in t.steps.iter().enumerate() {
-            let rank = step.node as usize;
-            let node = nodes[rank].clone();
-            let mut env = envs[rank].clone();
-            env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            env.push(("INFRA_STEP".into(), step.name.clone()));
-            let tries = step.retries + 1;
-            for try_no in 1..=tries {
-                let key = if try_no == 1 {
-                    k.to_string()
-                } else {
-                    format!("{k}-{try_no}")
-                };
-                let args = script::step_args(&StepArgs {
-                    task: &t.id,
-                    attempt: req.attempt,
-                    key: &key,
-                    name: &step.name,
-                    rank: step.node,
-                    dest: &dest,
-                    timeout_seconds: if step.background {
-                        None
-                    } else {
-                        step.timeout_seconds
-                    },
-                    background: step.background,
-                    outputs: &t.outputs,
-                    command: &step.command,
-                });
-                let exec_timeout = match (step.background, step.timeout_seconds) {
-                    (false, Some(s)) => s + 300,
-                    _ => ssm::MAX_EXECUTION_SECONDS,
-                };
-                let comment = format!(
-                    "infra {} {} a{} {}",
-                    self.s.name_key, t.id, req.attempt, step.name
-                );
-                let cmd = match self
-                    .send(
-                        &node,
-                        script::command(&self.s.bundle, &env, "step", &args),
-                        exec_timeout,
-                        comment,
-                    )
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        outcome = Some(e);
-                        break 'steps;
-                    }
-                };
-                keys.push((key.clone(), step.name.clone(), rank));
-                let rx = self.poller.watch(&cmd, &node.instance_id);
-                let mut flight = Flight {
-                    cmd,
-                    instance: node.instance_id.clone(),
-                    rx: Some(rx),
-                    key: key.clone(),
-                    rank,
-                    node: node_idx[rank],
-                };
-                if step.background {
-                    match self
-                        .wait_healthy(
-                            &req,
-                            &mut req.stop.clone(),
-                            step,
-                            &key,
-                            &env,
-                            &node,
-                            &mut flight,
-                        )
-                        .await
-                    {
-                        StepEnd::Ok => {
-                            bgs.push(flight);
-                            continue 'steps;
-                        }
-                        StepEnd::Fail(_) if try_no < tries => {
-                            self.stop_flights(&req, &nodes, &mut [&mut flight], STOP_GRACE)
-                                .await;
-                            continue;
-                        }
-                        other => {
-                            bgs.push(flight);
-                            outcome = Some(other);
-                            break 'steps;
-                        }
-                    }
-                }
-                let ended = tokio::select! {
-                    r = flight.rx.as_mut().expect("just set") => Some(r.unwrap_or(Ended { end: End::NotFound, details: String::new(), output: String::new() })),
-                    _ = wait_stop(&mut req.stop) => None,
-                };
-                let Some(ended) = ended else {
-                    // stopped below, with the background steps
-                    bgs.push(flight);
-                    outcome = Some(StepEnd::Stopped);
-                    break 'steps;
-                };
-                flight.rx = None;
-                match self.judge(step, &flight, ended).await {
-                    StepEnd::Ok => continue 'steps,
-                    StepEnd::Fail(msg) => {
-                        if try_no == tries {
-                            outcome = Some(StepEnd::Fail(msg));
-                            break 'steps;
-                        }
-                    }
-                    other => {
-                        outcome = Some(other);
-                        break 'steps;
-                    }
-                }
-            }
-        }
-        // stop the background steps (they upload their logs); on Ctrl-C also
-        // the running step, with less patience before CancelCommand
-        if !bgs.is_empty() {
-            let grace = if matches!(outcome, Some(StepEnd::Stopped)) {
-                CANCEL_GRACE
-            } else {
-                STOP_GRACE
-            };
-            let mut refs: Vec<&mut Flight> = bgs.iter_mut().collect();
-            self.stop_flights(&req, &nodes, &mut refs, grace).await;
-        }
-        // a failure on one node while another went away: the node's fault
-        if let Some(StepEnd::Fail(_)) = &outcome {
-            for (r, i) in node_idx.iter().enumerate() {
-                if let Some(reason) = self.node(*i).and_then(|n| n.gone()) {
-                    outcome = Some(StepEnd::Lost(format!(
-                        "node {} went away: {reason}",
-                        nodes[r].name
-                    )));
-                    break;
-                }
-            }
-        }
-        match outcome {
-            Some(StepEnd::Stopped) => return Outcome::Cancelled,
-            Some(StepEnd::Lost(reason)) => return Outcome::Lost { reason },
-            _ => {}
-        }
-        let collected = self.collect(&req.staging, &prefix, &keys, &nodes).await;
-        let measured = |peak: u64, code: Option<i32>| Measured {
-            exit_code: code,
-            wall_seconds: started.elapsed().as_secs_f64(),
-            peak_rss_kb: peak,
-        };
-        let (peak, last_code) = match collected {
-            Ok(x) => x,
-            Err(e) => {
-                return Outcome::Failed {
-                    error: format!(
-                        "cannot collect the results from s3://{}/{prefix}: {e}",
-                        self.s.bucket
-                    ),
-                    measured: measured(0, None),
-                }
-            }
-        };
-        if let Some(StepEnd::Fail(error)) = outcome {
-            return Outcome::Failed {
-                error,
-                measured: measured(peak, last_code),
-            };
-        }
-        for o in &t.outputs {
-            if !req.staging.join(o).exists() {
-                return Outcome::Failed {
-                    error: format!("declared output \"{o}\" was not produced"),
-                    measured: measured(peak, last_code),
-                };
-            }
-        }
-        Outcome::Succeeded(measured(peak, last_code.or(Some(0))))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn wait_healthy(
-        &self,
-        req: &AttemptRequest,
-        stop: &mut watch::Receiver<bool>,
-        step: &Step,
-        key: &str,
-        env: &[(String, String)],
-        node: &Arc<Node>,
-        bg: &mut Flight,
-    ) -> StepEnd {
-        let Some(h) = &step.health else {
-            return StepEnd::Ok;
-        };
-        let url = h.http.as_ref().map(|u| expand_vars(u, env));
-        let args = script::health_args(
-            &req.task.id,
-            req.attempt,
-            key,
-            h.timeout_seconds,
-            h.interval_seconds,
-            url.as_deref(),
-            h.command.as_deref(),
-        );
-        let comment = format!(
-            "infra {} {} a{} health {}",
-            self.s.name_key, req.task.id, req.attempt, step.name
-        );
-        let cmd = match self
-            .send(
-                node,
-                script::command(&self.s.bundle, env, "health", &args),
-                h.timeout_seconds + 300,
-                comment,
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let rx = self.poller.watch(&cmd, &node.instance_id);
-        let mut health = Flight {
-            cmd,
-            instance: node.instance_id.clone(),
-            rx: Some(rx),
-            key: key.to_string(),
-            rank: bg.rank,
-            node: bg.node,
-        };
-        let what = url.clone().or(h.command.clone()).unwrap_or_default();
-        let res = tokio::select! {
-            r = health.rx.as_mut().expect("set") => {
-                health.rx = None;
-                match r.map(|e| e.end) {
-                    Ok(End::Success) => StepEnd::Ok,
-                    Ok(End::Failed(script::HEALTH_STEP_ENDED)) => StepEnd::Fail(format!("background step \"{}\" exited before it became healthy", step.name)),
-                    Ok(End::Failed(script::EXIT_INTERRUPTED)) => {
-                        self.lose(bg.node, "spot interruption notice");
-                        StepEnd::Lost(format!("spot interruption notice on the node while step \"{}\" started", step.name))
-                    }
-                    Ok(End::Failed(1)) => StepEnd::Fail(format!("background step \"{}\" was not healthy after {} s ({what})", step.name, h.timeout_seconds)),
-                    Ok(End::NodeGone(r)) => StepEnd::Lost(r),
-                    Ok(other) => match self.confirm_gone(bg.node).await {
-                        Some(r) => StepEnd::Lost(r),
-                        None => StepEnd::Fail(format!("the health check of step \"{}\" failed ({other:?})", step.name)),
-                    },
-                    Err(_) => StepEnd::Fail("the health check was lost".into()),
-                }
-            }
-            r = bg.rx.as_mut().expect("set") => {
-                bg.rx = None;
-                match r.map(|e| e.end) {
-                    Ok(End::Failed(script::EXIT_INTERRUPTED)) => {
-                        self.lose(bg.node, "spot interruption notice");
-                        StepEnd::Lost(format!("spot interruption notice on the node while step \"{}\" started", step.name))
-                    }
-                    Ok(End::NodeGone(r)) => StepEnd::Lost(r),
-                    _ => StepEnd::Fail(format!("background step \"{}\" exited before it became healthy", step.name)),
-                }
-            }
-            _ = wait_stop(stop) => StepEnd::Stopped,
-        };
-        if health.rx.is_some() {
-            self.cancel_flight(&mut health).await;
-        }
-        res
-    }
-
-    /// Download the attempt's prefix and lay it out like the local
-    /// provider: stdout.log and stderr.log (steps in order, with headers),
-    /// the outputs at the top. Returns the peak RSS and the last exit code.
-    async fn collect(
-        &self,
-        staging: &Path,
-        prefix: &str,
-        keys: &[(String, String, usize)],
-        nodes: &[Arc<Node>],
-    ) -> Result<(u64, Option<i32>), String> {
-        let tmp = staging.join(".s3");
-        let _ = std::fs::remove_dir_all(&tmp);
-        self.stats.s3_list.fetch_add(1, Ordering::Relaxed);
-        let files = super::s3::download_prefix(
-            &self.s.clients,
-            &self.s.bucket,
-            &format!("{prefix}/"),
-            &tmp,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.stats
-            .s3_get
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
-        let mut out = String::new();
-        let mut err = String::new();
-        let mut peak = 0u64;
-        let mut last = None;
-        for (key, name, rank) in keys {
-            let dir = tmp.join("steps").join(key);
-            let try_note = key
-                .split_once('-')
-                .map(|(_, t)| format!(", try {t}"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "== infra: step {name} on {} (rank {rank}){try_note} ==\n",
-                nodes[*rank].name
-            ));
-            let o = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
-            out.push_str(&o);
-            if !o.is_empty() && !o.ends_with('\n') {
-                out.push('\n');
-            }
-            let e = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-            err.push_str(&e);
-            if let Ok(text) = std::fs::read_to_string(dir.join("runtime.json")) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    peak = peak.max(v["peak_rss_kb"].as_u64().unwrap_or(0));
-                    if v["background"] == serde_json::Value::Bool(true) {
-                        out.push_str(&format!("== infra: stopped background step {name} ==\n"));
-                    } else {
-                        last = v["exit_code"].as_i64().map(|c| c as i32);
-                    }
-                }
-            }
-        }
-        std::fs::write(staging.join("stdout.log"), out).map_err(|e| e.to_string())?;
-        std::fs::write(staging.join("stderr.log"), err).map_err(|e| e.to_string())?;
-        let files_dir = tmp.join("files");
-        if let Ok(rd) = std::fs::read_dir(&files_dir) {
-            for e in rd.flatten() {
-                let to = staging.join(e.file_name());
-                let _ = std::fs::remove_dir_all(&to);
-                std::fs::rename(e.path(), &to).map_err(|e| e.to_string())?;
-            }
-        }
-        let _ = std::fs::remove_dir_all(&tmp);
-        Ok((peak, last))
-    }
-}
-
-fn tail(s: &str) -> String {
-    let t = s.trim();
-    let start = t.char_indices().rev().nth(400).map(|(i, _)| i).unwrap_or(0);
-    t[start..].replace('\n', " | ")
 }
 
 async fn watch_nodes(weak: Weak<AwsExecutor>, every: Duration) {
@@ -937,7 +356,7 @@ impl Executor for AwsExecutor {
     }
 
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
-        Box::pin(self.attempt(req))
+        Box::pin(sequence::run(req, move |req| AwsAttempt::open(self, req)))
     }
 
     fn node_hourly_usd(&self, node: usize) -> f64 {
@@ -959,104 +378,4 @@ impl Executor for AwsExecutor {
     fn replacement_wait(&self) -> Duration {
         self.s.replacement_wait
     }
-}
-
-/// Run the plan's setup on nodes `(name, instance id, private ip)` (the
-/// wrapper skips nodes where this setup already ran); one SendCommand per
-/// node, since each gets its own environment.
-pub async fn setup_nodes(
-    c: &Clients,
-    poller: &Poller,
-    bundle: &BundleRef,
-    bucket: &str,
-    name_key: &str,
-    hash: &str,
-    nodes: &[(String, String, String)],
-) -> Result<(), String> {
-    let dest = format!("s3://{bucket}/{name_key}/_setup");
-    let prefix = format!("{name_key}/_ssm");
-    let mut waits = Vec::new();
-    for (name, iid, addr) in nodes {
-        let env = vec![
-            ("INFRA_NODE_NAME".to_string(), name.clone()),
-            ("INFRA_NODE_ADDR".to_string(), addr.clone()),
-            ("INFRA_PROVIDER".to_string(), "aws".to_string()),
-            ("INFRA_BUCKET".to_string(), bucket.to_string()),
-        ];
-        let script = script::command(bundle, &env, "setup", &[hash.to_string(), dest.clone()]);
-        let ids = [iid.clone()];
-        let send = ssm::SendSpec {
-            instances: &ids,
-            script,
-            execution_timeout: ssm::MAX_EXECUTION_SECONDS,
-            comment: format!("infra {name_key} setup {name}"),
-            output: Some((bucket, &prefix)),
-        };
-        let cmd = ssm::send(c, &send)
-            .await
-            .map_err(|e| format!("cannot start setup on node {name}: {e}"))?;
-        waits.push((name.clone(), iid.clone(), poller.watch(&cmd, iid)));
-    }
-    let mut errors = Vec::new();
-    for (name, iid, rx) in waits {
-        match rx.await.map(|e| e.end) {
-            Ok(End::Success) => {}
-            Ok(End::Failed(code)) => errors.push(format!(
-                "setup failed on node {name} ({iid}) with exit code {code} (log: {dest}/{iid}.log)"
-            )),
-            Ok(other) => errors.push(format!(
-                "setup did not finish on node {name} ({iid}): {other:?}"
-            )),
-            Err(_) => errors.push(format!("setup on node {name} was lost")),
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n  "))
-    }
-}
-
-/// Stop every step a dead `infra run` left on the nodes (one SendCommand
-/// for up to 50 nodes) and wait for it.
-pub async fn reap(
-    c: &Clients,
-    poller: &Poller,
-    bundle: &BundleRef,
-    bucket: &str,
-    name_key: &str,
-    instance_ids: &[String],
-) -> usize {
-    let prefix = format!("{name_key}/_ssm");
-    let mut stopped = 0;
-    for chunk in instance_ids.chunks(50) {
-        let script = script::command(bundle, &[], "reap", &[]);
-        let send = ssm::SendSpec {
-            instances: chunk,
-            script,
-            execution_timeout: 120,
-            comment: format!("infra {name_key} reap"),
-            output: Some((bucket, &prefix)),
-        };
-        let Ok(cmd) = ssm::send(c, &send).await else {
-            continue;
-        };
-        // every node's invocation is watched before any is awaited: one
-        // polling round for the chunk, not one per node
-        let waits: Vec<_> = chunk.iter().map(|iid| poller.watch(&cmd, iid)).collect();
-        for rx in waits {
-            if let Ok(e) = rx.await {
-                if let Some(n) = e
-                    .output
-                    .split("stopped ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|n| n.parse::<usize>().ok())
-                {
-                    stopped += n;
-                }
-            }
-        }
-    }
-    stopped
 }

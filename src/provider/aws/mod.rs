@@ -1,8 +1,9 @@
 //! The AWS provider: CloudFormation stacks, EC2 nodes reached through SSM
 //! Run Command, the results bucket in S3. `provider` is the lifecycle (apply,
 //! run, status, destroy) behind the `Provider` trait, `deploy` its stacks
-//! and nodes; `executor` runs tasks for the shared runner; the other
-//! modules are thin wrappers over one service each.
+//! and nodes; `executor` holds the nodes of a run for the shared runner and
+//! `transport` moves one attempt's steps for the shared sequencer; the
+//! other modules are thin wrappers over one service each.
 
 pub mod cfn;
 pub mod config;
@@ -11,9 +12,11 @@ pub mod ec2;
 pub mod error;
 pub mod executor;
 pub mod meter;
+pub mod node_commands;
 pub mod pricing;
 pub mod provider;
 pub mod s3;
 pub mod script;
 pub mod ssm;
 pub mod state;
+pub mod transport;
