@@ -26,6 +26,8 @@ use crate::tasks::TaskDef;
 pub struct Env {
     pub cwd: Option<PathBuf>,
     pub vars: std::collections::BTreeMap<String, String>,
+    /// Whether stderr is a terminal (progress bars).
+    pub stderr_tty: bool,
 }
 
 impl Env {
@@ -41,9 +43,12 @@ impl Env {
             "INFRA_POLL_SECONDS",
             "INFRA_NODES_TIMEOUT_SECONDS",
             "INFRA_REPLACEMENT_WAIT_SECONDS",
+            "CI",
         ];
+        use std::io::IsTerminal;
         Env {
             cwd: std::env::current_dir().ok(),
+            stderr_tty: std::io::stderr().is_terminal(),
             vars: READ
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -74,6 +79,8 @@ pub struct Ctx {
     pub catalog_path: PathBuf,
     /// How often the budget watchdog looks at the spend.
     pub watchdog_interval: Duration,
+    /// Draw a progress bar (stderr is a terminal, not in CI).
+    pub progress_bar: bool,
     /// What the providers get.
     pub provider_settings: provider::Settings,
     out: RefCell<Box<dyn Write>>,
@@ -124,6 +131,7 @@ impl Ctx {
                 ProviderArg::Aws => ProviderKind::Aws,
             }),
             provider_settings,
+            progress_bar: env.stderr_tty && !env.vars.contains_key("CI"),
             out: RefCell::new(out),
         })
     }

@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         watchdog,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
-    let mut rep = Reporter::new();
+    let mut rep = Reporter::new(ctx.progress_bar);
     let summary = runner::run(
         tasks,
         started.executor,

@@ -1,7 +1,7 @@
 //! Progress of a run on stderr: an indicatif bar on a terminal, plain lines
 //! otherwise. The runner only emits events; this draws them.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,8 +18,10 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new() -> Reporter {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+    /// `bar`: draw a bar (stderr is a terminal and not CI: the command
+    /// layer decides), else print plain lines.
+    pub fn new(bar: bool) -> Reporter {
+        let tty = bar;
         let bar = tty.then(|| {
             let b = ProgressBar::new(0);
             b.set_style(
@@ -156,7 +158,7 @@ impl Reporter {
 
 impl Default for Reporter {
     fn default() -> Self {
-        Reporter::new()
+        Reporter::new(false)
     }
 }
 

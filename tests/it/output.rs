@@ -18,6 +18,12 @@ pub fn without_duration(s: &str) -> String {
         .join("\n")
 }
 
+/// The project's name is its folder's, random in tests.
+fn without_project(p: &Project, s: &str) -> String {
+    let name = p.path().file_name().unwrap().to_string_lossy().to_string();
+    s.replace(&name, "<project>")
+}
+
 /// Three tasks on two local nodes; `mixed-t3` fails with code 3 and says why.
 pub fn mixed_plan(p: &Project, provider_extra: &str) {
     p.write(
@@ -44,7 +50,7 @@ fn plan_output_of_the_quickstart() {
     let p = Project::with_examples();
     let r = p.infra(&["plan", "quickstart"]);
     r.ok();
-    insta::assert_snapshot!(r.stdout);
+    insta::assert_snapshot!(without_project(&p, &r.stdout));
     let j: Value = serde_json::from_str(&p.infra(&["--json", "plan", "quickstart"]).ok().stdout)
         .expect("one JSON document");
     assert_eq!(j["plan"], "quickstart");
@@ -58,7 +64,7 @@ fn plan_output_of_an_aws_phase_with_its_stacks() {
     let p = Project::with_examples();
     let r = p.infra(&["plan", "phase15"]);
     r.ok();
-    insta::assert_snapshot!(r.stdout);
+    insta::assert_snapshot!(without_project(&p, &r.stdout));
 }
 
 #[test]
@@ -82,4 +88,35 @@ fn run_summary_status_and_budget_after_a_run_with_a_failing_task() {
     let r = p.infra(&["budget", "mixed"]);
     r.ok();
     insta::assert_snapshot!("budget_mixed", r.stdout);
+}
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_command_layer_writes_its_output_to_the_writer_it_is_given() {
+    let p = Project::with_examples();
+    p.infra(&["plan", "quickstart"]).ok();
+    let buf = Buf::default();
+    let mut env = infra::cmd::Env::from_process();
+    env.cwd = Some(p.path().to_path_buf());
+    env.vars.remove("CI");
+    let cli = <infra::cli::Cli as clap::Parser>::parse_from(["infra", "plan", "quickstart"]);
+    let code = infra::cmd::execute(cli, &env, Box::new(buf.clone()));
+    assert_eq!(code, 0);
+    let captured = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let binary = p.infra(&["plan", "quickstart"]);
+    assert_eq!(captured, binary.ok().stdout, "the same text in-process and from the binary");
+    assert!(captured.contains("5 rendered into .infra/quickstart/tasks (0 changed)"), "{captured}");
 }

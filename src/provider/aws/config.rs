@@ -58,10 +58,14 @@ fn retry(max_attempts: u32) -> RetryConfig {
         .with_max_backoff(Duration::from_secs(20))
 }
 
-/// Build the clients and make sure credentials can be found.
-pub async fn connect(settings: &AwsSettings) -> Result<Clients, AwsError> {
+/// The SDK configuration of `settings` for `region` (the Pricing API has
+/// its own), with credentials that can be found.
+pub async fn sdk_config(
+    settings: &AwsSettings,
+    region: &str,
+) -> Result<aws_config::SdkConfig, AwsError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(settings.region.clone()))
+        .region(Region::new(region.to_string()))
         .retry_config(retry(settings.max_attempts));
     if let Some(p) = &settings.profile {
         loader = loader.profile_name(p);
@@ -71,6 +75,12 @@ pub async fn connect(settings: &AwsSettings) -> Result<Clients, AwsError> {
     }
     let conf = loader.load().await;
     check_credentials(&conf, settings).await?;
+    Ok(conf)
+}
+
+/// Build the clients and make sure credentials can be found.
+pub async fn connect(settings: &AwsSettings) -> Result<Clients, AwsError> {
+    let conf = sdk_config(settings, &settings.region).await?;
     let cfn_once = aws_sdk_cloudformation::config::Builder::from(&conf)
         .retry_config(retry(1))
         .build();

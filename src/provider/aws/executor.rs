@@ -21,9 +21,7 @@ pub use super::node_commands::{reap, setup_nodes};
 use super::script::BundleRef;
 use super::ssm::Poller;
 use super::state::{self, AwsState};
-use super::transport::AwsAttempt;
-use crate::provider::sequence;
-use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, NodeChange, Outcome};
+use crate::runner::exec::NodeChange;
 
 /// A node as the executor uses it.
 #[derive(Debug)]
@@ -95,7 +93,7 @@ pub struct AwsExecutor {
     nodes: RwLock<Vec<Arc<Node>>>,
     state: Mutex<AwsState>,
     changes_tx: mpsc::UnboundedSender<NodeChange>,
-    changes_rx: Mutex<Option<mpsc::UnboundedReceiver<NodeChange>>>,
+    pub(super) changes_rx: Mutex<Option<mpsc::UnboundedReceiver<NodeChange>>>,
     joining: Mutex<HashSet<String>>,
     check_now: Notify,
     pub stats: ExecStats,
@@ -347,35 +345,3 @@ async fn watch_nodes(weak: Weak<AwsExecutor>, every: Duration) {
     }
 }
 
-impl Executor for AwsExecutor {
-    fn node_names(&self) -> Vec<(String, String, u32)> {
-        self.nodes()
-            .iter()
-            .map(|n| (n.name.clone(), n.group.clone(), n.spec.slots))
-            .collect()
-    }
-
-    fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
-        Box::pin(sequence::run(req, move |req| AwsAttempt::open(self, req)))
-    }
-
-    fn node_hourly_usd(&self, node: usize) -> f64 {
-        self.node(node)
-            .map(|n| {
-                self.s
-                    .metered_usd_per_hour
-                    .get(&n.instance_id)
-                    .copied()
-                    .unwrap_or(n.spec.hourly_usd)
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
-        self.changes_rx.lock().ok()?.take()
-    }
-
-    fn replacement_wait(&self) -> Duration {
-        self.s.replacement_wait
-    }
-}

@@ -5,11 +5,10 @@
 
 use std::time::SystemTime;
 
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::{Filter as Ec2Filter, InstanceType as Ec2Type};
 use aws_sdk_pricing::types::{Filter, FilterType};
 
-use super::config::AwsSettings;
+use super::config::{self, AwsSettings};
 use super::error::AwsError;
 use crate::catalog::{Catalog, RegionPrices, SpotStats};
 
@@ -31,18 +30,6 @@ fn sdk_err(what: &str, e: impl std::fmt::Display) -> AwsError {
         action: format!("call {what}"),
         message: e.to_string(),
     }
-}
-
-async fn config(settings: &AwsSettings, region: &str) -> aws_config::SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
-    if let Some(p) = &settings.profile {
-        loader = loader.profile_name(p);
-    }
-    if let Some(e) = &settings.endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    loader.load().await
 }
 
 /// The Linux, shared-tenancy, on-demand hourly price in a GetProducts entry.
@@ -81,8 +68,8 @@ pub async fn refresh(
     region: &str,
 ) -> Result<(Catalog, RefreshReport), AwsError> {
     let names: Vec<String> = cat.names().map(str::to_string).collect();
-    let pricing = aws_sdk_pricing::Client::new(&config(settings, PRICING_REGION).await);
-    let ec2 = aws_sdk_ec2::Client::new(&config(settings, region).await);
+    let pricing = aws_sdk_pricing::Client::new(&config::sdk_config(settings, PRICING_REGION).await?);
+    let ec2 = aws_sdk_ec2::Client::new(&config::sdk_config(settings, region).await?);
     let mut report = RefreshReport {
         region: region.into(),
         types: names.len(),

@@ -16,16 +16,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::executor::{AwsExecutor, Node};
 use super::script::{self, StepArgs};
 use super::ssm::{self, End, Ended};
 use crate::provider::env::{task_env, Phase, RankNode, Shape};
 use crate::provider::sequence::{
-    wait_stop, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage,
+    self, wait_stop, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage,
 };
-use crate::runner::exec::AttemptRequest;
+use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, NodeChange, Outcome};
 use crate::tasks::{Step, TaskDef};
 
 /// How long stopped steps get to upload and exit before CancelCommand.
@@ -519,4 +519,39 @@ fn tail(s: &str) -> String {
     let t = s.trim();
     let start = t.char_indices().rev().nth(400).map(|(i, _)| i).unwrap_or(0);
     t[start..].replace('\n', " | ")
+}
+
+/// The runner reaches the AWS nodes through the shared sequencer over
+/// this transport.
+impl Executor for AwsExecutor {
+    fn node_names(&self) -> Vec<(String, String, u32)> {
+        self.nodes()
+            .iter()
+            .map(|n| (n.name.clone(), n.group.clone(), n.spec.slots))
+            .collect()
+    }
+
+    fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
+        Box::pin(sequence::run(req, move |req| AwsAttempt::open(self, req)))
+    }
+
+    fn node_hourly_usd(&self, node: usize) -> f64 {
+        self.node(node)
+            .map(|n| {
+                self.s
+                    .metered_usd_per_hour
+                    .get(&n.instance_id)
+                    .copied()
+                    .unwrap_or(n.spec.hourly_usd)
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
+        self.changes_rx.lock().ok()?.take()
+    }
+
+    fn replacement_wait(&self) -> Duration {
+        self.s.replacement_wait
+    }
 }
