@@ -19,7 +19,7 @@ use super::names::{
     base_stack_name, bucket_prefix, compute_stack_name, export_name, launch_template_name,
     unique_logical_ids, TAG_NODE_GROUP, TAG_PHASE, TAG_PROJECT, TAG_STACK,
 };
-use super::validate::MAX_ZONES;
+use super::shape::{is_default_dlami, placement_strategy, MAX_ZONES};
 use crate::catalog::{Catalog, InstanceType};
 use crate::plan::{NodeGroup, Plan};
 use crate::tasks::shell;
@@ -41,24 +41,6 @@ pub const DEFAULT_AMI_NEURON: &str =
 /// Number of zones a plan without any availability zone spreads over; every
 /// region has at least two.
 const DEFAULT_ZONES: u8 = 2;
-
-/// Resources one node group adds to the compute stack.
-pub(crate) fn resources_per_group(g: &NodeGroup) -> usize {
-    2 + usize::from(placement_strategy(g).is_some())
-}
-
-/// Whether the group's default image is a Deep Learning AMI.
-pub(crate) fn is_default_dlami(t: &InstanceType, efa: bool) -> bool {
-    t.gpus > 0 || efa
-}
-
-fn placement_strategy(g: &NodeGroup) -> Option<&str> {
-    if g.efa {
-        Some("cluster")
-    } else {
-        g.placement.as_deref()
-    }
-}
 
 /// The launch template's `ImageId`: an AMI id as given, an SSM parameter
 /// path as `resolve:ssm:<path>`.
