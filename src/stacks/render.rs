@@ -335,6 +335,49 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
     }
 }
 
+/// The launch template's network interfaces: one per EFA card (without a
+/// public address when there are several, which reach out through the NAT),
+/// else one public interface.
+fn interfaces(plan: &Plan, g: &NodeGroup, n_efa: u32) -> Vec<InterfaceView> {
+    let private = n_efa > 1;
+    if g.efa {
+        (0..n_efa)
+            .map(|i| InterfaceView {
+                card: i,
+                device: u32::from(i > 0),
+                efa: true,
+                subnet_export: private.then(|| export_name(&plan.project, "PrivateSubnetId")),
+                public_ip: !private,
+            })
+            .collect()
+    } else {
+        vec![InterfaceView {
+            card: 0,
+            device: 0,
+            efa: false,
+            subnet_export: None,
+            public_ip: true,
+        }]
+    }
+}
+
+/// The fleet's overrides: one per subnet the group may use, or one without a
+/// subnet when the interfaces name theirs (`private`).
+fn overrides(plan: &Plan, layout: &Layout, g: &NodeGroup, private: bool) -> Vec<OverrideView> {
+    if private {
+        vec![OverrideView {
+            subnet_export: None,
+        }]
+    } else {
+        group_zones(plan, layout, g)
+            .into_iter()
+            .map(|i| OverrideView {
+                subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))),
+            })
+            .collect()
+    }
+}
+
 fn compute_view(
     plan: &Plan,
     catalog: &Catalog,
@@ -353,37 +396,8 @@ fn compute_view(
             })?;
         let n_efa = efa_interfaces(g, catalog);
         let private = n_efa > 1;
-        let interfaces = if g.efa {
-            (0..n_efa)
-                .map(|i| InterfaceView {
-                    card: i,
-                    device: u32::from(i > 0),
-                    efa: true,
-                    subnet_export: private.then(|| export_name(&plan.project, "PrivateSubnetId")),
-                    public_ip: !private,
-                })
-                .collect()
-        } else {
-            vec![InterfaceView {
-                card: 0,
-                device: 0,
-                efa: false,
-                subnet_export: None,
-                public_ip: true,
-            }]
-        };
-        let overrides = if private {
-            vec![OverrideView {
-                subnet_export: None,
-            }]
-        } else {
-            group_zones(plan, layout, g)
-                .into_iter()
-                .map(|i| OverrideView {
-                    subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))),
-                })
-                .collect()
-        };
+        let interfaces = interfaces(plan, g, n_efa);
+        let overrides = overrides(plan, layout, g, private);
         let strategy = placement_strategy(g);
         let ami = image_id(g, t);
         let userdata = render_text(

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, InstanceType};
 use crate::plan::diag::{closest, Diags};
 use crate::plan::{Market, NodeGroup, Plan};
 
@@ -153,7 +153,13 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
         d.hint(&field(g, "volume_gb"), g.pos, format!("{} GiB is smaller than the {DLAMI_MIN_VOLUME_GB} GiB root volume of the Deep Learning AMI", g.volume_gb), format!("set \"volume_gb\" to {DLAMI_MIN_VOLUME_GB} or more, or give an \"ami\""));
     }
 
-    // prices: only where the catalog covers the region at all
+    prices(plan, catalog, g, t, d);
+}
+
+/// The type is offered in the plan's region, on the group's market; only
+/// where the catalog covers the region at all.
+fn prices(plan: &Plan, catalog: &Catalog, g: &NodeGroup, t: &InstanceType, d: &mut Diags) {
+    let it = g.instance_type.as_str();
     let region = plan.region.as_str();
     if catalog.knows_region(region) {
         match t.prices.get(region) {
