@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod diag;
+mod fields;
 pub mod grid;
 pub mod json;
 pub mod load;

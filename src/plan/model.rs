@@ -24,6 +24,11 @@ impl ProviderKind {
             ProviderKind::Aws => "aws",
         }
     }
+
+    /// Whether nodes are worker slots on this machine.
+    pub fn is_local(self) -> bool {
+        self == ProviderKind::Local
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,6 +7,7 @@ pub mod limits;
 mod model;
 pub mod names;
 mod render;
+mod shape;
 mod summary;
 mod validate;
 mod write;
@@ -17,7 +18,6 @@ pub(crate) use render::multi_card_efa;
 pub use render::{
     compute_parameters, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON,
 };
-pub use validate::{
-    validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES, MAX_ZONES,
-};
+pub use shape::MAX_ZONES;
+pub use validate::{validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES};
 pub use write::write;

@@ -101,9 +101,4 @@ impl RenderedStack {
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default()
     }
-
-    /// Every resource with its type and its most telling properties.
-    pub fn summary(&self) -> Vec<ResourceSummary> {
-        super::summary::summarize(&self.template)
-    }
 }

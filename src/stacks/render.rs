@@ -19,7 +19,7 @@ use super::names::{
     base_stack_name, bucket_prefix, compute_stack_name, export_name, launch_template_name,
     unique_logical_ids, TAG_NODE_GROUP, TAG_PHASE, TAG_PROJECT, TAG_STACK,
 };
-use super::validate::MAX_ZONES;
+use super::shape::{is_default_dlami, placement_strategy, MAX_ZONES};
 use crate::catalog::{Catalog, InstanceType};
 use crate::plan::{NodeGroup, Plan};
 use crate::tasks::shell;
@@ -41,24 +41,6 @@ pub const DEFAULT_AMI_NEURON: &str =
 /// Number of zones a plan without any availability zone spreads over; every
 /// region has at least two.
 const DEFAULT_ZONES: u8 = 2;
-
-/// Resources one node group adds to the compute stack.
-pub(crate) fn resources_per_group(g: &NodeGroup) -> usize {
-    2 + usize::from(placement_strategy(g).is_some())
-}
-
-/// Whether the group's default image is a Deep Learning AMI.
-pub(crate) fn is_default_dlami(t: &InstanceType, efa: bool) -> bool {
-    t.gpus > 0 || efa
-}
-
-fn placement_strategy(g: &NodeGroup) -> Option<&str> {
-    if g.efa {
-        Some("cluster")
-    } else {
-        g.placement.as_deref()
-    }
-}
 
 /// The launch template's `ImageId`: an AMI id as given, an SSM parameter
 /// path as `resolve:ssm:<path>`.
@@ -353,6 +335,49 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
     }
 }
 
+/// The launch template's network interfaces: one per EFA card (without a
+/// public address when there are several, which reach out through the NAT),
+/// else one public interface.
+fn interfaces(plan: &Plan, g: &NodeGroup, n_efa: u32) -> Vec<InterfaceView> {
+    let private = n_efa > 1;
+    if g.efa {
+        (0..n_efa)
+            .map(|i| InterfaceView {
+                card: i,
+                device: u32::from(i > 0),
+                efa: true,
+                subnet_export: private.then(|| export_name(&plan.project, "PrivateSubnetId")),
+                public_ip: !private,
+            })
+            .collect()
+    } else {
+        vec![InterfaceView {
+            card: 0,
+            device: 0,
+            efa: false,
+            subnet_export: None,
+            public_ip: true,
+        }]
+    }
+}
+
+/// The fleet's overrides: one per subnet the group may use, or one without a
+/// subnet when the interfaces name theirs (`private`).
+fn overrides(plan: &Plan, layout: &Layout, g: &NodeGroup, private: bool) -> Vec<OverrideView> {
+    if private {
+        vec![OverrideView {
+            subnet_export: None,
+        }]
+    } else {
+        group_zones(plan, layout, g)
+            .into_iter()
+            .map(|i| OverrideView {
+                subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))),
+            })
+            .collect()
+    }
+}
+
 fn compute_view(
     plan: &Plan,
     catalog: &Catalog,
@@ -371,37 +396,8 @@ fn compute_view(
             })?;
         let n_efa = efa_interfaces(g, catalog);
         let private = n_efa > 1;
-        let interfaces = if g.efa {
-            (0..n_efa)
-                .map(|i| InterfaceView {
-                    card: i,
-                    device: u32::from(i > 0),
-                    efa: true,
-                    subnet_export: private.then(|| export_name(&plan.project, "PrivateSubnetId")),
-                    public_ip: !private,
-                })
-                .collect()
-        } else {
-            vec![InterfaceView {
-                card: 0,
-                device: 0,
-                efa: false,
-                subnet_export: None,
-                public_ip: true,
-            }]
-        };
-        let overrides = if private {
-            vec![OverrideView {
-                subnet_export: None,
-            }]
-        } else {
-            group_zones(plan, layout, g)
-                .into_iter()
-                .map(|i| OverrideView {
-                    subnet_export: Some(export_name(&plan.project, &format!("{}Id", subnet_id(i)))),
-                })
-                .collect()
-        };
+        let interfaces = interfaces(plan, g, n_efa);
+        let overrides = overrides(plan, layout, g, private);
         let strategy = placement_strategy(g);
         let ami = image_id(g, t);
         let userdata = render_text(

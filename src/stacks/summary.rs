@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::model::ResourceSummary;
+use super::model::{RenderedStack, ResourceSummary};
 
 /// A property as short text; intrinsic functions show as what they refer to.
 fn text(v: &Value) -> String {
@@ -165,7 +165,14 @@ fn key_properties(kind: &str, p: &Value) -> String {
     }
 }
 
-pub(crate) fn summarize(template: &Value) -> Vec<ResourceSummary> {
+impl RenderedStack {
+    /// Every resource with its type and its most telling properties.
+    pub fn summary(&self) -> Vec<ResourceSummary> {
+        summarize(&self.template)
+    }
+}
+
+fn summarize(template: &Value) -> Vec<ResourceSummary> {
     let Some(resources) = template["Resources"].as_object() else {
         return Vec::new();
     };

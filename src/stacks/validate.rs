@@ -5,12 +5,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, InstanceType};
 use crate::plan::diag::{closest, Diags};
-use crate::plan::{Market, NodeGroup, Plan, ProviderKind};
+use crate::plan::{Market, NodeGroup, Plan};
 
 use super::names::stack_name_problem;
-use super::render::{is_default_dlami, resources_per_group};
+use super::shape::{is_default_dlami, resources_per_group, MAX_ZONES};
 
 /// CloudFormation's limit of resources per template.
 pub const MAX_RESOURCES: usize = 500;
@@ -19,8 +19,6 @@ pub const MAX_RESOURCES: usize = 500;
 pub const MAX_NODES_PER_GROUP: u32 = 1000;
 /// Nodes a plan may have in all.
 pub const MAX_NODES: u32 = 2000;
-/// Distinct availability zones the base stack lays out subnets for.
-pub const MAX_ZONES: usize = 8;
 /// Root volume the Deep Learning AMIs need (their snapshot size).
 pub const DLAMI_MIN_VOLUME_GB: u32 = 75;
 
@@ -68,7 +66,7 @@ pub fn validate(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
 fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
     let it = g.instance_type.as_str();
     if it == "local" {
-        if plan.provider != ProviderKind::Local {
+        if !plan.provider.is_local() {
             d.hint(&field(g, "instance_type"), g.pos, "instance type \"local\" exists only on the local provider", "set \"instance_type\" to an EC2 type such as \"c6i.xlarge\", or run with --provider local");
         }
         return;
@@ -155,7 +153,13 @@ fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
         d.hint(&field(g, "volume_gb"), g.pos, format!("{} GiB is smaller than the {DLAMI_MIN_VOLUME_GB} GiB root volume of the Deep Learning AMI", g.volume_gb), format!("set \"volume_gb\" to {DLAMI_MIN_VOLUME_GB} or more, or give an \"ami\""));
     }
 
-    // prices: only where the catalog covers the region at all
+    prices(plan, catalog, g, t, d);
+}
+
+/// The type is offered in the plan's region, on the group's market; only
+/// where the catalog covers the region at all.
+fn prices(plan: &Plan, catalog: &Catalog, g: &NodeGroup, t: &InstanceType, d: &mut Diags) {
+    let it = g.instance_type.as_str();
     let region = plan.region.as_str();
     if catalog.knows_region(region) {
         match t.prices.get(region) {

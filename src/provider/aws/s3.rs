@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::Clients;
 use super::error::{api, code, AwsError};
-use super::script::BundleRef;
+use super::script::{BundleRef, NODE_SKIPS};
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -169,9 +169,6 @@ pub async fn delete_bucket(c: &Clients, bucket: &str) -> Result<bool, AwsError> 
         Err(e) => Err(api(format!("delete bucket {bucket}"))(e)),
     }
 }
-
-/// The part of the bundle the nodes do not fetch: the task definitions.
-pub const NODE_SKIPS: &str = "tasks/";
 
 /// What the bundle holds: key (relative to the bundle prefix) → bytes.
 pub type Files = BTreeMap<String, Vec<u8>>;

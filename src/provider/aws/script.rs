@@ -18,6 +18,9 @@ pub const EXIT_INTERRUPTED: i32 = 175;
 /// `health`: the background step ended before it became healthy.
 pub const HEALTH_STEP_ENDED: i32 = 3;
 
+/// The part of the bundle the nodes do not fetch: the task definitions.
+pub const NODE_SKIPS: &str = "tasks/";
+
 /// Where the nodes fetch the bundle from, and which version they need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleRef {
@@ -49,7 +52,7 @@ pub fn command(
         quote(&bundle.region)
     ));
     let (url, hash) = (quote(&format!("{}/", bundle.url)), quote(&bundle.hash));
-    let skips = quote(&format!("{}*", super::s3::NODE_SKIPS));
+    let skips = quote(&format!("{}*", NODE_SKIPS));
     s.push_str(&format!(
         "if [ \"$(cat \"$R/bundle.hash\" 2>/dev/null)\" != {hash} ]; then\n  \
          mkdir -p \"$R/bundle\" && aws s3 sync --delete --only-show-errors --exclude {skips} {url} \"$R/bundle/\" && printf '%s\\n' {hash} >\"$R/bundle.hash\" \

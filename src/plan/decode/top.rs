@@ -1,0 +1,123 @@
+//! The whole plan: its sections decoded in the order of the format, every
+//! problem collected, then the checks that need more than one section.
+
+use std::collections::BTreeMap;
+
+use crate::plan::diag::Diags;
+use crate::plan::fields::obj;
+use crate::plan::json::{Node, Pos, Spanned};
+use crate::plan::model::Plan;
+
+use super::layers::Scope;
+use super::source::Source;
+use super::{budget, estimate, header, layers, machines, settings, templates};
+
+const TOP_FIELDS: &[&str] = &[
+    "phase",
+    "name",
+    "description",
+    "project",
+    "provider",
+    "region",
+    "availability_zone",
+    "infrastructure",
+    "common_settings",
+    "budget",
+    "node_groups",
+    "setup",
+    "templates",
+    "estimate",
+    "retry",
+    "layers",
+];
+
+/// The plan in `root_node`, or every problem found in it.
+pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
+    let mut d = Diags::default();
+    let Some(top) = obj(&mut d, root_node, "") else {
+        return Err(d);
+    };
+    top.known(&mut d, TOP_FIELDS);
+    let head = header::header(&mut d, &top, src.root);
+    let machines = machines::machines(&mut d, &top, head.provider);
+    let common_settings = settings::common_settings(&mut d, &top);
+    let budget = budget::budget(&mut d, &top);
+    let setup = settings::setup(&mut d, &top);
+    let templates = templates::templates(&mut d, &top, src.plan_dir);
+    let estimates = estimate::estimates(&mut d, &top);
+    let retry = estimate::retry(&mut d, &top);
+
+    let group_names: Vec<String> = machines.groups.iter().map(|g| g.name.clone()).collect();
+    let scope = Scope {
+        id_prefix: &head.id_prefix,
+        infrastructure: &machines.infrastructure,
+        common_settings: &common_settings,
+        default_group: group_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "default".into()),
+        group_names,
+        legacy: top.get("infrastructure").is_some(),
+        estimates: &estimates,
+    };
+    let Some(decoded) = layers::layers(&mut d, &top, &scope) else {
+        return Err(d);
+    };
+    estimate::check_targets(
+        &mut d,
+        &estimates,
+        &decoded.layers,
+        &decoded.seen_ids,
+        &decoded.seen_layers,
+    );
+
+    let mut plan = Plan {
+        name_key: src.name_key.to_string(),
+        source: src.file.to_path_buf(),
+        root: src.root.to_path_buf(),
+        plan_dir: src.plan_dir.to_path_buf(),
+        phase: head.phase,
+        id_prefix: head.id_prefix,
+        name: head.name,
+        description: head.description,
+        project: head.project,
+        provider: head.provider,
+        region: head.region,
+        availability_zone: head.availability_zone,
+        infrastructure: machines.infrastructure,
+        common_settings,
+        budget,
+        node_groups: machines.groups,
+        setup,
+        templates,
+        estimate: estimates.plan,
+        retry,
+        layers: decoded.layers,
+        positions: value_positions(root_node),
+    };
+    templates::check_backends(&mut d, &plan, src);
+    if d.is_empty() {
+        plan.layers.shrink_to_fit();
+        Ok(plan)
+    } else {
+        Err(d)
+    }
+}
+
+/// Positions of the top-level values and of `budget`'s, by path.
+fn value_positions(top: &Spanned) -> BTreeMap<String, Pos> {
+    let mut out = BTreeMap::new();
+    if let Node::Obj(fields) = &top.node {
+        for (k, v) in fields {
+            out.insert(k.clone(), v.pos);
+            if k == "budget" {
+                if let Node::Obj(inner) = &v.node {
+                    for (k2, v2) in inner {
+                        out.insert(format!("budget.{k2}"), v2.pos);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
