@@ -41,6 +41,16 @@ pub enum ProviderArg {
     Aws,
 }
 
+impl ProviderArg {
+    /// The provider's name as plans spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderArg::Local => "local",
+            ProviderArg::Aws => "aws",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Validate a plan, render its tasks and stacks, estimate, and show the verdict. Changes nothing.

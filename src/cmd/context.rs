@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::error::{io_err, AppError};
 use crate::catalog::Catalog;
-use crate::cli::{Global, ProviderArg};
+use crate::cli::Global;
 use crate::cost::{estimate as est, ledger};
 use crate::plan::{self, LoadError, Plan, ProviderKind};
 use crate::provider::{self, Provider};
@@ -126,10 +126,9 @@ impl Ctx {
             region: g.region.clone(),
             catalog_path,
             watchdog_interval: secs("INFRA_WATCHDOG_SECONDS").unwrap_or(Duration::from_secs(30)),
-            provider: g.provider.map(|p| match p {
-                ProviderArg::Local => ProviderKind::Local,
-                ProviderArg::Aws => ProviderKind::Aws,
-            }),
+            provider: g
+                .provider
+                .and_then(|p| p.name().parse::<ProviderKind>().ok()),
             provider_settings,
             progress_bar: env.stderr_tty && !env.vars.contains_key("CI"),
             out: RefCell::new(out),

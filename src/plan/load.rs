@@ -99,7 +99,7 @@ pub fn parse_plan(
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "plan".into());
     let node = parse(text).map_err(|e| PlanErrors {
-        file: display_path(file),
+        file: file.to_path_buf(),
         diags: vec![Diag {
             path: String::new(),
             pos: e.pos,
@@ -115,16 +115,16 @@ pub fn parse_plan(
         file_exists,
     };
     decode(&node, &src).map_err(|d| PlanErrors {
-        file: display_path(file),
+        file: file.to_path_buf(),
         diags: d.list,
     })
 }
 
-fn display_path(file: &Path) -> PathBuf {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| file.strip_prefix(&cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| file.to_path_buf())
+/// The plan file as messages name it: relative to the project folder.
+fn display_path(file: &Path, cwd: &Path) -> PathBuf {
+    file.strip_prefix(cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| file.to_path_buf())
 }
 
 pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
@@ -149,7 +149,7 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
             let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = upto.iter().filter(|b| **b == b'\n').count() as u32 + 1;
             return Err(LoadError::Invalid(PlanErrors {
-                file: display_path(&path),
+                file: display_path(&path, cwd),
                 diags: vec![Diag {
                     path: String::new(),
                     pos: Pos { line, col: 1 },
@@ -159,5 +159,8 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
             }));
         }
     };
-    parse_plan(&text, &path, &|p: &Path| p.is_file()).map_err(LoadError::Invalid)
+    parse_plan(&text, &path, &|p: &Path| p.is_file()).map_err(|mut e| {
+        e.file = display_path(&e.file, cwd);
+        LoadError::Invalid(e)
+    })
 }

@@ -31,6 +31,18 @@ impl ProviderKind {
     }
 }
 
+/// The provider a name (`local`, `aws`) stands for.
+impl std::str::FromStr for ProviderKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<ProviderKind, String> {
+        [ProviderKind::Local, ProviderKind::Aws]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| format!("unknown provider \"{name}\" (local or aws)"))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {

@@ -71,6 +71,14 @@ fn by_id(d: &mut Diags, o: &Obj, key: &str) -> ById {
 
 /// Every per-pattern and per-layer estimate names a pattern (or a pattern
 /// split into parts) and a layer of the plan.
+/// The entries of `m` in file order.
+fn in_order(m: &ById) -> Vec<(&String, Pos, &String)> {
+    let mut v: Vec<(&String, Pos, &String)> =
+        m.iter().map(|(id, (_, pos, path))| (id, *pos, path)).collect();
+    v.sort_by_key(|(id, pos, _)| (pos.line, pos.col, (*id).clone()));
+    v
+}
+
 pub(super) fn check_targets(
     d: &mut Diags,
     est: &EstimateSection,
@@ -78,7 +86,12 @@ pub(super) fn check_targets(
     seen_ids: &HashMap<String, Pos>,
     seen_layers: &HashMap<String, Pos>,
 ) {
-    for (id, (_, pos, path)) in &est.patterns {
+    // in file order, whatever the maps' order
+    let mut known_ids: Vec<&str> = seen_ids.keys().map(String::as_str).collect();
+    known_ids.sort_unstable();
+    let mut known_layers: Vec<&str> = seen_layers.keys().map(String::as_str).collect();
+    known_layers.sort_unstable();
+    for (id, pos, path) in in_order(&est.patterns) {
         let base_known = layers
             .iter()
             .flat_map(|l| &l.patterns)
@@ -86,21 +99,32 @@ pub(super) fn check_targets(
         if !base_known {
             d.hint(
                 path,
-                *pos,
+                pos,
                 format!("estimate for unknown pattern \"{id}\""),
-                did_you_mean(id, seen_ids.keys().map(String::as_str).take(50)),
+                some_of(id, &known_ids),
             );
         }
     }
-    for (id, (_, pos, path)) in &est.layers {
+    for (id, pos, path) in in_order(&est.layers) {
         if !seen_layers.contains_key(id) {
             d.hint(
                 path,
-                *pos,
+                pos,
                 format!("estimate for unknown layer \"{id}\""),
-                did_you_mean(id, seen_layers.keys().map(String::as_str)),
+                did_you_mean(id, known_layers.iter().copied()),
             );
         }
+    }
+}
+
+/// "did you mean" over every known id, listing the first 50 of them.
+fn some_of(id: &str, known: &[&str]) -> String {
+    let near = crate::plan::diag::closest(id, known.iter().copied(), 3);
+    let shown = known.iter().take(50).copied().collect::<Vec<_>>().join(", ");
+    let more = if known.len() > 50 { ", ..." } else { "" };
+    match near.first() {
+        Some(best) => format!("did you mean \"{best}\"? known: {shown}{more}"),
+        None => format!("known: {shown}{more}"),
     }
 }
 
