@@ -32,7 +32,9 @@ pub fn confirmer(yes: bool) -> impl Fn(&str, &str) -> Result<(), ProviderError> 
         if matches!(line.trim(), "y" | "Y" | "yes") {
             Ok(())
         } else {
-            Err(ProviderError::Usage("not confirmed: nothing was changed".into()))
+            Err(ProviderError::Usage(
+                "not confirmed: nothing was changed".into(),
+            ))
         }
     }
 }

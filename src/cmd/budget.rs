@@ -115,4 +115,3 @@ pub async fn budget(
     }
     Ok(exit::OK)
 }
-

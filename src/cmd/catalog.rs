@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::context::Ctx;
-use super::error::{io_err, exit, AppError};
+use super::error::{exit, io_err, AppError};
 use crate::plan;
 
 pub fn show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppError> {

@@ -57,7 +57,10 @@ impl Env {
     }
 
     fn var(&self, k: &str) -> Option<&str> {
-        self.vars.get(k).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.vars
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 
     /// A positive, finite number of the variable `k`.
@@ -93,7 +96,8 @@ impl Ctx {
             (Some(d), None) => d.clone(),
             (None, Some(cwd)) => cwd.clone(),
             (None, None) => return Err(AppError::Usage(
-                "cannot tell the current folder\n  (hint: pass the project folder with -C <dir>)".into(),
+                "cannot tell the current folder\n  (hint: pass the project folder with -C <dir>)"
+                    .into(),
             )),
         };
         let catalog_path = match env.var("INFRA_CATALOG") {

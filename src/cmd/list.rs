@@ -73,4 +73,3 @@ pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
     }
     Ok(exit::OK)
 }
-

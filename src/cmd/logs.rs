@@ -46,4 +46,3 @@ pub fn logs(ctx: &Ctx, name: &str, pattern: &str, only_stderr: bool) -> Result<i
     }
     Ok(exit::OK)
 }
-

@@ -116,8 +116,8 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             action: CatalogCmd::Refresh,
         } => catalog::refresh(ctx).await,
         Cmd::Schema => {
-            let text = serde_json::to_string_pretty(&crate::plan::schema::schema())
-                .unwrap_or_default();
+            let text =
+                serde_json::to_string_pretty(&crate::plan::schema::schema()).unwrap_or_default();
             ctx.write(&format!("{text}\n"));
             Ok(exit::OK)
         }

@@ -243,7 +243,14 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
     };
     let money = |x: Option<f64>| x.map(|v| format!("${v:.2}")).unwrap_or_else(|| "-".into());
     h.push_str(&row([
-        "group", "type", "market", "nodes", "$/h", "total", "worst AZ", "on-demand",
+        "group",
+        "type",
+        "market",
+        "nodes",
+        "$/h",
+        "total",
+        "worst AZ",
+        "on-demand",
     ]));
     for g in &e.groups {
         h.push_str(&row([

@@ -104,7 +104,13 @@ pub fn text(v: &StatusView) -> String {
             .infra
             .stacks
             .iter()
-            .map(|s| format!("{}: {}", s.name, s.status.as_deref().unwrap_or("not deployed")))
+            .map(|s| {
+                format!(
+                    "{}: {}",
+                    s.name,
+                    s.status.as_deref().unwrap_or("not deployed")
+                )
+            })
             .collect();
         h.push_str(&format!("  stacks: {}\n", stacks.join("; ")));
     }

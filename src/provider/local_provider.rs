@@ -102,8 +102,10 @@ impl Provider for LocalProvider {
             let st = match local::load_state(plan) {
                 Some(st) => st,
                 None => {
-                    self.settings
-                        .log(&format!("no local nodes for {} yet: applying", plan.name_key));
+                    self.settings.log(&format!(
+                        "no local nodes for {} yet: applying",
+                        plan.name_key
+                    ));
                     apply_nodes(plan, catalog)?
                 }
             };
@@ -119,9 +121,7 @@ impl Provider for LocalProvider {
 
     fn status<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Infra, ProviderError>> {
         Box::pin(async move {
-            let nodes = local::load_state(plan)
-                .map(|s| s.nodes)
-                .unwrap_or_default();
+            let nodes = local::load_state(plan).map(|s| s.nodes).unwrap_or_default();
             Ok(Infra {
                 nodes: rows(plan, &nodes),
                 ..Default::default()
@@ -192,7 +192,10 @@ impl RunSession for LocalRun<'_> {
         })
     }
 
-    fn finish<'s>(&'s mut self, summary: &'s RunSummary) -> Fut<'s, Result<Finished, ProviderError>> {
+    fn finish<'s>(
+        &'s mut self,
+        summary: &'s RunSummary,
+    ) -> Fut<'s, Result<Finished, ProviderError>> {
         Box::pin(async move {
             let plan = self.plan;
             // what the same nodes would have cost for as long as the run lasted

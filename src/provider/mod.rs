@@ -79,7 +79,10 @@ impl ProviderError {
             ProviderError::Aws(aws::error::AwsError::Usage(_)) => true,
             ProviderError::Stack(s) => matches!(
                 s,
-                S::NoMachines | S::UnknownInstanceType { .. } | S::TooManyZones { .. } | S::TooLarge { .. }
+                S::NoMachines
+                    | S::UnknownInstanceType { .. }
+                    | S::TooManyZones { .. }
+                    | S::TooLarge { .. }
             ),
             _ => false,
         }
@@ -167,7 +170,10 @@ pub trait RunSession {
 
     /// After the runner: record the spend, tear the nodes down after a
     /// budget stop, save the provider's state.
-    fn finish<'s>(&'s mut self, summary: &'s RunSummary) -> Fut<'s, Result<Finished, ProviderError>>;
+    fn finish<'s>(
+        &'s mut self,
+        summary: &'s RunSummary,
+    ) -> Fut<'s, Result<Finished, ProviderError>>;
 }
 
 pub struct Started {

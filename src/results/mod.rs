@@ -1,4 +1,3 @@
 //! Result tables: per-task outputs aggregated into one CSV + metadata.
 
 pub mod table;
-

@@ -1715,18 +1715,30 @@ mod budget;
 #[test]
 fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
     let a = Aws::new("same_summary");
-    crate::output::mixed_plan(&a.p, r#""project": "samesum", "provider": "aws", "region": "us-east-1","#);
+    crate::output::mixed_plan(
+        &a.p,
+        r#""project": "samesum", "provider": "aws", "region": "us-east-1","#,
+    );
     ok(&a.infra(&["apply", "mixed", "--yes"]), "apply");
     let on_aws = a.infra(&["run", "mixed"]);
     let local = Project::new();
-    crate::output::mixed_plan(&local, r#""project": "samesum", "provider": "aws", "region": "us-east-1","#);
+    crate::output::mixed_plan(
+        &local,
+        r#""project": "samesum", "provider": "aws", "region": "us-east-1","#,
+    );
     let on_local = local.infra(&["--provider", "local", "run", "mixed"]);
     assert_eq!(on_aws.code, 1, "{}\n{}", on_aws.stdout, on_aws.stderr);
-    assert_eq!(on_local.code, on_aws.code, "{}\n{}", on_local.stdout, on_local.stderr);
+    assert_eq!(
+        on_local.code, on_aws.code,
+        "{}\n{}",
+        on_local.stdout, on_local.stderr
+    );
     let text = |s: &str| crate::output::without_duration(s);
     assert_eq!(text(&on_local.stdout), text(&on_aws.stdout));
     assert!(
-        on_aws.stdout.contains("failed: mixed-t3 (see results/mixed/failed-tasks.csv)"),
+        on_aws
+            .stdout
+            .contains("failed: mixed-t3 (see results/mixed/failed-tasks.csv)"),
         "{}",
         on_aws.stdout
     );

@@ -9,7 +9,9 @@ use crate::common::*;
 pub fn without_duration(s: &str) -> String {
     s.lines()
         .map(|l| match l.rfind(" in ") {
-            Some(i) if l.ends_with('s') && l[i + 4..].chars().all(|c| c.is_ascii_alphanumeric()) => {
+            Some(i)
+                if l.ends_with('s') && l[i + 4..].chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
                 format!("{} in <duration>", &l[..i])
             }
             _ => l.to_string(),
@@ -20,7 +22,12 @@ pub fn without_duration(s: &str) -> String {
 
 /// The project's name is its folder's, random in tests.
 fn without_project(p: &Project, s: &str) -> String {
-    let name = p.path().file_name().unwrap().to_string_lossy().to_lowercase();
+    let name = p
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase();
     s.replace(&name, "<project>")
 }
 
@@ -77,13 +84,18 @@ fn run_summary_status_and_budget_after_a_run_with_a_failing_task() {
     insta::assert_snapshot!("budget_mixed", r.stdout);
 
     let r = p.infra(&["run", "mixed"]);
-    assert_eq!(r.code, 1, "a failed task exits 1:\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "a failed task exits 1:\n{}\n{}",
+        r.stdout, r.stderr
+    );
     insta::assert_snapshot!("run_summary_mixed", without_duration(&r.stdout));
 
     let r = p.infra(&["status", "mixed"]);
     r.ok();
     insta::assert_snapshot!("status_mixed", r.stdout);
-    let j: Value = serde_json::from_str(&p.infra(&["--json", "status", "mixed"]).ok().stdout).unwrap();
+    let j: Value =
+        serde_json::from_str(&p.infra(&["--json", "status", "mixed"]).ok().stdout).unwrap();
     assert_eq!(j["counts"]["succeeded"], 2);
     assert_eq!(j["failed"][0]["task"], "mixed-t3");
     assert_eq!(j["nodes"].as_array().unwrap().len(), 2);
@@ -123,6 +135,13 @@ fn the_command_layer_writes_its_output_to_the_writer_it_is_given() {
     assert_eq!(code, 0);
     let captured = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     let binary = p.infra(&["plan", "quickstart"]);
-    assert_eq!(captured, binary.ok().stdout, "the same text in-process and from the binary");
-    assert!(captured.contains("5 rendered into .infra/quickstart/tasks (0 changed)"), "{captured}");
+    assert_eq!(
+        captured,
+        binary.ok().stdout,
+        "the same text in-process and from the binary"
+    );
+    assert!(
+        captured.contains("5 rendered into .infra/quickstart/tasks (0 changed)"),
+        "{captured}"
+    );
 }

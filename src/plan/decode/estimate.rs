@@ -73,8 +73,10 @@ fn by_id(d: &mut Diags, o: &Obj, key: &str) -> ById {
 /// split into parts) and a layer of the plan.
 /// The entries of `m` in file order.
 fn in_order(m: &ById) -> Vec<(&String, Pos, &String)> {
-    let mut v: Vec<(&String, Pos, &String)> =
-        m.iter().map(|(id, (_, pos, path))| (id, *pos, path)).collect();
+    let mut v: Vec<(&String, Pos, &String)> = m
+        .iter()
+        .map(|(id, (_, pos, path))| (id, *pos, path))
+        .collect();
     v.sort_by_key(|(id, pos, _)| (pos.line, pos.col, (*id).clone()));
     v
 }
@@ -120,7 +122,12 @@ pub(super) fn check_targets(
 /// "did you mean" over every known id, listing the first 50 of them.
 fn some_of(id: &str, known: &[&str]) -> String {
     let near = crate::plan::diag::closest(id, known.iter().copied(), 3);
-    let shown = known.iter().take(50).copied().collect::<Vec<_>>().join(", ");
+    let shown = known
+        .iter()
+        .take(50)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     let more = if known.len() > 50 { ", ..." } else { "" };
     match near.first() {
         Some(best) => format!("did you mean \"{best}\"? known: {shown}{more}"),

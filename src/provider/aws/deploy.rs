@@ -76,7 +76,15 @@ pub(super) async fn deploy(
         None => {
             log(&format!("creating stack {name}"));
             let id = cfn::create(c, name, &source, params, tags).await?;
-            let w = cfn::wait(c, &id, "create", Default::default(), long, &mut |l: &str| log(l)).await?;
+            let w = cfn::wait(
+                c,
+                &id,
+                "create",
+                Default::default(),
+                long,
+                &mut |l: &str| log(l),
+            )
+            .await?;
             if !w.ok {
                 return Err(ProviderError::Failed(cfn::failure_message("create", &w)));
             }
@@ -101,7 +109,8 @@ pub(super) async fn deploy(
                     }
                     let seen = cfn::seen_events(c, &s.id).await;
                     cfn::execute_change_set(c, name, &cs).await?;
-                    let w = cfn::wait(c, &s.id, "update", seen, long, &mut |l: &str| log(l)).await?;
+                    let w =
+                        cfn::wait(c, &s.id, "update", seen, long, &mut |l: &str| log(l)).await?;
                     if !w.ok {
                         return Err(ProviderError::Failed(cfn::failure_message("update", &w)));
                     }
@@ -140,7 +149,10 @@ pub(super) struct Looked {
     pub fleets: Vec<String>,
 }
 
-pub(super) fn looked_up(base: &StackInfo, compute: Option<&StackInfo>) -> Result<Looked, ProviderError> {
+pub(super) fn looked_up(
+    base: &StackInfo,
+    compute: Option<&StackInfo>,
+) -> Result<Looked, ProviderError> {
     let bucket = base.outputs.get("BucketName").cloned().ok_or_else(|| {
         ProviderError::Failed(format!(
             "stack {} has no BucketName output\n  (hint: `infra apply` updates it)",
@@ -334,7 +346,12 @@ pub(super) async fn wait_for_nodes(
     }
 }
 
-pub(super) fn new_state(plan: &Plan, looked: &Looked, names_: (&str, &str), nodes: Vec<AwsNode>) -> AwsState {
+pub(super) fn new_state(
+    plan: &Plan,
+    looked: &Looked,
+    names_: (&str, &str),
+    nodes: Vec<AwsNode>,
+) -> AwsState {
     AwsState {
         version: state::STATE_VERSION,
         project: plan.project.clone(),
@@ -375,7 +392,11 @@ pub(super) fn setup_hash(plan: &Plan) -> Option<String> {
     (!plan.setup.is_empty()).then(|| crate::provider::local::setup_hash(plan))
 }
 
-pub(super) async fn delete_stack(c: &Clients, log: &dyn Fn(&str), name: &str) -> Result<bool, ProviderError> {
+pub(super) async fn delete_stack(
+    c: &Clients,
+    log: &dyn Fn(&str),
+    name: &str,
+) -> Result<bool, ProviderError> {
     let Some(s) = cfn::describe(c, name).await? else {
         return Ok(false);
     };
@@ -397,4 +418,3 @@ pub(super) async fn delete_stack(c: &Clients, log: &dyn Fn(&str), name: &str) ->
     log(&format!("stack {name}: DELETE_COMPLETE"));
     Ok(true)
 }
-

@@ -344,4 +344,3 @@ async fn watch_nodes(weak: Weak<AwsExecutor>, every: Duration) {
         ex.check_nodes().await;
     }
 }
-

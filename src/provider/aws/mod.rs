@@ -15,6 +15,7 @@ pub mod meter;
 pub mod node_commands;
 pub mod pricing;
 pub mod provider;
+mod run_session;
 pub mod s3;
 pub mod script;
 pub mod ssm;

@@ -68,7 +68,8 @@ pub async fn refresh(
     region: &str,
 ) -> Result<(Catalog, RefreshReport), AwsError> {
     let names: Vec<String> = cat.names().map(str::to_string).collect();
-    let pricing = aws_sdk_pricing::Client::new(&config::sdk_config(settings, PRICING_REGION).await?);
+    let pricing =
+        aws_sdk_pricing::Client::new(&config::sdk_config(settings, PRICING_REGION).await?);
     let ec2 = aws_sdk_ec2::Client::new(&config::sdk_config(settings, region).await?);
     let mut report = RefreshReport {
         region: region.into(),
