@@ -42,7 +42,7 @@ pub fn confirmer(yes: bool) -> impl Fn(&str, &str) -> Result<(), ProviderError> 
 pub async fn apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(name)?;
     let (tasks, _) = render_tasks(&plan)?;
-    gate(&plan, &tasks, &catalog, &from)?;
+    gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
     let confirm = confirmer(yes);
     let applied = provider.apply(&plan, &catalog, &confirm).await?;

@@ -252,17 +252,19 @@ pub fn spent(plan: &Plan) -> f64 {
     ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
 }
 
-/// The budget gate of `apply` and `run`: exit 3 with the numbers.
+/// The budget gate of `apply` and `run`: exit 3 with the numbers; its
+/// warnings on stderr when `warn`.
 pub fn gate(
     plan: &Plan,
     tasks: &[TaskDef],
     catalog: &Catalog,
     from: &str,
+    warn: bool,
 ) -> Result<est::Estimate, AppError> {
     let left = remaining(plan, tasks);
     let e = est::estimate(plan, &left, catalog, from);
     let v = est::verdict(plan, &e, spent(plan));
-    for w in &v.warnings {
+    for w in v.warnings.iter().filter(|_| warn) {
         eprintln!("warning: {w}");
     }
     if !v.ok {

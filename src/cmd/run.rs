@@ -39,12 +39,12 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         .into_iter()
         .filter(|t| selected.contains(&t.id))
         .collect();
-    gate(&plan, &tasks, &catalog, &from)?;
+    gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
     let mut session = provider.open_run(&plan, &catalog).await?;
     // the provider merged what other machines spent and metered the nodes'
-    // idle time: the budget looks again
-    gate(&plan, &tasks, &catalog, &from)?;
+    // idle time: the budget looks again (its warnings were said)
+    gate(&plan, &tasks, &catalog, &from, false)?;
     let started = session.start().await?;
     let paths = Paths {
         state_dir: plan.state_dir(),
