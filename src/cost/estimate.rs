@@ -12,6 +12,11 @@ use crate::tasks::TaskDef;
 pub const GP3_USD_PER_GB_MONTH: f64 = 0.08;
 pub const HOURS_PER_MONTH: f64 = 730.0;
 
+/// A public IPv4 address, USD per hour (AWS has billed every public IPv4
+/// address since February 2024, in every region). Nodes reach SSM and S3
+/// through one unless they sit behind the NAT gateway (multi-card EFA).
+pub const PUBLIC_IPV4_USD_PER_HOUR: f64 = 0.005;
+
 /// A NAT gateway and its Elastic IP, USD per hour (AWS list prices; the
 /// reference catalog has none). Its data processing ($0.045/GB) depends on
 /// traffic and is not estimated.
@@ -35,6 +40,8 @@ pub struct GroupEstimate {
     pub spot_worst_usd_per_node_hour: Option<f64>,
     pub on_demand_usd_per_node_hour: Option<f64>,
     pub storage_usd: f64,
+    /// The nodes' public IPv4 addresses.
+    pub public_ipv4_usd: f64,
     pub compute_usd: f64,
     pub total_usd: f64,
     pub total_worst_usd: f64,
@@ -126,6 +133,13 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
             n * g.volume_gb as f64 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * h
         };
         let compute = n * h * per.unwrap_or(0.0);
+        let ipv4_hourly = if local || crate::stacks::multi_card_efa(g, catalog) {
+            0.0
+        } else {
+            n * PUBLIC_IPV4_USD_PER_HOUR
+        };
+        // fixed costs of the nodes besides their type's price
+        let fixed = storage + ipv4_hourly * h;
         let task_hours = tasks
             .iter()
             .filter(|t| t.node_group == g.name)
@@ -146,11 +160,12 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
             },
             on_demand_usd_per_node_hour: od,
             storage_usd: round(storage),
+            public_ipv4_usd: round(ipv4_hourly * h),
             compute_usd: round(compute),
-            total_usd: round(compute + storage),
-            total_worst_usd: round(n * h * worst.unwrap_or(0.0) + storage),
-            total_on_demand_usd: od.map(|p| round(n * h * p + storage)),
-            hourly_usd: round(n * per.unwrap_or(0.0)),
+            total_usd: round(compute + fixed),
+            total_worst_usd: round(n * h * worst.unwrap_or(0.0) + fixed),
+            total_on_demand_usd: od.map(|p| round(n * h * p + fixed)),
+            hourly_usd: round(n * per.unwrap_or(0.0) + ipv4_hourly),
             task_hours: round(task_hours),
         });
     }
@@ -172,6 +187,7 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
             spot_worst_usd_per_node_hour: Some(p),
             on_demand_usd_per_node_hour: Some(p),
             storage_usd: 0.0,
+            public_ipv4_usd: 0.0,
             compute_usd: round(h * p),
             total_usd: round(h * p),
             total_worst_usd: round(h * p),
@@ -251,11 +267,28 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
         warnings.push("the plan has no budget: nothing limits the spend (hint: add \"budget\": {\"usd\": ...})".into());
     }
     if !est.unpriced.is_empty() {
-        warnings.push(format!(
-            "no catalog price for node group(s) {} in {}; they count as $0",
-            est.unpriced.join(", "),
-            est.region
-        ));
+        let what: Vec<String> = est
+            .groups
+            .iter()
+            .filter(|g| est.unpriced.contains(&g.group))
+            .map(|g| format!("{} ({})", g.group, g.instance_type))
+            .collect();
+        let accepted = budget.is_some_and(|b| b.accept_unpriced);
+        if plan.provider.is_local() || accepted {
+            // a local trial spends nothing; or the plan said so
+            warnings.push(format!(
+                "no catalog price for node group(s) {} in {}; they count as $0",
+                what.join(", "),
+                est.region
+            ));
+        } else {
+            reasons.push(format!(
+                "no catalog price for node group(s) {} in {}: the cost cannot be estimated\n  (hint: `infra catalog refresh --region {}` fetches this region's prices; or set \"accept_unpriced\": true in \"budget\" to count them as $0)",
+                what.join(", "),
+                est.region,
+                est.region
+            ));
+        }
     }
     Verdict {
         ok: reasons.is_empty(),

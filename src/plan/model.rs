@@ -64,6 +64,9 @@ pub struct Budget {
     pub usd: f64,
     pub max_hourly_usd: Option<f64>,
     pub hard_stop: bool,
+    /// Node groups the catalog has no price for count as $0 instead of
+    /// being refused.
+    pub accept_unpriced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -62,7 +62,8 @@ pub fn schema() -> Value {
             "budget": {"type": "object", "required": ["usd"], "additionalProperties": false, "properties": {
                 "usd": {"type": "number", "exclusiveMinimum": 0},
                 "max_hourly_usd": {"type": "number", "exclusiveMinimum": 0},
-                "hard_stop": {"type": "boolean", "default": true}}},
+                "hard_stop": {"type": "boolean", "default": true},
+                "accept_unpriced": {"type": "boolean", "default": false, "description": "Run node groups the catalog has no price for, counting them as $0 (otherwise the budget refuses them)."}}},
             "setup": {"type": "array", "items": {"type": "string"}},
             "templates": {"type": "object", "additionalProperties": {"type": "string"}},
             "estimate": {"type": "object", "additionalProperties": false, "properties": {

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use infra::catalog::Catalog;
-use infra::cost::estimate::{estimate, verdict, GP3_USD_PER_GB_MONTH, HOURS_PER_MONTH};
+use infra::cost::estimate::{
+    estimate, verdict, GP3_USD_PER_GB_MONTH, HOURS_PER_MONTH, PUBLIC_IPV4_USD_PER_HOUR,
+};
 use infra::plan::load::parse_plan;
 
 use crate::common::*;
@@ -40,10 +42,11 @@ fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
         .collect();
     let refs: Vec<&infra::tasks::TaskDef> = tasks.iter().collect();
     let e = estimate(&plan, &refs, &cat, "built-in catalog");
-    // by hand: 720 h x (3 c6i.4xlarge + 1 g5.xlarge) at the spot median, plus 4 x 100 GB of gp3
+    // by hand: 720 h x (3 c6i.4xlarge + 1 g5.xlarge) at the spot median and
+    // 4 public IPv4 addresses, plus 4 x 100 GB of gp3
     let c6i = csv_spot_median("c6i.4xlarge", "eu-north-1");
     let g5 = csv_spot_median("g5.xlarge", "eu-north-1");
-    let hourly = 3.0 * c6i + g5;
+    let hourly = 3.0 * c6i + g5 + 4.0 * PUBLIC_IPV4_USD_PER_HOUR;
     let storage = 4.0 * 100.0 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * 720.0;
     let by_hand = 720.0 * hourly + storage;
     println!("statistics plan: ${hourly:.4}/h, 720 h, by hand ${by_hand:.2}, estimate ${:.2} (worst AZ ${:.2}, on-demand {:?})", e.total_usd, e.total_worst_usd, e.total_on_demand_usd);
@@ -263,9 +266,75 @@ fn a_multi_card_efa_group_adds_the_nat_gateway_to_the_estimate() {
         .expect("a NAT gateway line");
     // $0.045/h for the gateway and $0.005/h for its address, for 10 h
     assert!((nat.total_usd - 0.5).abs() < 1e-9, "{nat:?}");
-    assert!((e.total_usd - plain.total_usd - 0.5).abs() < 1e-6);
+    // behind the NAT gateway the nodes have no public address of their own
+    // (2 x $0.005/h for 10 h fewer)
+    let ipv4 = 2.0 * PUBLIC_IPV4_USD_PER_HOUR * 10.0;
+    assert!((e.total_usd - plain.total_usd - (0.5 - ipv4)).abs() < 1e-6);
+    assert!(e.groups.iter().all(|g| g.public_ipv4_usd == 0.0), "{e:?}");
+    assert!((plain.groups[0].public_ipv4_usd - ipv4).abs() < 1e-9, "{plain:?}");
     assert!(plain
         .groups
         .iter()
         .all(|g| g.instance_type != "NAT gateway"));
+}
+
+#[test]
+fn plan_exits_3_when_the_budget_refuses() {
+    let p = Project::new();
+    budget_plan(&p, r#"{"usd": 0.001}"#);
+    let r = p.infra(&["plan", "money"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("-> REFUSED"), "{}", r.stdout);
+    assert!(r.stdout.contains("refused: the estimate"), "{}", r.stdout);
+    budget_plan(&p, r#"{"usd": 1000}"#);
+    let r = p.infra(&["plan", "money"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+}
+
+/// Two g5.48xlarge in a region the built-in catalog has no price for.
+fn unpriced_plan(p: &Project, provider: &str, budget: &str) {
+    p.write(
+        "plans/templates/work.json.hbs",
+        r#"{"steps": [{"name": "work", "command": "true"}]}"#,
+    );
+    p.write(
+        "plans/far.json",
+        &format!(
+            r#"{{"phase": "far", "name": "unpriced region", "provider": "{provider}", "region": "ap-southeast-2",
+      {budget}
+      "node_groups": {{"gpu": {{"instance_type": "g5.48xlarge", "count": 2}}}},
+      "estimate": {{"default": "3h55m"}},
+      "layers": [{{"id": "L0", "patterns": [{{"id": "far-a", "backend": "work"}}]}}]}}"#
+        ),
+    );
+}
+
+#[test]
+fn a_region_without_prices_is_refused_not_counted_as_zero() {
+    let p = Project::new();
+    unpriced_plan(&p, "aws", r#""budget": {"usd": 1000},"#);
+    for cmd in ["plan", "apply"] {
+        let r = p.infra(&[cmd, "far"]);
+        assert_eq!(r.code, 3, "{cmd}: {}\n{}", r.stdout, r.stderr);
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            all.contains("no catalog price for node group(s) gpu (g5.48xlarge) in ap-southeast-2")
+                && all.contains("infra catalog refresh --region ap-southeast-2")
+                && all.contains("accept_unpriced"),
+            "{cmd}: {all}"
+        );
+    }
+    assert!(!p.exists(".infra/far/aws-state.json"), "nothing was deployed");
+    // without a budget too: nothing tells what it would cost
+    unpriced_plan(&p, "aws", "");
+    assert_eq!(p.infra(&["plan", "far"]).code, 3);
+    // the plan can say it accepts them
+    unpriced_plan(&p, "aws", r#""budget": {"usd": 1000, "accept_unpriced": true},"#);
+    let r = p.infra(&["plan", "far"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("they count as $0"), "{}", r.stdout);
+    // a local trial spends nothing: a warning
+    unpriced_plan(&p, "local", r#""budget": {"usd": 1000},"#);
+    let r = p.infra(&["plan", "far"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }

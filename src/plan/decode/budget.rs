@@ -8,7 +8,7 @@ use crate::plan::model::Budget;
 pub(super) fn budget(d: &mut Diags, top: &Obj) -> Option<Budget> {
     let v = top.get("budget")?;
     let o = obj(d, v, "budget")?;
-    o.known(d, &["usd", "max_hourly_usd", "hard_stop"]);
+    o.known(d, &["usd", "max_hourly_usd", "hard_stop", "accept_unpriced"]);
     let usd = o
         .required(d, "usd", "1000")
         .and_then(|v| positive(d, v, "budget.usd", 10_000_000.0));
@@ -19,10 +19,15 @@ pub(super) fn budget(d: &mut Diags, top: &Obj) -> Option<Budget> {
         .get("hard_stop")
         .and_then(|v| boolean(d, v, "budget.hard_stop"))
         .unwrap_or(true);
+    let accept_unpriced = o
+        .get("accept_unpriced")
+        .and_then(|v| boolean(d, v, "budget.accept_unpriced"))
+        .unwrap_or(false);
     Some(Budget {
         usd: usd?,
         max_hourly_usd,
         hard_stop,
+        accept_unpriced,
     })
 }
 
@@ -47,11 +52,14 @@ mod tests {
             Some(Budget {
                 usd: 100.0,
                 max_hourly_usd: Some(2.5),
-                hard_stop: true
+                hard_stop: true,
+                accept_unpriced: false
             })
         );
         let (b, _) = decode(r#"{"budget": {"usd": 1, "hard_stop": false}}"#);
         assert!(!b.unwrap().hard_stop);
+        let (b, _) = decode(r#"{"budget": {"usd": 1, "accept_unpriced": true}}"#);
+        assert!(b.unwrap().accept_unpriced);
         assert_eq!(decode("{}").0, None);
     }
 
