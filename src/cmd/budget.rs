@@ -61,6 +61,7 @@ fn phase_report(
         patterns,
         tasks_done: done,
         stopped_by_budget: stopped,
+        nodes_up: ctx.provider(&plan).recorded_nodes(&plan),
     }))
 }
 

@@ -77,7 +77,8 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         running,
         failed,
         run_in_progress,
-        spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum(),
+        // + 0.0: an empty f64 sum is -0.0, shown as "$-0.00"
+        spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum::<f64>() + 0.0,
         last_stop: state.last_stop.clone(),
         infra,
     };

@@ -221,8 +221,9 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
     }
 }
 
+/// Four decimals; never -0 (an empty sum of f64 is -0.0).
 fn round(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
+    (x * 1e4).round() / 1e4 + 0.0
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

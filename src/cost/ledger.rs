@@ -118,5 +118,6 @@ pub fn spent(entries: &[Spend], phase: Option<&str>) -> f64 {
         .iter()
         .filter(|e| phase.is_none_or(|p| e.phase == p))
         .map(|e| e.usd)
-        .sum()
+        .sum::<f64>()
+        + 0.0
 }

@@ -47,6 +47,10 @@ pub struct PhaseReport {
     pub patterns: Vec<PatternRow>,
     /// (unix seconds, cumulative USD) at the end of each metered segment.
     pub timeline: Vec<(i64, f64)>,
+    /// When the first metered segment began (unix seconds).
+    pub started: Option<i64>,
+    /// Hours the work still to run is estimated to take.
+    pub remaining_hours: Option<f64>,
     pub stopped_by_budget: Option<String>,
 }
 
@@ -62,6 +66,8 @@ pub struct Inputs<'a> {
     pub patterns: Vec<PatternRow>,
     pub tasks_done: usize,
     pub stopped_by_budget: Option<String>,
+    /// Nodes up now: without any, nothing burns and no burn rate is shown.
+    pub nodes_up: usize,
 }
 
 pub fn build(i: Inputs) -> PhaseReport {
@@ -87,6 +93,11 @@ pub fn build(i: Inputs) -> PhaseReport {
         })
         .collect();
     ends.sort_by_key(|e| e.0);
+    let started = mine
+        .iter()
+        .filter_map(|s| chrono::DateTime::parse_from_rfc3339(&s.start).ok())
+        .map(|t| t.timestamp())
+        .min();
     let mut timeline = Vec::new();
     let mut cum = 0.0;
     for (t, usd) in ends {
@@ -106,11 +117,11 @@ pub fn build(i: Inputs) -> PhaseReport {
             market: g.market.clone(),
             nodes: g.nodes,
             estimated_usd: g.total_usd,
-            metered_usd: mine
+            metered_usd: r6(mine
                 .iter()
                 .filter(|s| s.group == g.group)
                 .map(|s| s.usd)
-                .sum(),
+                .sum()),
         })
         .collect();
     PhaseReport {
@@ -128,7 +139,8 @@ pub fn build(i: Inputs) -> PhaseReport {
             "simulated at catalog prices (local provider)".into()
         },
         remaining_usd: i.budget_usd.map(|b| r6(b - metered)),
-        burn_rate_usd_per_hour: (run_hours > 0.0).then(|| r6(metered / run_hours)),
+        burn_rate_usd_per_hour: (run_hours > 0.0 && i.nodes_up > 0)
+            .then(|| r6(metered / run_hours)),
         projected_usd: r6(metered + i.remaining.total_usd),
         tasks: i.full.tasks,
         tasks_done: i.tasks_done,
@@ -136,12 +148,15 @@ pub fn build(i: Inputs) -> PhaseReport {
         groups,
         patterns: i.patterns,
         timeline,
+        started,
+        remaining_hours: i.remaining.hours,
         stopped_by_budget: i.stopped_by_budget,
     }
 }
 
+/// Six decimals; never -0 (an empty sum of f64 is -0.0).
 fn r6(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
+    (x * 1e6).round() / 1e6 + 0.0
 }
 
 /// Dollars with cents, or four decimals for amounts under a dollar (local
@@ -270,7 +285,10 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Cumulative spend over time against the budget line.
+/// Cumulative spend over time against the budget line, with the estimate
+/// (a straight line from the first spend to the estimated total at the
+/// estimated end) and the projection (from the spend so far to what the
+/// rest is estimated to cost, when it is estimated to end).
 pub fn svg(r: &PhaseReport) -> String {
     let (w, h, l, b, t, rt) = (720.0, 260.0, 64.0, 36.0, 16.0, 16.0);
     let budget = r.budget_usd.unwrap_or(0.0);
@@ -280,14 +298,35 @@ pub fn svg(r: &PhaseReport) -> String {
         .fold(0.0f64, f64::max)
         .max(0.01)
         * 1.1;
-    let (t0, t1) = match (r.timeline.first(), r.timeline.last()) {
-        (Some(a), Some(z)) if z.0 > a.0 => (a.0 - (z.0 - a.0) / 20, z.0),
-        (Some(a), _) => (a.0 - 60, a.0 + 60),
+    let secs = |hours: f64| (hours * 3600.0).round() as i64;
+    // the estimate, from the first spend; the projection, from the last
+    let est_line = match (r.started, r.estimate_hours) {
+        (Some(s), Some(hrs)) if r.estimated_usd > 0.0 => Some(((s, 0.0), (s + secs(hrs).max(1), r.estimated_usd))),
+        _ => None,
+    };
+    let proj_line = match (r.timeline.last(), r.remaining_hours) {
+        (Some(&(lt, lc)), Some(hrs)) if r.projected_usd > lc + 1e-9 => {
+            Some(((lt, lc), (lt + secs(hrs).max(1), r.projected_usd)))
+        }
+        _ => None,
+    };
+    let first = r.started.or(r.timeline.first().map(|p| p.0));
+    let last = [
+        r.timeline.last().map(|p| p.0),
+        est_line.map(|l| l.1 .0),
+        proj_line.map(|l| l.1 .0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let (t0, t1) = match (first, last) {
+        (Some(a), Some(z)) if z > a => (a - (z - a) / 20, z),
+        (Some(a), _) => (a - 60, a + 60),
         _ => (0, 1),
     };
     let x = |ts: i64| l + (ts - t0) as f64 / (t1 - t0).max(1) as f64 * (w - l - rt);
     let y = |usd: f64| t + (1.0 - usd / top) * (h - t - b);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"cumulative spend of {} against its budget\">", esc(&r.phase));
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\" aria-label=\"cumulative spend of {} against its budget, its estimate and its projection\">", esc(&r.phase));
     s.push_str(&format!(
         "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
         w - l - rt,
@@ -299,6 +338,16 @@ pub fn svg(r: &PhaseReport) -> String {
     }
     if budget > 0.0 {
         s.push_str(&format!("<line x1=\"{l}\" x2=\"{}\" y1=\"{yb:.1}\" y2=\"{yb:.1}\" stroke=\"#c62828\" stroke-width=\"2\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"#c62828\">budget {}</text>", w - rt, w - rt - 4.0, y(budget) - 5.0, money(budget), yb = y(budget)));
+    }
+    let line = |(a, b): ((i64, f64), (i64, f64)), color: &str, label: &str, value: f64| {
+        format!("<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"2 4\"/><circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"{color}\">{label} {}</text>",
+            x(a.0), y(a.1), x(b.0), y(b.1), x(b.0), y(b.1), x(b.0) - 6.0, y(b.1) + 16.0, money(value))
+    };
+    if let Some(l) = est_line {
+        s.push_str(&line(l, "#6a1b9a", "estimated", r.estimated_usd));
+    }
+    if let Some(l) = proj_line {
+        s.push_str(&line(l, "#ef6c00", "projected", r.projected_usd));
     }
     if r.timeline.is_empty() {
         s.push_str(&format!("<text x=\"{}\" y=\"{}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#777\">no spend recorded yet</text>", (w + l) / 2.0, h / 2.0));

@@ -152,6 +152,10 @@ impl Provider for LocalProvider {
         // one machine, one ledger
         Box::pin(async {})
     }
+
+    fn recorded_nodes(&self, plan: &Plan) -> usize {
+        local::load_state(plan).map(|s| s.nodes.len()).unwrap_or(0)
+    }
 }
 
 struct LocalRun<'a> {

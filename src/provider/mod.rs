@@ -160,6 +160,10 @@ pub trait Provider {
     /// Merge what other machines recorded of the phase's spend into this
     /// machine's ledger (best effort; a note says what could not be read).
     fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()>;
+
+    /// The nodes this machine's state says are up (no cloud call): a
+    /// finished campaign whose nodes are gone burns nothing.
+    fn recorded_nodes(&self, plan: &Plan) -> usize;
 }
 
 /// One run on a provider, between `open_run` and the summary.

@@ -338,3 +338,20 @@ fn a_region_without_prices_is_refused_not_counted_as_zero() {
     let r = p.infra(&["plan", "far"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn a_finished_campaign_whose_nodes_are_gone_shows_no_burn_rate() {
+    let p = Project::new();
+    crate::output::mixed_plan(&p, r#""budget": { "usd": 5 },"#);
+    let _ = p.infra(&["run", "mixed"]);
+    let burn = |p: &Project| {
+        let r = p.infra(&["--json", "budget", "mixed"]);
+        let v: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+        v[0]["burn_rate_usd_per_hour"].clone()
+    };
+    assert!(burn(&p).as_f64().is_some_and(|b| b > 0.0), "nodes up: {}", burn(&p));
+    p.infra(&["destroy", "mixed"]).ok();
+    assert!(burn(&p).is_null(), "nodes gone: {}", burn(&p));
+    let r = p.infra(&["budget", "mixed"]);
+    assert!(r.stdout.contains("burn rate -/h"), "{}", r.stdout);
+}

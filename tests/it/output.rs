@@ -145,3 +145,47 @@ fn the_command_layer_writes_its_output_to_the_writer_it_is_given() {
         "{captured}"
     );
 }
+
+/// Every number of a JSON document that is a negative zero, by path.
+fn negative_zeros(v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Number(n) => {
+            if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) {
+                out.push(path.to_string());
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                negative_zeros(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                negative_zeros(x, &format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn negative_zero_shows_nowhere_in_plan_status_and_budget() {
+    let p = Project::with_examples();
+    mixed_plan(&p, r#""budget": { "usd": 5 },"#);
+    for args in [
+        &["--json", "plan", "phase15"][..],
+        &["--json", "status", "mixed"],
+        &["--json", "budget", "mixed"],
+    ] {
+        let r = p.infra(args);
+        let v: Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}\n{}", r.stdout, r.stderr));
+        let mut found = Vec::new();
+        negative_zeros(&v, "", &mut found);
+        assert!(found.is_empty(), "{args:?}: -0 at {found:?}");
+    }
+    for args in [&["plan", "phase15"][..], &["status", "mixed"], &["budget", "mixed"]] {
+        let r = p.infra(args);
+        assert!(!r.stdout.contains("$-0"), "{args:?}: {}", r.stdout);
+    }
+}

@@ -573,4 +573,10 @@ impl Provider for AwsProvider {
     fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()> {
         Box::pin(self.sync_ledger_(plan))
     }
+
+    fn recorded_nodes(&self, plan: &Plan) -> usize {
+        state::load(plan)
+            .map(|s| s.nodes.iter().filter(|n| n.alive()).count())
+            .unwrap_or(0)
+    }
 }
