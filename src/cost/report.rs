@@ -296,7 +296,7 @@ pub fn svg(r: &PhaseReport) -> String {
         .iter()
         .cloned()
         .fold(0.0f64, f64::max)
-        .max(0.01)
+        .max(1e-6)
         * 1.1;
     let secs = |hours: f64| (hours * 3600.0).round() as i64;
     // the estimate, from the first spend; the projection, from the last
