@@ -1,10 +1,30 @@
 //! `infra catalog show` and `infra catalog refresh`.
 
+use serde::Serialize;
 use serde_json::json;
 
 use super::context::Ctx;
 use super::error::{exit, io_err, AppError};
-use crate::plan;
+use crate::catalog::InstanceType;
+use crate::plan::{self, Market};
+
+#[derive(Debug, Serialize)]
+pub struct CatalogView {
+    pub source: String,
+    pub origin: String,
+    pub date: String,
+    pub region: String,
+    pub instance_types: Vec<TypeRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TypeRow {
+    pub instance_type: String,
+    pub details: InstanceType,
+    pub on_demand_usd_per_hour: Option<f64>,
+    pub spot_median_usd_per_hour: Option<f64>,
+    pub spot_max_usd_per_hour: Option<f64>,
+}
 
 pub fn show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppError> {
     let (cat, from) = ctx.catalog()?;
@@ -21,47 +41,77 @@ pub fn show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppError> {
         }
         None => cat.names().collect(),
     };
-    let mut h = format!(
-        "{} ({}, prices of {}), region {region}\n",
-        from, cat.source, cat.date
-    );
-    h.push_str(&format!(
-        "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
-        "type", "vcpu", "mem GiB", "gpu", "efa", "nics", "on-demand", "spot med", "spot max"
-    ));
-    let mut rows = Vec::new();
-    for n in &names {
-        let Some(t) = cat.get(n) else { continue };
-        let od = cat
-            .price(n, &region, crate::plan::Market::OnDemand)
-            .map(|p| p.usd_per_hour);
-        let sp = cat
-            .price(n, &region, crate::plan::Market::Spot)
-            .and_then(|p| p.spot);
-        let m = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-        h.push_str(&format!(
-            "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
-            n,
-            t.vcpus,
-            t.memory_gib,
-            t.gpus,
-            if t.efa {
-                format!("yes/{}", t.max_efa_interfaces)
-            } else {
-                "no".into()
-            },
-            t.network_cards,
-            m(od),
-            m(sp.map(|s| s.median)),
-            m(sp.map(|s| s.max))
-        ));
-        rows.push(json!({"instance_type": n, "details": t}));
-    }
-    ctx.out(
-        h.trim_end(),
-        json!({"source": from, "date": cat.date, "region": region, "instance_types": rows}),
-    );
+    let rows = names
+        .iter()
+        .filter_map(|n| {
+            let t = cat.get(n)?;
+            let spot = cat.price(n, &region, Market::Spot).and_then(|p| p.spot);
+            Some(TypeRow {
+                instance_type: n.to_string(),
+                details: t.clone(),
+                on_demand_usd_per_hour: cat
+                    .price(n, &region, Market::OnDemand)
+                    .map(|p| p.usd_per_hour),
+                spot_median_usd_per_hour: spot.map(|s| s.median),
+                spot_max_usd_per_hour: spot.map(|s| s.max),
+            })
+        })
+        .collect();
+    let view = CatalogView {
+        source: from,
+        origin: cat.source.clone(),
+        date: cat.date.clone(),
+        region,
+        instance_types: rows,
+    };
+    ctx.emit(&text(&view), &view);
     Ok(exit::OK)
+}
+
+/// The catalog as a table: hardware and prices per type.
+pub fn text(v: &CatalogView) -> String {
+    let row = |c: [&str; 9]| {
+        format!(
+            "{:<16} {:>5} {:>8} {:>4} {:<6} {:>4} {:>10} {:>10} {:>10}\n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        )
+    };
+    let mut h = format!(
+        "{} ({}, prices of {}), region {}\n",
+        v.source, v.origin, v.date, v.region
+    );
+    h.push_str(&row([
+        "type",
+        "vcpu",
+        "mem GiB",
+        "gpu",
+        "efa",
+        "nics",
+        "on-demand",
+        "spot med",
+        "spot max",
+    ]));
+    let m = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    for r in &v.instance_types {
+        let t = &r.details;
+        let efa = if t.efa {
+            format!("yes/{}", t.max_efa_interfaces)
+        } else {
+            "no".into()
+        };
+        h.push_str(&row([
+            &r.instance_type,
+            &t.vcpus.to_string(),
+            &t.memory_gib.to_string(),
+            &t.gpus.to_string(),
+            &efa,
+            &t.network_cards.to_string(),
+            &m(r.on_demand_usd_per_hour),
+            &m(r.spot_median_usd_per_hour),
+            &m(r.spot_max_usd_per_hour),
+        ]));
+    }
+    h
 }
 
 pub async fn refresh(ctx: &Ctx) -> Result<i32, AppError> {

@@ -1,75 +1,163 @@
 //! `infra list`: the plans of the project, or the layers and patterns of one.
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::context::Ctx;
 use super::error::{exit, AppError};
 use crate::plan;
 use crate::report::progress::human_duration;
 
+#[derive(Debug, Serialize)]
+pub struct PlansView {
+    pub plans: Vec<PlanRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanRow {
+    pub plan: String,
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayersView {
+    pub plan: String,
+    pub name: String,
+    pub phase: String,
+    pub layers: Vec<LayerView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerView {
+    pub id: String,
+    pub name: String,
+    pub priority: Option<String>,
+    pub patterns: Vec<PatternView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatternView {
+    pub id: String,
+    pub backend: String,
+    pub node_group: String,
+    pub key: String,
+    pub estimate_seconds: Option<f64>,
+    pub factors: serde_json::Map<String, serde_json::Value>,
+}
+
 pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
     match name {
         None => {
-            let names = plan::load::list_plans(&ctx.cwd.join("plans"));
-            let mut rows = Vec::new();
-            let mut h = String::new();
-            for n in &names {
-                match plan::load(n, &ctx.cwd) {
-                    Ok(p) => {
-                        h.push_str(&format!(
-                            "{:<16} phase {:<8} {:>3} layer(s) {:>6} task(s)  {}\n",
-                            n,
-                            p.phase,
-                            p.layers.len(),
-                            p.pattern_count(),
-                            p.name
-                        ));
-                        rows.push(json!({"plan": n, "phase": p.phase, "name": p.name, "layers": p.layers.len(), "tasks": p.pattern_count(), "valid": true}));
-                    }
-                    Err(e) => {
-                        h.push_str(&format!("{n:<16} (invalid: run `infra plan {n}`)\n"));
-                        rows.push(json!({"plan": n, "valid": false, "error": e.to_string()}));
-                    }
-                }
-            }
-            if names.is_empty() {
-                h.push_str("no plans in plans/\n");
-            }
-            ctx.out(h.trim_end(), json!({"plans": rows}));
+            let plans = plan::load::list_plans(&ctx.cwd.join("plans"))
+                .into_iter()
+                .map(|n| match plan::load(&n, &ctx.cwd) {
+                    Ok(p) => PlanRow {
+                        valid: true,
+                        phase: Some(p.phase.clone()),
+                        name: Some(p.name.clone()),
+                        layers: Some(p.layers.len()),
+                        tasks: Some(p.pattern_count()),
+                        error: None,
+                        plan: n,
+                    },
+                    Err(e) => PlanRow {
+                        valid: false,
+                        phase: None,
+                        name: None,
+                        layers: None,
+                        tasks: None,
+                        error: Some(e.to_string()),
+                        plan: n,
+                    },
+                })
+                .collect();
+            let view = PlansView { plans };
+            ctx.emit(&plans_text(&view), &view);
         }
         Some(n) => {
             let p = ctx.load(n)?;
-            let mut h = format!("{} — {}\n", p.name_key, p.name);
-            let mut layers = Vec::new();
-            for l in &p.layers {
-                h.push_str(&format!(
-                    "{} {} {}\n",
-                    l.id,
-                    l.priority.as_deref().unwrap_or(""),
-                    l.name
-                ));
-                let mut pats = Vec::new();
-                for pt in &l.patterns {
-                    h.push_str(&format!(
-                        "  {:<40} {:<12} {}\n",
-                        pt.id,
-                        pt.backend,
-                        pt.estimate
-                            .map(|d| human_duration(d.as_secs_f64()))
-                            .unwrap_or_default()
-                    ));
-                    pats.push(json!({"id": pt.id, "backend": pt.backend, "node_group": pt.node_group, "key": pt.key,
-                        "estimate_seconds": pt.estimate.map(|d| d.as_secs_f64()), "factors": pt.factors}));
-                }
-                layers.push(
-                    json!({"id": l.id, "name": l.name, "priority": l.priority, "patterns": pats}),
-                );
-            }
-            ctx.out(
-                h.trim_end(),
-                json!({"plan": p.name_key, "phase": p.phase, "layers": layers}),
-            );
+            let view = LayersView {
+                plan: p.name_key.clone(),
+                name: p.name.clone(),
+                phase: p.phase.clone(),
+                layers: p
+                    .layers
+                    .iter()
+                    .map(|l| LayerView {
+                        id: l.id.clone(),
+                        name: l.name.clone(),
+                        priority: l.priority.clone(),
+                        patterns: l
+                            .patterns
+                            .iter()
+                            .map(|pt| PatternView {
+                                id: pt.id.clone(),
+                                backend: pt.backend.clone(),
+                                node_group: pt.node_group.clone(),
+                                key: pt.key.clone(),
+                                estimate_seconds: pt.estimate.map(|d| d.as_secs_f64()),
+                                factors: pt.factors.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            ctx.emit(&layers_text(&view), &view);
         }
     }
     Ok(exit::OK)
+}
+
+/// The project's plans, one line each.
+pub fn plans_text(v: &PlansView) -> String {
+    let mut h = String::new();
+    for p in &v.plans {
+        match (&p.phase, p.layers, p.tasks, &p.name) {
+            (Some(phase), Some(layers), Some(tasks), Some(name)) if p.valid => {
+                h.push_str(&format!(
+                    "{:<16} phase {:<8} {:>3} layer(s) {:>6} task(s)  {}\n",
+                    p.plan, phase, layers, tasks, name
+                ))
+            }
+            _ => h.push_str(&format!(
+                "{:<16} (invalid: run `infra plan {}`)\n",
+                p.plan, p.plan
+            )),
+        }
+    }
+    if v.plans.is_empty() {
+        h.push_str("no plans in plans/\n");
+    }
+    h
+}
+
+/// One plan's layers and patterns.
+pub fn layers_text(v: &LayersView) -> String {
+    let mut h = format!("{} — {}\n", v.plan, v.name);
+    for l in &v.layers {
+        h.push_str(&format!(
+            "{} {} {}\n",
+            l.id,
+            l.priority.as_deref().unwrap_or(""),
+            l.name
+        ));
+        for pt in &l.patterns {
+            h.push_str(&format!(
+                "  {:<40} {:<12} {}\n",
+                pt.id,
+                pt.backend,
+                pt.estimate_seconds.map(human_duration).unwrap_or_default()
+            ));
+        }
+    }
+    h
 }

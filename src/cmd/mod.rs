@@ -74,13 +74,9 @@ fn report_error(ctx: Option<&Ctx>, e: &AppError, json_mode: bool) -> i32 {
 async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
     match command {
         // a plan the budget refuses is shown whole, and exits 3
-        Cmd::Plan { phase } => plan::plan(ctx, &phase).map(|v| {
-            if v.verdict.ok {
-                exit::OK
-            } else {
-                exit::BUDGET
-            }
-        }),
+        Cmd::Plan { phase } => {
+            plan::plan(ctx, &phase).map(|v| if v.verdict.ok { exit::OK } else { exit::BUDGET })
+        }
         Cmd::Apply { phase, yes } => apply::apply(ctx, &phase, yes).await,
         Cmd::Run(args) => run::run(ctx, &args).await,
         Cmd::Up {

@@ -301,7 +301,9 @@ pub fn svg(r: &PhaseReport) -> String {
     let secs = |hours: f64| (hours * 3600.0).round() as i64;
     // the estimate, from the first spend; the projection, from the last
     let est_line = match (r.started, r.estimate_hours) {
-        (Some(s), Some(hrs)) if r.estimated_usd > 0.0 => Some(((s, 0.0), (s + secs(hrs).max(1), r.estimated_usd))),
+        (Some(s), Some(hrs)) if r.estimated_usd > 0.0 => {
+            Some(((s, 0.0), (s + secs(hrs).max(1), r.estimated_usd)))
+        }
         _ => None,
     };
     let proj_line = match (r.timeline.last(), r.remaining_hours) {

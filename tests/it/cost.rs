@@ -271,7 +271,10 @@ fn a_multi_card_efa_group_adds_the_nat_gateway_to_the_estimate() {
     let ipv4 = 2.0 * PUBLIC_IPV4_USD_PER_HOUR * 10.0;
     assert!((e.total_usd - plain.total_usd - (0.5 - ipv4)).abs() < 1e-6);
     assert!(e.groups.iter().all(|g| g.public_ipv4_usd == 0.0), "{e:?}");
-    assert!((plain.groups[0].public_ipv4_usd - ipv4).abs() < 1e-9, "{plain:?}");
+    assert!(
+        (plain.groups[0].public_ipv4_usd - ipv4).abs() < 1e-9,
+        "{plain:?}"
+    );
     assert!(plain
         .groups
         .iter()
@@ -324,12 +327,19 @@ fn a_region_without_prices_is_refused_not_counted_as_zero() {
             "{cmd}: {all}"
         );
     }
-    assert!(!p.exists(".infra/far/aws-state.json"), "nothing was deployed");
+    assert!(
+        !p.exists(".infra/far/aws-state.json"),
+        "nothing was deployed"
+    );
     // without a budget too: nothing tells what it would cost
     unpriced_plan(&p, "aws", "");
     assert_eq!(p.infra(&["plan", "far"]).code, 3);
     // the plan can say it accepts them
-    unpriced_plan(&p, "aws", r#""budget": {"usd": 1000, "accept_unpriced": true},"#);
+    unpriced_plan(
+        &p,
+        "aws",
+        r#""budget": {"usd": 1000, "accept_unpriced": true},"#,
+    );
     let r = p.infra(&["plan", "far"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("they count as $0"), "{}", r.stdout);
@@ -349,7 +359,11 @@ fn a_finished_campaign_whose_nodes_are_gone_shows_no_burn_rate() {
         let v: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
         v[0]["burn_rate_usd_per_hour"].clone()
     };
-    assert!(burn(&p).as_f64().is_some_and(|b| b > 0.0), "nodes up: {}", burn(&p));
+    assert!(
+        burn(&p).as_f64().is_some_and(|b| b > 0.0),
+        "nodes up: {}",
+        burn(&p)
+    );
     p.infra(&["destroy", "mixed"]).ok();
     assert!(burn(&p).is_null(), "nodes gone: {}", burn(&p));
     let r = p.infra(&["budget", "mixed"]);

@@ -184,7 +184,11 @@ fn negative_zero_shows_nowhere_in_plan_status_and_budget() {
         negative_zeros(&v, "", &mut found);
         assert!(found.is_empty(), "{args:?}: -0 at {found:?}");
     }
-    for args in [&["plan", "phase15"][..], &["status", "mixed"], &["budget", "mixed"]] {
+    for args in [
+        &["plan", "phase15"][..],
+        &["status", "mixed"],
+        &["budget", "mixed"],
+    ] {
         let r = p.infra(args);
         assert!(!r.stdout.contains("$-0"), "{args:?}: {}", r.stdout);
     }

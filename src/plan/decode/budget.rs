@@ -8,7 +8,10 @@ use crate::plan::model::Budget;
 pub(super) fn budget(d: &mut Diags, top: &Obj) -> Option<Budget> {
     let v = top.get("budget")?;
     let o = obj(d, v, "budget")?;
-    o.known(d, &["usd", "max_hourly_usd", "hard_stop", "accept_unpriced"]);
+    o.known(
+        d,
+        &["usd", "max_hourly_usd", "hard_stop", "accept_unpriced"],
+    );
     let usd = o
         .required(d, "usd", "1000")
         .and_then(|v| positive(d, v, "budget.usd", 10_000_000.0));
