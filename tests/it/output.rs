@@ -149,10 +149,8 @@ fn the_command_layer_writes_its_output_to_the_writer_it_is_given() {
 /// Every number of a JSON document that is a negative zero, by path.
 fn negative_zeros(v: &Value, path: &str, out: &mut Vec<String>) {
     match v {
-        Value::Number(n) => {
-            if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) {
-                out.push(path.to_string());
-            }
+        Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => {
+            out.push(path.to_string());
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
