@@ -98,7 +98,11 @@ pub fn scan(command: &str) -> Vec<(usize, Place)> {
             let next = chars.get(k + 1).copied();
             if c == '\n' {
                 if let Some((delim, strip)) = &in_heredoc {
-                    let l = if *strip { line.trim_start_matches('\t') } else { &line };
+                    let l = if *strip {
+                        line.trim_start_matches('\t')
+                    } else {
+                        &line
+                    };
                     if l == delim {
                         in_heredoc = None;
                     }
@@ -160,10 +164,16 @@ pub fn scan(command: &str) -> Vec<(usize, Place)> {
                         k += 1;
                         continue;
                     } else if c == '\'' {
-                        st = if prev == Some('$') { State::Ansi } else { State::Single };
+                        st = if prev == Some('$') {
+                            State::Ansi
+                        } else {
+                            State::Single
+                        };
                     } else if c == '"' {
                         st = State::Double;
-                    } else if c == '#' && prev.is_none_or(|p| p.is_whitespace() || ";&|()".contains(p)) {
+                    } else if c == '#'
+                        && prev.is_none_or(|p| p.is_whitespace() || ";&|()".contains(p))
+                    {
                         st = State::Comment;
                     } else if c == '$' && next == Some('(') && chars.get(k + 2) == Some(&'(') {
                         arith += 1;

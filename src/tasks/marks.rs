@@ -16,11 +16,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use handlebars::template::{Parameter, Subexpression, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, HelperResult, Output, Path as HbPath, RenderContext,
     RenderError, RenderErrorReason, Template,
 };
-use handlebars::template::{Parameter, Subexpression, TemplateElement};
 use serde_json::Value;
 
 use super::shell;
@@ -104,7 +104,6 @@ impl HelperDef for ValueHelper {
             .cloned()
             .unwrap_or_else(|| "a helper's value".to_string());
         let raw = raw_text(p.value());
-        check_private(&raw)?;
         out.write(&self.slots.push(Slot {
             name,
             raw,
@@ -142,17 +141,6 @@ impl HelperDef for Depth {
     }
 }
 
-/// A value whose text holds the marker characters would be mistaken for a marker.
-fn check_private(raw: &str) -> Result<(), RenderError> {
-    if raw.contains([OPEN, CLOSE]) {
-        return Err(RenderErrorReason::Other(
-            "a value contains the private-use characters U+E000/U+E001, which task templates reserve".into(),
-        )
-        .into());
-    }
-    Ok(())
-}
-
 /// The registry for task templates: values become markers.
 pub struct Marking {
     pub slots: Slots,
@@ -165,11 +153,9 @@ impl Marking {
         let depth = Arc::new(AtomicUsize::new(0));
         let s = slots.clone();
         // Values a helper returns (`{{lookup m "k"}}`) arrive here as text.
+        // A value never enters the rendered text itself (only its marker),
+        // so whatever characters it holds cannot pass for a marker.
         hb.register_escape_fn(move |v| {
-            if v.contains([OPEN, CLOSE]) {
-                // cannot fail from here; the JSON check rejects stray markers
-                return v.replace([OPEN, CLOSE], "\u{FFFD}");
-            }
             s.push(Slot {
                 name: "a helper's value".into(),
                 raw: v.to_string(),
@@ -294,7 +280,10 @@ fn transform(t: &mut Template) {
 
 /// `{{name}}` that renders a value (not a helper call).
 fn is_value(ht: &handlebars::template::HelperTemplate) -> bool {
-    !ht.block && ht.params.is_empty() && ht.hash.is_empty() && !is_helper(&ht.name)
+    !ht.block
+        && ht.params.is_empty()
+        && ht.hash.is_empty()
+        && !is_helper(&ht.name)
         && !matches!(ht.name, Parameter::Subexpression(_) | Parameter::Literal(_))
 }
 
@@ -419,8 +408,14 @@ mod tests {
         assert!(!slots[0].triple && slots[1].triple);
         assert_eq!(slots[2].raw, r#"{"k":[1]}"#);
         assert_eq!(slots[4].raw, "two");
-        assert_eq!(resolve(&text, &slots, As::Quoted), "a 'x y' b $(z) '{\"k\":[1]}' 1two");
-        assert_eq!(resolve(&text, &slots, As::Raw), "a x y b $(z) {\"k\":[1]} 1two");
+        assert_eq!(
+            resolve(&text, &slots, As::Quoted),
+            "a 'x y' b $(z) '{\"k\":[1]}' 1two"
+        );
+        assert_eq!(
+            resolve(&text, &slots, As::Raw),
+            "a x y b $(z) {\"k\":[1]} 1two"
+        );
     }
 
     #[test]
@@ -433,7 +428,10 @@ mod tests {
             outside_strings(&text, &slots, false),
             "{\"n\": 2, \"s\": \"\u{E000}1\u{E001}\"}"
         );
-        assert_eq!(outside_strings(&text, &slots, true), r#"{"n": 2, "s": "'a b'"}"#);
+        assert_eq!(
+            outside_strings(&text, &slots, true),
+            r#"{"n": 2, "s": "'a b'"}"#
+        );
     }
 
     #[test]

@@ -172,10 +172,9 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
             Ok(t) => tasks.push(t),
             Err((message, hint)) => {
                 // A lint problem is the template's: report it once, not per pattern.
-                if problems
-                    .iter()
-                    .any(|q| q.template == shown && q.message == message && message.starts_with("step \""))
-                {
+                if problems.iter().any(|q| {
+                    q.template == shown && q.message == message && message.starts_with("step \"")
+                }) {
                     continue;
                 }
                 problems.push(TaskProblem {

@@ -40,7 +40,11 @@ fn a_value_inside_the_templates_own_quotes_is_refused_and_never_runs() {
             let r = p.infra(&[cmd, "t"]);
             assert_eq!(r.code, 2, "{command} ({cmd}): {}", r.stderr);
             for want in ["b.json.hbs", "step \"main\"", "\"v\"", what, "hint:"] {
-                assert!(r.stderr.contains(want), "{command}: lacks {want:?}\n{}", r.stderr);
+                assert!(
+                    r.stderr.contains(want),
+                    "{command}: lacks {want:?}\n{}",
+                    r.stderr
+                );
             }
             assert!(!pwned.exists(), "{command}: the value ran");
         }
@@ -61,7 +65,10 @@ fn provided_ids_may_stay_inside_the_templates_quotes() {
     plan(&p, "{}", &["b"]);
     p.write(
         "plans/templates/b.json.hbs",
-        &one_step_template(r#"echo \"{{pattern_id}}\" > out.txt"#, r#""outputs": ["out.txt"],"#),
+        &one_step_template(
+            r#"echo \"{{pattern_id}}\" > out.txt"#,
+            r#""outputs": ["out.txt"],"#,
+        ),
     );
     p.infra(&["up", "t"]).ok();
     assert_eq!(p.read("results/t/p1-b/out.txt"), "p1-b\n");
@@ -81,7 +88,11 @@ fn recursive_partials_exit_2_instead_of_overflowing_the_stack() {
     );
     let r = p.infra(&["plan", "t"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("partials nest more than 16"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("partials nest more than 16"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("hint:"), "{}", r.stderr);
 }
 
@@ -102,14 +113,13 @@ fn env_values_are_the_raw_values_not_shell_quoted() {
 #[test]
 fn object_and_array_values_render_as_json_text() {
     let p = Project::new();
-    plan(
-        &p,
-        r#"{"o": {"a": [1, "x y"]}, "l": [1, 2]}"#,
-        &["b"],
-    );
+    plan(&p, r#"{"o": {"a": [1, "x y"]}, "l": [1, 2]}"#, &["b"]);
     p.write(
         "plans/templates/b.json.hbs",
-        &one_step_template(r#"printf '%s\\n' {{o}} {{l}} > out.txt"#, r#""outputs": ["out.txt"],"#),
+        &one_step_template(
+            r#"printf '%s\\n' {{o}} {{l}} > out.txt"#,
+            r#""outputs": ["out.txt"],"#,
+        ),
     );
     p.infra(&["up", "t"]).ok();
     assert_eq!(

@@ -39,7 +39,10 @@ fn check_one(d: &mut Diags, s: &str, path: &str, pos: Pos, what: &str) {
         d.hint(
             &path,
             pos,
-            format!("the {what} contains a NUL byte (at character {})", s[..i].chars().count() + 1),
+            format!(
+                "the {what} contains a NUL byte (at character {})",
+                s[..i].chars().count() + 1
+            ),
             "remove the \\u0000: commands, environments and file names cannot hold it",
         );
     }
@@ -98,8 +101,14 @@ mod tests {
             lines(&d),
             [
                 "1:20 a.b[1]: the value contains a NUL byte (at character 2)".to_string(),
-                format!("1:39 c: the value is {} bytes long (at most 65536)", MAX_VALUE_BYTES + 1),
-                format!("1:{} k\\0: the key contains a NUL byte (at character 2)", 39 + big.len() + 15),
+                format!(
+                    "1:39 c: the value is {} bytes long (at most 65536)",
+                    MAX_VALUE_BYTES + 1
+                ),
+                format!(
+                    "1:{} k\\0: the key contains a NUL byte (at character 2)",
+                    39 + big.len() + 15
+                ),
             ]
         );
     }
