@@ -140,13 +140,19 @@ pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str> + C
     }
 }
 
+/// The longest id (pattern, task): a file name and an S3 key.
+pub const MAX_ID_LEN: usize = 128;
+
 /// Why `id` cannot be a file name and an S3 key, if it cannot.
 pub fn unsafe_id_reason(id: &str) -> Option<String> {
     if id.is_empty() {
         return Some("it is empty".into());
     }
-    if id.len() > 128 {
-        return Some(format!("it is {} characters long (at most 128)", id.len()));
+    if id.len() > MAX_ID_LEN {
+        return Some(format!(
+            "it is {} characters long (at most {MAX_ID_LEN})",
+            id.len()
+        ));
     }
     if id.contains("..") {
         return Some("it contains \"..\"".into());

@@ -77,6 +77,8 @@ impl Spanned {
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// The fix, when more specific than "fix the syntax".
+    pub hint: Option<String>,
 }
 
 const MAX_DEPTH: usize = 64;
@@ -100,6 +102,42 @@ pub fn parse(text: &str) -> Result<Spanned, SyntaxError> {
     Ok(v)
 }
 
+/// Why `raw` would silently become another number, if it would: `-0`
+/// (becomes 0), a non-zero value that underflows to 0 (`1e-400`), an
+/// integer beyond 64 bits (becomes an approximate float).
+fn unrepresentable(raw: &str, n: &serde_json::Number) -> Option<(String, String)> {
+    let (mantissa, _) = raw.split_once(['e', 'E']).unwrap_or((raw, ""));
+    let nonzero = mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    let zero = n.as_f64() == Some(0.0) || n.as_u64() == Some(0) || n.as_i64() == Some(0);
+    if zero && nonzero {
+        return Some((
+            format!("number {raw} is too small to represent: it would become 0"),
+            "write 0, or use a larger unit".into(),
+        ));
+    }
+    if zero && raw.starts_with('-') {
+        return Some((
+            format!("number {raw} is a negative zero, which would become 0"),
+            "write 0".into(),
+        ));
+    }
+    let integer = !raw.contains(['.', 'e', 'E']);
+    if integer && n.as_u64().is_none() && n.as_i64().is_none() {
+        return Some((
+            format!(
+                "integer {raw} does not fit in 64 bits: it would become {}",
+                n.as_f64().unwrap_or(f64::NAN)
+            ),
+            format!(
+                "use an integer from {} to {}, or write it as a string",
+                i64::MIN,
+                u64::MAX
+            ),
+        ));
+    }
+    None
+}
+
 struct Parser<'a> {
     src: &'a [u8],
     i: usize,
@@ -119,6 +157,7 @@ impl Parser<'_> {
         SyntaxError {
             pos: self.pos(),
             message: message.into(),
+            hint: None,
         }
     }
 
@@ -215,6 +254,7 @@ impl Parser<'_> {
                 return Err(SyntaxError {
                     pos: key_pos,
                     message: format!("field \"{key}\" appears twice in the same object"),
+                    hint: None,
                 });
             }
             self.ws();
@@ -290,17 +330,26 @@ impl Parser<'_> {
         }
         let raw = std::str::from_utf8(&self.src[start..self.i]).unwrap_or("");
         match serde_json::from_str::<serde_json::Number>(raw) {
-            Ok(n) => Ok(Spanned {
-                pos,
-                node: Node::Num(n),
-            }),
+            Ok(n) => match unrepresentable(raw, &n) {
+                Some((message, hint)) => Err(SyntaxError {
+                    pos,
+                    message,
+                    hint: Some(hint),
+                }),
+                None => Ok(Spanned {
+                    pos,
+                    node: Node::Num(n),
+                }),
+            },
             Err(e) if e.to_string().contains("out of range") => Err(SyntaxError {
                 pos,
                 message: format!("number {raw} is out of range"),
+                hint: None,
             }),
             Err(_) => Err(SyntaxError {
                 pos,
                 message: format!("invalid number {raw:?}"),
+                hint: None,
             }),
         }
     }
@@ -398,6 +447,35 @@ mod tests {
             panic!("not an array")
         };
         assert_eq!(items[1].get("b").unwrap().pos, Pos { line: 2, col: 18 });
+    }
+
+    #[test]
+    fn numbers_that_would_change_value_are_reported_at_their_position() {
+        for (text, want) in [
+            ("[-0]", "negative zero"),
+            ("[1, -0.0]", "negative zero"),
+            ("[1e-400]", "too small"),
+            ("[-2.5e-999]", "too small"),
+            ("[18446744073709551616]", "does not fit in 64 bits"),
+            ("[-9223372036854775809]", "does not fit in 64 bits"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+            assert_eq!(e.pos.line, 1);
+            assert!(e.hint.is_some());
+        }
+        assert_eq!(parse("[1, -0]").unwrap_err().pos, Pos { line: 1, col: 5 });
+        for ok in [
+            "[0]",
+            "[0.0]",
+            "[0e5]",
+            "[18446744073709551615]",
+            "[-9223372036854775808]",
+            "[1e300]",
+            "[1.5e-300]",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

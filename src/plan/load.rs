@@ -104,7 +104,10 @@ pub fn parse_plan(
             path: String::new(),
             pos: e.pos,
             message: format!("invalid JSON: {}", e.message),
-            hint: Some("fix the syntax at this position".into()),
+            hint: Some(
+                e.hint
+                    .unwrap_or_else(|| "fix the syntax at this position".into()),
+            ),
         }],
     })?;
     let src = Source {

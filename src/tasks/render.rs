@@ -7,8 +7,8 @@ use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::marks::{self, Marking, Slot};
 use super::model::{Step, TaskDef, TemplateOutput};
-use super::shell;
 use crate::plan::decode::rel;
 use crate::plan::diag::unsafe_id_reason;
 use crate::plan::{Pattern, Plan};
@@ -38,14 +38,36 @@ pub struct TaskProblem {
     pub hint: String,
 }
 
-fn registry() -> Handlebars<'static> {
+/// Values become markers (`marks`), resolved for where they land once the
+/// rendered task is parsed: shell-quoted in commands, raw in `env`.
+fn registry() -> (Handlebars<'static>, Marking) {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
-    // Values land inside JSON strings that are shell commands: quote for the
-    // shell first, then escape for JSON.
-    hb.register_escape_fn(|s| shell::json_escape(&shell::quote(s)));
-    hb.register_helper("json", Box::new(json_helper));
-    hb
+    let marking = Marking::install(&mut hb);
+    hb.register_helper("json", Box::new(task_json_helper));
+    (hb, marking)
+}
+
+/// `{{json v}}` in task templates: as `json_helper`, refusing the marker characters.
+fn task_json_helper(
+    h: &handlebars::Helper,
+    _: &Handlebars,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let v = h
+        .param(0)
+        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    let text = serde_json::to_string(v.value()).unwrap_or_default();
+    if text.contains([marks::OPEN, marks::CLOSE]) {
+        return Err(RenderErrorReason::Other(
+            "a value contains the private-use characters U+E000/U+E001, which task templates reserve".into(),
+        )
+        .into());
+    }
+    out.write(&text)?;
+    Ok(())
 }
 
 /// `{{{json value}}}`: the value as JSON text (also used by the stack templates).
@@ -93,7 +115,7 @@ pub struct Rendered {
 
 /// Render every pattern in `patterns`; all problems are collected.
 pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, RenderError> {
-    let mut hb = registry();
+    let (mut hb, marking) = registry();
     let mut loaded: HashMap<String, PathBuf> = HashMap::new();
     for p in patterns {
         if loaded.contains_key(&p.backend) {
@@ -105,11 +127,11 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
             path: shown.clone(),
             source,
         })?;
-        hb.register_template_string(&p.backend, text)
-            .map_err(|e| RenderError::Compile {
-                path: shown.clone(),
-                message: e.to_string(),
-            })?;
+        let template = marks::compile(&text).map_err(|message| RenderError::Compile {
+            path: shown.clone(),
+            message,
+        })?;
+        hb.register_template(&p.backend, template);
         loaded.insert(p.backend.clone(), path);
     }
     let mut tasks = Vec::with_capacity(patterns.len());
@@ -117,13 +139,20 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
     for p in patterns {
         let shown = rel(&loaded[&p.backend], &plan.root);
         let ctx = context(plan, p);
-        let text = match hb.render(&p.backend, &ctx) {
+        marking.reset();
+        let rendered = hb.render(&p.backend, &ctx);
+        let slots = marking.slots.take();
+        let text = match rendered {
             Ok(t) => t,
             Err(e) => {
                 let (message, hint) = match e.reason() {
                     RenderErrorReason::MissingVariable(Some(var)) => (
                         format!("template uses \"{var}\", which the pattern does not define{}", e.line_no.map(|l| format!(" (template line {l})")).unwrap_or_default()),
                         format!("add \"{var}\" to common_settings or to the pattern, or remove it from the template"),
+                    ),
+                    RenderErrorReason::Other(m) if m.starts_with("partials nest") => (
+                        m.clone(),
+                        "a partial must not include itself, directly or through other partials".to_string(),
                     ),
                     _ => (e.to_string(), "check the template expression".to_string()),
                 };
@@ -139,9 +168,15 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
                 continue;
             }
         };
-        match build(plan, p, &text) {
+        match build(plan, p, &text, &slots) {
             Ok(t) => tasks.push(t),
             Err((message, hint)) => {
+                // A lint problem is the template's: report it once, not per pattern.
+                if problems.iter().any(|q| {
+                    q.template == shown && q.message == message && message.starts_with("step \"")
+                }) {
+                    continue;
+                }
                 problems.push(TaskProblem {
                     pattern: p.id.clone(),
                     template: shown,
@@ -171,10 +206,21 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
     }
 }
 
-fn build(plan: &Plan, p: &Pattern, text: &str) -> Result<TaskDef, (String, String)> {
-    let out: TemplateOutput = serde_json::from_str(text).map_err(|e| {
-        (format!("the rendered task is not a valid task definition: {e}"), "look at the template around that line; values are inserted already shell-quoted, do not add quotes around {{...}}".to_string())
-    })?;
+fn build(
+    plan: &Plan,
+    p: &Pattern,
+    text: &str,
+    slots: &[Slot],
+) -> Result<TaskDef, (String, String)> {
+    let out: TemplateOutput = serde_json::from_str(&marks::outside_strings(text, slots, false))
+        .map_err(|_| {
+            let e = serde_json::from_str::<TemplateOutput>(&marks::outside_strings(text, slots, true))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "a value changes its structure".into());
+            (format!("the rendered task is not a valid task definition: {e}"), "look at the template around that line; values are inserted already shell-quoted, do not add quotes around {{...}}".to_string())
+        })?;
+    let out = super::resolve::resolve(out, slots)?;
     if out.steps.is_empty() {
         return Err((
             "the task has no steps".into(),

@@ -77,6 +77,17 @@ fn corpus() -> Vec<(&'static str, String, &'static str)> {
         ("grid id missing factor", g("\"patterns\": [", "\"grid\": {\"backend\": \"echo\", \"id\": \"p15-g\", \"factors\": {\"x\": [1, 2]}}, \"patterns\": ["), "does not mention factor {x}"),
         ("grid exclude unknown level", g("\"patterns\": [", "\"grid\": {\"backend\": \"echo\", \"id\": \"p15-{x}\", \"factors\": {\"x\": [1, 2]}, \"exclude\": [{\"x\": 3}]}, \"patterns\": ["), "not a level"),
         ("grid too big", g("\"patterns\": [", "\"grid\": {\"backend\": \"echo\", \"id\": \"p15-{a}-{b}-{c}-{rep}\", \"factors\": {\"a\": [1,2,3,4,5,6,7,8,9,10], \"b\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100], \"c\": [1,2,3,4,5,6,7,8,9,10]}, \"repetitions\": 200}, \"patterns\": ["), "more than"),
+        // issue 20: names and values that changed or failed only at run
+        ("ids differing only by case", g("\"concurrency\": 1}", "\"concurrency\": 1}, {\"id\": \"p15-L0-A\", \"backend\": \"echo\", \"prompt_tokens\": 1, \"concurrency\": 1}"), "only by case"),
+        ("partitioned id too long", g("{\"id\": \"L0\", \"name\": \"base\",", "{\"id\": \"L0\", \"name\": \"base\", \"partitions\": 12,").replacen("\"p15-L0-a\"", &format!("\"p15-{}\"", "a".repeat(120)), 1), "partitioned id"),
+        ("NUL byte in a value", g("\"max_tokens\": 10", "\"max_tokens\": 10, \"model\": \"a\\u0000b\""), "NUL byte"),
+        ("100,000-character value", g("\"max_tokens\": 10", &format!("\"max_tokens\": 10, \"model\": \"{}\"", "m".repeat(100_000))), "bytes long"),
+        ("negative zero", g("\"max_tokens\": 10", "\"max_tokens\": -0"), "negative zero"),
+        ("number underflowing to 0", g("\"max_tokens\": 10", "\"max_tokens\": 10, \"eps\": 1e-400"), "too small"),
+        ("integer beyond u64", g("\"max_tokens\": 10", "\"max_tokens\": 18446744073709551616"), "does not fit in 64 bits"),
+        ("integer beyond i64", g("\"max_tokens\": 10", "\"max_tokens\": -9223372036854775809"), "does not fit in 64 bits"),
+        ("template path traversal", g("\"phase\": 15,", "\"phase\": 15, \"templates\": {\"echo\": \"../../etc/passwd\"},"), "templates.echo: template path \"../../etc/passwd\" leaves the project folder"),
+        ("absolute template path", g("\"phase\": 15,", "\"phase\": 15, \"templates\": {\"echo\": \"/etc/passwd\"},"), "leaves the project folder"),
     ];
     v.push((
         "bom and garbage",
@@ -251,6 +262,19 @@ fn template_problems_exit_2_naming_template_and_pattern() {
         (
             r#"{"nodes": 2, "steps": [{"name": "s", "command": "x"}]}"#,
             "needs 2 nodes",
+        ),
+        // issue 20: quoting a template can undo
+        (
+            r#"{"steps": [{"name": "s", "command": "echo {{{pattern_id}}}"}]}"#,
+            "step \"s\": {{{pattern_id}}} puts \"pattern_id\" into the command without shell quoting",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "echo ${{pattern_id}}"}]}"#,
+            "the value of \"pattern_id\" lands right after a '$'",
+        ),
+        (
+            r#"{"steps": [{"name": "s", "command": "x", "health": {"command": "cat <<EOF\n{{layer_id}}\nEOF"}, "background": true}, {"name": "t", "command": "echo \"{{{layer_id}}}\""}]}"#,
+            "puts \"layer_id\" into the command without shell quoting",
         ),
     ] {
         p.write("plans/templates/b.json.hbs", tpl);

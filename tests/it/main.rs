@@ -9,3 +9,4 @@ mod local;
 mod output;
 mod stacks;
 mod sweep;
+mod templates;

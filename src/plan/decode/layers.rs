@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::plan::diag::{did_you_mean, unsafe_id_reason, Diags};
+use crate::plan::diag::{did_you_mean, unsafe_id_reason, Diags, MAX_ID_LEN};
 use crate::plan::fields::{child, count, duration, obj, string, Obj, RawPattern};
 use crate::plan::grid;
 use crate::plan::json::{Node, Pos, Spanned};
@@ -311,6 +311,22 @@ fn resolve(
             .or(head.estimate)
             .or(scope.estimates.plan.default);
         for (id, partition) in task_ids(&raw.id, head.partitions) {
+            if partition.is_some() && id.len() > MAX_ID_LEN {
+                // the suffix is added after the pattern's own id was checked
+                d.hint(
+                    &child(&raw.path, "id"),
+                    raw.pos,
+                    format!(
+                        "partitioned id \"{id}\" is {} characters long (at most {MAX_ID_LEN})",
+                        id.len()
+                    ),
+                    format!(
+                        "shorten the pattern id to at most {} characters (\"-partNofM\" is added to it)",
+                        MAX_ID_LEN.saturating_sub(id.len() - raw.id.len())
+                    ),
+                );
+                break;
+            }
             if let Some(first) = seen_ids.insert(id.clone(), raw.pos) {
                 d.hint(
                     &child(&raw.path, "id"),

@@ -11,19 +11,57 @@ use crate::plan::model::Plan;
 
 use super::source::{rel, Source};
 
-/// The backends mapped to a template file, relative to the plan's folder.
-pub(super) fn templates(d: &mut Diags, top: &Obj, plan_dir: &Path) -> BTreeMap<String, PathBuf> {
+/// The backends mapped to a template file, relative to the plan's folder
+/// and inside the project folder `root` (a plan must not make `infra` read
+/// `../../etc/passwd` or an absolute path).
+pub(super) fn templates(
+    d: &mut Diags,
+    top: &Obj,
+    plan_dir: &Path,
+    root: &Path,
+) -> BTreeMap<String, PathBuf> {
     let mut templates = BTreeMap::new();
     if let Some(v) = top.get("templates") {
         if let Some(o) = obj(d, v, "templates") {
             for (k, tv) in o.fields {
-                if let Some(p) = string(d, tv, &o.child(k)) {
+                let field = o.child(k);
+                let Some(p) = string(d, tv, &field) else {
+                    continue;
+                };
+                if inside(root, plan_dir, Path::new(&p)) {
                     templates.insert(k.clone(), plan_dir.join(p));
+                } else {
+                    d.hint(
+                        &field,
+                        tv.pos,
+                        format!("template path \"{}\" leaves the project folder", p.escape_debug()),
+                        "use a path relative to the plan's folder that stays inside the project, e.g. \"templates/x.json.hbs\"",
+                    );
                 }
             }
         }
     }
     templates
+}
+
+/// Whether `plan_dir/p` stays inside `root`, lexically (no file is read).
+fn inside(root: &Path, plan_dir: &Path, p: &Path) -> bool {
+    use std::path::Component;
+    let mut depth: Vec<std::ffi::OsString> = Vec::new();
+    let base = plan_dir.strip_prefix(root).unwrap_or(Path::new(""));
+    for c in base.components().chain(p.components()) {
+        match c {
+            Component::Normal(n) => depth.push(n.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    !p.as_os_str().is_empty()
 }
 
 /// One diagnostic per backend without a template file, at the first
@@ -61,12 +99,30 @@ mod tests {
     fn templates_are_relative_to_the_plan_folder() {
         let n = node(r#"{"templates": {"a": "t/a.hbs", "b": 5}}"#);
         let mut d = Diags::default();
-        let t = templates(&mut d, &top(&n), Path::new("/p/plans"));
+        let t = templates(&mut d, &top(&n), Path::new("/p/plans"), Path::new("/p"));
         assert_eq!(t["a"], PathBuf::from("/p/plans/t/a.hbs"));
         assert_eq!(t.len(), 1);
         assert_eq!(
             lines(&d),
             ["1:37 templates.b: expected a string, found a number"]
+        );
+    }
+
+    #[test]
+    fn template_paths_that_leave_the_project_are_refused() {
+        let n = node(
+            r#"{"templates": {"a": "../../etc/passwd", "b": "/etc/passwd", "c": "../t/c.hbs", "d": "t/../../../x"}}"#,
+        );
+        let mut d = Diags::default();
+        let t = templates(&mut d, &top(&n), Path::new("/p/plans"), Path::new("/p"));
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(
+            lines(&d),
+            [
+                "1:21 templates.a: template path \"../../etc/passwd\" leaves the project folder",
+                "1:46 templates.b: template path \"/etc/passwd\" leaves the project folder",
+                "1:85 templates.d: template path \"t/../../../x\" leaves the project folder",
+            ]
         );
     }
 

@@ -10,7 +10,7 @@ use crate::plan::model::Plan;
 
 use super::layers::Scope;
 use super::source::Source;
-use super::{budget, estimate, header, layers, machines, settings, templates};
+use super::{budget, estimate, header, layers, machines, names, settings, templates};
 
 const TOP_FIELDS: &[&str] = &[
     "phase",
@@ -38,12 +38,13 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         return Err(d);
     };
     top.known(&mut d, TOP_FIELDS);
+    names::check_strings(&mut d, root_node, "");
     let head = header::header(&mut d, &top, src.root);
     let machines = machines::machines(&mut d, &top, head.provider);
     let common_settings = settings::common_settings(&mut d, &top);
     let budget = budget::budget(&mut d, &top);
     let setup = settings::setup(&mut d, &top);
-    let templates = templates::templates(&mut d, &top, src.plan_dir);
+    let templates = templates::templates(&mut d, &top, src.plan_dir, src.root);
     let estimates = estimate::estimates(&mut d, &top);
     let retry = estimate::retry(&mut d, &top);
 
@@ -63,6 +64,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let Some(decoded) = layers::layers(&mut d, &top, &scope) else {
         return Err(d);
     };
+    names::check_case_collisions(&mut d, &decoded.seen_ids, "pattern id");
     estimate::check_targets(
         &mut d,
         &estimates,

@@ -1,0 +1,129 @@
+//! Hostile values against task templates: quoting a template can undo,
+//! recursive partials, env values, object values.
+
+use crate::common::*;
+
+fn plan(p: &Project, settings: &str, backends: &[&str]) {
+    let patterns: Vec<String> = backends
+        .iter()
+        .map(|b| format!(r#"{{"id": "p1-{b}", "backend": "{b}"}}"#))
+        .collect();
+    p.write(
+        "plans/t.json",
+        &format!(
+            r#"{{"phase": 1, "name": "t", "common_settings": {settings},
+  "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#,
+            patterns.join(", ")
+        ),
+    );
+}
+
+#[test]
+fn a_value_inside_the_templates_own_quotes_is_refused_and_never_runs() {
+    let p = Project::new();
+    let pwned = p.path().join("pwned");
+    let v = format!("$(touch {})", pwned.display());
+    plan(&p, &serde_json::json!({ "v": v }).to_string(), &["b"]);
+    for (command, what) in [
+        (r#"echo \"{{v}}\""#, "inside double quotes"),
+        (r#"echo \"x $(echo {{v}})\""#, "inside double quotes"),
+        ("echo '{{v}}'", "inside single quotes"),
+        ("echo ${{v}}", "right after a '$'"),
+        (r#"run # {{v}}"#, "in a shell comment"),
+        ("echo {{{v}}}", "without shell quoting"),
+    ] {
+        p.write(
+            "plans/templates/b.json.hbs",
+            &one_step_template(command, ""),
+        );
+        for cmd in ["plan", "up"] {
+            let r = p.infra(&[cmd, "t"]);
+            assert_eq!(r.code, 2, "{command} ({cmd}): {}", r.stderr);
+            for want in ["b.json.hbs", "step \"main\"", "\"v\"", what, "hint:"] {
+                assert!(
+                    r.stderr.contains(want),
+                    "{command}: lacks {want:?}\n{}",
+                    r.stderr
+                );
+            }
+            assert!(!pwned.exists(), "{command}: the value ran");
+        }
+    }
+    // the fix the hint gives runs, and the value arrives literally
+    p.write(
+        "plans/templates/b.json.hbs",
+        &one_step_template(r#"printf %s {{v}} > out.txt"#, r#""outputs": ["out.txt"],"#),
+    );
+    p.infra(&["up", "t"]).ok();
+    assert!(!pwned.exists());
+    assert_eq!(p.read("results/t/p1-b/out.txt"), v);
+}
+
+#[test]
+fn provided_ids_may_stay_inside_the_templates_quotes() {
+    let p = Project::new();
+    plan(&p, "{}", &["b"]);
+    p.write(
+        "plans/templates/b.json.hbs",
+        &one_step_template(
+            r#"echo \"{{pattern_id}}\" > out.txt"#,
+            r#""outputs": ["out.txt"],"#,
+        ),
+    );
+    p.infra(&["up", "t"]).ok();
+    assert_eq!(p.read("results/t/p1-b/out.txt"), "p1-b\n");
+}
+
+#[test]
+fn recursive_partials_exit_2_instead_of_overflowing_the_stack() {
+    let p = Project::new();
+    plan(&p, "{}", &["a", "b"]);
+    p.write(
+        "plans/templates/a.json.hbs",
+        &one_step_template("echo a{{> b}}", ""),
+    );
+    p.write(
+        "plans/templates/b.json.hbs",
+        &one_step_template("echo b{{> a}}", ""),
+    );
+    let r = p.infra(&["plan", "t"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("partials nest more than 16"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("hint:"), "{}", r.stderr);
+}
+
+#[test]
+fn env_values_are_the_raw_values_not_shell_quoted() {
+    let p = Project::new();
+    let v = "a b 'c' $(d) \"e\"";
+    plan(&p, &serde_json::json!({ "v": v }).to_string(), &["b"]);
+    p.write(
+        "plans/templates/b.json.hbs",
+        r#"{"env": {"X": "{{v}}"}, "outputs": ["out.txt"],
+  "steps": [{"name": "main", "env": {"Y": "<{{v}}>"}, "command": "printf '%s|%s' \"$X\" \"$Y\" > out.txt"}]}"#,
+    );
+    p.infra(&["up", "t"]).ok();
+    assert_eq!(p.read("results/t/p1-b/out.txt"), format!("{v}|<{v}>"));
+}
+
+#[test]
+fn object_and_array_values_render_as_json_text() {
+    let p = Project::new();
+    plan(&p, r#"{"o": {"a": [1, "x y"]}, "l": [1, 2]}"#, &["b"]);
+    p.write(
+        "plans/templates/b.json.hbs",
+        &one_step_template(
+            r#"printf '%s\\n' {{o}} {{l}} > out.txt"#,
+            r#""outputs": ["out.txt"],"#,
+        ),
+    );
+    p.infra(&["up", "t"]).ok();
+    assert_eq!(
+        p.read("results/t/p1-b/out.txt"),
+        "{\"a\":[1,\"x y\"]}\n[1,2]\n"
+    );
+}
