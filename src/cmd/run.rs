@@ -47,7 +47,8 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     gate(&plan, &tasks, &catalog, &from)?;
     // from here a signal stops the work instead of killing infra: the
     // setup (dropped with `start`, which stops it) or the run
-    let mut signals = runner::Interrupts::listen().map_err(super::error::io_err(plan.state_dir()))?;
+    let mut signals =
+        runner::Interrupts::listen().map_err(super::error::io_err(plan.state_dir()))?;
     let started = tokio::select! {
         s = session.start() => s?,
         why = signals.recv() => {

@@ -74,7 +74,11 @@ fn results_on_another_file_system_are_copied_not_a_cross_device_error() {
     let Some(_m) = Mount::tmpfs(&p.path().join("results"), "64m") else {
         return;
     };
-    output_plan(&p, "xdev", &[("xdev-a", 10), ("xdev-b", 2000), ("xdev-c", 0)]);
+    output_plan(
+        &p,
+        "xdev",
+        &[("xdev-a", 10), ("xdev-b", 2000), ("xdev-c", 0)],
+    );
     let r = p.infra(&["run", "xdev", "all"]);
     r.ok();
     for (id, len) in [("xdev-a", 10), ("xdev-b", 2000), ("xdev-c", 0)] {
@@ -114,7 +118,11 @@ fn a_full_results_disk_fails_those_tasks_once_and_the_run_goes_on() {
         ],
     );
     let r = p.infra(&["--json", "run", "full", "all", "--order", "fifo"]);
-    assert_eq!(r.code, 1, "task failures, not a provider error\n{}", r.stderr);
+    assert_eq!(
+        r.code, 1,
+        "task failures, not a provider error\n{}",
+        r.stderr
+    );
     let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(s["summary"]["succeeded"], 3, "{s}");
     assert_eq!(s["summary"]["failed"], 2, "{s}");
@@ -226,7 +234,12 @@ fn one_task_plan(p: &Project, phase: &str, command: &str, extra: &str) {
 fn a_task_that_daemonizes_is_stopped_with_its_attempt() {
     let p = Project::new();
     let m = marker(7001);
-    one_task_plan(&p, "dmn", &format!("setsid sleep {m} & sleep 0.5; echo started"), "");
+    one_task_plan(
+        &p,
+        "dmn",
+        &format!("setsid sleep {m} & sleep 0.5; echo started"),
+        "",
+    );
     let r = p.infra(&["run", "dmn", "all"]);
     r.ok();
     assert_none_left(&format!("sleep {m}"), "after the run");
@@ -253,13 +266,18 @@ fn a_daemon_of_a_task_whose_run_died_is_stopped_by_destroy() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the daemon", 20, || !procs_with(&format!("sleep {m}")).is_empty());
+    wait_for("the daemon", 20, || {
+        !procs_with(&format!("sleep {m}")).is_empty()
+    });
     child.kill().unwrap(); // SIGKILL: nothing of infra's own stop runs
     child.wait().unwrap();
     assert!(!procs_with(&format!("sleep {m}")).is_empty());
     p.infra(&["destroy", "dmk"]).ok();
     assert_none_left(&format!("sleep {m}"), "after destroy");
-    assert_none_left(&format!("sleep 7003.{}", std::process::id()), "after destroy");
+    assert_none_left(
+        &format!("sleep 7003.{}", std::process::id()),
+        "after destroy",
+    );
 }
 
 /// `n` tasks that each sleep `secs` seconds (a marker in their command
@@ -292,7 +310,9 @@ fn signal_mid_run(p: &Project, phase: &str, needle: &str, running: usize, sig: i
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the tasks to run", 20, || procs_with(needle).len() >= running);
+    wait_for("the tasks to run", 20, || {
+        procs_with(needle).len() >= running
+    });
     unsafe { libc::kill(child.id() as i32, sig) };
     child
 }
@@ -303,10 +323,7 @@ fn check_stopped_journal(p: &Project, phase: &str, n: usize, signal: &str) {
     let j = journal(p, phase);
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run_finished", "{j:?}");
-    assert!(
-        last["reason"].as_str().unwrap().contains(signal),
-        "{last}"
-    );
+    assert!(last["reason"].as_str().unwrap().contains(signal), "{last}");
     let requeued = j.iter().filter(|e| e["event"] == "requeued").count();
     assert!(requeued >= 2, "the running tasks were re-queued: {j:?}");
     let ended = last["succeeded"].as_u64().unwrap() + last["failed"].as_u64().unwrap();
@@ -345,19 +362,17 @@ fn after_sigint_the_journal_counts_the_requeued_tasks_as_pending() {
     assert_none_left(&format!("sleep {secs}"), "after SIGINT");
     check_stopped_journal(&p, "int", 3, "SIGINT");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("3 not run"), "the summary agrees:\n{stdout}");
+    assert!(
+        stdout.contains("3 not run"),
+        "the summary agrees:\n{stdout}"
+    );
 }
 
 #[test]
 fn ctrl_c_during_the_setup_of_a_run_stops_the_setup() {
     let p = Project::new();
     let secs = marker(7006);
-    one_task_plan(
-        &p,
-        "stp",
-        "true",
-        &format!(r#""setup": ["sleep {secs}"],"#),
-    );
+    one_task_plan(&p, "stp", "true", &format!(r#""setup": ["sleep {secs}"],"#));
     // nodes without their setup yet: `run` runs it
     let child = p
         .cmd(&["run", "stp", "all"])
@@ -365,7 +380,9 @@ fn ctrl_c_during_the_setup_of_a_run_stops_the_setup() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the setup", 20, || !procs_with(&format!("sleep {secs}")).is_empty());
+    wait_for("the setup", 20, || {
+        !procs_with(&format!("sleep {secs}")).is_empty()
+    });
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -378,22 +395,22 @@ fn ctrl_c_during_the_setup_of_a_run_stops_the_setup() {
 fn ctrl_c_during_the_setup_of_apply_stops_the_setup() {
     let p = Project::new();
     let secs = marker(7007);
-    one_task_plan(
-        &p,
-        "sta",
-        "true",
-        &format!(r#""setup": ["sleep {secs}"],"#),
-    );
+    one_task_plan(&p, "sta", "true", &format!(r#""setup": ["sleep {secs}"],"#));
     let child = p
         .cmd(&["apply", "sta"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the setup", 20, || !procs_with(&format!("sleep {secs}")).is_empty());
+    wait_for("the setup", 20, || {
+        !procs_with(&format!("sleep {secs}")).is_empty()
+    });
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert_none_left(&format!("sleep {secs}"), "after Ctrl-C during apply's setup");
+    assert_none_left(
+        &format!("sleep {secs}"),
+        "after Ctrl-C during apply's setup",
+    );
 }

@@ -406,7 +406,12 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             cost_usd,
             error,
         };
-        finalize(&self.paths.results_dir, t, staging, &runtime_json(t, &ended))?;
+        finalize(
+            &self.paths.results_dir,
+            t,
+            staging,
+            &runtime_json(t, &ended),
+        )?;
         Ok(cost_usd)
     }
 
