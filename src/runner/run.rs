@@ -207,17 +207,20 @@ pub async fn run<E: Executor + ?Sized>(
     let mut ticker = tokio::time::interval(watch_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    loop {
-        r.dispatch()?;
+    let fatal = loop {
+        if let Err(e) = r.dispatch() {
+            break e;
+        }
         if r.is_over() {
-            break;
+            return r.finish();
         }
         r.update_starved();
         let retry_due = r.next_retry();
         let starved = r.starved;
         // (the futures are dropped before a handler runs, so handlers may use `r`)
+        let mut handled = Ok(());
         tokio::select! {
-            Some(done) = r.done_rx.recv() => r.on_attempt_done(done)?,
+            Some(done) = r.done_rx.recv() => handled = r.on_attempt_done(done),
             _ = sleep_until(retry_due) => r.on_retry_due(),
             why = signals.recv() => r.on_interrupt(why),
             Ok(()) = stop_rx.changed() => {
@@ -230,8 +233,14 @@ pub async fn run<E: Executor + ?Sized>(
             _ = sleep_until(starved) => r.on_starved(),
             _ = ticker.tick(), if opts.watchdog.is_some() => r.on_watchdog_tick(),
         }
-    }
-    r.finish()
+        if let Err(e) = handled {
+            break e;
+        }
+    };
+    // the journal cannot be written: what runs is stopped, not abandoned
+    // (the journal says it was dispatched: the next run runs it again)
+    r.abandon().await;
+    Err(fatal)
 }
 
 /// Sleep until `at`; with no `at`, forever.

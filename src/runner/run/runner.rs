@@ -588,6 +588,19 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         }
     }
 
+    /// A fatal error (the journal cannot be written): cancel the running
+    /// attempts and wait for them to end, recording nothing more.
+    pub(super) async fn abandon(&mut self) {
+        let _ = self.cancel_tx.send(true);
+        while self.running > 0 {
+            let Some(done) = self.done_rx.recv().await else {
+                break;
+            };
+            self.running -= 1;
+            self.pool.release(&done.attempt.placement);
+        }
+    }
+
     /// The end: the summary, the journal's `RunFinished`, no staging left.
     pub(super) fn finish(mut self) -> Result<RunSummary, RunError> {
         let s = &mut self.summary;
