@@ -13,7 +13,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 pub struct Interrupts {
     int: Signal,
     term: Signal,
-    hup: Signal,
+    /// None when SIGHUP was ignored (`nohup infra run ...`): it stays so.
+    hup: Option<Signal>,
     /// The standard streams that were a terminal when listening began.
     ttys: Vec<i32>,
 }
@@ -29,7 +30,10 @@ impl Interrupts {
         Ok(Interrupts {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            hup: match ignored(libc::SIGHUP) {
+                true => None,
+                false => Some(signal(SignalKind::hangup())?),
+            },
             ttys,
         })
     }
@@ -39,7 +43,7 @@ impl Interrupts {
         tokio::select! {
             _ = self.int.recv() => "interrupted (SIGINT)",
             _ = self.term.recv() => "interrupted (SIGTERM)",
-            _ = self.hup.recv() => {
+            _ = recv_opt(&mut self.hup) => {
                 self.leave_terminal();
                 "interrupted (SIGHUP)"
             }
@@ -62,5 +66,24 @@ impl Interrupts {
                 libc::dup2(null.as_raw_fd(), *fd);
             }
         }
+    }
+}
+
+/// The next `s`; never when there is none.
+async fn recv_opt(s: &mut Option<Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// True when `sig` is ignored by this process (as `nohup` leaves SIGHUP).
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }

@@ -414,3 +414,32 @@ fn ctrl_c_during_the_setup_of_apply_stops_the_setup() {
         "after Ctrl-C during apply's setup",
     );
 }
+
+#[test]
+fn under_nohup_a_hangup_does_not_stop_the_run() {
+    use std::os::unix::process::CommandExt;
+    let p = Project::new();
+    let secs = format!("1.{}", std::process::id());
+    sleepers(&p, "noh", 2, &secs);
+    let mut cmd = p.cmd(&["run", "noh", "all"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    wait_for("the tasks to run", 20, || {
+        procs_with(&format!("sleep {secs}")).len() >= 2
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
