@@ -443,3 +443,58 @@ fn under_nohup_a_hangup_does_not_stop_the_run() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_closed_terminal_stops_the_run_like_sigterm() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let p = Project::new();
+    let secs = marker(7008);
+    sleepers(&p, "tty", 3, &secs);
+    // a terminal of its own: infra leads its session, the terminal controls it
+    // SAFETY: plain pty calls; each descriptor gets one owner.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(master >= 0);
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let mut name = [0 as libc::c_char; 128];
+    unsafe {
+        use std::os::fd::AsRawFd;
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0);
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+        assert_eq!(
+            libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()),
+            0
+        );
+    }
+    let slave_path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .to_string();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    let mut cmd = p.cmd(&["run", "tty", "all"]);
+    cmd.env("CI", "1")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // the parent's copies of the terminal's other end
+    wait_for("the tasks to run", 20, || {
+        procs_with(&format!("sleep {secs}")).len() >= 2
+    });
+    drop(master); // the terminal goes away: a hangup
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_none_left(&format!("sleep {secs}"), "after the terminal closed");
+    check_stopped_journal(&p, "tty", 3, "SIGHUP");
+}
