@@ -64,6 +64,7 @@ impl AppError {
                 exit::BAD_INPUT
             }
             AppError::Provider(p) if p.is_bad_input() => exit::BAD_INPUT,
+            AppError::Provider(ProviderError::Interrupted(_)) => exit::INTERRUPTED,
             AppError::Budget(_) => exit::BUDGET,
             AppError::Provider(_)
             | AppError::Run(_)

@@ -9,7 +9,7 @@ use super::context::{gate, render_tasks, Ctx};
 use super::error::{exit, run_exit_code, AppError};
 use crate::cli::{OrderArg, RunArgs};
 use crate::plan;
-use crate::provider::{DestroyOpts, Finished};
+use crate::provider::{DestroyOpts, Finished, ProviderError};
 use crate::report::progress::{human_duration, Reporter};
 use crate::runner::run::{self as runner, Paths, RunOptions, RunSummary};
 use crate::runner::scheduler::Policy;
@@ -45,7 +45,20 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
     gate(&plan, &tasks, &catalog, &from, false)?;
-    let started = session.start().await?;
+    // from here a signal stops the work instead of killing infra: the
+    // setup (dropped with `start`, which stops it) or the run
+    let mut signals =
+        runner::Interrupts::listen().map_err(super::error::io_err(plan.state_dir()))?;
+    let started = tokio::select! {
+        s = session.start() => s?,
+        why = signals.recv() => {
+            return Err(ProviderError::Interrupted(format!(
+                "{why} before the run began: what the setup started was stopped, no task ran\n  (hint: `infra run {}` starts again)",
+                plan.name_key
+            ))
+            .into())
+        }
+    };
     let paths = Paths {
         state_dir: plan.state_dir(),
         results_dir: plan.results_dir(),
@@ -67,6 +80,10 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         watchdog,
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let stops = runner::Stops {
+        requested: stop_rx,
+        signals: Some(signals),
+    };
     let mut rep = Reporter::new(ctx.progress_bar);
     let summary = runner::run(
         tasks,
@@ -74,7 +91,7 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         &paths,
         provider.name(),
         &opts,
-        stop_rx,
+        stops,
         &mut |e| rep.event(e),
     )
     .await;

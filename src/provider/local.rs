@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::env::{task_env, Phase, RankNode, Shape};
-use super::process::{reap_orphans, Exit, PidLog, Spawned};
+use super::process::{
+    become_subreaper, has_entry, has_var, reap_orphans, stop_adopted, stop_marked, Exit, PidLog,
+    Spawned,
+};
 use super::sequence::{self, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage};
 pub use super::sequence::{expand_vars, wait_stop};
 use crate::plan::Plan;
@@ -115,7 +118,10 @@ pub fn apply(plan: &Plan, nodes: Vec<LocalNode>) -> std::io::Result<LocalState> 
 
 /// Kill anything left running, remove node folders; results stay.
 pub fn destroy(plan: &Plan) -> std::io::Result<(usize, usize)> {
-    let killed = reap_orphans(&plan.state_dir().join("pids.log"), &marker(plan));
+    let marker = marker(plan);
+    let mut killed = reap_orphans(&plan.state_dir().join("pids.log"), &marker);
+    // what left its process group (a daemon) is found by its environment
+    killed += stop_marked(&|env| has_entry(env, &marker));
     let mut removed = 0;
     if let Some(st) = load_state(plan) {
         removed = st.nodes.len();
@@ -144,6 +150,15 @@ pub fn marker(plan: &Plan) -> String {
     format!("INFRA_STATE_DIR={}", plan.state_dir().display())
 }
 
+/// Stop what the tasks of a run that died left running, daemons included
+/// (not what the setup started: it is not run again).
+pub fn stop_task_leftovers(plan: &Plan) -> usize {
+    let marker = marker(plan);
+    let pid_log = plan.state_dir().join("pids.log");
+    reap_orphans(&pid_log, &marker)
+        + stop_marked(&|env| has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID"))
+}
+
 pub struct LocalExecutor {
     pub nodes: Vec<LocalNode>,
     pub state_dir: PathBuf,
@@ -156,6 +171,8 @@ pub struct LocalExecutor {
 
 impl LocalExecutor {
     pub fn new(plan: &Plan, state: &LocalState) -> LocalExecutor {
+        // a task that daemonizes stays our descendant: stopped with its attempt
+        become_subreaper();
         let pid_log = PidLog::open(&plan.state_dir().join("pids.log"));
         LocalExecutor {
             node_dirs: state
@@ -525,11 +542,44 @@ impl Executor for LocalExecutor {
     }
 
     fn run_attempt(self: Arc<Self>, req: AttemptRequest) -> BoxFuture<Outcome> {
-        Box::pin(sequence::run(req, move |req| LocalAttempt::open(self, req)))
+        // every process of the attempt carries these in its environment
+        let marks = [
+            format!("INFRA_STATE_DIR={}", self.state_dir.display()),
+            format!("INFRA_TASK_ID={}", req.task.id),
+            format!("INFRA_ATTEMPT={}", req.attempt),
+        ];
+        let stdout = req.staging.join("stdout.log");
+        Box::pin(async move {
+            let outcome = sequence::run(req, move |req| LocalAttempt::open(self, req)).await;
+            // what left the steps' process groups (`setsid daemon &`) and was
+            // re-parented to infra ends with the attempt
+            let stopped = stop_adopted(&|env| marks.iter().all(|m| has_entry(env, m)));
+            if stopped > 0 {
+                let _ = writeln_file(
+                    &stdout,
+                    &format!("== infra: stopped {stopped} process(es) the task left running =="),
+                );
+            }
+            outcome
+        })
     }
 
     fn node_hourly_usd(&self, node: usize) -> f64 {
         self.nodes.get(node).map(|n| n.hourly_usd).unwrap_or(0.0)
+    }
+}
+
+/// Kills a process group when dropped: a setup whose command was stopped
+/// (its future dropped) does not outlive it.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let sp = Spawned { pid };
+            sp.signal_group(libc::SIGKILL);
+            Spawned::wait_blocking(pid);
+        }
     }
 }
 
@@ -592,7 +642,10 @@ pub async fn run_setup(
             Some(&PidLog::open(&plan.state_dir().join("pids.log"))),
         )
         .map_err(|e| format!("setup could not start on {}: {e}", n.name))?;
+        // dropped before it ends (a signal stopped the command): killed
+        let mut guard = KillOnDrop(Some(sp.pid));
         let exit = sp.wait().await;
+        guard.0 = None;
         if exit.code != 0 {
             return Err(format!(
                 "setup failed on node {} with exit code {} (log: {})",

@@ -78,9 +78,18 @@ impl Provider for LocalProvider {
     ) -> Fut<'a, Result<Applied, ProviderError>> {
         Box::pin(async move {
             let st = apply_nodes(plan, catalog)?;
-            local::run_setup(plan, &st.nodes)
-                .await
-                .map_err(ProviderError::Failed)?;
+            // a signal during the setup stops it (dropped, it is killed)
+            let mut signals = crate::runner::signals::Interrupts::listen()
+                .map_err(ProviderError::io(plan.state_dir()))?;
+            tokio::select! {
+                r = local::run_setup(plan, &st.nodes) => r.map_err(ProviderError::Failed)?,
+                why = signals.recv() => {
+                    return Err(ProviderError::Interrupted(format!(
+                        "{why} during the setup: the setup was stopped\n  (hint: `infra apply {}` runs it again)",
+                        plan.name_key
+                    )))
+                }
+            };
             Ok(Applied {
                 provider: "local",
                 region: None,
@@ -173,10 +182,7 @@ impl RunSession for LocalRun<'_> {
                 // what a crashed run left is stopped only once no other run
                 // holds the phase (its processes carry the same marker)
                 let _lock = crate::runner::run::lock_phase(&plan.state_dir())?;
-                let killed = super::process::reap_orphans(
-                    &plan.state_dir().join("pids.log"),
-                    &local::marker(plan),
-                );
+                let killed = local::stop_task_leftovers(plan);
                 if killed > 0 {
                     self.provider.settings.log(&format!(
                         "stopped {killed} process group(s) left by an earlier run"
@@ -202,6 +208,12 @@ impl RunSession for LocalRun<'_> {
     ) -> Fut<'s, Result<Finished, ProviderError>> {
         Box::pin(async move {
             let plan = self.plan;
+            // whatever a task left running and no attempt's end caught
+            let marker = local::marker(plan);
+            super::process::stop_adopted(&|env| {
+                super::process::has_entry(env, &marker)
+                    && super::process::has_var(env, "INFRA_TASK_ID")
+            });
             // what the same nodes would have cost for as long as the run lasted
             let span = ledger::RunSpan {
                 phase: &plan.name_key,

@@ -63,6 +63,10 @@ pub enum ProviderError {
     /// Nodes that did not come up, a setup that failed, stacks left behind.
     #[error("{0}")]
     Failed(String),
+    /// A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the work before the run
+    /// began; what it had started was stopped: exit 130.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl ProviderError {

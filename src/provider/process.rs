@@ -63,6 +63,7 @@ pub fn spawn(
     };
     let pid = child.id() as i32;
     drop(child); // std does not reap or kill on drop; wait4 below reaps
+    leaders().insert(pid);
     if let Some(log) = pid_log {
         log.record(pid);
     }
@@ -294,6 +295,7 @@ fn reap(pid: i32, flags: i32) -> std::io::Result<Option<Exit>> {
     loop {
         let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
         if r == pid {
+            leaders().remove(&pid);
             break;
         }
         if r == 0 {
@@ -369,6 +371,145 @@ pub fn leader_gone(pid: i32) -> bool {
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     unsafe { libc::killpg(pgid, 0) == 0 }
+}
+
+/// The processes `spawn` started and nobody has reaped yet: the children
+/// of this process that are not adopted orphans.
+fn leaders() -> std::sync::MutexGuard<'static, std::collections::HashSet<i32>> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static LEADERS: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    LEADERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Make this process the reaper of its orphaned descendants (Linux 3.4+):
+/// a task that daemonizes (`setsid server &`) leaves its process group and
+/// session, but stays a child of infra, where `stop_adopted` finds it.
+pub fn become_subreaper() {
+    // SAFETY: a flag on this process; no pointer is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// The children of this process (every thread's).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for t in rd.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A process's environment entries (empty when it is gone or a zombie).
+fn environ(pid: i32) -> Vec<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// SIGKILL `pid`, and its process group when it leads one (a daemon's
+/// workers).
+fn kill_hard(pid: i32) {
+    // SAFETY: plain syscalls on a process chosen by its environment.
+    unsafe {
+        if libc::getpgid(pid) == pid {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Reap the adopted child `pid` (it was killed: it ends at once), giving
+/// up after a second.
+fn reap_adopted(pid: i32) {
+    for _ in 0..1000 {
+        let mut status = 0;
+        // SAFETY: wait for one child of ours that `spawn` did not start.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Stop the orphans this process adopted (as the subreaper) whose
+/// environment `ours` recognises, with what they started, and reap the
+/// adopted orphans that already exited. The number stopped.
+pub fn stop_adopted(ours: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
+    let mut stopped = 0;
+    // a killed orphan's own children come to us next: a few rounds
+    for _ in 0..8 {
+        let mut found = false;
+        for pid in children() {
+            if leaders().contains(&pid) {
+                continue;
+            }
+            if leader_gone(pid) {
+                reap_adopted(pid);
+                continue;
+            }
+            if ours(&environ(pid)) {
+                kill_hard(pid);
+                reap_adopted(pid);
+                stopped += 1;
+                found = true;
+            }
+        }
+        if !found {
+            break;
+        }
+    }
+    stopped
+}
+
+/// Stop every process on this machine (but this one) whose environment
+/// `ours` recognises, with its process group when it leads one: what a
+/// crashed run, or a task that daemonized before infra died, left behind.
+pub fn stop_marked(ours: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
+    let me = std::process::id() as i32;
+    let mut stopped = 0;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 1 || pid == me || leaders().contains(&pid) {
+            continue;
+        }
+        if ours(&environ(pid)) {
+            kill_hard(pid);
+            stopped += 1;
+        }
+    }
+    stopped
+}
+
+/// True when `env` holds the entry `kv` (`NAME=value`) exactly.
+pub fn has_entry(env: &[Vec<u8>], kv: &str) -> bool {
+    env.iter().any(|e| e == kv.as_bytes())
+}
+
+/// True when `env` defines `name`.
+pub fn has_var(env: &[Vec<u8>], name: &str) -> bool {
+    env.iter()
+        .any(|e| e.len() > name.len() && e.starts_with(name.as_bytes()) && e[name.len()] == b'=')
 }
 
 /// Kill process groups left by a run that died (kill -9): their ids are in

@@ -145,6 +145,9 @@ impl Reporter {
             RunEvent::NodeAdded { node, group } => {
                 self.line(&format!("node {node} joined group {group}"))
             }
+            RunEvent::ResultsUnsaved { path, error } => self.line(&format!(
+                "cannot save results in {path}: {error}; tasks whose results cannot be saved fail (said once)"
+            )),
         }
         self.refresh();
     }

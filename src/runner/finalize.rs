@@ -45,7 +45,9 @@ pub(super) fn runtime_json(t: &TaskDef, e: &Ended) -> serde_json::Value {
 
 /// Write `runtime` into the attempt's staging folder and move the folder to
 /// `results_dir/<task>/` whole: a crash leaves either the old result or the
-/// new one, never half of each.
+/// new one, never half of each. When `results/` is on another file system
+/// the folder is copied beside its destination first (and synced), then
+/// renamed into place; the staging folder goes only once that is done.
 pub(super) fn finalize(
     results_dir: &Path,
     t: &TaskDef,
@@ -69,11 +71,49 @@ pub(super) fn finalize(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e),
     };
-    std::fs::rename(staging, &dest)?;
+    let copied = results_dir.join(format!(".{}.new", t.id));
+    let moved = match std::fs::rename(staging, &dest) {
+        // another file system: a synced copy beside the destination, then
+        // one rename on that file system
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let _ = std::fs::remove_dir_all(&copied);
+            copy_synced(staging, &copied).and_then(|()| std::fs::rename(&copied, &dest))
+        }
+        r => r,
+    };
+    if let Err(e) = moved {
+        let _ = std::fs::remove_dir_all(&copied);
+        if replaced {
+            let _ = std::fs::rename(&old, &dest);
+        }
+        return Err(e);
+    }
     if replaced {
         let _ = std::fs::remove_dir_all(&old);
     }
+    // what was copied across is in place: the staging folder can go
+    let _ = std::fs::remove_dir_all(staging);
     Ok(())
+}
+
+/// Copy the folder `from` to `to` (which must not exist), each file and
+/// folder synced to disk before the caller renames `to` into place.
+fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            copy_synced(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+            std::fs::File::open(&dst)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()
 }
 
 /// One CSV field, quoted when it has to be.

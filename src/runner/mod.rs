@@ -6,3 +6,4 @@ pub mod journal;
 pub mod lock;
 pub mod run;
 pub mod scheduler;
+pub mod signals;

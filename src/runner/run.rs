@@ -3,7 +3,7 @@
 //!
 //! [`run`] sets up a [`Runner`] (the run's state) and feeds it one event at a
 //! time, one method per event: an attempt ended, retries came due, a node
-//! came or went, a stop was asked for (Ctrl-C, SIGTERM, the caller), the
+//! came or went, a stop was asked for (Ctrl-C, SIGTERM, SIGHUP, the caller), the
 //! queue starved for nodes, the budget watchdog ticked. Between events the
 //! runner starts what fits; at the end it writes the run's summary.
 
@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use self::runner::Runner;
@@ -21,6 +20,7 @@ use super::exec::{Executor, NodeChange};
 use super::journal::JournalError;
 use super::lock::{self, LockError};
 use super::scheduler::Policy;
+pub use super::signals::Interrupts;
 use crate::tasks::TaskDef;
 
 pub use super::finalize::csv_field;
@@ -88,6 +88,12 @@ pub enum RunEvent {
         node: String,
         group: String,
     },
+    /// A result could not be saved (a full disk, a read-only folder): said
+    /// once per run; each task concerned fails with the reason.
+    ResultsUnsaved {
+        path: String,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,6 +127,9 @@ pub struct RunSummary {
     pub interrupted: bool,
     pub reason: String,
     pub failed_tasks: Vec<String>,
+    /// The first error that kept a result from being saved, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results_error: Option<String>,
     pub wall_seconds: f64,
     /// What the nodes cost during this run (node-hours x price).
     pub metered_usd: f64,
@@ -160,21 +169,36 @@ pub fn lock_phase(state_dir: &Path) -> Result<Lock, RunError> {
     Ok(lock::take(&state_dir.join("run.lock"))?)
 }
 
+/// What stops a run from outside: a request (with its reason) and the
+/// signals.
+pub struct Stops {
+    pub requested: watch::Receiver<Option<String>>,
+    /// The signals' listeners, made before the setup by the command layer;
+    /// None: the run makes its own.
+    pub signals: Option<Interrupts>,
+}
+
 /// Run `tasks` on `exec` until all have ended or the run stops, and say how
-/// it went. `stop_rx` asks for a stop from outside (a reason); `report` gets
-/// every event as it happens.
+/// it went. `stops` asks for a stop from outside; `report` gets every event
+/// as it happens.
 pub async fn run<E: Executor + ?Sized>(
     tasks: Vec<TaskDef>,
     exec: Arc<E>,
     paths: &Paths,
     provider: &str,
     opts: &RunOptions,
-    mut stop_rx: watch::Receiver<Option<String>>,
+    stops: Stops,
     report: &mut dyn FnMut(&RunEvent),
 ) -> Result<RunSummary, RunError> {
+    let Stops {
+        requested: mut stop_rx,
+        signals,
+    } = stops;
+    let mut signals = match signals {
+        Some(s) => s,
+        None => Interrupts::listen().map_err(io_at(&paths.state_dir))?,
+    };
     let mut r = Runner::start(tasks, exec, paths, provider, opts, report)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io_at(&paths.state_dir))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io_at(&paths.state_dir))?;
     let watch_every = opts
         .watchdog
         .as_ref()
@@ -183,20 +207,22 @@ pub async fn run<E: Executor + ?Sized>(
     let mut ticker = tokio::time::interval(watch_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    loop {
-        r.dispatch()?;
+    let fatal = loop {
+        if let Err(e) = r.dispatch() {
+            break e;
+        }
         if r.is_over() {
-            break;
+            return r.finish();
         }
         r.update_starved();
         let retry_due = r.next_retry();
         let starved = r.starved;
         // (the futures are dropped before a handler runs, so handlers may use `r`)
+        let mut handled = Ok(());
         tokio::select! {
-            Some(done) = r.done_rx.recv() => r.on_attempt_done(done)?,
+            Some(done) = r.done_rx.recv() => handled = r.on_attempt_done(done),
             _ = sleep_until(retry_due) => r.on_retry_due(),
-            _ = sigint.recv() => r.on_interrupt("interrupted (SIGINT)"),
-            _ = sigterm.recv() => r.on_interrupt("interrupted (SIGTERM)"),
+            why = signals.recv() => r.on_interrupt(why),
             Ok(()) = stop_rx.changed() => {
                 let why = stop_rx.borrow().clone();
                 if let Some(why) = why {
@@ -207,8 +233,14 @@ pub async fn run<E: Executor + ?Sized>(
             _ = sleep_until(starved) => r.on_starved(),
             _ = ticker.tick(), if opts.watchdog.is_some() => r.on_watchdog_tick(),
         }
-    }
-    r.finish()
+        if let Err(e) = handled {
+            break e;
+        }
+    };
+    // the journal cannot be written: what runs is stopped, not abandoned
+    // (the journal says it was dispatched: the next run runs it again)
+    r.abandon().await;
+    Err(fatal)
 }
 
 /// Sleep until `at`; with no `at`, forever.

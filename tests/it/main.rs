@@ -4,6 +4,7 @@ mod aws;
 mod badplans;
 mod common;
 mod cost;
+mod faults;
 mod fuzz;
 mod local;
 mod output;

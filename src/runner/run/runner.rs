@@ -286,7 +286,16 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         let staging = self.staging(&t, a.number);
         match outcome {
             Outcome::Succeeded(m) => {
-                let cost_usd = self.write_result(&t, &a, &staging, "succeeded", &m, None)?;
+                let cost_usd = match self.write_result(&t, &a, &staging, "succeeded", &m, None) {
+                    Ok(cost) => cost,
+                    Err(e) => {
+                        // the task ran, but what it produced is not kept:
+                        // it fails with the reason, and the run goes on
+                        let path = self.paths.results_dir.join(&t.id);
+                        let error = self.unsaved(&path, e);
+                        return self.failed_for_good(&t, a.number, error);
+                    }
+                };
                 self.journal.append(Entry::Succeeded {
                     task: t.id.clone(),
                     key: t.key.clone(),
@@ -308,7 +317,15 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
                 if failures < t.attempts && self.stopping.is_none() {
                     self.retry_later(&t, &a, failures, error, &staging)?;
                 } else {
-                    self.write_result(&t, &a, &staging, "failed", &measured, Some(&error))?;
+                    let saved =
+                        self.write_result(&t, &a, &staging, "failed", &measured, Some(&error));
+                    let error = match saved {
+                        Ok(_) => error,
+                        Err(e) => {
+                            let path = self.paths.results_dir.join(&t.id);
+                            format!("{error}; {}", self.unsaved(&path, e))
+                        }
+                    };
                     self.failed_for_good(&t, a.number, error)?;
                 }
             }
@@ -345,9 +362,26 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
                     task: t.id.clone(),
                     reason,
                 });
+                // not run: it counts as pending, as the journal says
+                self.pending.push_back(a.idx);
             }
         }
         Ok(())
+    }
+
+    /// A result that could not be saved: the reason the task fails with.
+    /// The first such error of the run is reported (once: a full disk
+    /// would otherwise say so once per task).
+    fn unsaved(&mut self, path: &Path, e: std::io::Error) -> String {
+        let error = format!("its result could not be saved in {}: {e}", path.display());
+        if self.summary.results_error.is_none() {
+            self.summary.results_error = Some(error.clone());
+            (self.report)(&RunEvent::ResultsUnsaved {
+                path: self.paths.results_dir.display().to_string(),
+                error: e.to_string(),
+            });
+        }
+        error
     }
 
     /// Write the ended attempt's `runtime.json` and move its staging folder
@@ -360,7 +394,7 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         status: &str,
         measured: &Measured,
         error: Option<&str>,
-    ) -> Result<f64, RunError> {
+    ) -> std::io::Result<f64> {
         let nodes = self.names_of(&a.placement);
         let cost_usd = self.cost_usd(&a.placement, measured);
         let ended = Ended {
@@ -372,8 +406,12 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             cost_usd,
             error,
         };
-        let results = &self.paths.results_dir;
-        finalize(results, t, staging, &runtime_json(t, &ended)).map_err(io_at(results))?;
+        finalize(
+            &self.paths.results_dir,
+            t,
+            staging,
+            &runtime_json(t, &ended),
+        )?;
         Ok(cost_usd)
     }
 
@@ -420,8 +458,12 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         attempt: u32,
         error: String,
     ) -> Result<(), RunError> {
-        let dir = &self.paths.results_dir;
-        append_failed_csv(dir, &t.id, attempt, &error).map_err(io_at(dir))?;
+        let paths = self.paths;
+        let dir = &paths.results_dir;
+        if let Err(e) = append_failed_csv(dir, &t.id, attempt, &error) {
+            // the journal has it; the disk's trouble is said once
+            let _ = self.unsaved(&dir.join("failed-tasks.csv"), e);
+        }
         self.journal.append(Entry::Failed {
             task: t.id.clone(),
             key: t.key.clone(),
@@ -543,6 +585,19 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             (self.report)(&RunEvent::Stopping {
                 reason: why.to_string(),
             });
+        }
+    }
+
+    /// A fatal error (the journal cannot be written): cancel the running
+    /// attempts and wait for them to end, recording nothing more.
+    pub(super) async fn abandon(&mut self) {
+        let _ = self.cancel_tx.send(true);
+        while self.running > 0 {
+            let Some(done) = self.done_rx.recv().await else {
+                break;
+            };
+            self.running -= 1;
+            self.pool.release(&done.attempt.placement);
         }
     }
 

@@ -95,7 +95,10 @@ async fn go<E: Executor + ?Sized>(
         &paths,
         "fake",
         &RunOptions::default(),
-        rx,
+        Stops {
+            requested: rx,
+            signals: None,
+        },
         &mut |e| events.push(e.clone()),
     )
     .await
