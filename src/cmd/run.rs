@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::context::{gate, render_tasks, Ctx};
+use super::context::{gate, journal_path, render_tasks, Ctx};
+use crate::runner::journal::{self, Status};
 use super::error::{exit, run_exit_code, AppError};
 use crate::cli::{OrderArg, RunArgs};
 use crate::plan;
@@ -30,17 +31,26 @@ pub struct SummaryView {
 
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
-    let (tasks, _) = render_tasks(&plan)?;
+    let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()
         .map(|p| p.id.clone())
         .collect();
-    let tasks: Vec<TaskDef> = tasks
-        .into_iter()
+    let tasks: Vec<TaskDef> = all
+        .iter()
         .filter(|t| selected.contains(&t.id))
+        .cloned()
         .collect();
     gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
+    if provider.recorded_nodes(&plan) == 0 {
+        // no nodes yet: nothing to run brings none up, and what is brought
+        // up must be what `apply` would pay for (the whole campaign left)
+        if let Some(code) = nothing_to_run(ctx, &plan, &tasks, args, provider.name())? {
+            return Ok(code);
+        }
+        gate(&plan, &all, &catalog, &from, false)?;
+    }
     let mut session = provider.open_run(&plan, &catalog).await?;
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
@@ -109,6 +119,39 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     };
     ctx.emit(&summary_text(&view), &view);
     Ok(code)
+}
+
+/// When every selected task is done (or failed, without `--retry-failed`):
+/// the summary of a run that starts nothing, and its exit code.
+fn nothing_to_run(
+    ctx: &Ctx,
+    plan: &plan::Plan,
+    tasks: &[TaskDef],
+    args: &RunArgs,
+    provider: &str,
+) -> Result<Option<i32>, AppError> {
+    let (state, _) = journal::read(&journal_path(plan))?;
+    let mut summary = RunSummary {
+        selected: tasks.len(),
+        ..Default::default()
+    };
+    for t in tasks {
+        match state.status_of(&t.key) {
+            Status::Succeeded => summary.already_done += 1,
+            Status::Failed if !args.retry_failed => summary.skipped_failed += 1,
+            _ => return Ok(None),
+        }
+    }
+    let view = SummaryView {
+        plan: plan.name_key.clone(),
+        provider: provider.to_string(),
+        summary,
+        results: ctx.rel(&plan.results_dir()),
+        failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
+        finished: Finished::default(),
+    };
+    ctx.emit(&summary_text(&view), &view);
+    Ok(Some(run_exit_code(&view.summary)))
 }
 
 /// The run's last lines: what ran, what failed and where to look.
