@@ -6,9 +6,17 @@ use serde_json::{json, Map, Value};
 use super::context::{render_tasks, Ctx};
 use super::error::{exit, AppError};
 use crate::cli::TableFormat;
-use crate::results::table::{build, typed, write_csv, RUNTIME};
+use crate::results::csv;
+use crate::results::table::{build, typed, RUNTIME};
 
-pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppError> {
+/// `raw_csv`: cells exactly as the tasks wrote them (no quote before
+/// formula-looking cells).
+pub fn results(
+    ctx: &Ctx,
+    phase: &str,
+    format: TableFormat,
+    raw_csv: bool,
+) -> Result<i32, AppError> {
     let plan = ctx.load(phase)?;
     let (tasks, _) = render_tasks(&plan)?;
     let dir = plan.results_dir();
@@ -22,25 +30,32 @@ pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppEr
         source,
     };
     let names: Vec<String> = table.columns.iter().map(|c| c.0.clone()).collect();
-    let rows: Vec<Map<String, Value>> = table
+    let rows: Vec<Vec<Value>> = table
         .rows
         .iter()
         .map(|r| {
             table
                 .columns
                 .iter()
-                .map(|(c, t, _)| (c.clone(), typed(r.get(c), *t)))
+                .enumerate()
+                .map(|(i, (_, t, _))| typed(r.get(i), *t))
                 .collect()
         })
         .collect();
     let out_file = match format {
         TableFormat::Csv => {
-            write_csv(&dir.join("table.csv"), &names, &rows).map_err(io)?;
-            dir.join("table.csv")
+            let p = dir.join("table.csv");
+            csv::write(&p, &names, rows.iter().map(|r| r.iter().map(Some)), raw_csv).map_err(io)?;
+            p
         }
         TableFormat::Json => {
             let p = dir.join("table.json");
-            std::fs::write(&p, serde_json::to_vec_pretty(&rows).unwrap_or_default()).map_err(io)?;
+            let objects: Vec<Map<String, Value>> = rows
+                .iter()
+                .map(|r| names.iter().cloned().zip(r.iter().cloned()).collect())
+                .collect();
+            std::fs::write(&p, serde_json::to_vec_pretty(&objects).unwrap_or_default())
+                .map_err(io)?;
             p
         }
     };
@@ -58,7 +73,13 @@ pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppEr
         "error".to_string(),
         "ended".to_string(),
     ]);
-    write_csv(&dir.join("failed.csv"), &fcols, &table.failed).map_err(io)?;
+    csv::write(
+        &dir.join("failed.csv"),
+        &fcols,
+        table.failed.iter().map(|f| fcols.iter().map(|c| f.get(c))),
+        raw_csv,
+    )
+    .map_err(io)?;
     let meta = json!({
         "phase": plan.name_key,
         "plan": plan.name,

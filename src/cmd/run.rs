@@ -30,6 +30,7 @@ pub struct SummaryView {
 
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
+    super::journal::check_before_run(&plan)?;
     let (tasks, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()

@@ -2,10 +2,13 @@
 
 mod aws;
 mod badplans;
+mod badplans_names;
 mod common;
 mod cost;
 mod fuzz;
 mod local;
+mod local_journal;
 mod output;
+mod output_hostile;
 mod stacks;
 mod sweep;
