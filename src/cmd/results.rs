@@ -30,29 +30,26 @@ pub fn results(
         source,
     };
     let names: Vec<String> = table.columns.iter().map(|c| c.0.clone()).collect();
-    let rows: Vec<Vec<Value>> = table
-        .rows
-        .iter()
-        .map(|r| {
+    // each cell in its column's type, computed as it is written
+    let typed_rows = || {
+        table.rows.iter().map(|r| {
             table
                 .columns
                 .iter()
                 .enumerate()
                 .map(|(i, (_, t, _))| typed(r.get(i), *t))
-                .collect()
         })
-        .collect();
+    };
     let out_file = match format {
         TableFormat::Csv => {
             let p = dir.join("table.csv");
-            csv::write(&p, &names, rows.iter().map(|r| r.iter().map(Some)), raw_csv).map_err(io)?;
+            csv::write(&p, &names, typed_rows().map(|r| r.map(Some)), raw_csv).map_err(io)?;
             p
         }
         TableFormat::Json => {
             let p = dir.join("table.json");
-            let objects: Vec<Map<String, Value>> = rows
-                .iter()
-                .map(|r| names.iter().cloned().zip(r.iter().cloned()).collect())
+            let objects: Vec<Map<String, Value>> = typed_rows()
+                .map(|r| names.iter().cloned().zip(r).collect())
                 .collect();
             std::fs::write(&p, serde_json::to_vec_pretty(&objects).unwrap_or_default())
                 .map_err(io)?;
@@ -85,7 +82,7 @@ pub fn results(
         "plan": plan.name,
         "file": out_file.file_name().map(|f| f.to_string_lossy().to_string()),
         "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "row_count": rows.len(),
+        "row_count": table.rows.len(),
         "tasks": table.tasks,
         "tasks_finished": table.done,
         "tasks_failed": table.failed.len(),
@@ -99,7 +96,7 @@ pub fn results(
     let mut h = format!(
         "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed.csv",
         plan.name_key,
-        rows.len(),
+        table.rows.len(),
         table.done - table.failed.len(),
         table.tasks,
         ctx.rel(&out_file),

@@ -2,7 +2,7 @@
 //! (a UTF-8 BOM dropped), tables written with formula-looking cells
 //! neutralised for spreadsheets (OWASP's CSV injection rule).
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::io::Write;
 use std::path::Path;
 
@@ -59,8 +59,8 @@ pub fn neutralise(text: &str) -> Cow<'_, str> {
 
 /// The text of a cell as written: numbers as numbers, text neutralised
 /// unless `raw`.
-fn cell(v: Option<&Value>, raw: bool) -> String {
-    match v {
+fn cell<V: Borrow<Value>>(v: Option<V>, raw: bool) -> String {
+    match v.as_ref().map(Borrow::borrow) {
         None => String::new(),
         Some(v @ Value::String(s)) if !raw && looks_like_formula(s) => {
             neutralise(&cell_text(v)).into_owned()
@@ -71,10 +71,11 @@ fn cell(v: Option<&Value>, raw: bool) -> String {
 
 /// Write a table to `path` (through a temporary file renamed into place):
 /// the header `cols`, then each row's cells in the same order.
-pub fn write<'a, R, C>(path: &Path, cols: &[String], rows: R, raw: bool) -> std::io::Result<()>
+pub fn write<R, C, V>(path: &Path, cols: &[String], rows: R, raw: bool) -> std::io::Result<()>
 where
     R: IntoIterator<Item = C>,
-    C: IntoIterator<Item = Option<&'a Value>>,
+    C: IntoIterator<Item = Option<V>>,
+    V: Borrow<Value>,
 {
     let tmp = path.with_extension("csv.tmp");
     {

@@ -101,51 +101,89 @@ fn csv_value(s: &str) -> Value {
     }
 }
 
-/// One row of an output file: its columns in file order, each with where
-/// it came from (for the collision warning).
-struct OutRow {
-    cells: Vec<(String, Value)>,
-    /// Columns that two keys of the file flatten to: (column, first
-    /// source, second source, the column the second went to).
+/// One output file read: its column names (in order of first
+/// appearance), its rows as (name index, value), and the keys that two
+/// sources flattened to (column, first source, second source, the column
+/// the second went to).
+#[derive(Default)]
+struct OutTable {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    rows: Vec<Vec<(usize, Value)>>,
     collisions: Vec<(String, String, String, String)>,
 }
 
+impl OutTable {
+    fn intern(&mut self, name: String) -> usize {
+        if let Some(i) = self.index.get(&name) {
+            return *i;
+        }
+        self.index.insert(name.clone(), self.names.len());
+        self.names.push(name);
+        self.names.len() - 1
+    }
+
+    /// A flattened row; its columns join the file's.
+    fn push(&mut self, flat: Flat) {
+        for c in flat.collisions {
+            if !self.collisions.iter().any(|x| x.0 == c.0 && x.3 == c.3) {
+                self.collisions.push(c);
+            }
+        }
+        let row = flat
+            .cells
+            .into_iter()
+            .map(|(name, v)| (self.intern(name), v))
+            .collect();
+        self.rows.push(row);
+    }
+}
+
 /// The rows one output file contributes.
-fn rows_of(path: &Path) -> Result<Vec<OutRow>, String> {
+fn rows_of(path: &Path) -> Result<OutTable, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = super::csv::strip_bom(&text);
+    let mut out = OutTable::default();
     if path.extension().is_some_and(|e| e == "csv") {
         let (header, rows) = super::csv::parse(text)
             .map_err(|e| format!("{} is not valid CSV: {e}", path.display()))?;
-        return Ok(rows
+        // a header named twice: the second column is kept as `<name>#2`
+        let mut flat = Flat::default();
+        for (i, name) in header.iter().enumerate() {
+            flat.put(name.clone(), format!("column {}", i + 1), Value::Null);
+        }
+        out.collisions = flat.collisions;
+        out.names = flat.cells.into_iter().map(|(n, _)| n).collect();
+        out.rows = rows
             .into_iter()
             .map(|r| {
-                let mut out = Flat::default();
-                for (i, (name, cell)) in header.iter().zip(&r).enumerate() {
-                    out.put(name.clone(), format!("column {}", i + 1), csv_value(cell));
-                }
-                out.done()
+                r.iter()
+                    .take(header.len())
+                    .enumerate()
+                    .map(|(i, cell)| (i, csv_value(cell)))
+                    .collect()
             })
-            .collect());
+            .collect();
+        return Ok(out);
     }
-    let one = |m: &Map<String, Value>| {
-        let mut out = Flat::default();
-        flatten(m, "", &mut out);
-        out.done()
+    let mut one = |m: &Map<String, Value>| {
+        let mut flat = Flat::default();
+        flatten(m, "", &mut flat);
+        out.push(flat);
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(vec![one(&m)]),
-        Ok(Value::Array(items)) => Ok(items
-            .iter()
-            .filter_map(|i| i.as_object().map(one))
-            .collect()),
-        Ok(_) => Err(format!(
-            "{} is neither a JSON object nor an array of objects",
-            path.display()
-        )),
-        Err(e) => Err(format!("{} is not valid JSON: {e}", path.display())),
+        Ok(Value::Object(m)) => one(&m),
+        Ok(Value::Array(items)) => items.iter().filter_map(Value::as_object).for_each(one),
+        Ok(_) => {
+            return Err(format!(
+                "{} is neither a JSON object nor an array of objects",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("{} is not valid JSON: {e}", path.display())),
     }
+    Ok(out)
 }
 
 /// A row being flattened: a second key that lands on a column already
@@ -176,13 +214,6 @@ impl Flat {
         }
         self.seen.insert(col.clone(), (self.cells.len(), source));
         self.cells.push((col, v));
-    }
-
-    fn done(self) -> OutRow {
-        OutRow {
-            cells: self.cells,
-            collisions: self.collisions,
-        }
     }
 }
 
@@ -257,6 +288,10 @@ impl Cols {
     }
 }
 
+fn from(out: &str) -> String {
+    format!("from the task's {out}")
+}
+
 fn set(row: &mut Vec<Value>, i: usize, v: Value) {
     if row.len() <= i {
         row.resize(i + 1, Value::Null);
@@ -319,25 +354,36 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
         let mut produced = false;
         for out in &t.table {
             match rows_of(&dir.join(out)) {
-                Ok(rs) => {
-                    for r in rs {
-                        for (col, first, second, alt) in &r.collisions {
-                            if reported.insert((out.clone(), col.clone())) {
-                                problems.push(format!(
-                                    "{}: {out}: {first} and {second} both flatten to column \"{col}\"; the second is kept as \"{alt}\"",
-                                    t.id
-                                ));
-                            }
+                Ok(file) => {
+                    for (col, first, second, alt) in &file.collisions {
+                        if reported.insert((out.clone(), col.clone())) {
+                            problems.push(format!(
+                                "{}: {out}: {first} and {second} both flatten to column \"{col}\"; the second is kept as \"{alt}\"",
+                                t.id
+                            ));
                         }
-                        let mut row = base.clone();
-                        for (k, v) in r.cells {
-                            let name = if cols.index.get(k.as_str()).is_some_and(|i| *i < n_base) {
-                                format!("{out}.{k}")
+                    }
+                    if file.rows.is_empty() {
+                        continue;
+                    }
+                    // the file's columns as the table's, resolved once per file
+                    let at: Vec<usize> = file
+                        .names
+                        .iter()
+                        .map(|k| {
+                            if cols.index.get(k.as_str()).is_some_and(|i| *i < n_base) {
+                                cols.add(&format!("{out}.{k}"), from(out))
+                            } else if let Some(i) = cols.index.get(k.as_str()) {
+                                *i
                             } else {
-                                k
-                            };
-                            let i = cols.add(&name, format!("from the task's {out}"));
-                            set(&mut row, i, v);
+                                cols.add(k, from(out))
+                            }
+                        })
+                        .collect();
+                    for r in file.rows {
+                        let mut row = base.clone();
+                        for (i, v) in r {
+                            set(&mut row, at[i], v);
                         }
                         rows.push(row);
                         produced = true;
