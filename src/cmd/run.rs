@@ -140,6 +140,7 @@ pub async fn up(
     retry_failed: bool,
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase)?;
+    super::journal::check_before_run(&ctx.load(phase)?)?;
     super::apply::apply(ctx, phase, yes).await?;
     let args = RunArgs {
         phase: phase.to_string(),
