@@ -92,6 +92,10 @@ pub enum Cmd {
         phase: String,
         #[arg(long, value_enum, default_value = "csv")]
         format: TableFormat,
+        /// Write cells exactly as the tasks produced them: no quote before
+        /// cells a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab, CR).
+        #[arg(long)]
+        raw_csv: bool,
     },
     /// Remove the phase's nodes (results stay).
     Destroy {
@@ -124,6 +128,18 @@ pub enum Cmd {
     },
     /// Print the JSON Schema of the plan format.
     Schema,
+    /// The phase's journal (what ran, how it ended).
+    Journal {
+        #[command(subcommand)]
+        action: JournalCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCmd {
+    /// Keep every valid line of a damaged journal, drop the others (listed),
+    /// and keep the original beside it.
+    Repair { phase: String },
 }
 
 #[derive(Debug, Args)]

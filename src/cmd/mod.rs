@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod context;
 pub mod destroy;
 pub mod error;
+pub mod journal;
 pub mod list;
 pub mod logs;
 pub mod plan;
@@ -21,7 +22,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::cli::{CatalogCmd, Cli, Cmd};
+use crate::cli::{CatalogCmd, Cli, Cmd, JournalCmd};
 pub use context::{Ctx, Env};
 pub use error::{exit, AppError};
 
@@ -92,7 +93,14 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             pattern,
             stderr,
         } => logs::logs(ctx, &phase, &pattern, stderr),
-        Cmd::Results { phase, format } => results::results(ctx, &phase, format),
+        Cmd::Results {
+            phase,
+            format,
+            raw_csv,
+        } => results::results(ctx, &phase, format, raw_csv),
+        Cmd::Journal {
+            action: JournalCmd::Repair { phase },
+        } => journal::repair(ctx, &phase),
         Cmd::Destroy {
             phase,
             all,

@@ -6,9 +6,17 @@ use serde_json::{json, Map, Value};
 use super::context::{render_tasks, Ctx};
 use super::error::{exit, AppError};
 use crate::cli::TableFormat;
-use crate::results::table::{build, typed, write_csv, RUNTIME};
+use crate::results::csv;
+use crate::results::table::{build, typed, RUNTIME};
 
-pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppError> {
+/// `raw_csv`: cells exactly as the tasks wrote them (no quote before
+/// formula-looking cells).
+pub fn results(
+    ctx: &Ctx,
+    phase: &str,
+    format: TableFormat,
+    raw_csv: bool,
+) -> Result<i32, AppError> {
     let plan = ctx.load(phase)?;
     let (tasks, _) = render_tasks(&plan)?;
     let dir = plan.results_dir();
@@ -22,25 +30,29 @@ pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppEr
         source,
     };
     let names: Vec<String> = table.columns.iter().map(|c| c.0.clone()).collect();
-    let rows: Vec<Map<String, Value>> = table
-        .rows
-        .iter()
-        .map(|r| {
+    // each cell in its column's type, computed as it is written
+    let typed_rows = || {
+        table.rows.iter().map(|r| {
             table
                 .columns
                 .iter()
-                .map(|(c, t, _)| (c.clone(), typed(r.get(c), *t)))
-                .collect()
+                .enumerate()
+                .map(|(i, (_, t, _))| typed(r.get(i), *t))
         })
-        .collect();
+    };
     let out_file = match format {
         TableFormat::Csv => {
-            write_csv(&dir.join("table.csv"), &names, &rows).map_err(io)?;
-            dir.join("table.csv")
+            let p = dir.join("table.csv");
+            csv::write(&p, &names, typed_rows().map(|r| r.map(Some)), raw_csv).map_err(io)?;
+            p
         }
         TableFormat::Json => {
             let p = dir.join("table.json");
-            std::fs::write(&p, serde_json::to_vec_pretty(&rows).unwrap_or_default()).map_err(io)?;
+            let objects: Vec<Map<String, Value>> = typed_rows()
+                .map(|r| names.iter().cloned().zip(r).collect())
+                .collect();
+            std::fs::write(&p, serde_json::to_vec_pretty(&objects).unwrap_or_default())
+                .map_err(io)?;
             p
         }
     };
@@ -58,13 +70,19 @@ pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppEr
         "error".to_string(),
         "ended".to_string(),
     ]);
-    write_csv(&dir.join("failed.csv"), &fcols, &table.failed).map_err(io)?;
+    csv::write(
+        &dir.join("failed.csv"),
+        &fcols,
+        table.failed.iter().map(|f| fcols.iter().map(|c| f.get(c))),
+        raw_csv,
+    )
+    .map_err(io)?;
     let meta = json!({
         "phase": plan.name_key,
         "plan": plan.name,
         "file": out_file.file_name().map(|f| f.to_string_lossy().to_string()),
         "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "row_count": rows.len(),
+        "row_count": table.rows.len(),
         "tasks": table.tasks,
         "tasks_finished": table.done,
         "tasks_failed": table.failed.len(),
@@ -78,7 +96,7 @@ pub fn results(ctx: &Ctx, phase: &str, format: TableFormat) -> Result<i32, AppEr
     let mut h = format!(
         "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed.csv",
         plan.name_key,
-        rows.len(),
+        table.rows.len(),
         table.done - table.failed.len(),
         table.tasks,
         ctx.rel(&out_file),

@@ -31,6 +31,7 @@ pub struct SummaryView {
 
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
+    super::journal::check_before_run(&plan)?;
     let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()
@@ -199,6 +200,7 @@ pub async fn up(
     retry_failed: bool,
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase)?;
+    super::journal::check_before_run(&ctx.load(phase)?)?;
     super::apply::apply(ctx, phase, yes).await?;
     let args = RunArgs {
         phase: phase.to_string(),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::context::{journal_path, render_tasks, Ctx};
 use super::error::{exit, AppError};
 use crate::provider::Infra;
-use crate::runner::journal::{self, Status};
+use crate::runner::journal::{self, Damage, Status};
 use crate::runner::lock;
 
 #[derive(Debug, Serialize)]
@@ -29,6 +29,9 @@ pub struct StatusView {
     /// What the finished tasks cost (the journal's per-task costs).
     pub spend_usd: f64,
     pub last_stop: Option<String>,
+    /// Damaged journal lines (skipped; `infra journal repair` drops them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub journal_damage: Vec<Damage>,
     #[serde(flatten)]
     pub infra: Infra,
 }
@@ -44,7 +47,9 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let (tasks, _) = render_tasks(&plan)?;
     let provider = ctx.provider(&plan);
     let infra = provider.status(&plan).await?;
-    let (state, _) = journal::read(&journal_path(&plan))?;
+    let scan = journal::read_lenient(&journal_path(&plan))?;
+    let journal_damage = scan.damaged.clone();
+    let state = scan.state;
     let run_in_progress = lock::is_held(&plan.state_dir().join("run.lock"));
     let mut counts = BTreeMap::new();
     let mut missing = Vec::new();
@@ -80,6 +85,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         // + 0.0: an empty f64 sum is -0.0, shown as "$-0.00"
         spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum::<f64>() + 0.0,
         last_stop: state.last_stop.clone(),
+        journal_damage,
         infra,
     };
     ctx.emit(&text(&view), &view);
@@ -170,6 +176,18 @@ pub fn text(v: &StatusView) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    for d in &v.journal_damage {
+        h.push_str(&format!(
+            "  warning: journal line {} is damaged and was skipped: {}\n",
+            d.line, d.message
+        ));
+    }
+    if !v.journal_damage.is_empty() {
+        h.push_str(&format!(
+            "  (hint: `infra journal repair {}` drops the damaged line(s) and keeps a copy; `infra run` refuses until then)\n",
+            v.plan
         ));
     }
     for f in v.failed.iter().take(20) {

@@ -98,6 +98,7 @@ pub fn parse_plan(
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "plan".into());
+    check_phase_name(&name_key, file)?;
     let node = parse(text).map_err(|e| PlanErrors {
         file: file.to_path_buf(),
         diags: vec![Diag {
@@ -120,6 +121,35 @@ pub fn parse_plan(
     decode(&node, &src).map_err(|d| PlanErrors {
         file: file.to_path_buf(),
         diags: d.list,
+    })
+}
+
+/// The phase name (the plan's file name without `.json`) reaches shell
+/// scripts, user data, stack names and paths: only letters, digits, `-`,
+/// `_` and `.` are allowed.
+fn check_phase_name(name: &str, file: &Path) -> Result<(), PlanErrors> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.is_empty() && name.chars().all(ok) {
+        return Ok(());
+    }
+    let fixed: String = name.chars().filter(|c| ok(*c)).collect();
+    let fixed = if fixed.is_empty() {
+        "phase1".into()
+    } else {
+        fixed
+    };
+    Err(PlanErrors {
+        file: file.to_path_buf(),
+        diags: vec![Diag {
+            path: String::new(),
+            pos: Pos { line: 1, col: 1 },
+            message: format!(
+                "the plan's file name gives the phase name {name:?}, which has characters other than letters, digits, '-', '_' and '.'"
+            ),
+            hint: Some(format!(
+                "rename the file, e.g. to plans/{fixed}.json (the name ends up in shell scripts, stack names and paths)"
+            )),
+        }],
     })
 }
 

@@ -1,3 +1,4 @@
 //! Result tables: per-task outputs aggregated into one CSV + metadata.
 
+pub mod csv;
 pub mod table;

@@ -1,13 +1,16 @@
 //! `infra results <phase>`: every task's declared table outputs gathered
 //! into `results/<phase>/table.csv` with typed columns and a metadata file,
 //! failures into `failed.csv`. Safe to run while the campaign goes on.
+//!
+//! Rows are dense vectors indexed like the columns (a column's index is
+//! found in a hash map): a 3,000-column output costs a lookup per cell,
+//! not a scan of the columns.
 
-use std::io::Write;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::runner::run::csv_field;
 use crate::tasks::TaskDef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,45 +82,6 @@ pub fn format_float(f: f64) -> String {
     }
 }
 
-/// Parse a CSV text (RFC 4180 quoting) into header + rows.
-pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut row = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    field.push('"');
-                    chars.next();
-                } else {
-                    quoted = false;
-                }
-            } else {
-                field.push(c);
-            }
-        } else {
-            match c {
-                '"' => quoted = true,
-                ',' => row.push(std::mem::take(&mut field)),
-                '\r' => {}
-                '\n' => {
-                    row.push(std::mem::take(&mut field));
-                    rows.push(std::mem::take(&mut row));
-                }
-                _ => field.push(c),
-            }
-        }
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    rows
-}
-
 fn csv_value(s: &str) -> Value {
     if s.is_empty() {
         return Value::Null;
@@ -137,66 +101,148 @@ fn csv_value(s: &str) -> Value {
     }
 }
 
-/// The rows one output file contributes.
-fn rows_of(path: &Path) -> Result<Vec<Map<String, Value>>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "csv") {
-        let mut rows = parse_csv(&text);
-        if rows.is_empty() {
-            return Ok(Vec::new());
+/// One output file read: its column names (in order of first
+/// appearance), its rows as (name index, value), and the keys that two
+/// sources flattened to (column, first source, second source, the column
+/// the second went to).
+#[derive(Default)]
+struct OutTable {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    rows: Vec<Vec<(usize, Value)>>,
+    collisions: Vec<(String, String, String, String)>,
+}
+
+impl OutTable {
+    fn intern(&mut self, name: String) -> usize {
+        if let Some(i) = self.index.get(&name) {
+            return *i;
         }
-        let header = rows.remove(0);
-        return Ok(rows
-            .into_iter()
-            .filter(|r| !(r.len() == 1 && r[0].is_empty()))
-            .map(|r| {
-                header
-                    .iter()
-                    .cloned()
-                    .zip(r.iter().map(|c| csv_value(c)))
-                    .collect()
-            })
-            .collect());
+        self.index.insert(name.clone(), self.names.len());
+        self.names.push(name);
+        self.names.len() - 1
     }
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(m)) => Ok(vec![flatten(&m)]),
-        Ok(Value::Array(items)) => Ok(items
-            .iter()
-            .filter_map(|i| i.as_object().map(flatten))
-            .collect()),
-        Ok(_) => Err(format!(
-            "{} is neither a JSON object nor an array of objects",
-            path.display()
-        )),
-        Err(e) => Err(format!("{} is not valid JSON: {e}", path.display())),
+
+    /// A flattened row; its columns join the file's.
+    fn push(&mut self, flat: Flat) {
+        for c in flat.collisions {
+            if !self.collisions.iter().any(|x| x.0 == c.0 && x.3 == c.3) {
+                self.collisions.push(c);
+            }
+        }
+        let row = flat
+            .cells
+            .into_iter()
+            .map(|(name, v)| (self.intern(name), v))
+            .collect();
+        self.rows.push(row);
     }
 }
 
-/// Nested objects become dotted column names.
-fn flatten(m: &Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
+/// The rows one output file contributes.
+fn rows_of(path: &Path) -> Result<OutTable, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = super::csv::strip_bom(&text);
+    let mut out = OutTable::default();
+    if path.extension().is_some_and(|e| e == "csv") {
+        let (header, rows) = super::csv::parse(text)
+            .map_err(|e| format!("{} is not valid CSV: {e}", path.display()))?;
+        // a header named twice: the second column is kept as `<name>#2`
+        let mut flat = Flat::default();
+        for (i, name) in header.iter().enumerate() {
+            flat.put(name.clone(), format!("column {}", i + 1), Value::Null);
+        }
+        out.collisions = flat.collisions;
+        out.names = flat.cells.into_iter().map(|(n, _)| n).collect();
+        out.rows = rows
+            .into_iter()
+            .map(|r| {
+                r.iter()
+                    .take(header.len())
+                    .enumerate()
+                    .map(|(i, cell)| (i, csv_value(cell)))
+                    .collect()
+            })
+            .collect();
+        return Ok(out);
+    }
+    let mut one = |m: &Map<String, Value>| {
+        let mut flat = Flat::default();
+        flatten(m, "", &mut flat);
+        out.push(flat);
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => one(&m),
+        Ok(Value::Array(items)) => items.iter().filter_map(Value::as_object).for_each(one),
+        Ok(_) => {
+            return Err(format!(
+                "{} is neither a JSON object nor an array of objects",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("{} is not valid JSON: {e}", path.display())),
+    }
+    Ok(out)
+}
+
+/// A row being flattened: a second key that lands on a column already
+/// taken keeps its value under `<column>#2` (`#3`, ...), and is reported.
+#[derive(Default)]
+struct Flat {
+    cells: Vec<(String, Value)>,
+    /// column -> (index in cells, source)
+    seen: HashMap<String, (usize, String)>,
+    collisions: Vec<(String, String, String, String)>,
+}
+
+impl Flat {
+    fn put(&mut self, col: String, source: String, v: Value) {
+        if let Some((_, first)) = self.seen.get(&col) {
+            let first = first.clone();
+            let mut n = 2;
+            let mut alt = format!("{col}#{n}");
+            while self.seen.contains_key(&alt) {
+                n += 1;
+                alt = format!("{col}#{n}");
+            }
+            self.collisions
+                .push((col, first, source.clone(), alt.clone()));
+            self.seen.insert(alt.clone(), (self.cells.len(), source));
+            self.cells.push((alt, v));
+            return;
+        }
+        self.seen.insert(col.clone(), (self.cells.len(), source));
+        self.cells.push((col, v));
+    }
+}
+
+/// Nested objects become dotted column names; the source of each is its
+/// JSON pointer (`/a/b` for `{"a":{"b":..}}`, `/a.b` for `{"a.b":..}`).
+fn flatten(m: &Map<String, Value>, pointer: &str, out: &mut Flat) {
+    flatten_into(m, "", pointer, out)
+}
+
+fn flatten_into(m: &Map<String, Value>, prefix: &str, pointer: &str, out: &mut Flat) {
     for (k, v) in m {
+        let col = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let ptr = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
         match v {
-            Value::Object(inner) => {
-                for (ik, iv) in flatten(inner) {
-                    out.insert(format!("{k}.{ik}"), iv);
-                }
-            }
-            Value::Array(_) => {
-                out.insert(k.clone(), Value::String(v.to_string()));
-            }
-            _ => {
-                out.insert(k.clone(), v.clone());
-            }
+            Value::Object(inner) => flatten_into(inner, &col, &ptr, out),
+            Value::Array(_) => out.put(col, ptr, Value::String(v.to_string())),
+            _ => out.put(col, ptr, v.clone()),
         }
     }
-    out
 }
 
 pub struct Table {
     pub columns: Vec<(String, ColType, String)>,
-    pub rows: Vec<Map<String, Value>>,
+    /// Cells in the order of `columns`; a row may be shorter (the rest is empty).
+    pub rows: Vec<Vec<Value>>,
     pub failed: Vec<Map<String, Value>>,
     pub partial: bool,
     pub tasks: usize,
@@ -224,19 +270,56 @@ pub const RUNTIME: &[(&str, &str)] = &[
     ),
 ];
 
+/// The columns of the table, by name, in order.
+#[derive(Default)]
+struct Cols {
+    names: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Cols {
+    fn add(&mut self, name: &str, description: String) -> usize {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        self.index.insert(name.to_string(), self.names.len());
+        self.names.push((name.to_string(), description));
+        self.names.len() - 1
+    }
+}
+
+fn from(out: &str) -> String {
+    format!("from the task's {out}")
+}
+
+fn set(row: &mut Vec<Value>, i: usize, v: Value) {
+    if row.len() <= i {
+        row.resize(i + 1, Value::Null);
+    }
+    row[i] = v;
+}
+
 pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
+    let mut cols = Cols::default();
+    for (c, d) in FIXED {
+        cols.add(c, d.to_string());
+    }
+    for t in tasks {
+        for k in t.factors.keys() {
+            cols.add(k, format!("parameter \"{k}\" of the task"));
+        }
+    }
+    for (c, d) in RUNTIME {
+        cols.add(c, d.to_string());
+    }
+    let n_base = cols.names.len();
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     let mut problems = Vec::new();
-    let mut factor_cols: Vec<String> = Vec::new();
-    let mut metric_cols: Vec<(String, String)> = Vec::new();
+    // one warning per output file and column, not per row
+    let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     let mut done = 0;
     for t in tasks {
-        for k in t.factors.keys() {
-            if !factor_cols.contains(k) {
-                factor_cols.push(k.clone());
-            }
-        }
         let dir = results_dir.join(&t.id);
         let Ok(text) = std::fs::read_to_string(dir.join("runtime.json")) else {
             continue;
@@ -245,40 +328,62 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
             problems.push(format!("{}: runtime.json is damaged", t.id));
             continue;
         };
-        let mut base = Map::new();
-        base.insert("task".into(), Value::String(t.id.clone()));
-        base.insert("layer".into(), Value::String(t.layer.clone()));
-        for (k, v) in &t.factors {
-            base.insert(k.clone(), v.clone());
-        }
+        done += 1;
         if rt["status"] == "failed" {
-            base.insert("attempts".into(), rt["attempts"].clone());
-            base.insert("error".into(), rt["error"].clone());
-            base.insert("ended".into(), rt["ended"].clone());
-            failed.push(base);
-            done += 1;
+            let mut f = Map::new();
+            f.insert("task".into(), Value::String(t.id.clone()));
+            f.insert("layer".into(), Value::String(t.layer.clone()));
+            for (k, v) in &t.factors {
+                f.insert(k.clone(), v.clone());
+            }
+            for k in ["attempts", "error", "ended"] {
+                f.insert(k.into(), rt[k].clone());
+            }
+            failed.push(f);
             continue;
         }
-        done += 1;
-        for k in ["attempts", "wall_seconds", "peak_rss_kb", "cost_usd"] {
-            base.insert(k.into(), rt[k].clone());
+        let mut base = vec![Value::Null; n_base];
+        base[0] = Value::String(t.id.clone());
+        base[1] = Value::String(t.layer.clone());
+        for (k, v) in &t.factors {
+            base[cols.index[k.as_str()]] = v.clone();
+        }
+        for (k, _) in RUNTIME {
+            base[cols.index[*k]] = rt[*k].clone();
         }
         let mut produced = false;
         for out in &t.table {
             match rows_of(&dir.join(out)) {
-                Ok(rs) => {
-                    for r in rs {
-                        let mut row = base.clone();
-                        for (k, v) in r {
-                            let col = if base.contains_key(&k) {
-                                format!("{out}.{k}")
+                Ok(file) => {
+                    for (col, first, second, alt) in &file.collisions {
+                        if reported.insert((out.clone(), col.clone())) {
+                            problems.push(format!(
+                                "{}: {out}: {first} and {second} both flatten to column \"{col}\"; the second is kept as \"{alt}\"",
+                                t.id
+                            ));
+                        }
+                    }
+                    if file.rows.is_empty() {
+                        continue;
+                    }
+                    // the file's columns as the table's, resolved once per file
+                    let at: Vec<usize> = file
+                        .names
+                        .iter()
+                        .map(|k| {
+                            if cols.index.get(k.as_str()).is_some_and(|i| *i < n_base) {
+                                cols.add(&format!("{out}.{k}"), from(out))
+                            } else if let Some(i) = cols.index.get(k.as_str()) {
+                                *i
                             } else {
-                                k
-                            };
-                            if !metric_cols.iter().any(|(c, _)| *c == col) {
-                                metric_cols.push((col.clone(), out.clone()));
+                                cols.add(k, from(out))
                             }
-                            row.insert(col, v);
+                        })
+                        .collect();
+                    for r in file.rows {
+                        let mut row = base.clone();
+                        for (i, v) in r {
+                            set(&mut row, at[i], v);
                         }
                         rows.push(row);
                         produced = true;
@@ -291,34 +396,26 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
             rows.push(base);
         }
     }
-    let mut columns: Vec<(String, ColType, String)> = Vec::new();
-    let infer = |name: &str, rows: &[Map<String, Value>]| {
+    let infer = |i: usize| {
         rows.iter()
-            .fold(None, |acc, r| {
-                ColType::join(acc, r.get(name).and_then(ColType::of))
+            .fold(None, |acc, r: &Vec<Value>| {
+                ColType::join(acc, r.get(i).and_then(ColType::of))
             })
             .unwrap_or(ColType::String)
     };
-    for (c, d) in FIXED {
-        columns.push((c.to_string(), ColType::String, d.to_string()));
-    }
-    for c in &factor_cols {
-        columns.push((
-            c.clone(),
-            infer(c, &rows),
-            format!("parameter \"{c}\" of the task"),
-        ));
-    }
-    for (c, d) in RUNTIME {
-        columns.push((c.to_string(), infer(c, &rows), d.to_string()));
-    }
-    for (c, from) in &metric_cols {
-        columns.push((
-            c.clone(),
-            infer(c, &rows),
-            format!("from the task's {from}"),
-        ));
-    }
+    let columns = cols
+        .names
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, d))| {
+            let t = if i < FIXED.len() {
+                ColType::String
+            } else {
+                infer(i)
+            };
+            (name, t, d)
+        })
+        .collect();
     Table {
         columns,
         rows,
@@ -337,28 +434,4 @@ pub fn typed(v: Option<&Value>, t: ColType) -> Value {
         (Some(v), ColType::String) if !v.is_string() => Value::String(cell_text(v)),
         (Some(v), _) => v.clone(),
     }
-}
-
-pub fn write_csv(path: &Path, cols: &[String], rows: &[Map<String, Value>]) -> std::io::Result<()> {
-    let tmp = path.with_extension("csv.tmp");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(
-            f,
-            "{}",
-            cols.iter()
-                .map(|c| csv_field(c))
-                .collect::<Vec<_>>()
-                .join(",")
-        )?;
-        for r in rows {
-            let line: Vec<String> = cols
-                .iter()
-                .map(|c| csv_field(&r.get(c).map(cell_text).unwrap_or_default()))
-                .collect();
-            writeln!(f, "{}", line.join(","))?;
-        }
-        f.flush()?;
-    }
-    std::fs::rename(tmp, path)
 }

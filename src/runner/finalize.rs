@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::exec::Measured;
+use crate::results::csv::neutralise;
 use crate::tasks::TaskDef;
 
 /// How an attempt ended, for its `runtime.json`.
@@ -126,7 +127,8 @@ pub fn csv_field(s: &str) -> String {
 }
 
 /// Add a task that failed for good to `dir/failed-tasks.csv` (with its
-/// header when the file is new).
+/// header when the file is new); formula-looking cells neutralised for
+/// spreadsheets like `table.csv`'s.
 pub(super) fn append_failed_csv(
     dir: &Path,
     id: &str,
@@ -143,9 +145,9 @@ pub(super) fn append_failed_csv(
         f,
         "{},{},{},{}",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        csv_field(id),
+        csv_field(&neutralise(id)),
         attempt,
-        csv_field(error)
+        csv_field(&neutralise(error))
     )?;
     f.sync_data()
 }

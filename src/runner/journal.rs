@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod repair;
+
+pub use repair::{repair, Repaired};
+
 pub const JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,11 +84,14 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("journal {path} line {line} is damaged: {message}\n  (hint: only the last line may be torn by a crash; move the file aside to start the phase afresh)")]
+    #[error("journal {path} line {line} is damaged{}: {message}\n  (hint: `infra journal repair {phase}` keeps every valid line, lists the dropped ones and keeps a copy of the file)", if *more > 0 { format!(" (and {more} more line(s))") } else { String::new() })]
     Corrupt {
         path: PathBuf,
         line: usize,
         message: String,
+        /// Damaged lines after this one.
+        more: usize,
+        phase: String,
     },
     #[error("journal {path} line {line} has version {found}, this infra understands {JOURNAL_VERSION}\n  (hint: use the infra version that wrote it)")]
     Version {
@@ -206,52 +213,127 @@ impl State {
     }
 }
 
-/// Parse journal text; a torn last line (no newline) is ignored.
-pub fn parse(text: &str, path: &Path) -> Result<(State, Vec<Record>), JournalError> {
-    let mut state = State::default();
-    let mut records = Vec::new();
-    let ends_clean = text.ends_with('\n') || text.is_empty();
-    let lines: Vec<&str> = text.split('\n').collect();
-    let n = lines.len();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+/// A line of the journal that holds no record this infra can read
+/// (garbled, an unknown event, not UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Damage {
+    /// 1-based line number in the file.
+    pub line: usize,
+    pub message: String,
+}
+
+/// Everything a read of the journal found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub state: State,
+    pub records: Vec<Record>,
+    /// Damaged lines before the last one (the valid lines around them are read).
+    pub damaged: Vec<Damage>,
+    /// The last line, cut short by a crash mid-write (no newline, not a record).
+    pub torn: Option<Damage>,
+    /// Byte ranges of the valid lines, newline excluded.
+    kept: Vec<std::ops::Range<usize>>,
+}
+
+/// Read every line that holds a record; damaged lines are listed, not
+/// fatal. Only a line written by another journal version stops the read.
+pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, JournalError> {
+    let mut out = Scan::default();
+    let ends_clean = bytes.is_empty() || bytes.ends_with(b"\n");
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let end = bytes[start..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| start + i);
+        let raw = &bytes[start..end];
+        let last = end == bytes.len();
+        let range = start..end;
+        start = end + 1;
+        if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let last = i + 1 == n || (i + 2 == n && lines[n - 1].is_empty());
-        match serde_json::from_str::<Record>(line) {
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|e| format!("not UTF-8 text (byte {})", e.valid_up_to() + 1))
+            .and_then(|line| serde_json::from_str::<Record>(line).map_err(|e| e.to_string()));
+        match parsed {
             Ok(r) => {
                 if r.v != JOURNAL_VERSION {
                     return Err(JournalError::Version {
                         path: path.into(),
-                        line: i + 1,
+                        line: line_no,
                         found: r.v,
                     });
                 }
-                state.apply(&r.entry);
-                records.push(r);
+                out.state.apply(&r.entry);
+                out.records.push(r);
+                out.kept.push(range);
             }
-            Err(_) if last && !ends_clean => break, // torn by a crash mid-write
-            Err(e) => {
-                return Err(JournalError::Corrupt {
-                    path: path.into(),
-                    line: i + 1,
-                    message: e.to_string(),
+            // torn by a crash mid-write
+            Err(message) if last && !ends_clean => {
+                out.torn = Some(Damage {
+                    line: line_no,
+                    message,
                 })
             }
+            Err(message) => out.damaged.push(Damage {
+                line: line_no,
+                message,
+            }),
         }
     }
-    Ok((state, records))
+    Ok(out)
 }
 
-pub fn read(path: &Path) -> Result<(State, Vec<Record>), JournalError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((State::default(), Vec::new())),
+/// Parse journal text; a torn last line (no newline) is ignored, any other
+/// damaged line is an error naming it (`infra journal repair` drops it).
+pub fn parse(text: &str, path: &Path) -> Result<(State, Vec<Record>), JournalError> {
+    strict(scan(text.as_bytes(), path)?, path)
+}
+
+fn strict(s: Scan, path: &Path) -> Result<(State, Vec<Record>), JournalError> {
+    match s.damaged.first() {
+        Some(d) => Err(JournalError::Corrupt {
+            path: path.into(),
+            line: d.line,
+            message: d.message.clone(),
+            more: s.damaged.len() - 1,
+            phase: phase_of(path),
+        }),
+        None => Ok((s.state, s.records)),
+    }
+}
+
+/// The phase a journal belongs to: `.infra/<phase>/journal.jsonl`.
+fn phase_of(path: &Path) -> String {
+    path.parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "<phase>".into())
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, JournalError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(JournalError::Io {
             path: path.into(),
             source,
         }),
     }
+}
+
+/// The journal's state; a damaged line is an error (see [`parse`]).
+pub fn read(path: &Path) -> Result<(State, Vec<Record>), JournalError> {
+    strict(scan(&read_bytes(path)?, path)?, path)
+}
+
+/// The journal's state from every valid line, and the damaged lines
+/// (for `infra status`, which shows them instead of stopping).
+pub fn read_lenient(path: &Path) -> Result<Scan, JournalError> {
+    scan(&read_bytes(path)?, path)
 }
 
 pub struct Journal {
@@ -341,10 +423,10 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io)?;
-        if !text.is_empty() && !text.ends_with('\n') {
-            let keep = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             file.set_len(keep as u64).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
         }

@@ -3,6 +3,7 @@
 //! from the Handlebars templates in `stacks/` (`render`), and writing them
 //! to `.infra/<phase>/stacks/` (`write`).
 
+mod comment;
 pub mod limits;
 mod model;
 pub mod names;

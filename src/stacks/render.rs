@@ -472,7 +472,8 @@ fn shell_registry() -> Result<Handlebars<'static>, StackError> {
     hb.set_strict_mode(true);
     // Values land in a shell script that is also an Fn::Sub string: quote
     // for the shell, then keep CloudFormation from reading "${" in them.
-    hb.register_escape_fn(|s| shell::quote(s).replace("${", "${!"));
+    hb.register_escape_fn(super::comment::user_data_escape);
+    hb.register_helper("comment", Box::new(super::comment::comment_helper));
     hb.register_template_string("userdata.sh.hbs", USERDATA_TEMPLATE)
         .map_err(|e| StackError::Template {
             template: "userdata.sh.hbs",
@@ -669,5 +670,27 @@ mod tests {
             text.contains("INFRA_PHASE='a'\"'\"'b ${!x} $(id)'"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_newline_in_a_name_does_not_end_the_user_data_comment() {
+        let hb = shell_registry().unwrap();
+        let text = render_text(
+            &hb,
+            "userdata.sh.hbs",
+            &UserDataView {
+                project: "p\ntouch /tmp/pwned-project",
+                phase: "x\ntouch /tmp/pwned\n",
+                group: "g\rid",
+                instance_type: "c6i.xlarge",
+                slots: 2,
+                efa: false,
+                lifetime_minutes: 60,
+            },
+        )
+        .unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("phase 'x?touch /tmp/pwned?'"), "{text}");
+        assert!(lines[2].starts_with("# Generated"), "{text}");
     }
 }

@@ -2,12 +2,15 @@
 
 mod aws;
 mod badplans;
+mod badplans_names;
 mod common;
 mod cost;
 mod faults;
 mod fuzz;
 mod local;
+mod local_journal;
 mod output;
+mod output_hostile;
 mod stacks;
 mod sweep;
 mod templates;
