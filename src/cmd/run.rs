@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::context::{gate, journal_path, render_tasks, Ctx};
-use crate::runner::journal::{self, Status};
 use super::error::{exit, run_exit_code, AppError};
 use crate::cli::{OrderArg, RunArgs};
 use crate::plan;
 use crate::provider::{DestroyOpts, Finished, ProviderError};
 use crate::report::progress::{human_duration, Reporter};
+use crate::runner::journal::{self, Status};
 use crate::runner::run::{self as runner, Paths, RunOptions, RunSummary};
 use crate::runner::scheduler::Policy;
 use crate::tasks::TaskDef;

@@ -8,8 +8,6 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::table::cell_text;
-
 /// `text` without a leading UTF-8 byte order mark.
 pub fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
@@ -99,6 +97,35 @@ where
             .flush()?;
     }
     std::fs::rename(tmp, path)
+}
+
+/// A cell as CSV text; floats never in scientific notation.
+pub fn cell_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) => format_float(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub fn format_float(f: f64) -> String {
+    if !f.is_finite() {
+        return String::new();
+    }
+    // Rust's Display for f64 is the shortest exact form and never uses an exponent.
+    let s = format!("{f}");
+    if s.contains('.') {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 #[cfg(test)]

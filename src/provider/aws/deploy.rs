@@ -418,3 +418,14 @@ pub(super) async fn delete_stack(
     log(&format!("stack {name}: DELETE_COMPLETE"));
     Ok(true)
 }
+
+/// Instances of `ids` online in SSM.
+pub(super) async fn online(
+    c: &Clients,
+    ids: Vec<String>,
+) -> Result<HashSet<String>, ProviderError> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    Ok(ec2::ssm_online(c, &ids).await?)
+}

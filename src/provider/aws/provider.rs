@@ -92,17 +92,6 @@ fn stack_row(role: &'static str, name: &str, s: Option<&StackInfo>) -> StackRow 
     }
 }
 
-/// Instances of `ids` online in SSM.
-pub(super) async fn online(
-    c: &Clients,
-    ids: Vec<String>,
-) -> Result<HashSet<String>, ProviderError> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    Ok(ec2::ssm_online(c, &ids).await?)
-}
-
 /// Merge the bucket's ledger into the local one and meter the phase's
 /// instances up to now; failures are warnings (the run goes on, and the
 /// next metering picks up the time).
@@ -348,7 +337,7 @@ impl AwsProvider {
             .filter(|n| n.state == "running")
             .map(|n| n.instance_id.clone())
             .collect();
-        let online = online(&c, running).await?;
+        let online = deploy::online(&c, running).await?;
         Ok(Infra {
             region: Some(c.settings.region.clone()),
             bucket: base

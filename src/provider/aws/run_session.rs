@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::config::Clients;
+use super::deploy::online;
 use super::deploy::{self, Looked};
 use super::executor::{self, AwsExecutor};
 use super::meter;
-use super::provider::online;
 use super::state::{self, AwsState};
 use crate::catalog::Catalog;
 use crate::cost::ledger;
