@@ -369,3 +369,49 @@ fn a_finished_campaign_whose_nodes_are_gone_shows_no_burn_rate() {
     let r = p.infra(&["budget", "mixed"]);
     assert!(r.stdout.contains("burn rate -/h"), "{}", r.stdout);
 }
+
+#[test]
+fn run_of_one_task_does_not_bring_up_nodes_the_budget_refused_for_apply() {
+    let p = Project::new();
+    // the whole campaign (40 tasks) costs about $0.012, one task about $0.001
+    budget_plan(&p, r#"{"usd": 0.005}"#);
+    let r = p.infra(&["apply", "money"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let r = p.infra(&["run", "money", "b-00"]);
+    assert_eq!(
+        r.code, 3,
+        "run applies what apply refused: {}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        r.stderr.contains("exceeds the remaining budget"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !p.exists(".infra/money/local-nodes.json"),
+        "no node was brought up"
+    );
+    assert!(!p.exists("results/money/b-00"));
+}
+
+#[test]
+fn run_with_nothing_left_to_run_brings_up_no_nodes() {
+    let p = Project::new();
+    crate::output::mixed_plan(&p, r#""budget": { "usd": 5 },"#);
+    let _ = p.infra(&["run", "mixed"]);
+    p.infra(&["destroy", "mixed"]).ok();
+    assert!(!p.exists(".infra/mixed/local-nodes.json"));
+    let r = p.infra(&["run", "mixed", "mixed-t1", "mixed-t3"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("mixed: 0 succeeded, 0 failed, 1 already done, 1 failed earlier (--retry-failed runs them)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !p.exists(".infra/mixed/local-nodes.json"),
+        "no node was brought up"
+    );
+    assert!(!r.stderr.contains("applying"), "{}", r.stderr);
+}
