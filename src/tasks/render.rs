@@ -56,10 +56,7 @@ fn task_json_helper(
     _: &mut handlebars::RenderContext,
     out: &mut dyn handlebars::Output,
 ) -> handlebars::HelperResult {
-    let v = h
-        .param(0)
-        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
-    let text = serde_json::to_string(v.value()).unwrap_or_default();
+    let text = json_param(h)?;
     if text.contains([marks::OPEN, marks::CLOSE]) {
         return Err(RenderErrorReason::Other(
             "a value contains the private-use characters U+E000/U+E001, which task templates reserve".into(),
@@ -78,11 +75,16 @@ pub(crate) fn json_helper(
     _: &mut handlebars::RenderContext,
     out: &mut dyn handlebars::Output,
 ) -> handlebars::HelperResult {
+    out.write(&json_param(h)?)?;
+    Ok(())
+}
+
+/// The first parameter of `{{json v}}` as JSON text.
+fn json_param(h: &handlebars::Helper) -> Result<String, RenderErrorReason> {
     let v = h
         .param(0)
-        .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
-    out.write(&serde_json::to_string(v.value()).unwrap_or_default())?;
-    Ok(())
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("json", 0))?;
+    Ok(serde_json::to_string(v.value()).unwrap_or_default())
 }
 
 /// The variables a template sees for one pattern.
