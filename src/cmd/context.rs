@@ -44,6 +44,8 @@ impl Env {
             "INFRA_NODES_TIMEOUT_SECONDS",
             "INFRA_REPLACEMENT_WAIT_SECONDS",
             "CI",
+            "INFRA_NODE_BINARY_X86_64",
+            "INFRA_NODE_BINARY_AARCH64",
         ];
         use std::io::IsTerminal;
         Env {
@@ -122,6 +124,10 @@ impl Ctx {
             nodes_timeout: secs("INFRA_NODES_TIMEOUT_SECONDS"),
             replacement_wait: secs("INFRA_REPLACEMENT_WAIT_SECONDS")
                 .unwrap_or(Duration::from_secs(600)),
+            node_binaries: ["INFRA_NODE_BINARY_X86_64", "INFRA_NODE_BINARY_AARCH64"]
+                .iter()
+                .filter_map(|k| Some((k.to_string(), env.var(k)?.to_string())))
+                .collect(),
             log: Arc::new(|l: &str| eprintln!("{l}")),
         };
         Ok(Ctx {
@@ -178,6 +184,9 @@ impl Ctx {
         let (catalog, from) = self.catalog()?;
         let mut d = plan::diag::Diags::default();
         stacks::validate(&plan, &catalog, &mut d);
+        if d.is_empty() && plan.provider == ProviderKind::Aws {
+            node_agents(&plan, &self.provider_settings.node_binaries, &mut d);
+        }
         if !d.is_empty() {
             let file = plan
                 .source
@@ -275,4 +284,38 @@ pub fn gate(
         )));
     }
     Ok(e)
+}
+
+/// Every node group's architecture needs a Linux build of `infra` to run
+/// on its nodes as the node agent: one finding per architecture without.
+fn node_agents(
+    plan: &Plan,
+    binaries: &std::collections::BTreeMap<String, String>,
+    d: &mut plan::diag::Diags,
+) {
+    use crate::provider::aws::agent;
+    let mut seen = std::collections::BTreeSet::new();
+    for g in plan
+        .node_groups
+        .iter()
+        .filter(|g| g.instance_type != "local")
+    {
+        let arch = agent::Arch::of_instance_type(&g.instance_type);
+        if !seen.insert(arch) {
+            continue;
+        }
+        if let Err(why) = agent::find(arch, binaries) {
+            d.hint(
+                &stacks::validate::field(g, "instance_type"),
+                g.pos,
+                format!(
+                    "node group \"{}\" ({}) has {} nodes: {why}",
+                    g.name,
+                    g.instance_type,
+                    arch.as_str()
+                ),
+                agent::build_hint(arch),
+            );
+        }
+    }
 }

@@ -111,6 +111,9 @@ pub struct Settings {
     /// How long a run waits for replacement nodes
     /// (`INFRA_REPLACEMENT_WAIT_SECONDS`, default 600 s).
     pub replacement_wait: Duration,
+    /// Builds of the node agent by variable (`INFRA_NODE_BINARY_X86_64`,
+    /// `INFRA_NODE_BINARY_AARCH64`): a path each.
+    pub node_binaries: std::collections::BTreeMap<String, String>,
     pub log: Log,
 }
 

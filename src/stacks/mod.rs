@@ -10,7 +10,7 @@ pub mod names;
 mod render;
 mod shape;
 mod summary;
-mod validate;
+pub mod validate;
 mod write;
 
 pub use limits::{group_limits, GroupLimits};

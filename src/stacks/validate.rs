@@ -24,7 +24,7 @@ pub const DLAMI_MIN_VOLUME_GB: u32 = 75;
 
 /// The JSON path of a node group field; the `infrastructure` form names
 /// some fields differently.
-fn field(g: &NodeGroup, name: &str) -> String {
+pub fn field(g: &NodeGroup, name: &str) -> String {
     let name = match (g.path.as_str(), name) {
         ("infrastructure", "count") => "node_count",
         ("infrastructure", "gpus") => "gpu_count_per_node",

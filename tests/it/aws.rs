@@ -1618,8 +1618,8 @@ fn missing_credentials_are_a_clear_error() {
 }
 
 /// API calls per task dispatched and per polling round, from the emulator's
-/// own counter: polling is one ListCommandInvocations per node with work in
-/// flight, whatever the number of tasks running on it.
+/// own counter: a polling round is one ListCommandInvocations listing over
+/// every node, paginated, whatever the number of nodes and tasks.
 #[test]
 fn api_calls_per_task_and_per_polling_round() {
     let a = Aws::new("api_calls");
@@ -1665,7 +1665,15 @@ fn api_calls_per_task_and_per_polling_round() {
         rounds > 0.0 && get("ssm:ListCommandInvocations") > 0.0,
         "{report}"
     );
-    // one listing per node per round at most (2 nodes), though 4 tasks are in flight
+    // 4 in flight: one page per round, and at most one more
+    assert!(
+        out["api_calls"]["max_list_calls_per_round"]
+            .as_u64()
+            .unwrap()
+            <= 2,
+        "{report}\n{}",
+        out["api_calls"]
+    );
     assert!(
         get("ssm:ListCommandInvocations") <= rounds * 2.0 + 2.0,
         "{report}"

@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::agent;
 use super::cfn::{self, Source, StackInfo};
 use super::config::Clients;
 use super::ec2;
 use super::executor::GroupSpec;
+use super::node_commands::NodeKit;
 use super::s3;
-use super::script;
 use super::state::{self, AwsNode, AwsState};
 use crate::catalog::Catalog;
 use crate::plan::Plan;
@@ -176,7 +177,7 @@ pub(super) fn looked_up(
 }
 
 /// The task bundle: the project's `scripts/`, the phase's task definitions,
-/// the node wrapper, the setup script.
+/// the setup script. (The node agent is shipped on its own: agent.rs.)
 fn bundle_files(plan: &Plan) -> Result<s3::Files, ProviderError> {
     let mut files = s3::Files::new();
     let scripts = plan.root.join("scripts");
@@ -189,27 +190,42 @@ fn bundle_files(plan: &Plan) -> Result<s3::Files, ProviderError> {
         path: tasks.clone(),
         source,
     })?;
-    files.insert(
-        script::WRAPPER_KEY.to_string(),
-        script::WRAPPER.as_bytes().to_vec(),
-    );
     files.insert("setup.sh".to_string(), plan.setup.join("\n").into_bytes());
     Ok(files)
 }
 
-pub(super) async fn upload_bundle(
+/// Upload what the nodes need: the task bundle, and the node agent for each
+/// architecture among the plan's groups (once per build).
+pub(super) async fn node_kit(
     c: &Clients,
     log: &dyn Fn(&str),
     plan: &Plan,
     bucket: &str,
-) -> Result<script::BundleRef, ProviderError> {
+    binaries: &BTreeMap<String, String>,
+) -> Result<NodeKit, ProviderError> {
     let files = bundle_files(plan)?;
     let up = s3::upload_bundle(c, bucket, &plan.name_key, &files).await?;
     log(&format!(
         "bundle s3://{bucket}/{}/_bundle: {} file(s), {} uploaded, {} removed",
         plan.name_key, up.files, up.uploaded, up.deleted
     ));
-    Ok(up.bundle)
+    let mut agents = BTreeMap::new();
+    for arch in node_archs(plan) {
+        let bin = agent::find(arch, binaries).map_err(|e| {
+            ProviderError::Usage(format!("{e}\n  (hint: {})", agent::build_hint(arch)))
+        })?;
+        agents.insert(arch, agent::upload(c, bucket, &bin).await?);
+    }
+    Ok(NodeKit::new(up.bundle, agents, bucket, &plan.name_key))
+}
+
+/// The CPU architectures of the plan's node groups.
+pub fn node_archs(plan: &Plan) -> std::collections::BTreeSet<agent::Arch> {
+    plan.node_groups
+        .iter()
+        .filter(|g| g.instance_type != "local")
+        .map(|g| agent::Arch::of_instance_type(&g.instance_type))
+        .collect()
 }
 
 pub(super) fn group_specs(plan: &Plan, catalog: &Catalog) -> BTreeMap<String, GroupSpec> {
@@ -220,6 +236,7 @@ pub(super) fn group_specs(plan: &Plan, catalog: &Catalog) -> BTreeMap<String, Gr
             (
                 g.name.clone(),
                 GroupSpec {
+                    arch: super::agent::Arch::of_instance_type(&g.instance_type),
                     slots: g.slots,
                     gpus: g.gpus.or(t.map(|t| t.gpus)).unwrap_or(0),
                     vcpus: t.map(|t| t.vcpus).unwrap_or(1),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 use super::config::Clients;
 use super::ec2;
 pub use super::node_commands::{reap, setup_nodes};
-use super::script::BundleRef;
+use super::node_commands::{NodeKit, Target};
 use super::ssm::Poller;
 use super::state::{self, AwsState};
 use crate::runner::exec::NodeChange;
@@ -43,6 +43,8 @@ impl Node {
 /// What the nodes of a group offer (from the plan and the catalog).
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
+    /// The nodes' CPU architecture: which build of the agent they run.
+    pub arch: super::agent::Arch,
     pub slots: u32,
     pub gpus: u32,
     pub vcpus: u32,
@@ -53,7 +55,8 @@ pub struct GroupSpec {
 /// Everything the executor needs that does not change during a run.
 pub struct Setup {
     pub clients: Clients,
-    pub bundle: BundleRef,
+    /// The bundle and the agent builds.
+    pub kit: Arc<NodeKit>,
     pub bucket: String,
     pub project: String,
     /// The plan's name (`phase15`): S3 prefix, tags, state folder.
@@ -278,21 +281,36 @@ impl AwsExecutor {
             }
         };
         self.save_state();
+        let Some(arch) = self.s.groups.get(&s.group).map(|g| g.arch) else {
+            return;
+        };
+        // the agent first (a replacement has none), then the setup
+        if let Err(e) = self
+            .s
+            .kit
+            .ensure(
+                &self.s.clients,
+                &self.poller,
+                &[(s.instance_id.clone(), arch)],
+            )
+            .await
+        {
+            (self.s.log)(&format!("node {name} is not used: {e}"));
+            return;
+        }
         if let Some(hash) = &self.s.setup_hash {
             (self.s.log)(&format!(
                 "node {name} ({}) joined; running setup",
                 s.instance_id
             ));
-            if let Err(e) = setup_nodes(
-                &self.s.clients,
-                &self.poller,
-                &self.s.bundle,
-                &self.s.bucket,
-                &self.s.name_key,
-                hash,
-                &[(name.clone(), s.instance_id.clone(), s.private_ip.clone())],
-            )
-            .await
+            let target = Target {
+                name: name.clone(),
+                instance_id: s.instance_id.clone(),
+                addr: s.private_ip.clone(),
+                arch,
+            };
+            if let Err(e) =
+                setup_nodes(&self.s.clients, &self.poller, &self.s.kit, hash, &[target]).await
             {
                 (self.s.log)(&format!("node {name} is not used: {e}"));
                 return;

@@ -5,6 +5,7 @@
 //! `transport` moves one attempt's steps for the shared sequencer; the
 //! other modules are thin wrappers over one service each.
 
+pub mod agent;
 pub mod cfn;
 pub mod config;
 pub mod deploy;

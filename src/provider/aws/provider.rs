@@ -13,6 +13,7 @@ use super::deploy::{self, Looked};
 use super::ec2;
 use super::executor;
 use super::meter;
+use super::node_commands::Target;
 use super::run_session::AwsRun;
 use super::s3;
 use super::ssm::Poller;
@@ -260,26 +261,28 @@ impl AwsProvider {
         deploy::save(plan, &mut state_)?;
         // setup, once per node (the wrapper remembers)
         if let Some(hash) = deploy::setup_hash(plan) {
-            let bundle = deploy::upload_bundle(&c, &log, plan, &looked.bucket).await?;
+            let kit =
+                deploy::node_kit(&c, &log, plan, &looked.bucket, &self.settings.node_binaries)
+                    .await?;
             let poller = Poller::start(c.clone());
-            let nodes: Vec<(String, String, String)> = state_
+            let groups = deploy::group_specs(plan, catalog);
+            let nodes: Vec<Target> = state_
                 .nodes
                 .iter()
                 .filter(|n| ready.iter().any(|r| r.instance_id == n.instance_id))
-                .map(|n| (n.name.clone(), n.instance_id.clone(), n.private_ip.clone()))
+                .filter_map(|n| {
+                    Some(Target {
+                        name: n.name.clone(),
+                        instance_id: n.instance_id.clone(),
+                        addr: n.private_ip.clone(),
+                        arch: groups.get(&n.group)?.arch,
+                    })
+                })
                 .collect();
             log(&format!("running setup on {} node(s)", nodes.len()));
-            executor::setup_nodes(
-                &c,
-                &poller,
-                &bundle,
-                &looked.bucket,
-                &plan.name_key,
-                &hash,
-                &nodes,
-            )
-            .await
-            .map_err(ProviderError::Failed)?;
+            executor::setup_nodes(&c, &poller, &kit, &hash, &nodes)
+                .await
+                .map_err(ProviderError::Failed)?;
         }
         let live: Vec<state::AwsNode> =
             state_.nodes.iter().filter(|n| n.alive()).cloned().collect();

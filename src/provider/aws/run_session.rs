@@ -14,6 +14,7 @@ use super::deploy::online;
 use super::deploy::{self, Looked};
 use super::executor::{self, AwsExecutor};
 use super::meter;
+use super::node_commands::Target;
 use super::state::{self, AwsState};
 use crate::catalog::Catalog;
 use crate::cost::ledger;
@@ -76,7 +77,16 @@ impl AwsRun<'_> {
             ));
         }
         deploy::save(plan, &mut self.st)?;
-        let bundle = deploy::upload_bundle(c, &log, plan, &self.looked.bucket).await?;
+        let kit = Arc::new(
+            deploy::node_kit(
+                c,
+                &log,
+                plan,
+                &self.looked.bucket,
+                &self.settings.node_binaries,
+            )
+            .await?,
+        );
         let ids: Vec<String> = live.iter().map(|l| l.2.clone()).collect();
         // what each instance costs by the hour, as metered (its zone's spot
         // price): tasks are charged at their own nodes' prices
@@ -100,7 +110,7 @@ impl AwsRun<'_> {
         let exec = AwsExecutor::start(
             executor::Setup {
                 clients: c.clone(),
-                bundle: bundle.clone(),
+                kit: kit.clone(),
                 bucket: self.looked.bucket.clone(),
                 project: plan.project.clone(),
                 name_key: plan.name_key.clone(),
@@ -117,16 +127,15 @@ impl AwsRun<'_> {
             live.clone(),
         );
         // steps a dead `infra run` left running
+        let arch_of = |group: &str| groups.get(group).map(|g| g.arch);
         if !ids.is_empty() {
-            let stopped = executor::reap(
-                c,
-                &exec.poller,
-                &bundle,
-                &self.looked.bucket,
-                &plan.name_key,
-                &ids,
-            )
-            .await;
+            let nodes: Vec<_> = live
+                .iter()
+                .filter_map(|l| Some((l.2.clone(), arch_of(&l.1)?)))
+                .collect();
+            let stopped = executor::reap(c, &exec.poller, &kit, &nodes)
+                .await
+                .map_err(ProviderError::Failed)?;
             if stopped > 0 {
                 log(&format!(
                     "stopped {stopped} step(s) left running by an earlier run"
@@ -134,21 +143,20 @@ impl AwsRun<'_> {
             }
         }
         if let Some(hash) = deploy::setup_hash(plan) {
-            let nodes: Vec<(String, String, String)> = live
+            let nodes: Vec<Target> = live
                 .iter()
-                .map(|l| (l.0.clone(), l.2.clone(), l.3.clone()))
+                .filter_map(|l| {
+                    Some(Target {
+                        name: l.0.clone(),
+                        instance_id: l.2.clone(),
+                        addr: l.3.clone(),
+                        arch: arch_of(&l.1)?,
+                    })
+                })
                 .collect();
-            executor::setup_nodes(
-                c,
-                &exec.poller,
-                &bundle,
-                &self.looked.bucket,
-                &plan.name_key,
-                &hash,
-                &nodes,
-            )
-            .await
-            .map_err(ProviderError::Failed)?;
+            executor::setup_nodes(c, &exec.poller, &kit, &hash, &nodes)
+                .await
+                .map_err(ProviderError::Failed)?;
         }
         // the nodes also burn while the bundle uploads and setup runs
         let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
@@ -172,6 +180,9 @@ impl AwsRun<'_> {
         let calls = json!({
             "poll_rounds": n(&exec.poller.stats.rounds),
             "list_command_invocations": n(&exec.poller.stats.list_calls),
+            "max_list_calls_per_round": n(&exec.poller.stats.max_calls_per_round),
+            "max_list_calls_beyond_in_flight": n(&exec.poller.stats.max_extra_calls),
+            "max_in_flight": n(&exec.poller.stats.max_in_flight),
             "send_command": n(&exec.stats.send_command),
             "cancel_command": n(&exec.stats.cancel_command),
             "describe_instances": n(&exec.stats.describe_instances),

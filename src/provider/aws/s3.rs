@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::Clients;
 use super::error::{api, code, AwsError};
-use super::script::{BundleRef, NODE_SKIPS};
+use super::script::BundleRef;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -229,8 +229,9 @@ pub async fn upload_bundle(
         .iter()
         .map(|(k, v)| (k.clone(), sha256_hex(v)))
         .collect();
-    let old: BTreeMap<String, String> = match get(c, bucket, &manifest_key).await? {
-        Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+    let old_bytes = get(c, bucket, &manifest_key).await?;
+    let old: BTreeMap<String, String> = match &old_bytes {
+        Some(b) => serde_json::from_slice(b).unwrap_or_default(),
         None => BTreeMap::new(),
     };
     // changed files, 16 uploads at a time (one by one, a campaign of a few
@@ -260,22 +261,21 @@ pub async fn upload_bundle(
         .collect();
     delete_keys(c, bucket, &gone, &prefix).await?;
     let deleted = gone.len();
+    // The nodes check the manifest's bytes against the SHA-256 their
+    // command carries, so the object must be exactly these bytes. (The
+    // nodes fetch what they run — scripts/, setup.sh — not the task
+    // definitions, whose commands come with each Run Command: a changed
+    // task definition changes the manifest, but no node fetches a file.)
     let text = serde_json::to_vec_pretty(&new).unwrap_or_default();
-    if uploaded + deleted > 0 || old.is_empty() {
+    if old_bytes.as_deref() != Some(text.as_slice()) {
         put(c, bucket, &manifest_key, text.clone()).await?;
     }
-    // The nodes fetch what they run (the wrapper, scripts/, setup.sh), not
-    // the task definitions (each step's command comes with its Run Command),
-    // so a changed task definition does not make every node fetch again.
-    let node_side: BTreeMap<&String, &String> = new
-        .iter()
-        .filter(|(k, _)| !k.starts_with(NODE_SKIPS))
-        .collect();
-    let node_hash = sha256_hex(&serde_json::to_vec(&node_side).unwrap_or_default());
     Ok(Uploaded {
         bundle: BundleRef {
-            url: format!("s3://{bucket}/{prefix}"),
-            hash: node_hash[..16].to_string(),
+            bucket: bucket.to_string(),
+            prefix: prefix.clone(),
+            manifest_key: manifest_key.clone(),
+            manifest_sha256: sha256_hex(&text),
             region: c.settings.region.clone(),
         },
         files: new.len(),

@@ -1,34 +1,49 @@
-//! The shell scripts `infra` sends to nodes with SSM Run Command: a short
-//! preamble that fetches the task bundle when it changed, the step's
-//! environment as `export`s, and a call of the node wrapper
-//! (`scripts/infra-node.sh`, shipped in the bundle). Pure functions; every
-//! value is shell-quoted.
+//! The shell scripts `infra` sends to nodes with SSM Run Command: the step's
+//! environment as `export`s and a call of the node agent (`infra node
+//! <mode> --spec <json>`, src/node/), which fetches and verifies the task
+//! bundle itself. Pure functions; every value is shell-quoted.
 
+use serde_json::{json, Value};
+
+use super::agent::{self, AgentRef};
 use crate::tasks::shell::quote;
 
-/// The node wrapper, shipped in every bundle as `infra/infra-node.sh`.
-pub const WRAPPER: &str = include_str!("../../../scripts/infra-node.sh");
-pub const WRAPPER_KEY: &str = "infra/infra-node.sh";
-
-/// Exit codes of the wrapper (see `scripts/infra-node.sh`).
+/// Exit codes of the node agent (see src/node/).
 pub const EXIT_TIMEOUT: i32 = 124;
 pub const EXIT_UPLOAD: i32 = 171;
 pub const EXIT_BUNDLE: i32 = 172;
+pub const EXIT_NO_AGENT: i32 = agent::EXIT_NO_AGENT;
 pub const EXIT_INTERRUPTED: i32 = 175;
+pub const EXIT_NODE_IO: i32 = 176;
 /// `health`: the background step ended before it became healthy.
 pub const HEALTH_STEP_ENDED: i32 = 3;
 
 /// The part of the bundle the nodes do not fetch: the task definitions.
 pub const NODE_SKIPS: &str = "tasks/";
 
-/// Where the nodes fetch the bundle from, and which version they need.
+/// Where the nodes fetch the bundle from, and the SHA-256 of the manifest
+/// that lists every file's SHA-256: the agent checks both before it runs
+/// anything of the bundle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleRef {
-    /// `s3://<bucket>/<phase>/_bundle`
-    pub url: String,
-    /// Hash of the bundle's manifest.
-    pub hash: String,
+    pub bucket: String,
+    /// `<phase>/_bundle`
+    pub prefix: String,
+    /// `<phase>/_bundle.manifest`
+    pub manifest_key: String,
+    pub manifest_sha256: String,
     pub region: String,
+}
+
+impl BundleRef {
+    pub fn spec(&self) -> Value {
+        json!({
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "manifest_key": self.manifest_key,
+            "manifest_sha256": self.manifest_sha256,
+        })
+    }
 }
 
 fn is_name(k: &str) -> bool {
@@ -38,41 +53,35 @@ fn is_name(k: &str) -> bool {
         && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The whole script for one wrapper call.
+/// The whole script for one agent call.
 pub fn command(
-    bundle: &BundleRef,
+    agent: &AgentRef,
+    region: &str,
     env: &[(String, String)],
     mode: &str,
-    args: &[String],
+    spec: &Value,
 ) -> String {
-    let mut s = String::new();
-    s.push_str("R=\"${INFRA_NODE_ROOT:-${INFRA_SANDBOX_DIR:-/var/lib/infra}}\"\n");
+    let mut s = String::from(agent::ROOT);
     s.push_str(&format!(
         ": \"${{AWS_DEFAULT_REGION:={}}}\"\nexport AWS_DEFAULT_REGION\n",
-        quote(&bundle.region)
-    ));
-    let (url, hash) = (quote(&format!("{}/", bundle.url)), quote(&bundle.hash));
-    let skips = quote(&format!("{}*", NODE_SKIPS));
-    s.push_str(&format!(
-        "if [ \"$(cat \"$R/bundle.hash\" 2>/dev/null)\" != {hash} ]; then\n  \
-         mkdir -p \"$R/bundle\" && aws s3 sync --delete --only-show-errors --exclude {skips} {url} \"$R/bundle/\" && printf '%s\\n' {hash} >\"$R/bundle.hash\" \
-         || {{ echo \"infra: cannot fetch the task bundle from \"{url} >&2; exit {EXIT_BUNDLE}; }}\nfi\n"
+        quote(region)
     ));
     for (k, v) in env {
         if is_name(k) {
             s.push_str(&format!("export {k}={}\n", quote(v)));
         }
     }
-    s.push_str(&format!("exec sh \"$R/bundle/{WRAPPER_KEY}\" {mode}"));
-    for a in args {
-        s.push(' ');
-        s.push_str(&quote(a));
-    }
-    s.push('\n');
+    s.push_str(&agent::require(agent));
+    s.push_str(&format!(
+        "exec {} node {} --spec {}\n",
+        agent.node_path(),
+        quote(mode),
+        quote(&spec.to_string())
+    ));
     s
 }
 
-/// Arguments of `infra-node.sh step`.
+/// What `infra node step` gets.
 #[derive(Debug, Clone)]
 pub struct StepArgs<'a> {
     pub task: &'a str,
@@ -81,31 +90,36 @@ pub struct StepArgs<'a> {
     pub key: &'a str,
     pub name: &'a str,
     pub rank: u32,
-    /// `s3://<bucket>/<phase>/<task>/attempt-<n>`
+    /// `s3://<bucket>/<phase>/results/<task>/attempt-<n>`
     pub dest: &'a str,
     pub timeout_seconds: Option<u64>,
     pub background: bool,
     pub outputs: &'a [String],
     pub command: &'a str,
+    /// How long a stopped step gets between TERM and KILL.
+    pub grace_seconds: u64,
 }
 
-pub fn step_args(a: &StepArgs) -> Vec<String> {
-    vec![
-        a.task.to_string(),
-        a.attempt.to_string(),
-        a.key.to_string(),
-        a.name.to_string(),
-        a.rank.to_string(),
-        a.dest.to_string(),
-        a.timeout_seconds.unwrap_or(0).to_string(),
-        if a.background { "1" } else { "0" }.to_string(),
-        a.outputs.join("\n"),
-        a.command.to_string(),
-    ]
+pub fn step_spec(a: &StepArgs, bundle: &BundleRef) -> Value {
+    json!({
+        "task": a.task,
+        "attempt": a.attempt,
+        "key": a.key,
+        "name": a.name,
+        "rank": a.rank,
+        "dest": a.dest,
+        "timeout_seconds": a.timeout_seconds.unwrap_or(0),
+        "background": a.background,
+        "outputs": a.outputs,
+        "command": a.command,
+        "grace_seconds": a.grace_seconds,
+        "bundle": bundle.spec(),
+    })
 }
 
-/// Arguments of `infra-node.sh health`.
-pub fn health_args(
+/// What `infra node health` gets.
+#[allow(clippy::too_many_arguments)]
+pub fn health_spec(
     task: &str,
     attempt: u32,
     key: &str,
@@ -113,16 +127,26 @@ pub fn health_args(
     interval: f64,
     url: Option<&str>,
     command: Option<&str>,
-) -> Vec<String> {
-    vec![
-        task.to_string(),
-        attempt.to_string(),
-        key.to_string(),
-        timeout.to_string(),
-        format!("{}", interval.clamp(0.1, 60.0)),
-        url.unwrap_or("").to_string(),
-        command.unwrap_or("").to_string(),
-    ]
+    bundle: &BundleRef,
+) -> Value {
+    json!({
+        "task": task,
+        "attempt": attempt,
+        "key": key,
+        "timeout_seconds": timeout,
+        "interval_seconds": interval.clamp(0.1, 60.0),
+        "url": url,
+        "command": command,
+        "bundle": bundle.spec(),
+    })
+}
+
+pub fn stop_spec(task: &str, attempt: u32, keys: &[String]) -> Value {
+    json!({"task": task, "attempt": attempt, "keys": keys})
+}
+
+pub fn setup_spec(hash: &str, dest: &str, bundle: &BundleRef) -> Value {
+    json!({"hash": hash, "dest": dest, "bundle": bundle.spec()})
 }
 
 #[cfg(test)]
@@ -130,35 +154,41 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn bundle() -> BundleRef {
-        BundleRef {
-            url: "s3://b/p/_bundle".into(),
-            hash: "abc".into(),
-            region: "us-east-1".into(),
+    fn agent() -> AgentRef {
+        AgentRef {
+            arch: agent::Arch::X86_64,
+            sha256: "ab".repeat(32),
+            bucket: "b".into(),
+            key: "k".into(),
         }
     }
 
     #[test]
-    fn values_reach_the_wrapper_literally() {
+    fn values_reach_the_agent_literally() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        std::fs::create_dir_all(root.join("bundle/infra")).unwrap();
-        std::fs::write(root.join("bundle.hash"), "abc\n").unwrap();
-        // a stand-in wrapper that prints its arguments and one variable
+        let bin = root.join("bin").join("ab".repeat(32));
+        std::fs::create_dir_all(&bin).unwrap();
+        // a stand-in agent that prints its arguments and one variable
+        let stand_in = bin.join("infra");
         std::fs::write(
-            root.join("bundle/infra/infra-node.sh"),
-            "for a in \"$@\"; do printf '<%s>' \"$a\"; done; printf '|%s' \"$V\"",
+            &stand_in,
+            "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>' \"$a\"; done; printf '|%s' \"$V\"",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
         let hostile = "it's $(id) `x` \"q\" \n two";
+        let spec = json!({"command": hostile});
         let script = command(
-            &bundle(),
+            &agent(),
+            "us-east-1",
             &[
                 ("V".into(), hostile.into()),
                 ("bad-name".into(), "x".into()),
             ],
             "step",
-            &["a b".into(), hostile.into()],
+            &spec,
         );
         let out = Command::new("sh")
             .arg("-c")
@@ -168,24 +198,24 @@ mod tests {
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("<step><a b><{hostile}>|{hostile}"),
+            format!("<node><step><--spec><{spec}>|{hostile}"),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
 
     #[test]
-    fn the_wrapper_parses() {
+    fn a_node_without_the_agent_says_so_and_exits_173() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = command(&agent(), "us-east-1", &[], "reap", &json!({}));
         let out = Command::new("sh")
-            .arg("-n")
             .arg("-c")
-            .arg(WRAPPER)
+            .arg(&script)
+            .env("INFRA_NODE_ROOT", dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(EXIT_NO_AGENT));
+        assert!(String::from_utf8_lossy(&out.stderr)
+            .contains("node agent abababababab is not installed"));
     }
 }

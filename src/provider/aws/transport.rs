@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::executor::{AwsExecutor, Node};
 use super::script::{self, StepArgs};
+
+/// How long a stopped step gets between SIGTERM and SIGKILL on the node.
+const STOP_GRACE_SECONDS: u64 = 10;
 use super::ssm::{self, End, Ended};
 use crate::provider::env::{task_env, Phase, RankNode, Shape};
 use crate::provider::sequence::{
@@ -108,7 +111,7 @@ impl AwsAttempt {
         script: String,
         timeout: u64,
         comment: String,
-    ) -> Result<String, StartError> {
+    ) -> Result<ssm::Sent, StartError> {
         let ex = &self.ex;
         if let Some(r) = node.gone() {
             return Err(StartError::Lost(r));
@@ -124,7 +127,7 @@ impl AwsAttempt {
             output: Some((&ex.s.bucket, &prefix)),
         };
         match ssm::send(&ex.s.clients, &send).await {
-            Ok(id) => Ok(id),
+            Ok(sent) => Ok(sent),
             Err(ssm::SendError::NotReachable(m)) => match ex.index_of(node) {
                 Some(i) => match ex.confirm_gone(i).await {
                     Some(r) => Err(StartError::Lost(r)),
@@ -159,9 +162,15 @@ impl AwsAttempt {
             }
         }
         for (rank, keys) in &per_node {
-            let mut args = vec![self.task.id.clone(), self.attempt.to_string()];
-            args.extend(keys.iter().cloned());
-            let script = script::command(&self.ex.s.bundle, &[], "stop", &args);
+            let spec = script::stop_spec(&self.task.id, self.attempt, keys);
+            let Ok(script) = self
+                .ex
+                .s
+                .kit
+                .script(self.nodes[*rank].spec.arch, &[], "stop", &spec)
+            else {
+                continue;
+            };
             // nobody waits for the stop command itself
             let _ = self
                 .send(&self.nodes[*rank], script, 60, self.comment("stop"))
@@ -194,7 +203,15 @@ impl AwsAttempt {
                 tail(&e.output)
             )),
             End::Failed(script::EXIT_BUNDLE) => StepEnd::Failed(format!(
-                "the node could not fetch the task bundle for step \"{name}\": {}",
+                "the node could not fetch the task bundle for step \"{name}\", or a file failed its SHA-256 check: {}",
+                tail(&e.output)
+            )),
+            End::Failed(script::EXIT_NO_AGENT) => StepEnd::Failed(format!(
+                "the node agent is not installed on the node of step \"{name}\": {}",
+                tail(&e.output)
+            )),
+            End::Failed(script::EXIT_NODE_IO) => StepEnd::Failed(format!(
+                "step \"{name}\" failed on the node: a write failed (disk full?): {}",
                 tail(&e.output)
             )),
             // SSM said failed: never a success
@@ -240,8 +257,8 @@ impl AwsAttempt {
         ex.stats
             .s3_get
             .fetch_add(files.len() as u64, Ordering::Relaxed);
-        let mut out = String::new();
-        let mut err = String::new();
+        let mut out: Vec<u8> = Vec::new();
+        let mut err: Vec<u8> = Vec::new();
         let mut usage = Usage::default();
         for (key, name, rank) in &self.keys {
             let dir = tmp.join("steps").join(key);
@@ -249,24 +266,30 @@ impl AwsAttempt {
                 .split_once('-')
                 .map(|(_, t)| format!(", try {t}"))
                 .unwrap_or_default();
-            out.push_str(&format!(
-                "== infra: step {name} on {} (rank {rank}){try_note} ==\n",
-                self.nodes[*rank].name
-            ));
-            let o = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
-            out.push_str(&o);
-            if !o.is_empty() && !o.ends_with('\n') {
-                out.push('\n');
+            out.extend_from_slice(
+                format!(
+                    "== infra: step {name} on {} (rank {rank}){try_note} ==\n",
+                    self.nodes[*rank].name
+                )
+                .as_bytes(),
+            );
+            // byte for byte: a step's output need not be text
+            let o = std::fs::read(dir.join("stdout.log")).unwrap_or_default();
+            out.extend_from_slice(&o);
+            if !o.is_empty() && !o.ends_with(b"\n") {
+                out.push(b'\n');
             }
-            let e = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-            err.push_str(&e);
+            let e = std::fs::read(dir.join("stderr.log")).unwrap_or_default();
+            err.extend_from_slice(&e);
             if let Ok(text) = std::fs::read_to_string(dir.join("runtime.json")) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                     usage.peak_rss_kb = usage
                         .peak_rss_kb
                         .max(v["peak_rss_kb"].as_u64().unwrap_or(0));
                     if v["background"] == serde_json::Value::Bool(true) {
-                        out.push_str(&format!("== infra: stopped background step {name} ==\n"));
+                        out.extend_from_slice(
+                            format!("== infra: stopped background step {name} ==\n").as_bytes(),
+                        );
                     } else {
                         usage.last_exit_code = v["exit_code"].as_i64().map(|c| c as i32);
                     }
@@ -309,39 +332,44 @@ impl StepTransport for AwsAttempt {
         } else {
             format!("{index}-{try_no}")
         };
-        let args = script::step_args(&StepArgs {
-            task: &self.task.id,
-            attempt: self.attempt,
-            key: &key,
-            name: &step.name,
-            rank: step.node,
-            dest: &self.dest,
-            // a background step runs until it is stopped
-            timeout_seconds: if step.background {
-                None
-            } else {
-                step.timeout_seconds
+        let spec = script::step_spec(
+            &StepArgs {
+                task: &self.task.id,
+                attempt: self.attempt,
+                key: &key,
+                name: &step.name,
+                rank: step.node,
+                dest: &self.dest,
+                // a background step runs until it is stopped
+                timeout_seconds: if step.background {
+                    None
+                } else {
+                    step.timeout_seconds
+                },
+                background: step.background,
+                outputs: &self.task.outputs,
+                command: &step.command,
+                grace_seconds: STOP_GRACE_SECONDS,
             },
-            background: step.background,
-            outputs: &self.task.outputs,
-            command: &step.command,
-        });
+            &self.ex.s.kit.bundle,
+        );
+        let script = self
+            .ex
+            .s
+            .kit
+            .script(node.spec.arch, env, "step", &spec)
+            .map_err(StartError::Failed)?;
         let exec_timeout = match (step.background, step.timeout_seconds) {
             (false, Some(s)) => s + 300,
             _ => ssm::MAX_EXECUTION_SECONDS,
         };
         let cmd = self
-            .send(
-                &node,
-                script::command(&self.ex.s.bundle, env, "step", &args),
-                exec_timeout,
-                self.comment(&step.name),
-            )
+            .send(&node, script, exec_timeout, self.comment(&step.name))
             .await?;
         self.keys.push((key.clone(), step.name.clone(), rank));
         let rx = self.ex.poller.watch(&cmd, &node.instance_id);
         Ok(Flight {
-            cmd,
+            cmd: cmd.id,
             instance: node.instance_id.clone(),
             rx: Some(rx),
             key,
@@ -377,7 +405,7 @@ impl StepTransport for AwsAttempt {
         stop: &mut watch::Receiver<bool>,
     ) -> HealthEnd {
         let node = self.nodes[bg.rank].clone();
-        let args = script::health_args(
+        let spec = script::health_spec(
             &self.task.id,
             self.attempt,
             &bg.key,
@@ -385,11 +413,16 @@ impl StepTransport for AwsAttempt {
             check.interval_seconds,
             check.url.as_deref(),
             check.command,
+            &self.ex.s.kit.bundle,
         );
+        let script = match self.ex.s.kit.script(node.spec.arch, env, "health", &spec) {
+            Ok(s) => s,
+            Err(e) => return HealthEnd::Failed(e),
+        };
         let cmd = match self
             .send(
                 &node,
-                script::command(&self.ex.s.bundle, env, "health", &args),
+                script,
                 check.timeout_seconds + 300,
                 self.comment(&format!("health {}", step.name)),
             )
@@ -401,7 +434,7 @@ impl StepTransport for AwsAttempt {
         };
         let rx = self.ex.poller.watch(&cmd, &node.instance_id);
         let mut health = Flight {
-            cmd,
+            cmd: cmd.id,
             instance: node.instance_id.clone(),
             rx: Some(rx),
             key: bg.key.clone(),
