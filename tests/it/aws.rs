@@ -1686,6 +1686,54 @@ fn api_calls_per_task_and_per_polling_round() {
     ok(&a.infra(&["destroy", "calls", "--all"]), "destroy");
 }
 
+/// Polling at scale: 100 nodes, 500 one-second tasks. A polling round is
+/// one ListCommandInvocations listing over every node, paginated: its calls
+/// follow the invocations in flight (ceil(in flight / 50), plus at most one
+/// page for the newest finished ones), never the number of nodes, and SSM
+/// never throttles. The figures go to `aws-api-calls-100-nodes.txt`.
+#[test]
+fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_nodes() {
+    let a = Aws::new("poll_100");
+    let (nodes, tasks) = (100u32, 500usize);
+    sleeper_plan(&a, "wide", "wide", tasks, 1.0, nodes, 1);
+    ok(&a.infra(&["apply", "wide", "--yes"]), "apply");
+    a.clear_calls();
+    let started = Instant::now();
+    let r = a.infra(&["run", "wide", "all", "--json"]);
+    let took = started.elapsed().as_secs_f64();
+    ok(&r, "run");
+    let calls = a.calls();
+    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let c = &out["api_calls"];
+    let rounds = c["poll_rounds"].as_u64().unwrap();
+    let lists = *calls.get("ssm:ListCommandInvocations").unwrap_or(&0);
+    let report = format!(
+        "{nodes} nodes, {tasks} one-second tasks, poll every 0.3 s, run took {took:.1} s:\n\
+         polling rounds {rounds}; ListCommandInvocations {lists} ({:.2} per round)\n\
+         most in flight in a round {}; most calls in a round {}; most calls beyond ceil(in flight / 50) {}\n\
+         SendCommand {}; all calls {:?}",
+        lists as f64 / rounds.max(1) as f64,
+        c["max_in_flight"],
+        c["max_list_calls_per_round"],
+        c["max_list_calls_beyond_in_flight"],
+        calls.get("ssm:SendCommand").unwrap_or(&0),
+        calls.iter().collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    eprintln!("{report}");
+    let _ = std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aws-api-calls-100-nodes.txt"),
+        &report,
+    );
+    assert_eq!(succeeded_counts(&a.p, "wide").len(), tasks, "{report}");
+    assert!(c["max_in_flight"].as_u64().unwrap() > 50, "the test keeps more than one page in flight: {report}");
+    assert!(
+        c["max_list_calls_beyond_in_flight"].as_u64().unwrap() <= 1,
+        "calls per round <= ceil(in flight / 50) + 1: {report}"
+    );
+    assert!(!r.stderr.contains("Throttl") && !r.stderr.contains("Rate exceeded"), "{}", r.stderr);
+    ok(&a.infra(&["destroy", "wide", "--all"]), "destroy");
+}
+
 #[test]
 fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
     let a = Aws::new("catalog_refresh");

@@ -307,3 +307,40 @@ fn unknown_plan_names_suggest_close_ones() {
     // and a path works
     p.infra(&["plan", "plans/phase15.json"]).ok();
 }
+
+/// A node group whose architecture has no Linux build of infra to run as
+/// the node agent is refused at `infra plan`, naming the group, why the
+/// build found cannot serve, and the command that builds one.
+#[test]
+fn an_aws_plan_without_a_node_agent_for_its_architecture_exits_2_with_the_build_command() {
+    let p = Project::new();
+    p.write("plans/templates/echo.json.hbs", &one_step_template("echo", ""));
+    p.write(
+        "plans/arch.json",
+        r#"{"phase": "a", "name": "x", "provider": "aws", "region": "us-east-1",
+  "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
+  "layers": [{"id": "L", "grid": {"backend": "echo", "id": "a-{a}", "factors": {"a": [1]}}}]}"#,
+    );
+    p.write("not-an-agent.sh", "#!/bin/sh\necho this is a shell script, not infra\n");
+    let script = p.path().join("not-an-agent.sh");
+    let out = p
+        .cmd(&["plan", "arch"])
+        .env("INFRA_NODE_BINARY_X86_64", &script)
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "plans/arch.json:2:",
+        "node group \"cpu\" (c6i.xlarge) has x86_64 nodes",
+        "INFRA_NODE_BINARY_X86_64=",
+        "it is not an ELF executable",
+        "scripts/build-node-binaries.sh x86_64",
+    ] {
+        assert!(r.stderr.contains(want), "{want}\n{}", r.stderr);
+    }
+    assert!(!p.path().join(".infra/arch").exists(), "nothing is created");
+    // the running (Linux x86_64) infra serves x86_64 nodes by itself
+    let ok = p.infra(&["plan", "arch"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+}
