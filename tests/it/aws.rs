@@ -664,22 +664,36 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     let counts = succeeded_counts(&a.p, "k9");
     assert_eq!(counts.len(), 6, "{counts:?}");
     assert!(counts.values().all(|c| *c == 1), "{counts:?}");
-    // The nodes fetched the wrapper, not the task definitions; a changed
-    // task definition is uploaded to the bundle but no node fetches again.
+    // The nodes fetched what they run (scripts/, setup.sh), verified, not
+    // the task definitions; a changed task definition changes the manifest
+    // (the nodes read it again) but no node fetches a file again.
     let node_dirs: Vec<PathBuf> = node_ids(&a, "k9")
         .iter()
         .map(|(_, id)| emulator()._dir.path().join("state/instances").join(id))
         .collect();
-    let hashes = || -> Vec<String> {
-        node_dirs
-            .iter()
-            .map(|d| std::fs::read_to_string(d.join("bundle.hash")).unwrap())
-            .collect()
+    let hashes = || -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut v = Vec::new();
+        for d in &node_dirs {
+            let mut stack = vec![d.join("bundle")];
+            while let Some(dir) = stack.pop() {
+                for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        v.push((e.path(), m.modified().unwrap()));
+                    }
+                }
+            }
+        }
+        v.sort();
+        v
     };
     let fetched = hashes();
     for d in &node_dirs {
-        assert!(d.join("bundle/infra/infra-node.sh").is_file(), "{d:?}");
+        assert!(d.join("bundle/setup.sh").is_file(), "{d:?}");
         assert!(!d.join("bundle/tasks").exists(), "{d:?}");
+        assert!(!d.join("bundle/infra/infra-node.sh").exists(), "no shell wrapper: {d:?}");
     }
     let template = a.p.read("plans/templates/sleeper.json.hbs");
     a.p.write(

@@ -1,12 +1,12 @@
 //! How the steps of one attempt move on AWS, for the shared sequencer.
 //!
-//! A step is one SendCommand to its rank's node, running the node wrapper
-//! (`scripts/infra-node.sh step`), which enforces the step's timeout and
-//! uploads the step's logs, runtime and outputs to
-//! `s3://<bucket>/<phase>/<task>/attempt-<n>/`. A background step is a
+//! A step is one SendCommand to its rank's node, running the node agent
+//! (`infra node step`, src/node/), which enforces the step's timeout and
+//! uploads the step's logs, runtime and outputs to the attempt's results
+//! prefix in the bucket. A background step is a
 //! long-running SendCommand; its health check a second, short one on the
 //! same node that loops until the URL (or command) answers. `stop` asks the
-//! wrappers to end their steps (CancelCommand for those that do not), and
+//! agents to end their steps (CancelCommand for those that do not), and
 //! `collect` downloads the attempt's prefix into the runner's staging
 //! folder. Statuses come from the executor's shared `Poller`.
 
