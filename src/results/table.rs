@@ -239,7 +239,7 @@ pub const RUNTIME: &[(&str, &str)] = &[
     ),
     (
         "cost_usd",
-        "node time x price, split among the node's slots, USD",
+        "node time x price, split among the node's slots, USD; on the task's first row only, so that the column sums to the cost",
     ),
 ];
 
@@ -355,6 +355,10 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
                         .collect();
                     for r in file.rows {
                         let mut row = base.clone();
+                        // a task's cost once, not once per row of its output
+                        if produced {
+                            row[cols.index["cost_usd"]] = Value::Null;
+                        }
                         for (i, v) in r {
                             set(&mut row, at[i], v);
                         }

@@ -221,3 +221,32 @@ fn a_large_log_is_streamed_not_read_whole() {
         "peak RSS {peak_kb} KiB for a 64 MiB log"
     );
 }
+
+/// A task whose output has several rows carries its cost on the first row
+/// only: summing `cost_usd` gives the campaign's cost, not rows x cost.
+#[test]
+fn a_multi_row_output_counts_the_tasks_cost_once() {
+    let p = Project::new();
+    finished(
+        &p,
+        "rows",
+        "out.json",
+        br#"[{"seed": 1, "x": 0.5}, {"seed": 2, "x": 0.7}, {"seed": 3, "x": 0.9}]"#,
+    );
+    let rt = "results/rows/rows-a/runtime.json";
+    p.write(
+        rt,
+        r#"{"status":"succeeded","attempts":1,"wall_seconds":1.0,"peak_rss_kb":10,"cost_usd":0.25}"#,
+    );
+    p.infra(&["results", "rows", "--format", "json"]).ok();
+    let text = p.read("results/rows/table.json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = v["rows"].as_array().or(v.as_array()).expect("rows");
+    assert_eq!(rows.len(), 3, "{text}");
+    let sum: f64 = rows.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    assert_eq!(sum, 0.25, "{text}");
+    assert_eq!(rows[0]["cost_usd"], 0.25, "{text}");
+    assert!(rows[1]["cost_usd"].is_null(), "{text}");
+    // the other task-level values stay on every row
+    assert!(rows.iter().all(|r| r["attempts"] == 1), "{text}");
+}
