@@ -1781,6 +1781,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 }
 
 mod budget;
+mod node;
 
 #[test]
 fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
