@@ -28,7 +28,7 @@ What the emulator does instead:
   ``Null``, ``Bool``, each with ``...IfExists`` and the
   ``ForAnyValue:``/``ForAllValues:`` prefixes; keys ``s3:prefix``,
   ``s3:delimiter``, ``s3:max-keys`` (ListBucket, ListBucketVersions),
-  ``s3:VersionId``, ``aws:SecureTransport`` (false), ``aws:PrincipalAccount``,
+  ``s3:VersionId``, ``aws:SecureTransport`` (true, as on AWS over HTTPS), ``aws:PrincipalAccount``,
   ``ec2:SourceInstanceARN``. A condition with another operator makes an
   Allow statement not apply and a Deny statement apply (fails closed).
   Policy variables (``${aws:username}`` ...) are not substituted.
@@ -166,6 +166,10 @@ class _Unsupported(Exception):
     pass
 
 
+_OPERATORS = {"StringEquals", "StringNotEquals", "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase",
+              "StringLike", "StringNotLike", "Bool", "Null"}
+
+
 def _string_op(op: str, wanted: list[str], have: str) -> bool:
     if op in ("StringEquals", "StringNotEquals"):
         hit = have in wanted
@@ -188,6 +192,8 @@ def _condition_holds(condition: dict[str, Any], context: dict[str, list[str]]) -
         if_exists = op.endswith("IfExists")
         if if_exists:
             op = op[: -len("IfExists")]
+        if op not in _OPERATORS or qualifier not in ("", "ForAnyValue", "ForAllValues"):
+            raise _Unsupported(raw_op)
         for key, wanted in block.items():
             wanted = [str(w).lower() if isinstance(w, bool) else str(w) for w in _as_list(wanted)]
             have = context.get(key.lower())
@@ -401,7 +407,8 @@ def authorize(account_id: str, instance_id: str, action: str, resource: str,
     if role is None:
         return False, (f"instance {instance_id} has no instance profile with a role "
                        f"(or no longer exists) in account {account_id}")
-    ctx = {"aws:securetransport": ["false"], "aws:principalaccount": [account_id],
+    # The nodes would use HTTPS on AWS; the emulator is plain HTTP.
+    ctx = {"aws:securetransport": ["true"], "aws:principalaccount": [account_id],
            "ec2:sourceinstancearn": [f"arn:aws:ec2:*:{account_id}:instance/{instance_id}"]}
     ctx.update({k.lower(): v for k, v in (context or {}).items()})
     decision = evaluate(role_policies(role), action, resource, ctx)

@@ -127,6 +127,10 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
         parts = query["X-Amz-Credential"][0].split("/")
         if len(parts) >= 4:
             access_key, region, service = parts[0], parts[2], parts[3]
+    elif headers.get("authorization", "").startswith("AWS "):  # SigV2 (S3)
+        access_key = headers["authorization"][4:].split(":", 1)[0].strip()
+    elif "AWSAccessKeyId" in query:  # SigV2 presigned URL (boto3's default for S3)
+        access_key = query["AWSAccessKeyId"][0]
 
     target = headers.get("x-amz-target")
     form: dict[str, str] = {}
@@ -191,12 +195,16 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
 def _rewrite_key(environ: dict[str, Any], headers: dict[str, str], old: str, new: str) -> None:
     """Replace the access key id in the Authorization header or the
     presigned X-Amz-Credential by the account id."""
-    if "HTTP_AUTHORIZATION" in environ:
-        environ["HTTP_AUTHORIZATION"] = environ["HTTP_AUTHORIZATION"].replace(f"Credential={old}/", f"Credential={new}/")
-        headers["authorization"] = environ["HTTP_AUTHORIZATION"]
+    auth = environ.get("HTTP_AUTHORIZATION")
+    if auth:
+        auth = auth.replace(f"Credential={old}/", f"Credential={new}/")
+        if auth.startswith(f"AWS {old}:"):
+            auth = f"AWS {new}:" + auth[len(f"AWS {old}:"):]
+        environ["HTTP_AUTHORIZATION"] = headers["authorization"] = auth
     qs = environ.get("QUERY_STRING", "")
     if old in qs:
-        environ["QUERY_STRING"] = qs.replace(f"X-Amz-Credential={old}", f"X-Amz-Credential={new}")
+        qs = qs.replace(f"X-Amz-Credential={old}", f"X-Amz-Credential={new}")
+        environ["QUERY_STRING"] = qs.replace(f"AWSAccessKeyId={old}", f"AWSAccessKeyId={new}")
 
 
 def s3_action_name(method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> str:
