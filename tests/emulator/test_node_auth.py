@@ -272,3 +272,30 @@ def test_evaluate_unknown_condition_operator_fails_closed():
     assert node_auth.evaluate([allow], "s3:GetObject", "arn:aws:s3:::b/k") == "ImplicitDeny"
     assert node_auth.evaluate([everything, deny], "s3:GetObject", "arn:aws:s3:::b/k") == "Deny"
     assert node_auth.evaluate([everything], "s3:GetObject", "arn:aws:s3:::b/k") == "Allow"
+
+
+def test_fleet_instances_of_a_stack_get_the_launch_template_profile_and_its_policies(aws):
+    """The project's kind of stacks (test_project_stacks): the role's inline
+    policy (Fn::Sub resolved by CloudFormation) lets the fleets' nodes read
+    the bucket's objects and nothing else."""
+    from test_cloudformation import live_instances
+    from test_project_stacks import base_template, compute_template
+
+    cfn, ec2, s3 = aws.client("cloudformation"), aws.client("ec2"), aws.client("s3")
+    cfn.create_stack(StackName="infra-demo-base", TemplateBody=base_template(), Capabilities=["CAPABILITY_IAM"])
+    cfn.create_stack(StackName="infra-demo-p1", TemplateBody=compute_template(workers=1),
+                     Parameters=[{"ParameterKey": "ValidUntil", "ParameterValue": "2030-01-01T00:00:00Z"}])
+    bucket = f"infra-demo-{aws.account_id}-us-east-1"
+    s3.put_object(Bucket=bucket, Key="p1/_bundle/run.sh", Body=b"echo hi\n")
+    nodes = live_instances(ec2, **{"tag:infra:project": "demo"})
+    assert len(nodes) == 2  # one spot worker, one on-demand trainer
+    for node in nodes:
+        inv = run(aws, node["InstanceId"], [
+            TRY,
+            f"try get aws s3 cp s3://{bucket}/p1/_bundle/run.sh run.sh",
+            f"try put aws s3 cp run.sh s3://{bucket}/p1/_bundle/run.sh",
+        ])
+        assert outcomes(inv) == {"get": "ok", "put": "failed"}, inv
+    assert s3.get_object(Bucket=bucket, Key="p1/_bundle/run.sh")["Body"].read() == b"echo hi\n"
+    cfn.delete_stack(StackName="infra-demo-p1")
+    cfn.delete_stack(StackName="infra-demo-base")

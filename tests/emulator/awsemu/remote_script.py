@@ -106,8 +106,9 @@ def download(account_id: str, instance_id: str, params: dict[str, list[str]], de
 
     try:
         with MOTO_LOCK:
-            body = s3_backends[account_id]["aws"].get_object(bucket, key).value
-    except Exception as exc:
+            obj = s3_backends[account_id]["aws"].get_object(bucket, key)
+            body = obj.value if obj is not None else None
+    except Exception as exc:  # no such bucket...
         code = getattr(exc, "code", None) or type(exc).__name__
         return False, f"failed to download {url}: {code}: s3://{bucket}/{key} cannot be read ({exc})"
     if body is None:
