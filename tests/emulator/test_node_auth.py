@@ -299,3 +299,30 @@ def test_fleet_instances_of_a_stack_get_the_launch_template_profile_and_its_poli
     assert s3.get_object(Bucket=bucket, Key="p1/_bundle/run.sh")["Body"].read() == b"echo hi\n"
     cfn.delete_stack(StackName="infra-demo-p1")
     cfn.delete_stack(StackName="infra-demo-base")
+
+
+def test_managed_policy_arns_of_a_role_in_a_template_are_attached(aws):
+    cfn, s3 = aws.client("cloudformation"), aws.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    template = {"Resources": {
+        "NodePolicy": {"Type": "AWS::IAM::ManagedPolicy", "Properties": {"PolicyDocument": {
+            "Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/*"},
+                {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/_ledger/*"}]}}},
+        "Role": {"Type": "AWS::IAM::Role", "Properties": {
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+            "ManagedPolicyArns": [{"Ref": "NodePolicy"},
+                                  "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]}},
+        "Profile": {"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}}},
+        "Outputs": {"Profile": {"Value": {"Ref": "Profile"}}}}
+    cfn.create_stack(StackName="roles", TemplateBody=json.dumps(template), Capabilities=["CAPABILITY_IAM"])
+    stack = cfn.describe_stacks(StackName="roles")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    profile = stack["Outputs"][0]["OutputValue"]
+    (iid,) = aws.run_instances(1, IamInstanceProfile={"Name": profile})
+    node = node_client(aws, iid)
+    node.put_object(Bucket=BUCKET, Key="p/results/t/out", Body=b"1")
+    with pytest.raises(ClientError) as err:
+        node.put_object(Bucket=BUCKET, Key="_ledger/forged", Body=b"-1000")
+    assert "explicit deny" in err.value.response["Error"]["Message"]

@@ -32,6 +32,7 @@ class EmulatorApp:
         cfn_delete.install()
         cfn_timing.install()
         prices.install()
+        node_auth.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"

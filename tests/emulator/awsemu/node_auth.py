@@ -433,3 +433,35 @@ def check(req: AwsRequest) -> Response | None:
         if not ok:
             return s3_error("AccessDenied", reason, 403)
     return None
+
+
+# ------------------------------------------------- ManagedPolicyArns in CFN
+
+_installed = False
+
+
+def install() -> None:
+    """moto 5.2.1's ``AWS::IAM::Role`` ignores ``ManagedPolicyArns``: attach
+    those that exist in the account (customer managed policies, e.g. a
+    ``{"Ref": "<AWS::IAM::ManagedPolicy>"}``; AWS managed ones that moto did
+    not load are skipped)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from moto.iam.models import Role, iam_backends
+
+    original = Role.create_from_cloudformation_json.__func__
+
+    def create(cls: Any, resource_name: str, cloudformation_json: dict[str, Any], account_id: str,
+               region_name: str, **kwargs: Any) -> Any:
+        role = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        backend = iam_backends[account_id]["aws"]
+        for arn in (cloudformation_json.get("Properties") or {}).get("ManagedPolicyArns") or []:
+            try:
+                backend.attach_role_policy(arn, role.name)
+            except Exception:
+                pass
+        return role
+
+    Role.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign]
