@@ -136,7 +136,6 @@ def test_wildcard_actions_are_case_insensitive_and_other_actions_are_denied(aws)
     assert s3.head_object(Bucket=BUCKET, Key="bin/tool")["ContentLength"] == 10
     for call in (lambda: s3.put_object(Bucket=BUCKET, Key="bin/tool", Body=b"evil"),
                  lambda: s3.delete_object(Bucket=BUCKET, Key="bin/tool"),
-                 lambda: s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "bin/tool"}]}),
                  lambda: s3.copy_object(Bucket=BUCKET, Key="bin/copy", CopySource=f"{BUCKET}/allowed/none"),
                  lambda: s3.get_bucket_location(Bucket=BUCKET),
                  lambda: s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"}),
@@ -145,6 +144,22 @@ def test_wildcard_actions_are_case_insensitive_and_other_actions_are_denied(aws)
             call()
         assert err.value.response["Error"]["Code"] == "AccessDenied"
     assert aws.client("s3").get_object(Bucket=BUCKET, Key="bin/tool")["Body"].read() == b"#!/bin/sh\n"
+
+
+def test_delete_objects_is_authorized_key_by_key(aws):
+    iid = make_node(aws, policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": f"arn:aws:s3:::{BUCKET}/results/*"}]})
+    s3 = aws.client("s3")
+    for key in ("results/a", "results/b", "_ledger/x"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"1")
+    node = node_client(aws, iid)
+    out = node.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "results/a"}, {"Key": "_ledger/x"},
+                                                                 {"Key": "results/b"}]})
+    assert sorted(d["Key"] for d in out["Deleted"]) == ["results/a", "results/b"]
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("_ledger/x", "AccessDenied")]
+    out = node.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": "_ledger/x"}], "Quiet": True})
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("_ledger/x", "AccessDenied")]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["_ledger/x"]
 
 
 def test_copy_needs_get_on_the_source_and_put_on_the_destination(aws):

@@ -428,11 +428,49 @@ def check(req: AwsRequest) -> Response | None:
     if node is None or req.service != "s3":
         return None
     account_id, instance_id = node
+    if req.method == "POST" and "delete" in req.query and len(req.path.strip("/").split("/")) == 1:
+        return _delete_objects(req, account_id, instance_id)
     for action, resource, ctx in s3_checks(req):
         ok, reason = authorize(account_id, instance_id, action, resource, ctx)
         if not ok:
             return s3_error("AccessDenied", reason, 403)
     return None
+
+
+def _delete_objects(req: AwsRequest, account_id: str, instance_id: str) -> Response | None:
+    """DeleteObjects is authorized key by key, as on AWS: denied keys come
+    back as ``<Error>`` entries (AccessDenied) of a 200 answer, the others
+    are deleted."""
+    from xml.sax.saxutils import escape
+
+    from . import registry
+
+    denied = [k for (action, resource, ctx), (k, _) in zip(s3_checks(req), _delete_keys(req.body))
+              if not authorize(account_id, instance_id, action, resource, ctx)[0]]
+    if not denied:
+        return None
+    errors = "".join(f"<Error><Key>{escape(k)}</Key><Code>AccessDenied</Code><Message>Access Denied</Message>"
+                     "</Error>" for k in denied)
+    root = ET.fromstring(req.body)
+    for obj in list(root):
+        if obj.tag.rsplit("}", 1)[-1] != "Object":
+            continue
+        key = next((c.text or "" for c in obj if c.tag.rsplit("}", 1)[-1] == "Key"), None)
+        if key in denied:
+            root.remove(obj)
+    if not any(o.tag.rsplit("}", 1)[-1] == "Object" for o in root):
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{errors}</DeleteResult>')
+        return Response(200, body.encode(), [("Content-Type", "application/xml")])
+    ET.register_namespace("", "http://s3.amazonaws.com/doc/2006-03-01/")
+    req.body = ET.tostring(root)
+    for name in [k for k in req.environ if k in ("HTTP_CONTENT_MD5",) or k.startswith("HTTP_X_AMZ_CHECKSUM_")]:
+        del req.environ[name]
+    resp = registry.call_moto(req)
+    if resp.status == 200 and b"</DeleteResult>" in resp.body:
+        resp.body = resp.body.replace(b"</DeleteResult>", errors.encode() + b"</DeleteResult>")
+        resp.headers = [(k, v) for k, v in resp.headers if k.lower() != "content-length"]
+    return resp
 
 
 # ------------------------------------------------- ManagedPolicyArns in CFN

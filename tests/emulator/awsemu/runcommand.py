@@ -7,7 +7,8 @@ answer HTTP 500.
 
 What the emulator does instead, as a simulated SSM agent would:
 
-- ``SendCommand`` with ``AWS-RunShellScript`` checks ``InstanceIds`` (each
+- ``SendCommand`` with ``AWS-RunShellScript`` (or ``AWS-RunRemoteScript``,
+  see ``remote_script``) checks ``InstanceIds`` (each
   must be a running instance of the account and region, at most 50, no
   duplicates: ``InvalidInstanceId`` / ``DuplicateInstanceId`` otherwise)
   or resolves ``Targets`` (``tag:<key>``, ``tag-key``, ``InstanceIds``) to
@@ -33,12 +34,16 @@ What the emulator does instead, as a simulated SSM agent would:
   ``StandardOutputUrl``/``StandardErrorUrl`` are path-style URLs of the
   emulator.
 - The commands see an environment in which the awscli and the SDKs reach
-  the emulator itself: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` (the
-  12-digit account id, which routes their calls to the instance's
-  account), ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+  the emulator itself: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` (the instance's node
+  credentials, see ``node_auth``: they route the calls to the instance's
+  account, and S3 calls are checked against the instance role's
+  policies), ``AWS_REGION``/``AWS_DEFAULT_REGION``,
   ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` and ``INFRA_IMDS_URL`` (the
   instance's simulated metadata endpoint, see ``imds``),
-  ``INFRA_INSTANCE_ID``, ``INFRA_SANDBOX_DIR``.
+  ``INFRA_INSTANCE_ID``, ``INFRA_SANDBOX_DIR``, ``INFRA_EMULATOR_ACCOUNT``
+  (the account id); ``PATH`` is the emulator's, or only basic tools (see
+  ``node_path``).
 """
 
 from __future__ import annotations
