@@ -94,7 +94,8 @@ def test_awscli_put_to_an_allowed_key_succeeds_and_to_a_forbidden_key_is_denied(
         f"try get_allowed aws s3 cp s3://{BUCKET}/allowed/a.txt got",
         "cat $HOME/err.log >&2",
     ])
-    assert outcomes(inv) == {"allowed": "ok", "forbidden": "failed", "denied_by_deny": "failed", "get_allowed": "ok"}, inv
+    assert outcomes(inv) == {"allowed": "ok", "forbidden": "failed", "denied_by_deny": "failed",
+                             "get_allowed": "ok"}, inv
     assert "AccessDenied" in inv["StandardErrorContent"]
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert keys == ["allowed/a.txt"]
@@ -341,3 +342,12 @@ def test_managed_policy_arns_of_a_role_in_a_template_are_attached(aws):
     with pytest.raises(ClientError) as err:
         node.put_object(Bucket=BUCKET, Key="_ledger/forged", Body=b"-1000")
     assert "explicit deny" in err.value.response["Error"]["Message"]
+
+
+def test_keys_with_special_characters_are_matched_decoded_once(aws):
+    iid = make_node(aws)
+    node = node_client(aws, iid)
+    node.put_object(Bucket=BUCKET, Key="allowed/a b%20c+d", Body=b"1")
+    assert aws.client("s3").get_object(Bucket=BUCKET, Key="allowed/a b%20c+d")["Body"].read() == b"1"
+    with pytest.raises(ClientError):
+        node.put_object(Bucket=BUCKET, Key="allowed%2Fx", Body=b"1")

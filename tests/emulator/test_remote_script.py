@@ -43,9 +43,9 @@ def sandbox(aws, iid):
 def test_downloads_the_object_into_the_working_directory_and_runs_the_command_line(aws):
     iid = node(aws)
     sha = hashlib.sha256(AGENT).hexdigest()
-    line = (f'echo "{sha}  infra" | sha256sum -c --quiet && chmod 0755 infra && mkdir -p "$INFRA_SANDBOX_DIR/bin/{sha}" '
-            f'&& mv infra "$INFRA_SANDBOX_DIR/bin/{sha}/infra" && echo "pwd=$(pwd)" && '
-            f'"$INFRA_SANDBOX_DIR/bin/{sha}/infra" installed')
+    line = (f'echo "{sha}  infra" | sha256sum -c --quiet && chmod 0755 infra '
+            f'&& mkdir -p "$INFRA_SANDBOX_DIR/bin/{sha}" && mv infra "$INFRA_SANDBOX_DIR/bin/{sha}/infra" '
+            f'&& echo "pwd=$(pwd)" && "$INFRA_SANDBOX_DIR/bin/{sha}/infra" installed')
     cmd, inv = remote(aws, iid, line, workingDirectory="work")
     assert inv["Status"] == "Success", inv
     assert inv["ResponseCode"] == 0
@@ -141,8 +141,8 @@ def test_output_goes_to_s3_under_the_run_shell_script_step(aws):
     iid = node(aws)
     s3 = aws.client("s3")
     s3.create_bucket(Bucket="ssm-out")
-    params = {"sourceType": ["S3"], "sourceInfo": [json.dumps({"path": f"https://s3.amazonaws.com/{BUCKET}/{AGENT_KEY}"})],
-              "commandLine": ["sh infra out"]}
+    info = json.dumps({"path": f"https://s3.amazonaws.com/{BUCKET}/{AGENT_KEY}"})
+    params = {"sourceType": ["S3"], "sourceInfo": [info], "commandLine": ["sh infra out"]}
     cmd = aws.client("ssm").send_command(DocumentName="AWS-RunRemoteScript", InstanceIds=[iid], Parameters=params,
                                          OutputS3BucketName="ssm-out", OutputS3KeyPrefix="logs")["Command"]
     assert aws.wait_invocation(cmd["CommandId"], iid)["Status"] == "Success"
@@ -189,7 +189,8 @@ def test_node_path_is_per_account_and_reset_restores_full(aws, emulator):
     assert err.value.code == 400
     aws.control("POST", "config", {"node_path": "full"})
     cmd = aws.client("ssm").send_command(DocumentName="AWS-RunShellScript", InstanceIds=[iid],
-                                         Parameters={"commands": ["command -v aws >/dev/null && echo has-aws"]})["Command"]
+                                         Parameters={"commands": ["command -v aws >/dev/null && echo has-aws"]}
+                                         )["Command"]
     assert aws.wait_invocation(cmd["CommandId"], iid)["StandardOutputContent"] == "has-aws\n"
     aws.control("POST", "config", {"node_path": "minimal"})
     aws.control("POST", "reset", {"account_id": aws.account_id})

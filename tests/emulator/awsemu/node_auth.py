@@ -342,9 +342,9 @@ def _delete_keys(body: bytes) -> list[tuple[str, str | None]]:
 def s3_checks(req: AwsRequest) -> list[Check]:
     """The (IAM action, resource ARN, condition context) a path-style S3
     request needs, all of them."""
-    parts = req.path.lstrip("/").split("/", 1)
-    bucket = unquote(parts[0]) if parts and parts[0] else ""
-    key = unquote(parts[1]) if len(parts) > 1 and parts[1] else ""
+    parts = req.path.lstrip("/").split("/", 1)  # PATH_INFO: percent-decoded already
+    bucket = parts[0] if parts and parts[0] else ""
+    key = parts[1] if len(parts) > 1 and parts[1] else ""
     q = req.query
     method = req.method
     if not bucket:
