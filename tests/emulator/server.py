@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit when stdin closes (auto: only if stdin is a pipe)")
     parser.add_argument("--interruption-delay", type=float, default=2.0,
                         help="seconds between a spot interruption notice and the termination")
+    parser.add_argument("--node-path", choices=["full", "minimal"], default="full",
+                        help="PATH of the commands run by Run Command (minimal: basic tools only)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
 
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(state_dir, exist_ok=True)
     CONFIG.state_dir = os.path.abspath(state_dir)
     CONFIG.interruption_delay = args.interruption_delay
+    CONFIG.node_path = args.node_path
 
     app = build_app(verbose=args.verbose)
 

@@ -17,6 +17,10 @@ lacks and what the addition does:
                       (addition 9)
 - ``control``      -- the /_emulator control API, reset and call counts
                       (addition 7)
+- ``node_auth``    -- node credentials, IAM policies enforced on their S3
+                      requests (addition 10)
+- ``node_path``    -- a minimal PATH for the commands (addition 11)
+- ``remote_script`` -- AWS-RunRemoteScript (addition 12)
 
 ``app`` is the WSGI middleware in front of moto's own server application.
 """

@@ -4,7 +4,8 @@ Every request is parsed once (service, region, account, action), counted,
 checked against injected throttles, and then either handled by one of the
 emulator's additions (by ``X-Amz-Target`` for JSON protocols, by
 ``Action=`` for query protocols) or passed on to moto unchanged.
-Paths ``/_emulator/...`` (control API) and ``/_imds/<instance-id>/...``
+Requests signed with node credentials are checked against the instance
+role's policies first (``node_auth``). Paths ``/_emulator/...`` (control API) and ``/_imds/<instance-id>/...``
 (simulated instance metadata) never reach moto."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import traceback
 from typing import Any, Iterable
 
-from . import control, faults, imds, registry
+from . import control, faults, imds, node_auth, registry
 from .protocol import AwsRequest, Response, json_error, parse_request, query_error, read_body
 from .state import MOTO_LOCK
 
@@ -31,6 +32,7 @@ class EmulatorApp:
         cfn_delete.install()
         cfn_timing.install()
         prices.install()
+        node_auth.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -59,6 +61,11 @@ class EmulatorApp:
         throttled = faults.throttle_response(req)
         if throttled is not None:
             return throttled
+        denied = node_auth.check(req)
+        if denied is not None:
+            if self.verbose:
+                print(f"{req.call_name} -> 403 (node credentials of {req.node})", file=sys.stderr)
+            return denied
         handler = registry.INTERCEPTS.get((req.service or "", req.action or ""))
         if handler is not None:
             try:

@@ -173,6 +173,9 @@ def _launch(fleet: Any, capacity: float, spot: bool, strategy: str, cap: float |
         if cap is not None and cost + price > cap + 1e-9:
             break
         instance = launch_one(spec, price)
+        # moto drops the launch spec's instance profile; node_auth needs it.
+        profile = getattr(spec, "iam_instance_profile", None)
+        instance._emu_profile_arn = profile.get("Arn") if isinstance(profile, dict) else profile
         if not spec.subnet_id and getattr(spec, "_emu_az", None):
             instance._placement.zone = spec._emu_az
         added += spec.weighted_capacity

@@ -25,7 +25,9 @@ else the ``x-moto-account-id`` header, else 123456789012):
 - ``GET|POST /_emulator/stack-delay`` ``{"create_seconds"?, "delete_seconds"?}``
   (addition 9: stacks stay CREATE_IN_PROGRESS / DELETE_IN_PROGRESS that long)
 - ``GET|POST /_emulator/config`` ``{"interruption_delay",
-  "invocation_visibility_delay"}``
+  "invocation_visibility_delay", "poll_interval", "node_path"}``
+  (``node_path`` ``"minimal"|"full"``: for the account when one is given,
+  else the default of every account; see ``node_path``)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
-from . import cfn_timing, faults
+from . import cfn_timing, faults, node_path
 from .protocol import Response, json_plain, read_body
 from .state import CONFIG, DEFAULT_ACCOUNT_ID, MOTO_LOCK, run_reset_hooks
 
@@ -138,10 +140,16 @@ def handle(environ: dict[str, Any]) -> Response:
         return json_plain({"account_id": account, **result})
     if name == "config":
         if method == "POST":
+            if "node_path" in body:
+                try:
+                    node_path.set_mode(explicit, body["node_path"])
+                except ValueError as err:
+                    return json_plain({"error": str(err)}, 400)
             for key in ("interruption_delay", "invocation_visibility_delay", "poll_interval"):
                 if key in body:
                     setattr(CONFIG, key, float(body[key]))
         return json_plain({"interruption_delay": CONFIG.interruption_delay,
                            "invocation_visibility_delay": CONFIG.invocation_visibility_delay,
-                           "poll_interval": CONFIG.poll_interval})
+                           "poll_interval": CONFIG.poll_interval,
+                           "account_id": account, "node_path": node_path.mode(account)})
     return json_plain({"error": f"unknown control endpoint {method} {path}"}, 404)

@@ -11,7 +11,9 @@ interruption notice. The emulator serves, for every instance,
   ``ami-id``, ``hostname``, ``local-hostname``, ``local-ipv4``,
   ``public-ipv4``, ``mac``, ``instance-life-cycle``, ``placement/region``,
   ``placement/availability-zone``, ``placement/availability-zone-id``,
-  ``tags/instance/<key>``, ``iam/security-credentials/<role>``
+  ``tags/instance/<key>``, ``iam/info`` and ``iam/security-credentials/<role>``
+  (the role of the instance's profile, with the node credentials of
+  ``node_auth``; absent without a profile)
 - ``GET  latest/meta-data/spot/instance-action`` -- 404 until an
   interruption is injected, then ``{"action": "terminate", "time": ...}``;
   ``spot/termination-time`` likewise
@@ -157,16 +159,23 @@ def handle(environ: dict[str, Any]) -> Response:
         data["spot/termination-time"] = notice["time"]
     if rebalance:
         data["events/recommendations/rebalance"] = json.dumps(rebalance)
-    role = "emulator-instance-role"
-    data[f"iam/security-credentials/{role}"] = json.dumps({
-        "Code": "Success", "LastUpdated": iso_z(instance.launch_time, millis=False)
-        if hasattr(instance.launch_time, "year") else "", "Type": "AWS-HMAC",
-        "AccessKeyId": account_id, "SecretAccessKey": "testing", "Token": "testing",
-        "Expiration": "2099-01-01T00:00:00Z",
-    })
-    data["iam/info"] = json.dumps({"Code": "Success", "InstanceProfileArn":
-                                   f"arn:aws:iam::{account_id}:instance-profile/{role}",
-                                   "InstanceProfileId": "AIPAEMULATOR"})
+    # The role of the instance's profile hands out the same node
+    # credentials as Run Command's environment (see node_auth); an instance
+    # without a profile has no iam/ entries (404, as on EC2).
+    from . import node_auth
+
+    profile = node_auth.instance_profile(account_id, instance.id)
+    role = profile.roles[0].name if profile is not None and profile.roles else None
+    if role:
+        data[f"iam/security-credentials/{role}"] = json.dumps({
+            "Code": "Success", "LastUpdated": iso_z(instance.launch_time, millis=False)
+            if hasattr(instance.launch_time, "year") else "", "Type": "AWS-HMAC",
+            "AccessKeyId": node_auth.node_access_key(account_id, instance.id),
+            "SecretAccessKey": node_auth.SECRET, "Token": node_auth.session_token(instance.id),
+            "Expiration": "2099-01-01T00:00:00Z",
+        })
+        data["iam/info"] = json.dumps({"Code": "Success", "InstanceProfileArn": profile.arn,
+                                       "InstanceProfileId": profile.id})
     if key in data and not key.endswith("/"):
         return plain(200, data[key])
     listing = _listing(sorted(data), key.rstrip("/") + "/" if key else "")

@@ -25,6 +25,8 @@ TARGET_PREFIX_SERVICE = {
 
 _CRED_RE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _ACCOUNT_KEY_RE = re.compile(r"^\d{12}$")
+# Node credentials (node_auth.node_access_key): ASIA + account + instance hex.
+_NODE_KEY_RE = re.compile(r"^ASIA\d{12}[0-9A-F]{8,17}$")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class AwsRequest:
     action: str | None
     target: str | None
     form: dict[str, str] = field(default_factory=dict)  # query protocol params
+    # (account id, instance id) when signed with node credentials (node_auth)
+    node: tuple[str, str] | None = None
     _json: Any = None
 
     @property
@@ -123,6 +127,10 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
         parts = query["X-Amz-Credential"][0].split("/")
         if len(parts) >= 4:
             access_key, region, service = parts[0], parts[2], parts[3]
+    elif headers.get("authorization", "").startswith("AWS "):  # SigV2 (S3)
+        access_key = headers["authorization"][4:].split(":", 1)[0].strip()
+    elif "AWSAccessKeyId" in query:  # SigV2 presigned URL (boto3's default for S3)
+        access_key = query["AWSAccessKeyId"][0]
 
     target = headers.get("x-amz-target")
     form: dict[str, str] = {}
@@ -147,7 +155,17 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
             service = service or "s3"
 
     account_id = headers.get("x-moto-account-id")
-    if not account_id and access_key and _ACCOUNT_KEY_RE.match(access_key):
+    node = None
+    if access_key and _NODE_KEY_RE.match(access_key):
+        # Node credentials (see node_auth): the account is part of the key
+        # (it wins over an x-moto-account-id header); moto sees the request
+        # as the account's own (header and key).
+        node = (access_key[4:16], "i-" + access_key[16:].lower())
+        account_id = node[0]
+        environ["HTTP_X_MOTO_ACCOUNT_ID"] = account_id
+        headers["x-moto-account-id"] = account_id
+        _rewrite_key(environ, headers, access_key, account_id)
+    elif not account_id and access_key and _ACCOUNT_KEY_RE.match(access_key):
         # Credentials whose access key id is a 12-digit account id select
         # that account (how commands run by Run Command reach their own
         # account). moto reads the header, so set it.
@@ -170,7 +188,23 @@ def parse_request(environ: dict[str, Any]) -> AwsRequest:
         action=action,
         target=target,
         form=form,
+        node=node,
     )
+
+
+def _rewrite_key(environ: dict[str, Any], headers: dict[str, str], old: str, new: str) -> None:
+    """Replace the access key id in the Authorization header or the
+    presigned X-Amz-Credential by the account id."""
+    auth = environ.get("HTTP_AUTHORIZATION")
+    if auth:
+        auth = auth.replace(f"Credential={old}/", f"Credential={new}/")
+        if auth.startswith(f"AWS {old}:"):
+            auth = f"AWS {new}:" + auth[len(f"AWS {old}:"):]
+        environ["HTTP_AUTHORIZATION"] = headers["authorization"] = auth
+    qs = environ.get("QUERY_STRING", "")
+    if old in qs:
+        qs = qs.replace(f"X-Amz-Credential={old}", f"X-Amz-Credential={new}")
+        environ["QUERY_STRING"] = qs.replace(f"AWSAccessKeyId={old}", f"AWSAccessKeyId={new}")
 
 
 def s3_action_name(method: str, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> str:

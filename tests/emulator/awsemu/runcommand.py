@@ -7,7 +7,8 @@ answer HTTP 500.
 
 What the emulator does instead, as a simulated SSM agent would:
 
-- ``SendCommand`` with ``AWS-RunShellScript`` checks ``InstanceIds`` (each
+- ``SendCommand`` with ``AWS-RunShellScript`` (or ``AWS-RunRemoteScript``,
+  see ``remote_script``) checks ``InstanceIds`` (each
   must be a running instance of the account and region, at most 50, no
   duplicates: ``InvalidInstanceId`` / ``DuplicateInstanceId`` otherwise)
   or resolves ``Targets`` (``tag:<key>``, ``tag-key``, ``InstanceIds``) to
@@ -33,12 +34,16 @@ What the emulator does instead, as a simulated SSM agent would:
   ``StandardOutputUrl``/``StandardErrorUrl`` are path-style URLs of the
   emulator.
 - The commands see an environment in which the awscli and the SDKs reach
-  the emulator itself: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` (the
-  12-digit account id, which routes their calls to the instance's
-  account), ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+  the emulator itself: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` (the instance's node
+  credentials, see ``node_auth``: they route the calls to the instance's
+  account, and S3 calls are checked against the instance role's
+  policies), ``AWS_REGION``/``AWS_DEFAULT_REGION``,
   ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` and ``INFRA_IMDS_URL`` (the
   instance's simulated metadata endpoint, see ``imds``),
-  ``INFRA_INSTANCE_ID``, ``INFRA_SANDBOX_DIR``.
+  ``INFRA_INSTANCE_ID``, ``INFRA_SANDBOX_DIR``, ``INFRA_EMULATOR_ACCOUNT``
+  (the account id); ``PATH`` is the emulator's, or only basic tools (see
+  ``node_path``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import imds
+from . import imds, node_auth, node_path, remote_script
 from .protocol import AwsRequest, Response, json_error, json_response
 from .registry import intercept
 from .state import CONFIG, MOTO_LOCK, ec2_backend, instance_tags, iso_z, on_reset, sandbox_dir
@@ -62,7 +67,7 @@ from .state import CONFIG, MOTO_LOCK, ec2_backend, instance_tags, iso_z, on_rese
 STDOUT_LIMIT = 24000
 STDERR_LIMIT = 8000
 PLUGIN_NAME = "aws:runShellScript"
-DOCUMENTS = {"AWS-RunShellScript"}
+DOCUMENTS = {"AWS-RunShellScript", remote_script.DOCUMENT}
 TERMINAL = {"Success", "Failed", "TimedOut", "Cancelled"}
 ERROR_MARKER = "\n----------ERROR-------\n"
 
@@ -82,6 +87,8 @@ class Invocation:
     stdout_url: str = ""
     stderr_url: str = ""
     trace: str = ""
+    # AWS-RunRemoteScript's downloadContent step: (status, output)
+    download: tuple[str, str] | None = None
     cancel_requested: bool = False
     proc: subprocess.Popen | None = None
     thread: threading.Thread | None = None
@@ -112,6 +119,15 @@ class Command:
     notification: dict[str, Any]
     cloudwatch: dict[str, Any]
     invocations: dict[str, Invocation] = field(default_factory=dict)
+
+    @property
+    def document(self) -> str:
+        """The document's name (without the ARN part)."""
+        return self.document_name.rsplit("/", 1)[-1] if self.document_name.startswith("arn:") else self.document_name
+
+    @property
+    def remote(self) -> bool:
+        return self.document == remote_script.DOCUMENT
 
 
 _lock = threading.RLock()
@@ -184,20 +200,25 @@ def _check_instance_ids(account_id: str, region: str, ids: list[str]) -> list[An
 def command_env(inv: Invocation, sandbox: str) -> dict[str, str]:
     """The environment of a command: the emulator's own environment without
     its AWS_* settings, plus what a process on the instance would need to
-    reach "AWS" (the emulator) and the instance metadata."""
+    reach "AWS" (the emulator, with the instance's node credentials) and the
+    instance metadata."""
     cmd = inv.command
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("INFRA_")}
     endpoint = CONFIG.endpoint_url()
     url = imds.imds_url(inv.instance_id)
     no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", env.get("NO_PROXY", "")) if x)
-    # The awscli installed with the emulator's interpreter comes first on PATH.
-    path = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH", "")) if p)
+    if node_path.mode(cmd.account_id) == "minimal":
+        path = node_path.minimal_dir()
+    else:
+        # The awscli installed with the emulator's interpreter comes first on PATH.
+        path = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH", "")) if p)
     env.update({
         "PATH": path,
         "HOME": sandbox,
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": cmd.account_id,
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": node_auth.node_access_key(cmd.account_id, inv.instance_id),
+        "AWS_SECRET_ACCESS_KEY": node_auth.SECRET,
+        "AWS_SESSION_TOKEN": node_auth.session_token(inv.instance_id),
         "AWS_REGION": cmd.region,
         "AWS_DEFAULT_REGION": cmd.region,
         "AWS_CONFIG_FILE": os.path.join(sandbox, ".aws", "config"),
@@ -209,6 +230,7 @@ def command_env(inv: Invocation, sandbox: str) -> dict[str, str]:
         "INFRA_INSTANCE_ID": inv.instance_id,
         "INFRA_SANDBOX_DIR": sandbox,
         "INFRA_EMULATOR_URL": endpoint,
+        "INFRA_EMULATOR_ACCOUNT": cmd.account_id,
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
     })
@@ -259,9 +281,14 @@ def _run_invocation(inv: Invocation) -> None:
         workdir = os.path.join(sandbox, wd.lstrip("/"))
     run_dir = os.path.join(sandbox, ".ssm", cmd.command_id)
     os.makedirs(run_dir, exist_ok=True)
+    if cmd.remote and not wd:
+        workdir = os.path.join(run_dir, "downloads")
     script = os.path.join(run_dir, "_script.sh")
     with open(script, "w") as fh:
-        fh.write("\n".join(cmd.parameters.get("commands") or []) + "\n")
+        if cmd.remote:
+            fh.write(remote_script.script(cmd.parameters))
+        else:
+            fh.write("\n".join(cmd.parameters.get("commands") or []) + "\n")
     out_path, err_path = os.path.join(run_dir, "stdout"), os.path.join(run_dir, "stderr")
     with _lock:
         if inv.cancel_requested:
@@ -269,6 +296,17 @@ def _run_invocation(inv: Invocation) -> None:
             return
         inv.status = inv.details = "InProgress"
         inv.started = time.time()
+    if cmd.remote:
+        ok, message = remote_script.download(cmd.account_id, inv.instance_id, cmd.parameters, workdir)
+        inv.download = ("Success" if ok else "Failed", message)
+        if not ok:
+            with open(err_path, "w") as fh:
+                fh.write(message + "\n")
+            open(out_path, "w").close()
+            _collect(inv, out_path, err_path)
+            _upload(inv)
+            _finish(inv, "Failed", "Failed", 1)
+            return
     if not os.path.isdir(workdir):
         with open(err_path, "w") as fh:
             fh.write(f"Working directory {wd} does not exist\n")
@@ -278,7 +316,7 @@ def _run_invocation(inv: Invocation) -> None:
         return
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         inv.proc = subprocess.Popen(
-            ["bash", script], cwd=workdir, env=command_env(inv, sandbox),
+            [node_path.bash(), script], cwd=workdir, env=command_env(inv, sandbox),
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
         )
     deadline = inv.started + _execution_timeout(cmd.parameters)
@@ -326,7 +364,7 @@ def _finish(inv: Invocation, status: str, details: str, code: int) -> None:
 def _output_key(inv: Invocation, stream: str) -> str:
     prefix = inv.command.prefix.strip("/")
     parts = [p for p in (prefix, inv.command.command_id, inv.instance_id) if p]
-    return "/".join(parts + ["awsrunShellScript", "0.awsrunShellScript", stream])
+    return "/".join(parts + ["awsrunShellScript", remote_script.output_step(inv.command.document), stream])
 
 
 def _upload(inv: Invocation) -> None:
@@ -415,13 +453,31 @@ def _stderr(inv: Invocation) -> str:
     return inv.stderr[:STDERR_LIMIT] if inv.terminal else ""
 
 
-def _plugin_shape(inv: Invocation) -> dict[str, Any]:
+def _plugin_shapes(inv: Invocation) -> list[dict[str, Any]]:
+    """CommandPlugins: one for AWS-RunShellScript, downloadContent and
+    runShellScript for AWS-RunRemoteScript."""
+    if not inv.command.remote:
+        return [_plugin_shape(inv, PLUGIN_NAME)]
+    download = _plugin_shape(inv, "downloadContent")
+    run = _plugin_shape(inv, "runShellScript")
+    if inv.download is None:
+        return [download, run]
+    status, message = inv.download
+    download.update({"Status": status, "StatusDetails": status, "ResponseCode": 0 if status == "Success" else 1,
+                     "Output": message if inv.terminal else "", "StandardOutputUrl": "", "StandardErrorUrl": ""})
+    if status != "Success":
+        run.update({"Status": "Failed", "StatusDetails": "Failed", "ResponseCode": -1, "Output": "",
+                    "StandardOutputUrl": "", "StandardErrorUrl": ""})
+    return [download, run]
+
+
+def _plugin_shape(inv: Invocation, name: str) -> dict[str, Any]:
     cmd = inv.command
     output = _stdout(inv)
     if _stderr(inv):
         output += ERROR_MARKER + _stderr(inv)
     shape: dict[str, Any] = {
-        "Name": PLUGIN_NAME,
+        "Name": name,
         "Status": inv.status if inv.status in ("Pending", "InProgress", "Success", "TimedOut", "Cancelled",
                                                "Failed") else "InProgress",
         "StatusDetails": inv.details,
@@ -455,7 +511,7 @@ def _invocation_shape(inv: Invocation, details: bool) -> dict[str, Any]:
         "TraceOutput": inv.trace,
         "StandardOutputUrl": inv.stdout_url,
         "StandardErrorUrl": inv.stderr_url,
-        "CommandPlugins": [_plugin_shape(inv)] if details else [],
+        "CommandPlugins": _plugin_shapes(inv) if details else [],
         "ServiceRole": cmd.service_role,
         "NotificationConfig": cmd.notification,
         "CloudWatchOutputConfig": cmd.cloudwatch,
@@ -537,10 +593,15 @@ def send_command(req: AwsRequest) -> dict[str, Any]:
     doc_name = doc.rsplit("/", 1)[-1] if doc.startswith("arn:") else doc
     if doc_name not in DOCUMENTS:
         raise ApiError("InvalidDocument", f"Document {doc} does not exist in the emulator "
-                                          "(only AWS-RunShellScript runs).")
+                                          "(only AWS-RunShellScript and AWS-RunRemoteScript run).")
     params = {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in
               (body.get("Parameters") or {}).items()}
-    if not params.get("commands"):
+    if doc_name == remote_script.DOCUMENT:
+        try:
+            remote_script.source(params)
+        except ValueError as err:
+            raise ApiError("InvalidParameters", str(err))
+    elif not params.get("commands"):
         raise ApiError("InvalidParameters", "Parameter \"commands\" is required.")
     ids = body.get("InstanceIds") or []
     targets = body.get("Targets") or []
@@ -601,15 +662,29 @@ def get_command_invocation(req: AwsRequest) -> dict[str, Any]:
         if inv is None or time.time() - cmd.requested < CONFIG.invocation_visibility_delay:
             raise ApiError("InvocationDoesNotExist", "")
         plugin = body.get("PluginName")
-        if plugin and plugin != PLUGIN_NAME:
+        plugins = remote_script.plugin_names(cmd.document)
+        if plugin and plugin not in plugins:
             raise ApiError("InvalidPluginName", "The plugin name isn't valid.")
+        if plugin == "downloadContent":
+            shape = _plugin_shapes(inv)[0]
+            return {
+                "CommandId": cmd.command_id, "InstanceId": inv.instance_id, "Comment": cmd.comment,
+                "DocumentName": cmd.document_name, "DocumentVersion": cmd.document_version,
+                "PluginName": plugin, "ResponseCode": shape["ResponseCode"],
+                "ExecutionStartDateTime": iso_z(inv.started) if inv.started else "",
+                "ExecutionElapsedTime": _elapsed(inv),
+                "ExecutionEndDateTime": iso_z(inv.ended) if inv.ended else "",
+                "Status": shape["Status"], "StatusDetails": shape["StatusDetails"],
+                "StandardOutputContent": shape["Output"], "StandardOutputUrl": "",
+                "StandardErrorContent": "", "StandardErrorUrl": "", "CloudWatchOutputConfig": cmd.cloudwatch,
+            }
         return {
             "CommandId": cmd.command_id,
             "InstanceId": inv.instance_id,
             "Comment": cmd.comment,
             "DocumentName": cmd.document_name,
             "DocumentVersion": cmd.document_version,
-            "PluginName": PLUGIN_NAME,
+            "PluginName": plugin or plugins[-1],
             "ResponseCode": inv.response_code,
             "ExecutionStartDateTime": iso_z(inv.started) if inv.started else "",
             "ExecutionElapsedTime": _elapsed(inv),

@@ -29,6 +29,11 @@ class Config:
     invocation_visibility_delay: float = 0.0
     # Interval at which a running command checks its instance, timeout, cancel.
     poll_interval: float = 0.05
+    # PATH of the commands run by Run Command: "full" (the emulator's own
+    # PATH, its awscli first) or "minimal" (node_path.py); per account in
+    # node_paths, else this default (server.py --node-path).
+    node_path: str = "full"
+    node_paths: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def endpoint_url(self) -> str:
