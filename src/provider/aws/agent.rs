@@ -241,8 +241,8 @@ pub fn install_command(agent: &AgentRef) -> String {
         "{ROOT}set -e; S={sha}; \
          if [ -x \"$R/bin/$S/infra\" ]; then echo \"infra: node agent $S already installed\"; exit 0; fi; \
          echo \"$S  infra\" | sha256sum -c --status - || {{ echo \"infra: the downloaded node agent does not match SHA-256 $S\" >&2; exit {EXIT_BAD_AGENT}; }}; \
-         mkdir -p \"$R/bin/$S\"; cp infra \"$R/bin/$S/.infra.tmp\"; chmod 0755 \"$R/bin/$S/.infra.tmp\"; \
-         mv -f \"$R/bin/$S/.infra.tmp\" \"$R/bin/$S/infra\"; rm -f infra; echo \"infra: node agent $S installed\""
+         mkdir -p \"$R/bin/$S\"; mv -f infra \"$R/bin/$S/.infra.tmp\"; chmod 0755 \"$R/bin/$S/.infra.tmp\"; \
+         mv -f \"$R/bin/$S/.infra.tmp\" \"$R/bin/$S/infra\"; echo \"infra: node agent $S installed\""
     )
 }
 

@@ -40,10 +40,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from urllib.parse import unquote, urlparse
 
 from . import node_auth
-from .state import MOTO_LOCK
+from .state import CONFIG, MOTO_LOCK
 
 DOCUMENT = "AWS-RunRemoteScript"
 PLUGINS = ("downloadContent", "runShellScript")
@@ -107,17 +108,33 @@ def download(account_id: str, instance_id: str, params: dict[str, list[str]], de
     try:
         with MOTO_LOCK:
             obj = s3_backends[account_id]["aws"].get_object(bucket, key)
-            body = obj.value if obj is not None else None
+            etag = obj.etag.strip('"') if obj is not None else None
+            size = obj.size if obj is not None else None
     except Exception as exc:  # no such bucket...
         code = getattr(exc, "code", None) or type(exc).__name__
         return False, f"failed to download {url}: {code}: s3://{bucket}/{key} cannot be read ({exc})"
-    if body is None:
+    if obj is None:
         return False, f"failed to download {url}: NoSuchKey: s3://{bucket}/{key} does not exist"
+    # Every "instance" is a folder on this one disk: a download is a hard
+    # link to one cached copy per object content (the node agent is tens of
+    # megabytes; a 100-node test would otherwise write gigabytes). The file
+    # is the object's bytes all the same.
+    cache_dir = os.path.join(CONFIG.state_dir, "download-cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    cached = os.path.join(cache_dir, f"{etag}-{size}")
+    if not os.path.exists(cached):
+        with MOTO_LOCK:
+            body = obj.value
+        part = f"{cached}.{os.getpid()}.{threading.get_ident()}"
+        with open(part, "wb") as fh:
+            fh.write(body)
+        os.replace(part, cached)
     os.makedirs(dest, exist_ok=True)
     target = os.path.join(dest, key.rsplit("/", 1)[-1])
     tmp = target + ".download"
-    with open(tmp, "wb") as fh:
-        fh.write(body)
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    os.link(cached, tmp)
     os.replace(tmp, target)
     return True, f"Content downloaded to {target}"
 
