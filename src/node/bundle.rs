@@ -52,8 +52,12 @@ pub async fn ensure(root: &Path, spec: Option<&BundleSpec>, s3: &S3) -> Result<(
             b.bucket, b.manifest_key
         )));
     }
-    let manifest: BTreeMap<String, String> = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| refuse(format!("the bundle manifest is not a JSON map of hashes: {e}")))?;
+    let manifest: BTreeMap<String, String> =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| {
+            refuse(format!(
+                "the bundle manifest is not a JSON map of hashes: {e}"
+            ))
+        })?;
     let dir = root.join("bundle");
     fsio::mkdirs(&dir)?;
     let wanted: BTreeMap<&String, String> = manifest
@@ -104,9 +108,10 @@ async fn fetch_changed(
             continue;
         }
         let key = join_key(&b.prefix, rel);
-        let bytes = s3.get(&b.bucket, &key).await.map_err(|e| {
-            Fail::new(EXIT_BUNDLE, format!("cannot fetch the task bundle: {e}"))
-        })?;
+        let bytes = s3
+            .get(&b.bucket, &key)
+            .await
+            .map_err(|e| Fail::new(EXIT_BUNDLE, format!("cannot fetch the task bundle: {e}")))?;
         let got = sha256_hex(&bytes);
         if &got != hash {
             return Err(refuse(format!(

@@ -54,12 +54,7 @@ pub fn remove_all(path: &Path) -> Result<(), Fail> {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
     };
-    r.map_err(|e| {
-        Fail::new(
-            EXIT_WRITE,
-            format!("cannot remove {}: {e}", path.display()),
-        )
-    })
+    r.map_err(|e| Fail::new(EXIT_WRITE, format!("cannot remove {}: {e}", path.display())))
 }
 
 /// An exclusive lock on a file (`flock`), held until dropped.

@@ -105,7 +105,9 @@ async fn http_ok(url: &str) -> bool {
         return false;
     };
     let get = async {
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: infra-node\r\nConnection: close\r\n\r\n"
         );

@@ -232,7 +232,11 @@ pub async fn kill_tree(
     loop {
         reaper.reap();
         let live = tree.members();
-        let new: Vec<i32> = live.iter().copied().filter(|p| !termed.contains(p)).collect();
+        let new: Vec<i32> = live
+            .iter()
+            .copied()
+            .filter(|p| !termed.contains(p))
+            .collect();
         signal(&new, group.filter(|_| termed.is_empty()), libc::SIGTERM);
         termed.extend(new);
         if live.is_empty() || tokio::time::Instant::now() >= deadline {

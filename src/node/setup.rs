@@ -41,9 +41,9 @@ pub async fn setup(root: &Path, s: SetupSpec) -> Result<i32, Fail> {
         .stdout(out)
         .stderr(err);
     let code = match c.status() {
-        Ok(st) => st
-            .code()
-            .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)),
+        Ok(st) => st.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
+        }),
         Err(e) => {
             eprintln!("infra-node: cannot start {}: {e}", script.display());
             1

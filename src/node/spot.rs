@@ -26,7 +26,9 @@ pub fn client() -> Client {
 
 /// True when a spot interruption notice is out for this instance.
 pub async fn notice(c: &Client) -> bool {
-    c.get("/latest/meta-data/spot/instance-action").await.is_ok()
+    c.get("/latest/meta-data/spot/instance-action")
+        .await
+        .is_ok()
 }
 
 /// Poll for a notice every `interval`; returns once there is one (never

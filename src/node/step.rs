@@ -110,8 +110,14 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     let root_s = root.to_string_lossy().into_owned();
     let tag = proc::step_tag(&s.task, s.attempt, &s.key);
     let env = vec![
-        ("INFRA_WORK_DIR".to_string(), p.work.to_string_lossy().into_owned()),
-        ("INFRA_OUTPUT_DIR".to_string(), p.out.to_string_lossy().into_owned()),
+        (
+            "INFRA_WORK_DIR".to_string(),
+            p.work.to_string_lossy().into_owned(),
+        ),
+        (
+            "INFRA_OUTPUT_DIR".to_string(),
+            p.out.to_string_lossy().into_owned(),
+        ),
         (
             "INFRA_SCRIPTS".to_string(),
             root.join("bundle/scripts").to_string_lossy().into_owned(),
@@ -207,7 +213,10 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     let rc_file = p.run.join("rc");
     if why == Some(Why::Signalled) {
         let _ = fsio::write_atomic(&rc_file, format!("{waited}\n").as_bytes());
-        eprintln!("infra-node: step {} stopped: the agent was told to stop", s.name);
+        eprintln!(
+            "infra-node: step {} stopped: the agent was told to stop",
+            s.name
+        );
         return Ok(EXIT_SIGNALLED);
     }
     fsio::write_atomic(&rc_file, format!("{waited}\n").as_bytes())?;
@@ -251,7 +260,10 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
 
     let files = upload_list(&s, &p);
     if let Err(e) = s3.put_all(&bucket, &prefix, &files).await {
-        eprintln!("infra-node: cannot upload the results of step {} to {}: {e}", s.name, s.dest);
+        eprintln!(
+            "infra-node: cannot upload the results of step {} to {}: {e}",
+            s.name, s.dest
+        );
         return Ok(EXIT_UPLOAD);
     }
     println!(

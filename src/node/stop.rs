@@ -56,9 +56,7 @@ pub async fn reap(root: &Path) -> Result<i32, Fail> {
             .iter()
             .find_map(|e| e.strip_prefix(format!("{}=", proc::STEP_VAR).as_bytes()))
         {
-            let step = root
-                .join("run")
-                .join(String::from_utf8_lossy(tag).as_ref());
+            let step = root.join("run").join(String::from_utf8_lossy(tag).as_ref());
             steps.insert(step.to_string_lossy().into_owned());
         }
     }

@@ -123,8 +123,19 @@ async fn select_all<T, F: std::future::Future<Output = T> + Unpin>(
     .await
 }
 
-fn err_text<E: std::error::Error>(e: &E) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(e).to_string()
+/// The service's error code and message, else the error's chain (short).
+fn err_text<E>(e: &E) -> String
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    if let Some(code) = e.code() {
+        return format!("{code}: {}", e.message().unwrap_or(""));
+    }
+    let text = aws_smithy_types::error::display::DisplayErrorContext(e).to_string();
+    match text.char_indices().nth(400) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
 }
 
 pub fn join_key(prefix: &str, rel: &str) -> String {
@@ -178,14 +189,14 @@ mod tests {
 
     #[test]
     fn destinations_and_keys() {
-        assert_eq!(
-            parse_dest("s3://b/p/q/"),
-            Some(("b".into(), "p/q".into()))
-        );
+        assert_eq!(parse_dest("s3://b/p/q/"), Some(("b".into(), "p/q".into())));
         assert_eq!(parse_dest("s3://b"), Some(("b".into(), "".into())));
         assert_eq!(parse_dest("b/p"), None);
         assert_eq!(parse_dest("s3:///p"), None);
-        assert_eq!(join_key("p/q", "steps/0/stdout.log"), "p/q/steps/0/stdout.log");
+        assert_eq!(
+            join_key("p/q", "steps/0/stdout.log"),
+            "p/q/steps/0/stdout.log"
+        );
         assert_eq!(join_key("", "x"), "x");
     }
 }
