@@ -114,7 +114,7 @@ async fn select_all<T, F: std::future::Future<Output = T> + Unpin>(
     std::future::poll_fn(move |cx| {
         for i in 0..futs.len() {
             if let Poll::Ready(v) = std::pin::Pin::new(&mut futs[i]).poll(cx) {
-                let _ = futs.swap_remove(i);
+                drop(futs.swap_remove(i));
                 return Poll::Ready((v, i, std::mem::take(&mut futs)));
             }
         }

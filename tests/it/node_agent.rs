@@ -505,3 +505,32 @@ fn node_step_upload_failure_exits_171() {
     assert_eq!(code(&out), 171, "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot upload the results of step s0"));
 }
+
+#[test]
+fn node_step_spot_notice_stops_the_step_with_175() {
+    let mut n = Node::new("node_step_spot_notice");
+    let id = n.boto(
+        "ec2 = boto3.client('ec2', endpoint_url=s3.meta.endpoint_url, region_name='us-east-1', aws_access_key_id=s3._request_signer._credentials.access_key, aws_secret_access_key='testing')\n\
+         img = ec2.describe_images()['Images'][0]['ImageId']\n\
+         r = ec2.run_instances(ImageId=img, MinCount=1, MaxCount=1, InstanceType='t3.micro', InstanceMarketOptions={'MarketType': 'spot'})\n\
+         print(json.dumps(r['Instances'][0]['InstanceId']))",
+    );
+    let id = id.as_str().unwrap().to_string();
+    n.imds = Some(format!("{}/_imds/{id}/", emulator().url()));
+    let agent = n.spawn("step", &n.step_spec("spot", "0", STUBBORN));
+    wait_for(&n.run_dir("spot", "0").join("pid"));
+    emulator().control(
+        "POST",
+        "interrupt",
+        json!({"account_id": n.acct, "instance_id": id, "delay_seconds": 120, "replace": false}),
+    );
+    let out = agent.wait_with_output().unwrap();
+    assert_eq!(code(&out), 175, "{}", text(&out.stderr));
+    assert_eq!(n.left(), Vec::<i32>::new());
+    let v: Value = serde_json::from_slice(
+        &n.object("ph/results/spot/attempt-1/steps/0/runtime.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["status"], "interrupted");
+}
