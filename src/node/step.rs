@@ -259,7 +259,14 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     fsio::write(&p.step_dir.join("runtime.json"), &text)?;
 
     let files = upload_list(&s, &p);
-    if let Err(e) = s3.put_all(&bucket, &prefix, &files).await {
+    // a cancel during the upload still ends the agent (as the wrapper's trap did)
+    let uploaded = tokio::select! {
+        r = s3.put_all(&bucket, &prefix, &files) => r,
+        _ = term.recv() => return Ok(EXIT_SIGNALLED),
+        _ = int.recv() => return Ok(EXIT_SIGNALLED),
+        _ = hup.recv() => return Ok(EXIT_SIGNALLED),
+    };
+    if let Err(e) = uploaded {
         eprintln!(
             "infra-node: cannot upload the results of step {} to {}: {e}",
             s.name, s.dest

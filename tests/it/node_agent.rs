@@ -534,3 +534,27 @@ fn node_step_spot_notice_stops_the_step_with_175() {
     .unwrap();
     assert_eq!(v["status"], "interrupted");
 }
+
+#[test]
+fn node_step_first_step_of_an_attempt_removes_older_attempts() {
+    let n = Node::new("node_step_older_attempts");
+    let out = n.run("step", &n.step_spec("r", "0", "echo a > kept"));
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // a second step of the same attempt keeps the work folder
+    let out = n.run("step", &n.step_spec("r", "1", "cat kept"));
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let mut spec = n.step_spec("r", "0", "test ! -e kept");
+    spec["attempt"] = json!(2);
+    let out = n.run("step", &spec);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    for top in ["work", "run", "out"] {
+        assert!(
+            !n.root().join(top).join("r/1").exists(),
+            "{top}/r/1 is still there"
+        );
+        assert!(
+            n.root().join(top).join("r/2").exists(),
+            "{top}/r/2 is missing"
+        );
+    }
+}
