@@ -183,6 +183,8 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
             _ = hup.recv() => break Some(Why::Signalled),
             _ = &mut timeout => break Some(Why::Timeout),
             _ = tick.tick() => {
+                // orphans the step left behind and that exited meanwhile
+                reaper.reap();
                 if stop_file.exists() {
                     break Some(Why::Stopped);
                 }
@@ -314,4 +316,40 @@ fn upload_list(s: &StepSpec, p: &Paths) -> Vec<(String, PathBuf)> {
     unique.reverse();
     steps.extend(unique);
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_list_steps_then_outputs_and_the_output_folder_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let spec: StepSpec = serde_json::from_value(serde_json::json!({
+            "task": "t", "attempt": 1, "key": "0-1", "name": "n", "rank": 0,
+            "dest": "s3://b/p", "command": "true",
+            "outputs": ["res", "one.txt", "../escape", "missing"]
+        }))
+        .unwrap();
+        let p = Paths::new(d.path(), &spec);
+        for dir in [&p.step_dir, &p.work.join("res/sub"), &p.out] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(p.step_dir.join("stdout.log"), "").unwrap();
+        std::fs::write(p.work.join("res/sub/a"), "w").unwrap();
+        std::fs::write(p.work.join("one.txt"), "w").unwrap();
+        std::fs::write(d.path().join("work/t/escape"), "x").unwrap();
+        std::fs::write(p.out.join("one.txt"), "o").unwrap();
+        let list = upload_list(&spec, &p);
+        let keys: Vec<&str> = list.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["steps/0-1/stdout.log", "files/res/sub/a", "files/one.txt"]
+        );
+        assert_eq!(
+            list[2].1,
+            p.out.join("one.txt"),
+            "the output folder's copy wins"
+        );
+    }
 }
