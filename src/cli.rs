@@ -133,6 +133,25 @@ pub enum Cmd {
         #[command(subcommand)]
         action: JournalCmd,
     },
+    /// The node agent (run on the nodes through SSM Run Command).
+    #[command(hide = true)]
+    Node {
+        #[arg(value_enum)]
+        mode: NodeMode,
+        /// The mode's arguments as one JSON object.
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+/// What `infra node` does (src/node/).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum NodeMode {
+    Step,
+    Health,
+    Stop,
+    Reap,
+    Setup,
 }
 
 #[derive(Debug, Subcommand)]

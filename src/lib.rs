@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cmd;
 pub mod cost;
+pub mod node;
 pub mod plan;
 pub mod provider;
 pub mod report;

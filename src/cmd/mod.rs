@@ -13,6 +13,7 @@ pub mod error;
 pub mod journal;
 pub mod list;
 pub mod logs;
+pub mod node;
 pub mod plan;
 pub mod results;
 pub mod run;
@@ -33,6 +34,10 @@ pub fn main(cli: Cli) -> i32 {
 
 /// Run one command line against `env`, writing its output to `out`.
 pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
+    // the node agent needs none of the user side's context (and starts lean)
+    if let Cmd::Node { mode, spec } = &cli.command {
+        return node::node(*mode, spec);
+    }
     // One thread drives everything: infra waits on processes and the network
     // and does little work of its own. Worker threads only added wake-ups
     // between threads on the dispatch path (a 2,000-task local run took
@@ -126,6 +131,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
         Cmd::Catalog {
             action: CatalogCmd::Refresh,
         } => catalog::refresh(ctx).await,
+        Cmd::Node { mode, spec } => Ok(node::node(mode, &spec)),
         Cmd::Schema => {
             let text =
                 serde_json::to_string_pretty(&crate::plan::schema::schema()).unwrap_or_default();

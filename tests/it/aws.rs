@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-struct Emulator {
+pub(crate) struct Emulator {
     port: u16,
     _child: Mutex<Child>,
     _dir: tempfile::TempDir,
@@ -24,7 +24,7 @@ static EMULATOR: OnceLock<Emulator> = OnceLock::new();
 
 /// The emulator of this test run: started once, and gone with the test
 /// process (its stdin is our pipe, and it watches our pid).
-fn emulator() -> &'static Emulator {
+pub(crate) fn emulator() -> &'static Emulator {
     EMULATOR.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("infra-emu-").tempdir().expect("tempdir");
         let port_file = dir.path().join("port");
@@ -59,12 +59,12 @@ fn emulator() -> &'static Emulator {
 }
 
 impl Emulator {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// A call to the control API (`/_emulator/...`).
-    fn control(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) fn control(&self, method: &str, path: &str, body: Value) -> Value {
         let body = if body.is_null() {
             "{}".to_string()
         } else {
@@ -86,7 +86,7 @@ impl Emulator {
 }
 
 /// A 12-digit account id per test, so tests do not see each other.
-fn account(test: &str) -> String {
+pub(crate) fn account(test: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in test.bytes() {
         h ^= b as u64;

@@ -9,6 +9,7 @@ mod faults;
 mod fuzz;
 mod local;
 mod local_journal;
+mod node_agent;
 mod output;
 mod output_hostile;
 mod stacks;
