@@ -33,8 +33,10 @@ use crate::tasks::{Step, TaskDef};
 
 /// How long stopped steps get to upload and exit before CancelCommand.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-/// The same when the run is being stopped (Ctrl-C).
-const CANCEL_GRACE: Duration = Duration::from_secs(8);
+/// The same when the run is being stopped (Ctrl-C): the agents' own grace
+/// between TERM and KILL, and time to upload. (A CancelCommand before the
+/// agent's KILL would leave a step that ignores TERM running.)
+const CANCEL_GRACE: Duration = Duration::from_secs(STOP_GRACE_SECONDS + 8);
 
 /// A command in flight on one node.
 pub(crate) struct Flight {

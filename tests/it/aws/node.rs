@@ -79,8 +79,10 @@ fn a_term_ignoring_step_and_its_escaped_daemon_are_killed_at_a_stop() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
-    let r = Run::from(child.wait_with_output().unwrap());
-    assert_eq!(r.code, 130, "{}", r.stderr);
+    let out = child.wait_with_output().unwrap();
+    let status = out.status;
+    let r = Run::from(out);
+    assert_eq!(r.code, 130, "{status:?}\n{}", r.stderr);
     wait_for("no process of the step", Duration::from_secs(5), || {
         processes_with("sleep 525").is_empty()
     });
