@@ -82,7 +82,7 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
     let sim = est::schedule(&plan, &all);
     let left = remaining(&plan, &tasks);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
-    let verdict = est::verdict(&plan, &estimate, spent(&plan));
+    let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
     let stacks = if deployable {
         let st = stacks::render(&plan, &catalog)?;

@@ -2,6 +2,7 @@
 //! reaping of steps a dead `infra run` left running.
 
 use super::config::Clients;
+use super::layout;
 use super::script::{self, BundleRef};
 use super::ssm::{self, End, Poller};
 
@@ -17,8 +18,8 @@ pub async fn setup_nodes(
     hash: &str,
     nodes: &[(String, String, String)],
 ) -> Result<(), String> {
-    let dest = format!("s3://{bucket}/{name_key}/_setup");
-    let prefix = format!("{name_key}/_ssm");
+    let dest = format!("s3://{bucket}/{}", layout::setup_log_prefix(name_key));
+    let prefix = layout::ssm_output_prefix(name_key);
     let mut waits = Vec::new();
     for (name, iid, addr) in nodes {
         let env = vec![
@@ -71,7 +72,7 @@ pub async fn reap(
     name_key: &str,
     instance_ids: &[String],
 ) -> usize {
-    let prefix = format!("{name_key}/_ssm");
+    let prefix = layout::ssm_output_prefix(name_key);
     let mut stopped = 0;
     for chunk in instance_ids.chunks(50) {
         let script = script::command(bundle, &[], "reap", &[]);

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::Clients;
 use super::error::{api, code, AwsError};
+use super::layout;
 use super::script::{BundleRef, NODE_SKIPS};
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -223,8 +224,8 @@ pub async fn upload_bundle(
     phase: &str,
     files: &Files,
 ) -> Result<Uploaded, AwsError> {
-    let prefix = format!("{phase}/_bundle");
-    let manifest_key = format!("{phase}/_bundle.manifest");
+    let prefix = layout::bundle_prefix(phase);
+    let manifest_key = layout::manifest_key(phase);
     let new: BTreeMap<String, String> = files
         .iter()
         .map(|(k, v)| (k.clone(), sha256_hex(v)))

@@ -81,7 +81,7 @@ pub struct StepArgs<'a> {
     pub key: &'a str,
     pub name: &'a str,
     pub rank: u32,
-    /// `s3://<bucket>/<phase>/<task>/attempt-<n>`
+    /// `s3://<bucket>/<phase>/results/<task>/attempt-<n>` (`layout::attempt_prefix`)
     pub dest: &'a str,
     pub timeout_seconds: Option<u64>,
     pub background: bool,
