@@ -250,7 +250,10 @@ pub fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
 /// What the ledger records as spent on the phase.
 /// Err for an entry with a negative or non-finite amount (exit 3).
 pub fn spent(plan: &Plan) -> Result<f64, AppError> {
-    Ok(ledger::spent(&ledger::read(&plan.root)?, Some(&plan.name_key)))
+    Ok(ledger::spent(
+        &ledger::read(&plan.root)?,
+        Some(&plan.name_key),
+    ))
 }
 
 /// The budget gate of `apply` and `run`: exit 3 with the numbers; its

@@ -202,7 +202,10 @@ mod tests {
         let e = parse(&text, "ledger.jsonl").unwrap_err();
         assert_eq!((e.line, e.field, e.value), (3, "usd", -1000.0));
         let msg = e.to_string();
-        assert!(msg.contains("ledger.jsonl line 3") && msg.contains("-1000"), "{msg}");
+        assert!(
+            msg.contains("ledger.jsonl line 3") && msg.contains("-1000"),
+            "{msg}"
+        );
         // a good ledger reads as before (the torn line skipped)
         let good = format!("{}\n{{torn\n{}\n", entry(2.0), entry(0.5));
         assert_eq!(spent(&parse(&good, "x").unwrap(), Some("p")), 2.5);
