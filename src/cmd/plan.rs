@@ -274,6 +274,9 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
         &money(Some(e.total_worst_usd)),
         &money(e.total_on_demand_usd),
     ]));
+    if let Some(n) = &e.bucket_note {
+        h.push_str(&format!("  {n}\n"));
+    }
     match (v.budget_usd, v.remaining_usd) {
         (Some(b), Some(r)) => h.push_str(&format!(
             "  budget: ${b:.2}, spent ${:.2}, remaining ${r:.2}{} -> {}\n",

@@ -477,7 +477,9 @@ impl AwsProvider {
         if !o.delete_results {
             return Ok(format!("bucket {b} kept (results stay there)"));
         }
-        let n = s3::delete_prefix(c, b, &layout::phase_prefix(&plan.name_key)).await?;
+        // every version: the bucket is versioned, and asked to delete the
+        // results, nothing of them is kept
+        let n = s3::delete_prefix_versions(c, b, &layout::phase_prefix(&plan.name_key)).await?;
         let mut note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
         if o.all {
             let rest: Vec<(String, i64)> = s3::list(c, b, "")
@@ -486,7 +488,7 @@ impl AwsProvider {
                 .filter(|(k, _)| !layout::is_infra_key(k))
                 .collect();
             if rest.is_empty() {
-                s3::delete_prefix(c, b, "").await?;
+                s3::delete_prefix_versions(c, b, "").await?;
                 if s3::delete_bucket(c, b).await? {
                     note = format!("bucket {b} emptied and deleted");
                 }
