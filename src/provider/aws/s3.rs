@@ -125,17 +125,6 @@ pub async fn download_prefix(
     Ok(written)
 }
 
-/// Delete every object under `prefix`; returns how many.
-pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
-    let keys: Vec<String> = list(c, bucket, prefix)
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    delete_keys(c, bucket, &keys, prefix).await?;
-    Ok(keys.len())
-}
-
 /// Delete every version and delete marker under `prefix` (the bucket is
 /// versioned: deleting the current objects only hides them, and a bucket
 /// with versions left cannot be deleted); returns how many object keys had
