@@ -79,10 +79,10 @@ pub async fn budget(
     // what other machines recorded (AWS: in the bucket)
     for n in &names {
         if let Ok(plan) = ctx.load(n) {
-            ctx.provider(&plan).sync_ledger(&plan).await;
+            ctx.provider(&plan).sync_ledger(&plan).await?;
         }
     }
-    let spend = ledger::read(&ctx.cwd);
+    let spend = ledger::read(&ctx.cwd)?;
     let mut reports = Vec::new();
     for n in &names {
         match phase_report(ctx, n, &spend) {

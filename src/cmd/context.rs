@@ -257,8 +257,12 @@ pub fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
 }
 
 /// What the ledger records as spent on the phase.
-pub fn spent(plan: &Plan) -> f64 {
-    ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+/// Err for an entry with a negative or non-finite amount (exit 3).
+pub fn spent(plan: &Plan) -> Result<f64, AppError> {
+    Ok(ledger::spent(
+        &ledger::read(&plan.root)?,
+        Some(&plan.name_key),
+    ))
 }
 
 /// The budget gate of `apply` and `run`: exit 3 with the numbers; its
@@ -272,7 +276,7 @@ pub fn gate(
 ) -> Result<est::Estimate, AppError> {
     let left = remaining(plan, tasks);
     let e = est::estimate(plan, &left, catalog, from);
-    let v = est::verdict(plan, &e, spent(plan));
+    let v = est::verdict(plan, &e, spent(plan)?);
     for w in v.warnings.iter().filter(|_| warn) {
         eprintln!("warning: {w}");
     }

@@ -32,6 +32,9 @@ pub enum AppError {
     Usage(String),
     #[error("{0}")]
     Budget(String),
+    /// A ledger entry with a negative or non-finite amount: exit 3.
+    #[error(transparent)]
+    Ledger(#[from] crate::cost::ledger::BadEntry),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -65,7 +68,9 @@ impl AppError {
             }
             AppError::Provider(p) if p.is_bad_input() => exit::BAD_INPUT,
             AppError::Provider(ProviderError::Interrupted(_)) => exit::INTERRUPTED,
-            AppError::Budget(_) => exit::BUDGET,
+            AppError::Budget(_)
+            | AppError::Ledger(_)
+            | AppError::Provider(ProviderError::Ledger(_)) => exit::BUDGET,
             AppError::Provider(_)
             | AppError::Run(_)
             | AppError::Journal(_)

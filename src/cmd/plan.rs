@@ -82,7 +82,7 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
     let sim = est::schedule(&plan, &all);
     let left = remaining(&plan, &tasks);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
-    let verdict = est::verdict(&plan, &estimate, spent(&plan));
+    let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
     let stacks = if deployable {
         let st = stacks::render(&plan, &catalog)?;
@@ -274,6 +274,9 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
         &money(Some(e.total_worst_usd)),
         &money(e.total_on_demand_usd),
     ]));
+    if let Some(n) = &e.bucket_note {
+        h.push_str(&format!("  {n}\n"));
+    }
     match (v.budget_usd, v.remaining_usd) {
         (Some(b), Some(r)) => h.push_str(&format!(
             "  budget: ${b:.2}, spent ${:.2}, remaining ${r:.2}{} -> {}\n",

@@ -70,6 +70,20 @@ pub struct Estimate {
     pub unpriced: Vec<String>,
     pub tasks: usize,
     pub tasks_without_estimate: usize,
+    /// What bounds the results bucket's storage (AWS): versioning keeps an
+    /// overwritten or deleted object a fixed number of days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_note: Option<String>,
+}
+
+/// The note on the results bucket's storage for a plan on AWS.
+pub fn bucket_note(plan: &Plan) -> Option<String> {
+    let days = crate::stacks::policy::NONCURRENT_VERSION_DAYS;
+    (plan.provider == crate::plan::ProviderKind::Aws).then(|| {
+        format!(
+            "results bucket: versioned; an overwritten or deleted object is kept {days} days, then expires (storage stays at the current results plus at most {days} days of replaced ones; S3 storage is not in the totals)"
+        )
+    })
 }
 
 pub fn pool_for(plan: &Plan) -> Pool {
@@ -212,6 +226,7 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
         prices_from: prices_from.into(),
         prices_date: catalog.date.clone(),
         unpriced,
+        bucket_note: bucket_note(plan),
         tasks: tasks.len(),
         tasks_without_estimate: tasks
             .iter()

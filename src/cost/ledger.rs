@@ -104,13 +104,69 @@ pub fn append(root: &Path, entries: &[Spend]) -> std::io::Result<()> {
     f.sync_data()
 }
 
-/// Every entry; torn or foreign lines are skipped.
-pub fn read(root: &Path) -> Vec<Spend> {
-    std::fs::read_to_string(path(root))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+/// An entry whose amount is negative or not a number: a forged or broken
+/// ledger would lower the recorded spend and let an over-budget plan
+/// through, so it is refused, never skipped.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("refusing the spend ledger: {source_name} line {line} has {field} {value} (phase {phase:?}, node {node:?}); a ledger amount must be a finite number >= 0\n  (hint: this entry was not written by infra; remove the line (or the object) after checking who wrote it)")]
+pub struct BadEntry {
+    /// The ledger file or bucket object (`s3://bucket/_ledger/...`).
+    pub source_name: String,
+    /// 1-based line number.
+    pub line: usize,
+    pub field: &'static str,
+    pub value: f64,
+    pub phase: String,
+    pub node: String,
+}
+
+/// Ok when every amount of `e` is a finite number >= 0; else the field
+/// and its value.
+pub fn check(e: &Spend) -> Result<(), (&'static str, f64)> {
+    for (field, v) in [
+        ("usd", e.usd),
+        ("hours", e.hours),
+        ("usd_per_hour", e.usd_per_hour),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err((field, v));
+        }
+    }
+    Ok(())
+}
+
+/// The entries of ledger text (`source_name` labels errors); torn or
+/// foreign lines are skipped, an entry with a negative or non-finite amount
+/// is an error.
+pub fn parse(text: &str, source_name: &str) -> Result<Vec<Spend>, BadEntry> {
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let Ok(e) = serde_json::from_str::<Spend>(l) else {
+            continue;
+        };
+        if let Err((field, value)) = check(&e) {
+            return Err(BadEntry {
+                source_name: source_name.to_string(),
+                line: i + 1,
+                field,
+                value,
+                phase: e.phase,
+                node: e.node,
+            });
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Every entry; torn or foreign lines are skipped, an entry with a negative
+/// or non-finite amount is an error (see [`BadEntry`]).
+pub fn read(root: &Path) -> Result<Vec<Spend>, BadEntry> {
+    let p = path(root);
+    parse(
+        &std::fs::read_to_string(&p).unwrap_or_default(),
+        &p.display().to_string(),
+    )
 }
 
 pub fn spent(entries: &[Spend], phase: Option<&str>) -> f64 {
@@ -120,4 +176,59 @@ pub fn spent(entries: &[Spend], phase: Option<&str>) -> f64 {
         .map(|e| e.usd)
         .sum::<f64>()
         + 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(usd: f64) -> String {
+        let span = RunSpan {
+            phase: "p",
+            provider: "aws",
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            hours: 1.0,
+            kind: "metered",
+        };
+        let mut e = span.spend("n1".into(), "g", "t", "spot", usd.max(0.0));
+        e.usd = usd;
+        serde_json::to_string(&e).unwrap()
+    }
+
+    #[test]
+    fn a_negative_amount_in_the_ledger_is_refused_naming_the_line_and_the_amount() {
+        let text = format!("{}\n{{torn\n{}\n", entry(2.0), entry(-1000.0));
+        let e = parse(&text, "ledger.jsonl").unwrap_err();
+        assert_eq!((e.line, e.field, e.value), (3, "usd", -1000.0));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ledger.jsonl line 3") && msg.contains("-1000"),
+            "{msg}"
+        );
+        // a good ledger reads as before (the torn line skipped)
+        let good = format!("{}\n{{torn\n{}\n", entry(2.0), entry(0.5));
+        assert_eq!(spent(&parse(&good, "x").unwrap(), Some("p")), 2.5);
+    }
+
+    #[test]
+    fn a_non_finite_amount_in_the_ledger_is_refused() {
+        let span = RunSpan {
+            phase: "p",
+            provider: "aws",
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            hours: 1.0,
+            kind: "metered",
+        };
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.01] {
+            let mut e = span.spend("n".into(), "g", "t", "spot", 1.0);
+            e.hours = bad;
+            assert_eq!(check(&e).map_err(|(f, _)| f), Err("hours"), "{bad}");
+        }
+        // JSON cannot carry NaN, but an overflowing number must not become
+        // infinity silently either
+        let line = entry(1.0).replace("\"usd\":1.0", "\"usd\":1e999");
+        assert!(parse(&line, "x").map(|v| v.is_empty()).unwrap_or(true));
+    }
 }

@@ -126,9 +126,28 @@ pub fn parse_plan(
 
 /// The phase name (the plan's file name without `.json`) reaches shell
 /// scripts, user data, stack names and paths: only letters, digits, `-`,
-/// `_` and `.` are allowed.
+/// `_` and `.` are allowed. The names of infra's own top-level prefixes in
+/// the bucket (`_infra`, `_ledger`, `_templates`) are refused: the phase's
+/// node-writable prefixes would fall inside them.
 fn check_phase_name(name: &str, file: &Path) -> Result<(), PlanErrors> {
+    use crate::provider::aws::layout::RESERVED_PHASES;
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if RESERVED_PHASES.contains(&name) {
+        return Err(PlanErrors {
+            file: file.to_path_buf(),
+            diags: vec![Diag {
+                path: String::new(),
+                pos: Pos { line: 1, col: 1 },
+                message: format!(
+                    "the plan's file name gives the phase name {name:?}, which infra keeps for itself in the results bucket"
+                ),
+                hint: Some(format!(
+                    "rename the file, e.g. to plans/{}.json",
+                    name.trim_start_matches('_')
+                )),
+            }],
+        });
+    }
     if !name.is_empty() && name.chars().all(ok) {
         return Ok(());
     }

@@ -157,9 +157,9 @@ impl Provider for LocalProvider {
         })
     }
 
-    fn sync_ledger<'a>(&'a self, _plan: &'a Plan) -> Fut<'a, ()> {
+    fn sync_ledger<'a>(&'a self, _plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
         // one machine, one ledger
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 
     fn recorded_nodes(&self, plan: &Plan) -> usize {
@@ -197,7 +197,7 @@ impl RunSession for LocalRun<'_> {
             Ok(Started {
                 executor,
                 hourly_usd: self.state.nodes.iter().map(|n| n.hourly_usd).sum(),
-                spent_before_usd: ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key)),
+                spent_before_usd: ledger::spent(&ledger::read(&plan.root)?, Some(&plan.name_key)),
             })
         })
     }

@@ -60,6 +60,10 @@ pub enum ProviderError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A ledger entry with a negative or non-finite amount (forged or
+    /// broken): the budget gate refuses, exit 3.
+    #[error(transparent)]
+    Ledger(#[from] crate::cost::ledger::BadEntry),
     /// Nodes that did not come up, a setup that failed, stacks left behind.
     #[error("{0}")]
     Failed(String),
@@ -166,7 +170,9 @@ pub trait Provider {
 
     /// Merge what other machines recorded of the phase's spend into this
     /// machine's ledger (best effort; a note says what could not be read).
-    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()>;
+    /// Err only for an entry with a negative or non-finite amount
+    /// ([`ProviderError::Ledger`]): it is refused, never skipped.
+    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>>;
 
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.

@@ -7,6 +7,7 @@ mod comment;
 pub mod limits;
 mod model;
 pub mod names;
+pub mod policy;
 mod render;
 mod shape;
 mod summary;

@@ -19,6 +19,7 @@ use super::names::{
     base_stack_name, bucket_prefix, compute_stack_name, export_name, launch_template_name,
     unique_logical_ids, TAG_NODE_GROUP, TAG_PHASE, TAG_PROJECT, TAG_STACK,
 };
+use super::policy;
 use super::shape::{is_default_dlami, placement_strategy, MAX_ZONES};
 use crate::catalog::{Catalog, InstanceType};
 use crate::plan::{NodeGroup, Plan};
@@ -196,6 +197,10 @@ struct BaseView {
     zone_params: Vec<ZoneParam>,
     subnets: Vec<SubnetView>,
     nat: Option<NatView>,
+    ssm_policy: &'static str,
+    legacy_node_policy: Value,
+    noncurrent_days: u32,
+    abort_upload_days: u32,
 }
 
 #[derive(Serialize)]
@@ -224,6 +229,9 @@ struct NatView {
 struct ComputeView {
     project: String,
     phase: String,
+    ssm_policy: &'static str,
+    node_policy: Value,
+    role_tags: Value,
     imports: Imports,
     groups: Vec<GroupView>,
 }
@@ -231,7 +239,6 @@ struct ComputeView {
 #[derive(Serialize)]
 struct Imports {
     security_group: String,
-    instance_profile_arn: String,
     bucket: String,
 }
 
@@ -332,6 +339,10 @@ fn base_view(plan: &Plan, layout: &Layout) -> BaseView {
         tags: json!([tag(TAG_PROJECT, &plan.project), tag(TAG_STACK, "base")]),
         subnets,
         nat,
+        ssm_policy: policy::SSM_MANAGED_POLICY,
+        legacy_node_policy: policy::legacy_statements(&bucket_prefix(&plan.project)),
+        noncurrent_days: policy::NONCURRENT_VERSION_DAYS,
+        abort_upload_days: policy::ABORT_UPLOAD_DAYS,
     }
 }
 
@@ -446,9 +457,14 @@ fn compute_view(
     Ok(ComputeView {
         project: plan.project.clone(),
         phase: plan.name_key.clone(),
+        ssm_policy: policy::SSM_MANAGED_POLICY,
+        node_policy: policy::node_statements(&bucket_prefix(&plan.project), &plan.name_key),
+        role_tags: json!([
+            tag(TAG_PROJECT, &plan.project),
+            tag(TAG_PHASE, &plan.name_key),
+        ]),
         imports: Imports {
             security_group: export_name(&plan.project, "SecurityGroupId"),
-            instance_profile_arn: export_name(&plan.project, "InstanceProfileArn"),
             bucket: export_name(&plan.project, "BucketName"),
         },
         groups,
@@ -606,91 +622,4 @@ pub fn compute_parameters(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn images_resolve_through_ssm_unless_an_ami_id_is_given() {
-        let cat = Catalog::builtin();
-        let t = cat.get("c6i.xlarge").unwrap();
-        let mut g = NodeGroup {
-            name: "cpu".into(),
-            instance_type: "c6i.xlarge".into(),
-            count: 1,
-            market: crate::plan::Market::Spot,
-            efa: false,
-            placement: None,
-            ami: None,
-            volume_gb: 100,
-            slots: 1,
-            max_lifetime_hours: None,
-            gpus: None,
-            workers_per_slot: None,
-            availability_zone: None,
-            pos: Default::default(),
-            path: String::new(),
-        };
-        assert_eq!(image_id(&g, t), format!("resolve:ssm:{DEFAULT_AMI_CPU}"));
-        g.ami = Some("ami-0123456789abcdef0".into());
-        assert_eq!(image_id(&g, t), "ami-0123456789abcdef0");
-        g.ami = Some("/my/ubuntu/ami".into());
-        assert_eq!(image_id(&g, t), "resolve:ssm:/my/ubuntu/ami");
-        assert_eq!(root_device(&image_id(&g, t)), "/dev/sda1");
-        g.ami = None;
-        g.instance_type = "g5.xlarge".into();
-        assert_eq!(
-            image_id(&g, cat.get("g5.xlarge").unwrap()),
-            format!("resolve:ssm:{DEFAULT_AMI_GPU}")
-        );
-        g.instance_type = "trn1.32xlarge".into();
-        assert_eq!(
-            image_id(&g, cat.get("trn1.32xlarge").unwrap()),
-            format!("resolve:ssm:{DEFAULT_AMI_NEURON}")
-        );
-    }
-
-    #[test]
-    fn user_data_values_are_quoted_for_the_shell_and_for_fn_sub() {
-        let hb = shell_registry().unwrap();
-        let text = render_text(
-            &hb,
-            "userdata.sh.hbs",
-            &UserDataView {
-                project: "p",
-                phase: "a'b ${x} $(id)",
-                group: "g",
-                instance_type: "c6i.xlarge",
-                slots: 2,
-                efa: false,
-                lifetime_minutes: 60,
-            },
-        )
-        .unwrap();
-        assert!(
-            text.contains("INFRA_PHASE='a'\"'\"'b ${!x} $(id)'"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_newline_in_a_name_does_not_end_the_user_data_comment() {
-        let hb = shell_registry().unwrap();
-        let text = render_text(
-            &hb,
-            "userdata.sh.hbs",
-            &UserDataView {
-                project: "p\ntouch /tmp/pwned-project",
-                phase: "x\ntouch /tmp/pwned\n",
-                group: "g\rid",
-                instance_type: "c6i.xlarge",
-                slots: 2,
-                efa: false,
-                lifetime_minutes: 60,
-            },
-        )
-        .unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].contains("phase 'x?touch /tmp/pwned?'"), "{text}");
-        assert!(lines[2].starts_with("# Generated"), "{text}");
-    }
-}
+mod tests;

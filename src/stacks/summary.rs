@@ -148,20 +148,71 @@ fn key_properties(kind: &str, p: &Value) -> String {
                         .collect()
                 })
                 .unwrap_or_default();
-            format!("{} + results bucket access", managed.join(", "))
+            format!("{}; bucket: writes {}", managed.join(", "), role_writes(p))
         }
         "AWS::S3::Bucket" => {
             let enc = text(
                 &p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
                     ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
             );
-            format!("{}, {enc}, public access blocked", text(&p["BucketName"]))
+            let versions = match (
+                text(&p["VersioningConfiguration"]["Status"]).as_str(),
+                p["LifecycleConfiguration"]["Rules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|r| r["NoncurrentVersionExpiration"]["NoncurrentDays"].as_u64()),
+            ) {
+                ("Enabled", Some(d)) => format!(", versioned (old versions kept {d} days)"),
+                ("Enabled", None) => ", versioned".to_string(),
+                _ => String::new(),
+            };
+            format!(
+                "{}, {enc}, public access blocked{versions}",
+                text(&p["BucketName"])
+            )
         }
         "AWS::S3::BucketPolicy" => "deny requests without TLS".into(),
         "AWS::EC2::LaunchTemplate" => launch_template(p),
         "AWS::EC2::EC2Fleet" => fleet(p),
         "AWS::EC2::PlacementGroup" => format!("{} placement", text(&p["Strategy"])),
         _ => String::new(),
+    }
+}
+
+/// The keys a role's inline policies allow it to put, relative to the
+/// bucket (`<phase>/results/*, ...`).
+fn role_writes(p: &Value) -> String {
+    let mut keys = Vec::new();
+    for pol in p["Policies"].as_array().into_iter().flatten() {
+        for st in pol["PolicyDocument"]["Statement"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let puts = st["Action"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "s3:PutObject"));
+            if st["Effect"] != "Allow" || !puts {
+                continue;
+            }
+            let rs: Vec<Value> = match &st["Resource"] {
+                Value::Array(a) => a.clone(),
+                r => vec![r.clone()],
+            };
+            for r in rs {
+                let t = text(&r);
+                keys.push(
+                    t.split_once("${AWS::Region}/")
+                        .map_or(t.clone(), |(_, k)| k.to_string()),
+                );
+            }
+        }
+    }
+    if keys.is_empty() {
+        "nothing".into()
+    } else {
+        keys.join(", ")
     }
 }
 

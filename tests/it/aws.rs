@@ -543,7 +543,7 @@ fn a_spot_interruption_mid_run_requeues_the_task_and_every_result_arrives_once()
         "nothing more was placed on the interrupted node: {victim_after:?}"
     );
     // setup ran on every node, the replacement included, before it took tasks
-    let logs = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='spot/_setup/').get('Contents', [])]))");
+    let logs = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='spot/logs/setup/').get('Contents', [])]))");
     assert!(logs.as_array().unwrap().len() >= 3, "{logs}");
     ok(&a.infra(&["destroy", "spot", "--all"]), "destroy");
 }
@@ -717,7 +717,7 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
         "{}",
         r.stderr
     );
-    let keys = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='k9/k9-t1/').get('Contents', [])]))");
+    let keys = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='k9/results/k9-t1/').get('Contents', [])]))");
     assert!(
         keys.as_array()
             .unwrap()
@@ -1783,6 +1783,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 
 mod budget;
 mod node;
+mod trust;
 
 #[test]
 fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {

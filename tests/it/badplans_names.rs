@@ -43,3 +43,29 @@ fn ordinary_plan_file_names_still_load() {
     );
     p.infra(&["plan", "Run_2.v1-a"]).ok();
 }
+
+#[test]
+fn a_phase_named_like_the_ledger_prefix_is_refused_since_its_nodes_could_write_the_ledger() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("true", ""),
+    );
+    for name in ["_ledger", "_infra", "_templates"] {
+        p.write(
+            &format!("plans/{name}.json"),
+            r#"{"phase": "l", "name": "n", "provider": "aws",
+      "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
+      "layers": [{"id": "L0", "patterns": [{"id": "l-a", "backend": "echo"}]}]}"#,
+        );
+        let r = p.infra(&["plan", name]);
+        assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains("infra keeps for itself in the results bucket"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!p.exists(".infra"), "nothing rendered");
+}

@@ -119,6 +119,35 @@ fn the_gate_refuses_a_plan_over_budget_with_exit_3_and_starts_nothing() {
 }
 
 #[test]
+fn a_forged_negative_entry_in_the_local_ledger_is_refused_instead_of_lowering_the_spend() {
+    let p = Project::new();
+    // over budget by itself; a ledger entry of -$1000 used to make it fit
+    // ("spent $-1000.00 ... -> OK")
+    budget_plan(&p, r#"{"usd": 0.001}"#);
+    p.write(
+        ".infra/ledger.jsonl",
+        r#"{"v":1,"phase":"money","provider":"local","node":"n","group":"gpu","instance_type":"p4d.24xlarge","market":"on-demand","start":"2026-01-01T00:00:00.000Z","end":"2026-01-01T01:00:00.000Z","hours":1.0,"usd_per_hour":1.0,"usd":-1000.0,"kind":"simulated"}
+"#,
+    );
+    for args in [
+        &["plan", "money"][..],
+        &["budget", "money"][..],
+        &["apply", "money"][..],
+        &["run", "money", "all"][..],
+    ] {
+        let r = p.infra(args);
+        assert_eq!(r.code, 3, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("ledger.jsonl line 1 has usd -1000"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!p.exists("results/money"));
+    assert!(!p.exists(".infra/money/nodes"));
+}
+
+#[test]
 fn a_run_whose_budget_runs_out_stops_dispatching_destroys_nodes_and_stays_within_one_interval() {
     let p = Project::new();
     // 2 x p4d.24xlarge on demand at catalog prices: about $44/h, so $0.03 lasts about 2.5 s

@@ -13,6 +13,9 @@ pub enum AwsError {
     Api { action: String, message: String },
     #[error("{0}")]
     Failed(String),
+    /// A ledger object in the bucket with a negative or non-finite amount.
+    #[error(transparent)]
+    Ledger(#[from] crate::cost::ledger::BadEntry),
     /// Bad input or a refused confirmation: exit code 2.
     #[error("{0}")]
     Usage(String),

@@ -20,29 +20,32 @@ use chrono::{DateTime, Utc};
 use super::config::Clients;
 use super::ec2;
 use super::error::{api, AwsError};
+use super::layout;
 use super::s3;
 use super::state;
 use crate::catalog::Catalog;
 use crate::cost::ledger::{self, Spend};
 use crate::plan::{Market, Plan};
 
+/// `_ledger/` (`layout::ledger_prefix`).
 pub const PREFIX: &str = "_ledger/";
 
 /// Merge the bucket's ledger objects into the local ledger; returns how many
-/// entries were new here.
+/// entries were new here. An entry with a negative or non-finite amount
+/// (local, or in any object of the bucket) is `AwsError::Ledger` and nothing
+/// is merged.
 pub async fn pull(c: &Clients, bucket: &str, root: &Path) -> Result<usize, AwsError> {
-    let local = ledger::read(root);
+    let local = ledger::read(root)?;
     let mut known: HashSet<String> = local.iter().map(ledger::entry_key).collect();
     let mut new = Vec::new();
-    for (key, _) in s3::list(c, bucket, PREFIX).await? {
+    for (key, _) in s3::list(c, bucket, &layout::ledger_prefix()).await? {
         let Some(bytes) = s3::get(c, bucket, &key).await? else {
             continue;
         };
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            if let Ok(e) = serde_json::from_str::<Spend>(line) {
-                if known.insert(ledger::entry_key(&e)) {
-                    new.push(e);
-                }
+        let text = String::from_utf8_lossy(&bytes);
+        for e in ledger::parse(&text, &format!("s3://{bucket}/{key}"))? {
+            if known.insert(ledger::entry_key(&e)) {
+                new.push(e);
             }
         }
     }
@@ -66,10 +69,13 @@ pub async fn push(
         body.push_str(&serde_json::to_string(e).unwrap_or_default());
         body.push('\n');
     }
-    let key = format!(
-        "{PREFIX}{phase}/{}-{}.jsonl",
-        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-        &s3::sha256_hex(body.as_bytes())[..12]
+    let key = layout::ledger_key(
+        phase,
+        &format!(
+            "{}-{}.jsonl",
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+            &s3::sha256_hex(body.as_bytes())[..12]
+        ),
     );
     s3::put(c, bucket, &key, body.into_bytes()).await
 }
@@ -95,7 +101,7 @@ pub async fn meter(
                 .collect()
         })
         .unwrap_or_default();
-    let past = ledger::read(&plan.root);
+    let past = ledger::read(&plan.root)?;
     let mut metered_until: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for e in &past {
         if let (Some(id), Some(end)) = (e.instance.as_deref(), parse_time(&e.end)) {

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use super::agent::{self, AgentRef, Arch};
 use super::config::Clients;
+use super::layout;
 use super::script::{self, BundleRef};
 use super::ssm::{self, End, Poller};
 
@@ -46,7 +47,7 @@ impl NodeKit {
 
     /// Where SSM writes commands' whole output.
     pub fn ssm_prefix(&self) -> String {
-        format!("{}/_ssm", self.name_key)
+        layout::ssm_output_prefix(&self.name_key)
     }
 
     /// The script of one agent call on a node of `arch`.
@@ -126,7 +127,7 @@ pub async fn setup_nodes(
         .map(|n| (n.instance_id.clone(), n.arch))
         .collect();
     kit.ensure(c, poller, &ids).await?;
-    let dest = format!("s3://{}/{}/_setup", kit.bucket, kit.name_key);
+    let dest = format!("s3://{}/{}", kit.bucket, layout::setup_log_prefix(&kit.name_key));
     let prefix = kit.ssm_prefix();
     let mut waits = Vec::new();
     for n in nodes {
@@ -161,7 +162,9 @@ pub async fn setup_nodes(
         match rx.await.map(|e| e.end) {
             Ok(End::Success) => {}
             Ok(End::Failed(script::EXIT_BUNDLE)) => errors.push(format!(
-                "setup did not run on node {name} ({iid}): the task bundle could not be fetched or failed its SHA-256 check (see {dest}/../_ssm output)"
+                "setup did not run on node {name} ({iid}): the task bundle could not be fetched or failed its SHA-256 check (see the command's output under s3://{}/{})",
+                kit.bucket,
+                kit.ssm_prefix()
             )),
             Ok(End::Failed(code)) => errors.push(format!(
                 "setup failed on node {name} ({iid}) with exit code {code} (log: {dest}/{iid}.log)"

@@ -11,7 +11,9 @@ use super::cfn::{self, Source, StackInfo};
 use super::config::{self, AwsSettings, Clients};
 use super::deploy::{self, Looked};
 use super::ec2;
+use super::error::AwsError;
 use super::executor;
+use super::layout;
 use super::meter;
 use super::node_commands::Target;
 use super::run_session::AwsRun;
@@ -95,14 +97,15 @@ fn stack_row(role: &'static str, name: &str, s: Option<&StackInfo>) -> StackRow 
 
 /// Merge the bucket's ledger into the local one and meter the phase's
 /// instances up to now; failures are warnings (the run goes on, and the
-/// next metering picks up the time).
+/// next metering picks up the time), except a ledger entry with a negative
+/// or non-finite amount (`ProviderError::Ledger`): it is refused, loudly.
 async fn sync_and_meter(
     c: &Clients,
     log: &dyn Fn(&str),
     plan: &Plan,
     catalog: &Catalog,
     bucket: Option<&str>,
-) -> Vec<ledger::Spend> {
+) -> Result<Vec<ledger::Spend>, ProviderError> {
     if let Some(bucket) = bucket {
         match meter::pull(c, bucket, &plan.root).await {
             Ok(n) if n > 0 => log(&format!(
@@ -110,17 +113,20 @@ async fn sync_and_meter(
                 meter::PREFIX
             )),
             Ok(_) => {}
+            Err(AwsError::Ledger(bad)) => return Err(ProviderError::Ledger(bad)),
             Err(e) => log(&format!(
                 "warning: cannot read the ledger in the bucket: {e}"
             )),
         }
     }
-    meter::meter(c, plan, catalog, bucket)
-        .await
-        .unwrap_or_else(|e| {
+    match meter::meter(c, plan, catalog, bucket).await {
+        Ok(m) => Ok(m),
+        Err(AwsError::Ledger(bad)) => Err(ProviderError::Ledger(bad)),
+        Err(e) => {
             log(&format!("warning: cannot meter the phase's instances: {e}"));
-            Vec::new()
-        })
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// The deployed phase, checked against the cloud: stacks, bucket, live
@@ -212,11 +218,11 @@ impl AwsProvider {
         let looked = deploy::looked_up(&base, None)?;
         // compute
         let source = if rendered.compute.needs_upload {
-            let key = format!(
-                "_templates/{}-{}.json",
+            let key = layout::template_key(&format!(
+                "{}-{}.json",
                 rendered.compute.name,
                 &s3::sha256_hex(rendered.compute.body.as_bytes())[..12]
-            );
+            ));
             s3::put(
                 &c,
                 &looked.bucket,
@@ -312,7 +318,7 @@ impl AwsProvider {
         // metering (idle since apply, or a run that crashed): the command
         // layer checks the budget again against that
         let log = |l: &str| self.log(l);
-        let metered = sync_and_meter(&c, &log, plan, catalog, Some(&looked.bucket)).await;
+        let metered = sync_and_meter(&c, &log, plan, catalog, Some(&looked.bucket)).await?;
         Ok(Box::new(AwsRun {
             settings: &self.settings,
             plan,
@@ -397,7 +403,10 @@ impl AwsProvider {
             .bucket_after_destroy(&c, plan, bucket.as_deref(), o)
             .await?;
         // the instances' lifetimes up to their termination
-        sync_and_meter(&c, &log, plan, catalog, bucket.as_deref()).await;
+        // (a refused ledger does not stop the clean-up: it is said, loudly)
+        if let Err(e) = sync_and_meter(&c, &log, plan, catalog, bucket.as_deref()).await {
+            log(&format!("error: {e}"));
+        }
         // anything billable left, by tag
         let phase = if o.all {
             None
@@ -471,17 +480,18 @@ impl AwsProvider {
         if !o.delete_results {
             return Ok(format!("bucket {b} kept (results stay there)"));
         }
-        let n = s3::delete_prefix(c, b, &format!("{}/", plan.name_key)).await?;
-        let _ = s3::delete_prefix(c, b, &format!("{}/_bundle.manifest", plan.name_key)).await;
+        // every version: the bucket is versioned, and asked to delete the
+        // results, nothing of them is kept
+        let n = s3::delete_prefix_versions(c, b, &layout::phase_prefix(&plan.name_key)).await?;
         let mut note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
         if o.all {
             let rest: Vec<(String, i64)> = s3::list(c, b, "")
                 .await?
                 .into_iter()
-                .filter(|(k, _)| !k.starts_with("_templates/") && !k.starts_with(meter::PREFIX))
+                .filter(|(k, _)| !layout::is_infra_key(k))
                 .collect();
             if rest.is_empty() {
-                s3::delete_prefix(c, b, "").await?;
+                s3::delete_prefix_versions(c, b, "").await?;
                 if s3::delete_bucket(c, b).await? {
                     note = format!("bucket {b} emptied and deleted");
                 }
@@ -500,12 +510,12 @@ impl AwsProvider {
         Ok(note)
     }
 
-    async fn sync_ledger_(&self, plan: &Plan) {
+    async fn sync_ledger_(&self, plan: &Plan) -> Result<(), ProviderError> {
         let Some(st) = state::load(plan) else {
-            return;
+            return Ok(());
         };
         if st.bucket.is_empty() {
-            return;
+            return Ok(());
         }
         let pulled = match config::connect(&self.sdk_settings(plan)).await {
             Ok(c) => meter::pull(&c, &st.bucket, &plan.root).await,
@@ -519,11 +529,13 @@ impl AwsProvider {
                 st.bucket,
                 meter::PREFIX
             )),
+            Err(AwsError::Ledger(bad)) => return Err(ProviderError::Ledger(bad)),
             Err(e) => self.log(&format!(
                 "{}: the bucket's ledger was not read ({e}); showing this machine's ledger only",
                 plan.name_key
             )),
         }
+        Ok(())
     }
 }
 
@@ -562,7 +574,7 @@ impl Provider for AwsProvider {
         Box::pin(self.destroy_(plan, catalog, opts))
     }
 
-    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, ()> {
+    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
         Box::pin(self.sync_ledger_(plan))
     }
 

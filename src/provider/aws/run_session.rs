@@ -159,7 +159,7 @@ impl AwsRun<'_> {
                 .map_err(ProviderError::Failed)?;
         }
         // the nodes also burn while the bundle uploads and setup runs
-        let spent_before = ledger::spent(&ledger::read(&plan.root), Some(&plan.name_key))
+        let spent_before = ledger::spent(&ledger::read(&plan.root)?, Some(&plan.name_key))
             + hourly * self.metered_at.elapsed().as_secs_f64() / 3600.0;
         self.exec = Some(exec.clone());
         Ok(Started {

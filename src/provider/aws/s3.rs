@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::Clients;
 use super::error::{api, code, AwsError};
+use super::layout;
 use super::script::BundleRef;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -124,15 +125,52 @@ pub async fn download_prefix(
     Ok(written)
 }
 
-/// Delete every object under `prefix`; returns how many.
-pub async fn delete_prefix(c: &Clients, bucket: &str, prefix: &str) -> Result<usize, AwsError> {
-    let keys: Vec<String> = list(c, bucket, prefix)
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    delete_keys(c, bucket, &keys, prefix).await?;
-    Ok(keys.len())
+/// Delete every version and delete marker under `prefix` (the bucket is
+/// versioned: deleting the current objects only hides them, and a bucket
+/// with versions left cannot be deleted); returns how many object keys had
+/// a current version.
+pub async fn delete_prefix_versions(
+    c: &Clients,
+    bucket: &str,
+    prefix: &str,
+) -> Result<usize, AwsError> {
+    let mut versions: Vec<(String, Option<String>)> = Vec::new();
+    let mut current = 0;
+    let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+    loop {
+        let page =
+            c.s3.list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(api(format!(
+                    "list the versions under s3://{bucket}/{prefix}"
+                )))?;
+        for v in page.versions() {
+            if let Some(k) = v.key() {
+                current += usize::from(v.is_latest() == Some(true));
+                versions.push((k.to_string(), v.version_id().map(str::to_string)));
+            }
+        }
+        for m in page.delete_markers() {
+            if let Some(k) = m.key() {
+                versions.push((k.to_string(), m.version_id().map(str::to_string)));
+            }
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+        if key_marker.is_none() && version_marker.is_none() {
+            break;
+        }
+    }
+    delete_versions(c, bucket, &versions, prefix).await?;
+    Ok(current)
 }
 
 /// Delete `keys`, a thousand per request (`what` names them in an error).
@@ -142,22 +180,49 @@ async fn delete_keys(
     keys: &[String],
     what: &str,
 ) -> Result<(), AwsError> {
+    let keys: Vec<(String, Option<String>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+    delete_versions(c, bucket, &keys, what).await
+}
+
+/// Delete `(key, version)`s (the current version where none is given), a
+/// thousand per request (`what` names them in an error).
+async fn delete_versions(
+    c: &Clients,
+    bucket: &str,
+    keys: &[(String, Option<String>)],
+    what: &str,
+) -> Result<(), AwsError> {
     for chunk in keys.chunks(1000) {
         let ids: Vec<ObjectIdentifier> = chunk
             .iter()
-            .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+            .filter_map(|(k, v)| {
+                ObjectIdentifier::builder()
+                    .key(k)
+                    .set_version_id(v.clone())
+                    .build()
+                    .ok()
+            })
             .collect();
         let del = Delete::builder()
             .set_objects(Some(ids))
             .quiet(true)
             .build()
             .map_err(|e| AwsError::Failed(e.to_string()))?;
-        c.s3.delete_objects()
-            .bucket(bucket)
-            .delete(del)
-            .send()
-            .await
-            .map_err(api(format!("delete objects under s3://{bucket}/{what}")))?;
+        let out =
+            c.s3.delete_objects()
+                .bucket(bucket)
+                .delete(del)
+                .send()
+                .await
+                .map_err(api(format!("delete objects under s3://{bucket}/{what}")))?;
+        if let Some(e) = out.errors().first() {
+            return Err(AwsError::Failed(format!(
+                "cannot delete s3://{bucket}/{}: {} {}",
+                e.key().unwrap_or_default(),
+                e.code().unwrap_or_default(),
+                e.message().unwrap_or_default()
+            )));
+        }
     }
     Ok(())
 }
@@ -223,8 +288,8 @@ pub async fn upload_bundle(
     phase: &str,
     files: &Files,
 ) -> Result<Uploaded, AwsError> {
-    let prefix = format!("{phase}/_bundle");
-    let manifest_key = format!("{phase}/_bundle.manifest");
+    let prefix = layout::bundle_prefix(phase);
+    let manifest_key = layout::manifest_key(phase);
     let new: BTreeMap<String, String> = files
         .iter()
         .map(|(k, v)| (k.clone(), sha256_hex(v)))

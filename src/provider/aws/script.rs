@@ -18,9 +18,6 @@ pub const EXIT_NODE_IO: i32 = 176;
 /// `health`: the background step ended before it became healthy.
 pub const HEALTH_STEP_ENDED: i32 = 3;
 
-/// The part of the bundle the nodes do not fetch: the task definitions.
-pub const NODE_SKIPS: &str = "tasks/";
-
 /// Where the nodes fetch the bundle from, and the SHA-256 of the manifest
 /// that lists every file's SHA-256: the agent checks both before it runs
 /// anything of the bundle.
@@ -90,7 +87,7 @@ pub struct StepArgs<'a> {
     pub key: &'a str,
     pub name: &'a str,
     pub rank: u32,
-    /// `s3://<bucket>/<phase>/results/<task>/attempt-<n>`
+    /// `s3://<bucket>/<phase>/results/<task>/attempt-<n>` (`layout::attempt_prefix`)
     pub dest: &'a str,
     pub timeout_seconds: Option<u64>,
     pub background: bool,

@@ -2,8 +2,8 @@
 //!
 //! A step is one SendCommand to its rank's node, running the node agent
 //! (`infra node step`, src/node/), which enforces the step's timeout and
-//! uploads the step's logs, runtime and outputs to the attempt's results
-//! prefix in the bucket. A background step is a
+//! uploads the step's logs, runtime and outputs to
+//! `s3://<bucket>/<phase>/results/<task>/attempt-<n>/` (`layout`). A background step is a
 //! long-running SendCommand; its health check a second, short one on the
 //! same node that loops until the URL (or command) answers. `stop` asks the
 //! agents to end their steps (CancelCommand for those that do not), and
@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::executor::{AwsExecutor, Node};
+use super::layout;
 use super::script::{self, StepArgs};
 
 /// How long a stopped step gets between SIGTERM and SIGKILL on the node.
@@ -58,7 +59,7 @@ pub(crate) struct AwsAttempt {
     staging: PathBuf,
     nodes: Vec<Arc<Node>>,
     node_idx: Vec<usize>,
-    /// `<phase>/<task>/attempt-<n>` in the bucket.
+    /// `<phase>/results/<task>/attempt-<n>` in the bucket.
     prefix: String,
     dest: String,
     envs: Vec<Vec<(String, String)>>,
@@ -81,7 +82,7 @@ impl AwsAttempt {
             nodes.push(n);
             node_idx.push(seat.node);
         }
-        let prefix = format!("{}/{}/attempt-{}", ex.s.name_key, req.task.id, req.attempt);
+        let prefix = layout::attempt_prefix(&ex.s.name_key, &req.task.id, req.attempt);
         let dest = format!("s3://{}/{prefix}", ex.s.bucket);
         let envs = (0..req.seats.len())
             .map(|r| env_for(&ex, req, r, &nodes, &dest))
@@ -119,7 +120,7 @@ impl AwsAttempt {
             return Err(StartError::Lost(r));
         }
         ex.stats.send_command.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("{}/_ssm", ex.s.name_key);
+        let prefix = layout::ssm_output_prefix(&ex.s.name_key);
         let ids = [node.instance_id.clone()];
         let send = ssm::SendSpec {
             instances: &ids,
