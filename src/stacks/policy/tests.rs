@@ -136,11 +136,12 @@ fn a_node_of_a_phase_may_write_only_its_results_checkpoints_and_logs() {
             "get {k}"
         );
     }
-    // list: only its checkpoints (and bundle), by s3:prefix
+    // list: only its checkpoints, by s3:prefix (the agent reads the bundle
+    // by its manifest, no listing)
     let b = format!("arn:aws:s3:::{}", bucket());
     let list = |p: Option<&str>| decide(&st, "s3:ListBucket", &b, p);
     assert_eq!(list(Some("train.v2/checkpoints/t/")), Decision::Allow);
-    assert_eq!(list(Some("train.v2/_bundle/")), Decision::Allow);
+    assert_ne!(list(Some("train.v2/_bundle/")), Decision::Allow);
     assert_ne!(list(Some("train.v2/results/")), Decision::Allow);
     assert_ne!(list(Some("_ledger/")), Decision::Allow);
     assert_ne!(list(Some("other/checkpoints/")), Decision::Allow);
