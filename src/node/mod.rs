@@ -1,6 +1,6 @@
 //! The node agent: `infra node <mode> --spec '<JSON>'`, the same binary as
 //! the user's `infra`, run on every node by SSM Run Command. It replaces the
-//! shell wrapper `scripts/infra-node.sh` and keeps its documented behaviour
+//! shell wrapper `scripts/infra-node.sh` (now gone) and keeps its documented behaviour
 //! (folders, exit codes, printed lines, uploads), but needs nothing on the
 //! node besides itself and a shell for the task's own command: S3 and the
 //! instance metadata service are spoken to through the SDK, process control

@@ -1,6 +1,6 @@
 //! `infra node step`: run one step of a task on this node.
 //!
-//! Folders (as `scripts/infra-node.sh` had them): the work folder
+//! Folders (as the former shell wrapper had them): the work folder
 //! `$ROOT/work/<task>/<attempt>` (earlier attempts' folders go on the
 //! attempt's first step), the run folder `$ROOT/run/<task>/<attempt>/<key>`
 //! (command.sh, pid, rc, stop, upload/steps/<key>/{stdout.log, stderr.log,
