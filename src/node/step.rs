@@ -95,9 +95,15 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     if !p.work.is_dir() {
         clear_old_attempts(root, &s.task, s.attempt)?;
     }
+    // a stop that came before this agent got here (the stop command can
+    // overtake the step's start) is kept: the step is stopped at once
+    let stop_early = p.run.join("stop").exists();
     fsio::remove_all(&p.run)?;
     for d in [&p.work, &p.step_dir, &p.out] {
         fsio::mkdirs(d)?;
+    }
+    if stop_early {
+        fsio::write(&p.run.join("stop"), b"")?;
     }
     let command_file = p.run.join("command.sh");
     fsio::write(&command_file, format!("{}\n", s.command).as_bytes())?;

@@ -17,10 +17,12 @@ pub fn stop(root: &Path, s: StopSpec) -> Result<i32, Fail> {
     let attempt = s.attempt.to_string();
     for k in &s.keys {
         check_component("key", k)?;
+        // also when the step has not made its folder yet: a stop that
+        // arrives while the step's agent starts must not be lost (the step
+        // agent keeps the file and stops the step at once)
         let d = root.join("run").join(&s.task).join(&attempt).join(k);
-        if d.is_dir() {
-            fsio::write(&d.join("stop"), b"")?;
-        }
+        fsio::mkdirs(&d)?;
+        fsio::write(&d.join("stop"), b"")?;
     }
     Ok(0)
 }

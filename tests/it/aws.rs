@@ -693,7 +693,10 @@ fn kill_9_of_run_then_run_again_completes_without_rerunning_finished_tasks() {
     for d in &node_dirs {
         assert!(d.join("bundle/setup.sh").is_file(), "{d:?}");
         assert!(!d.join("bundle/tasks").exists(), "{d:?}");
-        assert!(!d.join("bundle/infra/infra-node.sh").exists(), "no shell wrapper: {d:?}");
+        assert!(
+            !d.join("bundle/infra/infra-node.sh").exists(),
+            "no shell wrapper: {d:?}"
+        );
     }
     let template = a.p.read("plans/templates/sleeper.json.hbs");
     a.p.write(
@@ -763,8 +766,9 @@ fn ctrl_c_stops_the_running_steps_and_leaves_the_journal_consistent() {
     assert_eq!(r.code, 130, "{}", r.stderr);
     assert!(
         started.elapsed() < Duration::from_secs(19),
-        "stopped before the steps would have ended: {:?}",
-        started.elapsed()
+        "stopped before the steps would have ended: {:?}\n{}",
+        started.elapsed(),
+        r.stderr
     );
     let j = journal(&a.p, "cc");
     let last = j.last().unwrap();
@@ -1725,12 +1729,15 @@ fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_
     let report = format!(
         "{nodes} nodes, {tasks} one-second tasks, poll every 0.3 s, run took {took:.1} s:\n\
          polling rounds {rounds}; ListCommandInvocations {lists} ({:.2} per round)\n\
-         most in flight in a round {}; most calls in a round {}; most calls beyond ceil(in flight / 50) {}\n\
+         most in flight in a round {}; most SSM status calls in a round {}; most beyond ceil(in flight / 50) {}\n\
+         GetCommandInvocation {}; step ends read from runtime.json in S3 {}\n\
          SendCommand {}; all calls {:?}",
         lists as f64 / rounds.max(1) as f64,
         c["max_in_flight"],
         c["max_list_calls_per_round"],
         c["max_list_calls_beyond_in_flight"],
+        calls.get("ssm:GetCommandInvocation").unwrap_or(&0),
+        c["ends_read_from_runtime_json"],
         calls.get("ssm:SendCommand").unwrap_or(&0),
         calls.iter().collect::<std::collections::BTreeMap<_, _>>(),
     );
@@ -1740,12 +1747,19 @@ fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_
         &report,
     );
     assert_eq!(succeeded_counts(&a.p, "wide").len(), tasks, "{report}");
-    assert!(c["max_in_flight"].as_u64().unwrap() > 50, "the test keeps more than one page in flight: {report}");
+    assert!(
+        c["max_in_flight"].as_u64().unwrap() > 50,
+        "the test keeps more than one page in flight: {report}"
+    );
     assert!(
         c["max_list_calls_beyond_in_flight"].as_u64().unwrap() <= 1,
         "calls per round <= ceil(in flight / 50) + 1: {report}"
     );
-    assert!(!r.stderr.contains("Throttl") && !r.stderr.contains("Rate exceeded"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("Throttl") && !r.stderr.contains("Rate exceeded"),
+        "{}",
+        r.stderr
+    );
     ok(&a.infra(&["destroy", "wide", "--all"]), "destroy");
 }
 

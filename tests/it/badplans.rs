@@ -314,14 +314,20 @@ fn unknown_plan_names_suggest_close_ones() {
 #[test]
 fn an_aws_plan_without_a_node_agent_for_its_architecture_exits_2_with_the_build_command() {
     let p = Project::new();
-    p.write("plans/templates/echo.json.hbs", &one_step_template("echo", ""));
+    p.write(
+        "plans/templates/echo.json.hbs",
+        &one_step_template("echo", ""),
+    );
     p.write(
         "plans/arch.json",
         r#"{"phase": "a", "name": "x", "provider": "aws", "region": "us-east-1",
   "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
   "layers": [{"id": "L", "grid": {"backend": "echo", "id": "a-{a}", "factors": {"a": [1]}}}]}"#,
     );
-    p.write("not-an-agent.sh", "#!/bin/sh\necho this is a shell script, not infra\n");
+    p.write(
+        "not-an-agent.sh",
+        "#!/bin/sh\necho this is a shell script, not infra\n",
+    );
     let script = p.path().join("not-an-agent.sh");
     let out = p
         .cmd(&["plan", "arch"])

@@ -312,6 +312,35 @@ fn node_stop_kills_a_term_ignoring_background_step_and_its_escaped_daemon() {
     assert_eq!(v["background"], true);
 }
 
+/// A stop can overtake the step it stops (two Run Commands, the stop's
+/// agent quicker to start): the step is then stopped as soon as it starts,
+/// never left to run to its end.
+#[test]
+fn node_stop_that_arrives_before_the_step_starts_still_stops_it() {
+    let n = Node::new("node_stop_early");
+    let stop = n.run(
+        "stop",
+        &json!({"task": "early", "attempt": 1, "keys": ["0"]}),
+    );
+    assert_eq!(code(&stop), 0, "{}", text(&stop.stderr));
+    let started = Instant::now();
+    let out = n.run(
+        "step",
+        &n.step_spec("early", "0", "sleep 30; echo finished"),
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&out.stdout).contains("step s0 stopped with code 0"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn node_step_agent_terminated_stops_the_step_and_exits_143() {
     let n = Node::new("node_step_agent_term");

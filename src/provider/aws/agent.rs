@@ -302,52 +302,66 @@ pub async fn ensure(
     }
     let mut errors = Vec::new();
     let mut waits = Vec::new();
-    for (iid, agent) in &missing {
+    for (arch, agent) in agents {
+        let ids: Vec<String> = missing
+            .iter()
+            .filter(|(_, a)| a.arch == *arch)
+            .map(|(iid, _)| iid.clone())
+            .collect();
         let source = serde_json::json!({
             "path": format!("https://s3.amazonaws.com/{}/{}", agent.bucket, agent.key)
         })
         .to_string();
-        let req = c
-            .ssm
-            .send_command()
-            .document_name("AWS-RunRemoteScript")
-            .instance_ids(iid.clone())
-            .parameters("sourceType", vec!["S3".to_string()])
-            .parameters("sourceInfo", vec![source])
-            .parameters("commandLine", vec![install_command(agent)])
-            .parameters(
-                "workingDirectory",
-                vec!["/var/lib/infra/download".to_string()],
-            )
-            .parameters("executionTimeout", vec!["900".to_string()])
-            .timeout_seconds(600)
-            .comment(
-                format!("infra {label} agent install")
-                    .chars()
-                    .take(100)
-                    .collect::<String>(),
-            )
-            .output_s3_bucket_name(output.0)
-            .output_s3_key_prefix(output.1);
-        match req.send().await {
-            Ok(out) => {
-                let sent = ssm::Sent {
-                    id: out
-                        .command()
-                        .and_then(|c| c.command_id())
-                        .unwrap_or_default()
-                        .to_string(),
-                    requested: out
-                        .command()
-                        .and_then(|c| c.requested_date_time())
-                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
-                };
-                waits.push((iid.clone(), poller.watch(&sent, iid)));
+        // the same install for every node of the architecture: one command
+        // for up to 50 of them
+        for chunk in ids.chunks(50) {
+            let req = c
+                .ssm
+                .send_command()
+                .document_name("AWS-RunRemoteScript")
+                .set_instance_ids(Some(chunk.to_vec()))
+                .parameters("sourceType", vec!["S3".to_string()])
+                .parameters("sourceInfo", vec![source.clone()])
+                .parameters("commandLine", vec![install_command(agent)])
+                .parameters(
+                    "workingDirectory",
+                    vec!["/var/lib/infra/download".to_string()],
+                )
+                .parameters("executionTimeout", vec!["900".to_string()])
+                .timeout_seconds(600)
+                .comment(
+                    format!("infra {label} agent install")
+                        .chars()
+                        .take(100)
+                        .collect::<String>(),
+                )
+                .output_s3_bucket_name(output.0)
+                .output_s3_key_prefix(output.1);
+            match req.send().await {
+                Ok(out) => {
+                    let sent = ssm::Sent {
+                        id: out
+                            .command()
+                            .and_then(|c| c.command_id())
+                            .unwrap_or_default()
+                            .to_string(),
+                        requested: out
+                            .command()
+                            .and_then(|c| c.requested_date_time())
+                            .and_then(|t| {
+                                chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+                            }),
+                    };
+                    for iid in chunk {
+                        waits.push((iid.clone(), poller.watch(&sent, iid)));
+                    }
+                }
+                Err(e) => errors.push(format!(
+                    "cannot install the node agent on {}: {}",
+                    chunk.join(", "),
+                    super::error::describe(&e)
+                )),
             }
-            Err(e) => errors.push(format!(
-                "cannot install the node agent on {iid}: {}",
-                super::error::describe(&e)
-            )),
         }
     }
     for (iid, rx) in waits {

@@ -127,7 +127,11 @@ pub async fn setup_nodes(
         .map(|n| (n.instance_id.clone(), n.arch))
         .collect();
     kit.ensure(c, poller, &ids).await?;
-    let dest = format!("s3://{}/{}", kit.bucket, layout::setup_log_prefix(&kit.name_key));
+    let dest = format!(
+        "s3://{}/{}",
+        kit.bucket,
+        layout::setup_log_prefix(&kit.name_key)
+    );
     let prefix = kit.ssm_prefix();
     let mut waits = Vec::new();
     for n in nodes {

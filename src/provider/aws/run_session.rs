@@ -183,6 +183,8 @@ impl AwsRun<'_> {
             "max_list_calls_per_round": n(&exec.poller.stats.max_calls_per_round),
             "max_list_calls_beyond_in_flight": n(&exec.poller.stats.max_extra_calls),
             "max_in_flight": n(&exec.poller.stats.max_in_flight),
+            "get_command_invocation": n(&exec.poller.stats.get_calls),
+            "ends_read_from_runtime_json": n(&exec.poller.stats.probes),
             "send_command": n(&exec.stats.send_command),
             "cancel_command": n(&exec.stats.cancel_command),
             "describe_instances": n(&exec.stats.describe_instances),

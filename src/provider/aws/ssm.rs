@@ -1,10 +1,12 @@
 //! SSM Run Command: sending a script to nodes, and one poller that follows
 //! every command of a run in batches. A polling round is one
-//! ListCommandInvocations over the invocations requested since the oldest
-//! one still watched, paginated (50 a page) only until every watched one is
-//! seen: the calls per round follow the invocations in flight, not the
-//! number of nodes (about ceil(in flight / 50), plus one for the page that
-//! holds the newest finished ones).
+//! ListCommandInvocations of the invocations still executing (every node at
+//! once, paginated: about one call per 50 in flight, whatever the number of
+//! nodes). A watched invocation that is no longer executing has ended: a
+//! step's end is read from the `runtime.json` its agent uploaded (S3, which
+//! the controller reads anyway to collect the step); anything else, or a
+//! step that left no `runtime.json` (its upload failed, its node went), is
+//! asked with GetCommandInvocation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +143,15 @@ struct Watch {
     since: Instant,
     /// SSM's request time (else this machine's clock, a little earlier).
     requested: chrono::DateTime<chrono::Utc>,
+    /// Where a step's agent puts its `runtime.json` (bucket, key).
+    probe: Option<(String, String)>,
+    /// Listed as executing at least once.
+    seen: bool,
 }
+
+/// How long an invocation that was never listed as executing is given
+/// before it is taken for ended (SSM shows new invocations after a moment).
+const UNSEEN_GRACE: Duration = Duration::from_secs(3);
 
 /// How much earlier than this machine's clock a command's request time is
 /// assumed to be when SSM did not say (clock skew).
@@ -157,9 +167,12 @@ pub struct PollStats {
     /// invocations watched (in flight) in one round.
     pub max_calls_per_round: AtomicU64,
     pub max_in_flight: AtomicU64,
-    /// The most calls one round took beyond ceil(watched / 50): the pages
-    /// spent on finished invocations requested after the oldest watched one.
+    /// The most SSM calls one round took beyond ceil(watched / 50).
     pub max_extra_calls: AtomicU64,
+    /// GetCommandInvocation calls (ends not read from S3).
+    pub get_calls: AtomicU64,
+    /// Steps' ends read from their `runtime.json` in S3.
+    pub probes: AtomicU64,
 }
 
 /// Follows every command in flight; `watch` registers one invocation.
@@ -199,6 +212,17 @@ impl Poller {
 
     /// Be told when command `sent` ends on `instance`.
     pub fn watch(&self, sent: &Sent, instance: &str) -> oneshot::Receiver<Ended> {
+        self.watch_step(sent, instance, None)
+    }
+
+    /// The same for a step whose agent uploads its `runtime.json` to
+    /// `probe` (bucket, key): its end is read there.
+    pub fn watch_step(
+        &self,
+        sent: &Sent,
+        instance: &str,
+        probe: Option<(String, String)>,
+    ) -> oneshot::Receiver<Ended> {
         let (tx, rx) = oneshot::channel();
         let requested = sent
             .requested
@@ -210,6 +234,8 @@ impl Poller {
                     tx: Some(tx),
                     since: Instant::now(),
                     requested,
+                    probe,
+                    seen: false,
                 },
             );
         }
@@ -255,11 +281,10 @@ impl Poller {
         }
     }
 
-    /// One polling round: list the invocations requested since the oldest
-    /// watched one (every node at once), paging only until every watched one
-    /// is seen.
+    /// One polling round: list what still executes (every node at once);
+    /// what was watched and no longer executes has ended.
     async fn round(&self) {
-        let (mut missing, oldest): (HashSet<(String, String)>, _) = match self.watched.lock() {
+        let (watched, oldest): (HashSet<(String, String)>, _) = match self.watched.lock() {
             Ok(w) => (
                 w.keys().cloned().collect(),
                 w.values().map(|x| x.requested).min(),
@@ -267,20 +292,21 @@ impl Poller {
             Err(_) => return,
         };
         let Some(oldest) = oldest else { return };
-        let watched = missing.len() as u64;
+        let n = watched.len() as u64;
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .max_in_flight
-            .fetch_max(watched, Ordering::Relaxed);
+        self.stats.max_in_flight.fetch_max(n, Ordering::Relaxed);
         // whole seconds, rounded down: the filter's resolution
         let after = (oldest - chrono::Duration::seconds(1))
             .format("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let filter = CommandFilter::builder()
-            .key(CommandFilterKey::InvokedAfter)
-            .value(after)
-            .build()
-            .ok();
+        let filters: Vec<CommandFilter> = [
+            (CommandFilterKey::InvokedAfter, after),
+            (CommandFilterKey::ExecutionStage, "Executing".to_string()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| CommandFilter::builder().key(k).value(v).build().ok())
+        .collect();
+        let mut running: HashSet<(String, String)> = HashSet::new();
         let mut token: Option<String> = None;
         let mut calls = 0u64;
         loop {
@@ -290,49 +316,175 @@ impl Poller {
                 .c
                 .ssm
                 .list_command_invocations()
-                .details(true)
                 .max_results(50)
-                .set_filters(filter.clone().map(|f| vec![f]))
+                .set_filters(Some(filters.clone()))
                 .set_next_token(token.clone())
                 .send()
                 .await;
-            // transient (throttling past the SDK's retries, network): next round
-            let Ok(page) = page else { break };
+            // transient (throttling past the SDK's retries, network): next
+            // round; nothing is taken for ended on a partial listing
+            let Ok(page) = page else {
+                self.note_calls(calls, n);
+                return;
+            };
             for inv in page.command_invocations() {
-                let (Some(id), Some(instance)) = (inv.command_id(), inv.instance_id()) else {
-                    continue;
-                };
-                let key = (id.to_string(), instance.to_string());
-                if !missing.remove(&key) {
-                    continue;
-                }
-                self.stats
-                    .polled_invocations
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(ended) = ended(inv) {
-                    self.deliver(instance, id, ended);
+                if let (Some(id), Some(instance)) = (inv.command_id(), inv.instance_id()) {
+                    running.insert((id.to_string(), instance.to_string()));
                 }
             }
             token = page
                 .next_token()
                 .map(str::to_string)
                 .filter(|t| !t.is_empty());
-            if token.is_none() || missing.is_empty() {
+            if token.is_none() {
                 break;
             }
         }
-        self.stats
-            .max_calls_per_round
-            .fetch_max(calls, Ordering::Relaxed);
-        self.stats.max_extra_calls.fetch_max(
-            calls.saturating_sub(watched.div_ceil(50)),
-            Ordering::Relaxed,
-        );
+        // what ended: watched, not executing, and listed before (or long
+        // enough ago that SSM would show it)
+        let tick = self.c.settings.poll;
+        type Ended3 = ((String, String), Option<(String, String)>, bool);
+        let ended: Vec<Ended3> = match self.watched.lock() {
+            Ok(mut w) => w
+                .iter_mut()
+                .filter_map(|(k, x)| {
+                    if running.contains(k) {
+                        x.seen = true;
+                        return None;
+                    }
+                    // settled: SSM would list it if it still ran
+                    let settled = x.seen || x.since.elapsed() > UNSEEN_GRACE;
+                    (settled || x.since.elapsed() > tick)
+                        .then(|| (k.clone(), x.probe.clone(), settled))
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        // steps: from S3; the rest by command (one listing for a command's
+        // many nodes, e.g. a reap), else GetCommandInvocation
+        let mut asked: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        let mut set = tokio::task::JoinSet::new();
+        for ((id, instance), probe, settled) in ended {
+            match probe {
+                Some((bucket, key)) => {
+                    let c = self.c.clone();
+                    set.spawn(async move {
+                        let e = super::s3::get(&c, &bucket, &key)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|b| from_runtime(&b));
+                        (id, instance, e, settled)
+                    });
+                }
+                None => asked.entry(id).or_default().push((instance, settled)),
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            let Ok((id, instance, e, settled)) = r else {
+                continue;
+            };
+            match e {
+                Some(e) => {
+                    self.stats.probes.fetch_add(1, Ordering::Relaxed);
+                    self.deliver(&instance, &id, e);
+                }
+                // no runtime.json: the agent did not get that far
+                None => asked.entry(id).or_default().push((instance, settled)),
+            }
+        }
+        let mut gets = 0u64;
+        for (id, instances) in asked {
+            // one that SSM may simply not show yet is asked later
+            let instances: Vec<String> = instances
+                .into_iter()
+                .filter(|(_, settled)| *settled)
+                .map(|(i, _)| i)
+                .collect();
+            if instances.is_empty() {
+                continue;
+            }
+            gets += 1;
+            self.stats.get_calls.fetch_add(1, Ordering::Relaxed);
+            if instances.len() == 1 {
+                let r = self
+                    .c
+                    .ssm
+                    .get_command_invocation()
+                    .command_id(&id)
+                    .instance_id(&instances[0])
+                    .send()
+                    .await;
+                if let Ok(inv) = r {
+                    let out = format!(
+                        "{}{}",
+                        inv.standard_output_content().unwrap_or_default(),
+                        inv.standard_error_content().unwrap_or_default()
+                    );
+                    let e = ended_of(
+                        inv.status().cloned(),
+                        inv.status_details().unwrap_or_default(),
+                        inv.response_code(),
+                        out,
+                    );
+                    if let Some(e) = e {
+                        self.deliver(&instances[0], &id, e);
+                    }
+                }
+                continue;
+            }
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .c
+                    .ssm
+                    .list_command_invocations()
+                    .command_id(&id)
+                    .details(true)
+                    .max_results(50)
+                    .set_next_token(token.clone())
+                    .send()
+                    .await;
+                let Ok(page) = page else { break };
+                for inv in page.command_invocations() {
+                    let Some(instance) = inv.instance_id() else {
+                        continue;
+                    };
+                    if !instances.iter().any(|i| i == instance) {
+                        continue;
+                    }
+                    let plugin = inv.command_plugins().first();
+                    let e = ended_of(
+                        inv.status().cloned(),
+                        inv.status_details().unwrap_or_default(),
+                        plugin.map(|p| p.response_code()).unwrap_or(-1),
+                        plugin
+                            .and_then(|p| p.output())
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                    if let Some(e) = e {
+                        self.deliver(instance, &id, e);
+                    }
+                }
+                token = page
+                    .next_token()
+                    .map(str::to_string)
+                    .filter(|t| !t.is_empty());
+                if token.is_none() {
+                    break;
+                }
+                gets += 1;
+            }
+        }
+        self.note_calls(calls + gets, n);
         // invocations SSM has not shown for a long time
         let stale: Vec<(String, String)> = match self.watched.lock() {
             Ok(w) => w
                 .iter()
-                .filter(|(k, x)| missing.contains(*k) && x.since.elapsed() > NOT_FOUND_GRACE)
+                .filter(|(k, x)| {
+                    !running.contains(*k) && !x.seen && x.since.elapsed() > NOT_FOUND_GRACE
+                })
                 .map(|(k, _)| k.clone())
                 .collect(),
             Err(_) => Vec::new(),
@@ -349,18 +501,42 @@ impl Poller {
             );
         }
     }
+
+    fn note_calls(&self, calls: u64, watched: u64) {
+        self.stats
+            .max_calls_per_round
+            .fetch_max(calls, Ordering::Relaxed);
+        self.stats.max_extra_calls.fetch_max(
+            calls.saturating_sub(watched.div_ceil(50)),
+            Ordering::Relaxed,
+        );
+    }
 }
 
-/// How a listed invocation ended; None while it runs.
-fn ended(inv: &aws_sdk_ssm::types::CommandInvocation) -> Option<Ended> {
-    let plugin = inv.command_plugins().first();
-    let response = plugin.map(|p| p.response_code()).unwrap_or(-1);
-    let details = inv.status_details().unwrap_or_default().to_string();
-    let output = plugin
-        .and_then(|p| p.output())
-        .unwrap_or_default()
-        .to_string();
-    let end = match inv.status()? {
+/// A step's end from the `runtime.json` its agent uploaded.
+fn from_runtime(bytes: &[u8]) -> Option<Ended> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let code = v["exit_code"].as_i64()? as i32;
+    let status = v["status"].as_str()?.to_string();
+    Some(Ended {
+        end: if code == 0 {
+            End::Success
+        } else {
+            End::Failed(code)
+        },
+        details: format!("runtime.json: {status}"),
+        output: String::new(),
+    })
+}
+
+/// How an invocation ended, from its status; None while it runs.
+fn ended_of(
+    status: Option<CommandInvocationStatus>,
+    details: &str,
+    response: i32,
+    output: String,
+) -> Option<Ended> {
+    let end = match status? {
         CommandInvocationStatus::Success => End::Success,
         CommandInvocationStatus::Failed
             if details == "Undeliverable" || details == "Terminated" =>
@@ -375,7 +551,7 @@ fn ended(inv: &aws_sdk_ssm::types::CommandInvocation) -> Option<Ended> {
     };
     Some(Ended {
         end,
-        details,
+        details: details.to_string(),
         output,
     })
 }

@@ -370,7 +370,15 @@ impl StepTransport for AwsAttempt {
             .send(&node, script, exec_timeout, self.comment(&step.name))
             .await?;
         self.keys.push((key.clone(), step.name.clone(), rank));
-        let rx = self.ex.poller.watch(&cmd, &node.instance_id);
+        // the agent's runtime.json tells how the step ended
+        let probe = (
+            self.ex.s.bucket.clone(),
+            format!("{}/steps/{key}/runtime.json", self.prefix),
+        );
+        let rx = self
+            .ex
+            .poller
+            .watch_step(&cmd, &node.instance_id, Some(probe));
         Ok(Flight {
             cmd: cmd.id,
             instance: node.instance_id.clone(),
