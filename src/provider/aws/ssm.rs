@@ -147,6 +147,8 @@ struct Watch {
     probe: Option<(String, String)>,
     /// Listed as executing at least once.
     seen: bool,
+    /// `requested` is SSM's own time.
+    server_time: bool,
 }
 
 /// How long an invocation that was never listed as executing is given
@@ -236,6 +238,7 @@ impl Poller {
                     requested,
                     probe,
                     seen: false,
+                    server_time: sent.requested.is_some(),
                 },
             );
         }
@@ -284,10 +287,16 @@ impl Poller {
     /// One polling round: list what still executes (every node at once);
     /// what was watched and no longer executes has ended.
     async fn round(&self) {
-        let (watched, oldest): (HashSet<(String, String)>, _) = match self.watched.lock() {
+        let (watched, oldest, newest): (HashSet<(String, String)>, _, _) = match self.watched.lock()
+        {
             Ok(w) => (
                 w.keys().cloned().collect(),
                 w.values().map(|x| x.requested).min(),
+                // without SSM's own time for each, no upper bound
+                w.values()
+                    .map(|x| x.server_time.then_some(x.requested))
+                    .collect::<Option<Vec<_>>>()
+                    .and_then(|v| v.into_iter().max()),
             ),
             Err(_) => return,
         };
@@ -299,11 +308,19 @@ impl Poller {
         let after = (oldest - chrono::Duration::seconds(1))
             .format("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
+        // not what was sent since this round began (its own round will see it)
+        let before = newest.map(|t| {
+            (t + chrono::Duration::seconds(1))
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        });
         let filters: Vec<CommandFilter> = [
-            (CommandFilterKey::InvokedAfter, after),
-            (CommandFilterKey::ExecutionStage, "Executing".to_string()),
+            Some((CommandFilterKey::InvokedAfter, after)),
+            before.map(|b| (CommandFilterKey::InvokedBefore, b)),
+            Some((CommandFilterKey::ExecutionStage, "Executing".to_string())),
         ]
         .into_iter()
+        .flatten()
         .filter_map(|(k, v)| CommandFilter::builder().key(k).value(v).build().ok())
         .collect();
         let mut running: HashSet<(String, String)> = HashSet::new();
