@@ -1660,7 +1660,8 @@ fn api_calls_per_task_and_per_polling_round() {
          ec2:DescribeInstances {} ({:.2} per round)\n\
          ssm:DescribeInstanceInformation {}\n\
          s3 (controller + nodes): {} calls ({:.2} per task): {:?}\n\
-         all: {:?}",
+         all: {:?}\n\
+         per round: most in flight {}, most SSM status calls {}, most beyond ceil(in flight / 50) {}",
         calls.values().sum::<u64>(),
         rounds,
         get("ssm:SendCommand"),
@@ -1675,6 +1676,9 @@ fn api_calls_per_task_and_per_polling_round() {
         calls.iter().filter(|(k, _)| k.starts_with("s3:")).map(|(_, v)| *v as f64).sum::<f64>() / n,
         calls.iter().filter(|(k, _)| k.starts_with("s3:")).collect::<std::collections::BTreeMap<_, _>>(),
         calls.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        out["api_calls"]["max_in_flight"],
+        out["api_calls"]["max_list_calls_per_round"],
+        out["api_calls"]["max_list_calls_beyond_in_flight"],
     );
     eprintln!("{report}");
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aws-api-calls.txt");

@@ -369,6 +369,10 @@ impl Poller {
                         x.seen = true;
                         return None;
                     }
+                    // watched since the listing began: its own round
+                    if !watched.contains(k) {
+                        return None;
+                    }
                     // settled: SSM would list it if it still ran
                     let settled = x.seen || x.since.elapsed() > UNSEEN_GRACE;
                     (settled || x.since.elapsed() > tick)
