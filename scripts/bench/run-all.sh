@@ -14,4 +14,5 @@ if [ "$(id -u)" = 0 ]; then                          # and on a fresh default ex
 fi
 scripts/bench/plan-throughput.sh
 cargo test --release --quiet --test it scheduling_a_heterogeneous -- --nocapture 2>&1 | grep "500 tasks" || true
+N=20 scripts/bench/node-cpu.sh   # node CPU per no-op step of the agent
 scripts/bench/aws-path.sh   # about an hour with RUNS=3 on 2 shared cores
