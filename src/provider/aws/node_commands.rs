@@ -19,6 +19,9 @@ pub struct NodeKit {
     /// The plan's name key: the S3 prefix and the commands' comments.
     pub name_key: String,
     installed: Mutex<HashSet<String>>,
+    /// One check-and-install at a time (a run's start and a node that
+    /// joins may ask at once; the second then finds the node done).
+    ensuring: tokio::sync::Mutex<()>,
 }
 
 impl NodeKit {
@@ -34,6 +37,7 @@ impl NodeKit {
             bucket: bucket.to_string(),
             name_key: name_key.to_string(),
             installed: Mutex::new(HashSet::new()),
+            ensuring: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -75,6 +79,7 @@ impl NodeKit {
         poller: &Poller,
         nodes: &[(String, Arch)],
     ) -> Result<(), String> {
+        let _one = self.ensuring.lock().await;
         let todo: Vec<(String, Arch)> = {
             let done = self.installed.lock().map(|d| d.clone()).unwrap_or_default();
             nodes

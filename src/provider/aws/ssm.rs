@@ -498,7 +498,13 @@ impl Poller {
                 gets += 1;
             }
         }
-        self.note_calls(calls + gets, n);
+        // in flight: what was watched, or what the listing found executing
+        // (commands sent while the round ran are in flight too)
+        let in_flight = n.max(running.len() as u64);
+        self.stats
+            .max_in_flight
+            .fetch_max(in_flight, Ordering::Relaxed);
+        self.note_calls(calls + gets, in_flight);
         // invocations SSM has not shown for a long time
         let stale: Vec<(String, String)> = match self.watched.lock() {
             Ok(w) => w

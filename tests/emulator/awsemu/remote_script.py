@@ -46,6 +46,8 @@ from urllib.parse import unquote, urlparse
 from . import node_auth
 from .state import CONFIG, MOTO_LOCK
 
+_CACHE_LOCK = threading.Lock()
+
 DOCUMENT = "AWS-RunRemoteScript"
 PLUGINS = ("downloadContent", "runShellScript")
 
@@ -120,21 +122,27 @@ def download(account_id: str, instance_id: str, params: dict[str, list[str]], de
     # megabytes; a 100-node test would otherwise write gigabytes). The file
     # is the object's bytes all the same.
     cache_dir = os.path.join(CONFIG.state_dir, "download-cache")
-    os.makedirs(cache_dir, exist_ok=True)
     cached = os.path.join(cache_dir, f"{etag}-{size}")
-    if not os.path.exists(cached):
-        with MOTO_LOCK:
-            body = obj.value
-        part = f"{cached}.{os.getpid()}.{threading.get_ident()}"
-        with open(part, "wb") as fh:
-            fh.write(body)
-        os.replace(part, cached)
     os.makedirs(dest, exist_ok=True)
     target = os.path.join(dest, key.rsplit("/", 1)[-1])
-    tmp = target + ".download"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    os.link(cached, tmp)
+    tmp = f"{target}.download.{threading.get_ident()}"
+    with _CACHE_LOCK:
+        try:
+            if not os.path.exists(cached):
+                os.makedirs(cache_dir, exist_ok=True)
+                with MOTO_LOCK:
+                    body = obj.value
+                part = f"{cached}.{os.getpid()}.part"
+                with open(part, "wb") as fh:
+                    fh.write(body)
+                os.replace(part, cached)
+            os.link(cached, tmp)
+        except OSError:
+            # no cache (another disk, a removed folder): a plain copy
+            with MOTO_LOCK:
+                body = obj.value
+            with open(tmp, "wb") as fh:
+                fh.write(body)
     os.replace(tmp, target)
     return True, f"Content downloaded to {target}"
 
