@@ -4,6 +4,7 @@
 //! The core (plan, tasks, scheduler, stacks, cost) is pure and deterministic;
 //! effects (processes, files, AWS) sit behind the provider.
 
+pub mod campaign;
 pub mod catalog;
 pub mod cli;
 pub mod cmd;

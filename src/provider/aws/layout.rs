@@ -96,6 +96,40 @@ pub fn state_prefix(phase: &str) -> String {
     format!("{phase}/{STATE}")
 }
 
+/// `<phase>/_state/lease.json` — the controller's lease (see
+/// `campaign::lease`); nodes may read it, never write it.
+pub fn lease_key(phase: &str) -> String {
+    format!("{}/lease.json", state_prefix(phase))
+}
+
+/// `<phase>/_state/stop.json` — `infra stop` asks the controller to stop.
+pub fn stop_key(phase: &str) -> String {
+    format!("{}/stop.json", state_prefix(phase))
+}
+
+/// `<phase>/_state/journal/` — the journal, as numbered segments
+/// `<seq:010>.jsonl` of whole lines, in order.
+pub fn journal_prefix(phase: &str) -> String {
+    format!("{}/journal/", state_prefix(phase))
+}
+
+/// `<phase>/_state/journal/<seq:010>.jsonl` — one journal segment.
+pub fn journal_segment_key(phase: &str, seq: u64) -> String {
+    format!("{}{seq:010}.jsonl", journal_prefix(phase))
+}
+
+/// `<phase>/_state/campaign/` — what a detached controller runs from (the
+/// plan and the project files it needs).
+pub fn campaign_prefix(phase: &str) -> String {
+    format!("{}/campaign/", state_prefix(phase))
+}
+
+/// `<phase>/_state/controller.log` — a detached controller's output, for
+/// `infra attach`.
+pub fn controller_log_key(phase: &str) -> String {
+    format!("{}/controller.log", state_prefix(phase))
+}
+
 /// `_ledger/` — every phase's ledger objects.
 pub fn ledger_prefix() -> String {
     format!("{LEDGER_PREFIX}/")
