@@ -53,6 +53,12 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         gate(&plan, &all, &catalog, &from, false)?;
     }
     let mut session = provider.open_run(&plan, &catalog).await?;
+    // attempts an earlier controller left running: adopted, not stopped
+    {
+        let (state, _) = journal::read(&journal_path(&plan))?;
+        let keys: HashSet<String> = tasks.iter().map(|t| t.key.clone()).collect();
+        session.keep(journal::adoptable(&state, &keys));
+    }
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
     gate(&plan, &tasks, &catalog, &from, false)?;

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::env::{task_env, Phase, RankNode, Shape};
 use super::process::{
-    become_subreaper, has_entry, has_var, reap_orphans, stop_adopted, stop_marked, Exit, PidLog,
-    Spawned,
+    become_subreaper, has_entry, has_var, reap_orphans, reap_orphans_but, stop_adopted,
+    stop_marked, still_running, Exit, PidLog, Spawned,
 };
 use super::sequence::{self, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage};
 pub use super::sequence::{expand_vars, wait_stop};
@@ -151,12 +151,34 @@ pub fn marker(plan: &Plan) -> String {
 }
 
 /// Stop what the tasks of a run that died left running, daemons included
-/// (not what the setup started: it is not run again).
-pub fn stop_task_leftovers(plan: &Plan) -> usize {
+/// (not what the setup started: it is not run again), but for the attempts
+/// in `keep` (task id, attempt): the new run adopts those.
+pub fn stop_task_leftovers(plan: &Plan, keep: &[(String, u32)]) -> usize {
     let marker = marker(plan);
     let pid_log = plan.state_dir().join("pids.log");
-    reap_orphans(&pid_log, &marker)
-        + stop_marked(&|env| has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID"))
+    let kept = |env: &[Vec<u8>]| {
+        keep.iter().any(|(task, attempt)| {
+            has_entry(env, &format!("INFRA_TASK_ID={task}"))
+                && has_entry(env, &format!("INFRA_ATTEMPT={attempt}"))
+        })
+    };
+    reap_orphans_but(&pid_log, &marker, &kept)
+        + stop_marked(&|env| {
+            has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID") && !kept(env)
+        })
+}
+
+/// Where a step's exit code is left (see `process::spawn_with`):
+/// `.infra/<phase>/steps/<task>/<attempt>/<step>-<try>.exit`.
+fn exit_file(state_dir: &Path, task: &str, attempt: u32, index: usize, try_no: u32) -> PathBuf {
+    exit_dir(state_dir, task, attempt).join(format!("{index}-{try_no}.exit"))
+}
+
+fn exit_dir(state_dir: &Path, task: &str, attempt: u32) -> PathBuf {
+    state_dir
+        .join("steps")
+        .join(task)
+        .join(attempt.to_string())
 }
 
 pub struct LocalExecutor {
@@ -266,6 +288,8 @@ pub async fn http_ok(url: &str) -> bool {
 /// appended to the staging folder, a working folder per rank.
 pub(crate) struct LocalAttempt {
     ex: Arc<LocalExecutor>,
+    task: String,
+    attempt: u32,
     /// The node of each rank.
     nodes: Vec<usize>,
     works: Vec<PathBuf>,
@@ -278,6 +302,50 @@ pub(crate) struct LocalAttempt {
 pub(crate) struct LocalStep {
     proc: Option<Spawned>,
     name: String,
+    /// Where its exit code is left.
+    exit_file: PathBuf,
+    /// A step an earlier controller started: not our child, so followed
+    /// by its pid and start time, and its end read from `exit_file`.
+    adopted: Option<(i32, u64)>,
+}
+
+/// How often an adopted step (not our child) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+impl LocalStep {
+    /// An adopted step that still runs.
+    fn adopted_running(&self) -> bool {
+        self.adopted
+            .is_some_and(|(pid, start)| still_running(pid, start))
+    }
+
+    /// How an adopted step ended, from its exit file (a moment's grace
+    /// for the wrapper's write).
+    async fn adopted_end(&self) -> Option<i32> {
+        for _ in 0..10 {
+            if let Ok(t) = std::fs::read_to_string(&self.exit_file) {
+                if let Ok(code) = t.trim().parse::<i32>() {
+                    return Some(code);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Stop an adopted step's process group: TERM, up to `grace`, KILL.
+    async fn kill_adopted(&self, grace: Duration) {
+        let Some((pid, _)) = self.adopted else {
+            return;
+        };
+        let sp = Spawned { pid };
+        sp.signal_group(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.adopted_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sp.signal_group(libc::SIGKILL);
+    }
 }
 
 impl LocalAttempt {
@@ -290,7 +358,13 @@ impl LocalAttempt {
             let w = ex.node_dirs[seat.node]
                 .join("work")
                 .join(format!("slot-{}", seat.slot));
-            empty_dir(&w).map_err(|e| {
+            // an adopted attempt goes on with what its folder holds
+            let ready = if req.resume.is_some() {
+                std::fs::create_dir_all(&w)
+            } else {
+                empty_dir(&w)
+            };
+            ready.map_err(|e| {
                 format!(
                     "node {} cannot create {}: {e}",
                     ex.nodes[seat.node].name,
@@ -303,6 +377,8 @@ impl LocalAttempt {
             .map(|r| ex.env_for(req, r, &works[r]))
             .collect();
         Ok(LocalAttempt {
+            task: req.task.id.clone(),
+            attempt: req.attempt,
             nodes: req.seats.iter().map(|s| s.node).collect(),
             ex,
             works,
@@ -315,6 +391,44 @@ impl LocalAttempt {
     fn reaped(&mut self, e: Exit) {
         self.usage.peak_rss_kb = self.usage.peak_rss_kb.max(e.max_rss_kb);
     }
+
+    /// Wait for a step an earlier controller started: it is not our
+    /// child, so it is looked at until it ends, and its exit code read
+    /// from its exit file. Its timeout counts from the adoption.
+    async fn wait_adopted(
+        &mut self,
+        started: &mut LocalStep,
+        step: &Step,
+        stop: &mut watch::Receiver<bool>,
+    ) -> StepEnd {
+        let deadline = step
+            .timeout_seconds
+            .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
+        while started.adopted_running() {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                started.kill_adopted(Duration::from_secs(2)).await;
+                started.adopted = None;
+                self.usage.last_exit_code = Some(124);
+                return StepEnd::TimedOut;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ADOPTED_POLL) => {}
+                // killed by `stop`, with the background steps
+                _ = wait_stop(stop) => return StepEnd::Stopped,
+            }
+        }
+        started.adopted = None;
+        match started.adopted_end().await {
+            Some(code) => {
+                self.usage.last_exit_code = Some(code);
+                StepEnd::Exited(code)
+            }
+            None => StepEnd::Lost(format!(
+                "step \"{}\" ended while no controller watched it and left no exit code",
+                step.name
+            )),
+        }
+    }
 }
 
 impl StepTransport for LocalAttempt {
@@ -326,7 +440,7 @@ impl StepTransport for LocalAttempt {
 
     async fn start(
         &mut self,
-        _index: usize,
+        index: usize,
         step: &Step,
         try_no: u32,
         env: &[(String, String)],
@@ -354,18 +468,54 @@ impl StepTransport for LocalAttempt {
                 String::new()
             }
         );
-        let sp = super::process::spawn(
+        let exit = exit_file(&self.ex.state_dir, &self.task, self.attempt, index, try_no);
+        let _ = std::fs::remove_file(&exit);
+        if let Some(d) = exit.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let sp = super::process::spawn_with(
             &step.command,
             &self.works[rank],
             env,
             out,
             err,
             Some(&self.ex.pid_log),
+            Some(&exit),
         )
         .map_err(|e| StartError::Failed(format!("step \"{}\" could not start: {e}", step.name)))?;
         Ok(LocalStep {
             proc: Some(sp),
             name: step.name.clone(),
+            exit_file: exit,
+            adopted: None,
+        })
+    }
+
+    fn handle(&self, s: &LocalStep) -> serde_json::Value {
+        let pid = s.proc.as_ref().map(|p| p.pid).or(s.adopted.map(|a| a.0));
+        let start = pid.and_then(super::process::start_time);
+        serde_json::json!({
+            "pid": pid,
+            "start": start,
+            "exit_file": s.exit_file.display().to_string(),
+        })
+    }
+
+    async fn adopt(
+        &mut self,
+        index: usize,
+        step: &Step,
+        try_no: u32,
+        handle: &serde_json::Value,
+    ) -> Result<LocalStep, StartError> {
+        let exit = exit_file(&self.ex.state_dir, &self.task, self.attempt, index, try_no);
+        let pid = handle["pid"].as_i64().map(|p| p as i32);
+        let start = handle["start"].as_u64();
+        Ok(LocalStep {
+            proc: None,
+            name: step.name.clone(),
+            exit_file: exit,
+            adopted: Some((pid.unwrap_or(0), start.unwrap_or(0))),
         })
     }
 
@@ -375,6 +525,9 @@ impl StepTransport for LocalAttempt {
         step: &Step,
         stop: &mut watch::Receiver<bool>,
     ) -> StepEnd {
+        if started.adopted.is_some() {
+            return self.wait_adopted(started, step, stop).await;
+        }
         let end = {
             let Some(sp) = &started.proc else {
                 return StepEnd::Failed(format!("step \"{}\" is not running", step.name));
@@ -419,8 +572,10 @@ impl StepTransport for LocalAttempt {
         env: &[(String, String)],
         stop: &mut watch::Receiver<bool>,
     ) -> HealthEnd {
-        let Some(sp) = &started.proc else {
-            return HealthEnd::ExitedEarly;
+        let leader = match (&started.proc, started.adopted) {
+            (Some(sp), _) => sp.pid,
+            (None, Some((pid, _))) if started.adopted_running() => pid,
+            _ => return HealthEnd::ExitedEarly,
         };
         let deadline = Instant::now() + Duration::from_secs(check.timeout_seconds);
         let interval = Duration::from_secs_f64(check.interval_seconds.clamp(0.05, 60.0));
@@ -428,7 +583,7 @@ impl StepTransport for LocalAttempt {
             if *stop.borrow() {
                 return HealthEnd::Stopped;
             }
-            if !super::process::group_alive(sp.pid) || super::process::leader_gone(sp.pid) {
+            if !super::process::group_alive(leader) || super::process::leader_gone(leader) {
                 return HealthEnd::ExitedEarly;
             }
             let ok = match (&check.url, check.command) {
@@ -452,6 +607,10 @@ impl StepTransport for LocalAttempt {
     async fn stop(&mut self, mut steps: Vec<Started<LocalStep>>, _cancelled: bool) {
         // the last started first: a client before its server
         for s in steps.iter_mut().rev() {
+            if s.step.adopted.is_some() {
+                s.step.kill_adopted(Duration::from_secs(2)).await;
+                s.step.adopted = None;
+            }
             if let Some(sp) = s.step.proc.take() {
                 sp.kill_group(Duration::from_secs(2)).await;
                 let e = sp.wait().await;
@@ -549,11 +708,19 @@ impl Executor for LocalExecutor {
             format!("INFRA_ATTEMPT={}", req.attempt),
         ];
         let stdout = req.staging.join("stdout.log");
+        let adopted = req.resume.is_some();
+        let exits = exit_dir(&self.state_dir, &req.task.id, req.attempt);
         Box::pin(async move {
             let outcome = sequence::run(req, move |req| LocalAttempt::open(self, req)).await;
             // what left the steps' process groups (`setsid daemon &`) and was
-            // re-parented to infra ends with the attempt
-            let stopped = stop_adopted(&|env| marks.iter().all(|m| has_entry(env, m)));
+            // re-parented to infra ends with the attempt (an adopted
+            // attempt's processes are no children of ours: found anywhere)
+            let ours = |env: &[Vec<u8>]| marks.iter().all(|m| has_entry(env, m));
+            let mut stopped = stop_adopted(&ours);
+            if adopted {
+                stopped += stop_marked(&ours);
+            }
+            let _ = std::fs::remove_dir_all(&exits);
             if stopped > 0 {
                 let _ = writeln_file(
                     &stdout,

@@ -123,6 +123,7 @@ impl Provider for LocalProvider {
                 plan,
                 state: st,
                 started: chrono::Utc::now(),
+                keep: Vec::new(),
             });
             Ok(session)
         })
@@ -172,9 +173,14 @@ struct LocalRun<'a> {
     plan: &'a Plan,
     state: LocalState,
     started: chrono::DateTime<chrono::Utc>,
+    keep: Vec<(String, u32)>,
 }
 
 impl RunSession for LocalRun<'_> {
+    fn keep(&mut self, attempts: Vec<(String, u32)>) {
+        self.keep = attempts;
+    }
+
     fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>> {
         Box::pin(async move {
             let plan = self.plan;
@@ -182,7 +188,7 @@ impl RunSession for LocalRun<'_> {
                 // what a crashed run left is stopped only once no other run
                 // holds the phase (its processes carry the same marker)
                 let _lock = crate::runner::run::lock_phase(&plan.state_dir())?;
-                let killed = local::stop_task_leftovers(plan);
+                let killed = local::stop_task_leftovers(plan, &self.keep);
                 if killed > 0 {
                     self.provider.settings.log(&format!(
                         "stopped {killed} process group(s) left by an earlier run"

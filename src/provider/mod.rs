@@ -181,8 +181,13 @@ pub trait Provider {
 
 /// One run on a provider, between `open_run` and the summary.
 pub trait RunSession {
-    /// Stop what an earlier run left, run the setup where it is missing,
-    /// and hand over the executor.
+    /// The attempts (task id, attempt) that an earlier controller left
+    /// running and this run adopts: `start` must leave them running.
+    /// Called before `start`.
+    fn keep(&mut self, _attempts: Vec<(String, u32)>) {}
+
+    /// Stop what an earlier run left (but what `keep` named), run the
+    /// setup where it is missing, and hand over the executor.
     fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>>;
 
     /// After the runner: record the spend, tear the nodes down after a

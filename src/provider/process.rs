@@ -34,6 +34,57 @@ pub fn spawn(
     stderr: File,
     pid_log: Option<&PidLog>,
 ) -> std::io::Result<Spawned> {
+    spawn_with(command, cwd, env, stdout, stderr, pid_log, None)
+}
+
+/// The wrapper that leaves a step's exit code in a file: a controller that
+/// starts after the one that spawned the step died cannot wait for it, but
+/// reads how it ended there. Only bash built-ins, so a task's own PATH
+/// cannot break it; the code is 128 + signal when the step was killed. The
+/// wrapper's own usage (wait4) covers the step's, which it reaped.
+const EXIT_WRAPPER: &str = r#"f=$1; shift; "$@"; c=$?; printf '%s
+' "$c" >"$f"; exit "$c""#;
+
+/// [`spawn`], and when `exit_file` is given, the command's exit code is
+/// written there when it ends (see `EXIT_WRAPPER`).
+pub fn spawn_with(
+    command: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+    pid_log: Option<&PidLog>,
+    exit_file: Option<&Path>,
+) -> std::io::Result<Spawned> {
+    if let Some(f) = exit_file {
+        let path_var = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok());
+        let (program, args) = direct_exec(command, path_var.as_deref(), cwd).unwrap_or_else(|| {
+            (
+                PathBuf::from("bash"),
+                vec!["-c".to_string(), command.to_string()],
+            )
+        });
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(EXIT_WRAPPER)
+            .arg("infra-step")
+            .arg(f)
+            .arg(program)
+            .args(args);
+        let child = start(c, cwd, env, &stdout, &stderr)?;
+        let pid = child.id() as i32;
+        drop(child);
+        leaders().insert(pid);
+        if let Some(log) = pid_log {
+            log.record(pid);
+        }
+        return Ok(Spawned { pid });
+    }
     let path_var = env
         .iter()
         .rev()
@@ -357,6 +408,20 @@ impl Spawned {
     }
 }
 
+/// When the process started (clock ticks after boot, `/proc/<pid>/stat`
+/// field 22): with the pid, it names one process even after pids wrap.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name (which may hold spaces and parentheses)
+    let rest = s.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The process `pid` that started at `start` still runs (not a zombie).
+pub fn still_running(pid: i32, start: u64) -> bool {
+    start_time(pid) == Some(start) && !leader_gone(pid)
+}
+
 /// True when the process has exited (a zombie or gone), without reaping it.
 pub fn leader_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -412,7 +477,7 @@ fn children() -> Vec<i32> {
 }
 
 /// A process's environment entries (empty when it is gone or a zombie).
-fn environ(pid: i32) -> Vec<Vec<u8>> {
+pub fn environ(pid: i32) -> Vec<Vec<u8>> {
     std::fs::read(format!("/proc/{pid}/environ"))
         .unwrap_or_default()
         .split(|b| *b == 0)
@@ -516,6 +581,16 @@ pub fn has_var(env: &[Vec<u8>], name: &str) -> bool {
 /// the pid log, and each must carry our state dir in its environment so a
 /// reused pid of an unrelated process is never touched. The log is emptied.
 pub fn reap_orphans(pid_log: &Path, marker: &str) -> usize {
+    reap_orphans_but(pid_log, marker, &|_| false)
+}
+
+/// [`reap_orphans`], sparing the groups whose leader's environment `keep`
+/// recognises (steps a new controller adopts): they stay in the log.
+pub fn reap_orphans_but(
+    pid_log: &Path,
+    marker: &str,
+    keep: &dyn Fn(&[Vec<u8>]) -> bool,
+) -> usize {
     let mut pids: Vec<i32> = Vec::new();
     if pid_log.is_dir() {
         // the layout of earlier versions: one file per process group
@@ -533,15 +608,26 @@ pub fn reap_orphans(pid_log: &Path, marker: &str) -> usize {
     pids.sort_unstable();
     pids.dedup();
     let mut killed = 0;
+    let mut kept = Vec::new();
     for pgid in pids.into_iter().filter(|p| *p > 1) {
-        let env = std::fs::read(format!("/proc/{pgid}/environ")).unwrap_or_default();
-        let ours = env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes());
+        let env = environ(pgid);
+        let ours = has_entry(&env, marker);
+        if ours && group_alive(pgid) && keep(&env) {
+            kept.push(pgid);
+            continue;
+        }
         if ours && group_alive(pgid) {
             // SAFETY: plain syscall on a process group that carries our marker.
             unsafe {
                 libc::killpg(pgid, libc::SIGKILL);
             }
             killed += 1;
+        }
+    }
+    if !kept.is_empty() {
+        let log = PidLog::open(pid_log);
+        for pgid in kept {
+            log.record(pgid);
         }
     }
     killed

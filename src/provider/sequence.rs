@@ -163,6 +163,38 @@ pub trait StepTransport: Send {
     /// Give back what the attempt held on its nodes (after its outputs
     /// were taken).
     fn release(&mut self);
+
+    /// What a later controller needs to find `started` again (journaled
+    /// with the step).
+    fn handle(&self, _started: &Self::Step) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Follow a step an earlier controller started (its `handle` from the
+    /// journal) as if this transport had started it; whether it still
+    /// runs or ended meanwhile, `wait` tells. Err: it cannot be followed.
+    fn adopt(
+        &mut self,
+        _index: usize,
+        step: &Step,
+        _try_no: u32,
+        _handle: &serde_json::Value,
+    ) -> impl Future<Output = Result<Self::Step, StartError>> + Send {
+        let why = format!("step \"{}\" cannot be adopted here", step.name);
+        async move { Err(StartError::Lost(why)) }
+    }
+
+    /// A step of an adopted attempt that had ended before (a failed try, a
+    /// foreground step that succeeded before the next one started): what
+    /// it left is collected with the rest.
+    fn adopted_ended(
+        &mut self,
+        _index: usize,
+        _step: &Step,
+        _try_no: u32,
+        _handle: &serde_json::Value,
+    ) {
+    }
 }
 
 /// Why the steps stopped before the last one succeeded.
@@ -180,15 +212,18 @@ where
     F: FnOnce(&AttemptRequest) -> Result<T, String>,
 {
     let started = Instant::now();
+    let before = req.resume.as_ref().map(|r| r.elapsed).unwrap_or_default();
     let measured = |u: Usage| Measured {
         exit_code: u.last_exit_code,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: (started.elapsed() + before).as_secs_f64(),
         peak_rss_kb: u.peak_rss_kb,
     };
     let mut t = match open(&req) {
         Ok(t) => t,
         Err(reason) => return Outcome::Lost { reason },
     };
+    // (after `open`, which sees whether the attempt is adopted)
+    let resume = req.resume.take();
     if let Err(e) = std::fs::create_dir_all(&req.staging) {
         return Outcome::Failed {
             error: format!("cannot create {}: {e}", req.staging.display()),
@@ -198,10 +233,17 @@ where
     let task = req.task.clone();
     let mut running = Vec::new();
     let mut verdict = None;
-    for (index, step) in task.steps.iter().enumerate() {
-        verdict = run_step(&mut t, index, step, &mut req.stop, &mut running).await;
-        if verdict.is_some() {
-            break;
+    let (first, mut adopt) = match resume {
+        Some(r) => resume_steps(&mut t, &task.steps, &r.steps, &mut running, &mut verdict).await,
+        None => (0, None),
+    };
+    if verdict.is_none() {
+        for (index, step) in task.steps.iter().enumerate().skip(first) {
+            let a = if index == first { adopt.take() } else { None };
+            verdict = run_step(&mut t, index, step, &mut req, &mut running, a).await;
+            if verdict.is_some() {
+                break;
+            }
         }
     }
     if !running.is_empty() {
@@ -251,22 +293,84 @@ where
     }
 }
 
+/// An adopted attempt: the steps before the last one its journal knows
+/// had ended (the foreground ones succeeded, or the next would not have
+/// started) or, for background steps, still run and are adopted as
+/// healthy. Returns where the sequence goes on: the last known step's
+/// index and its try and handle, to adopt rather than start.
+async fn resume_steps<T: StepTransport>(
+    t: &mut T,
+    steps: &[Step],
+    known: &[(usize, u32, serde_json::Value)],
+    running: &mut Vec<Started<T::Step>>,
+    verdict: &mut Option<Verdict>,
+) -> (usize, Option<(u32, serde_json::Value)>) {
+    let Some(last) = known.iter().map(|k| k.0).max() else {
+        return (0, None);
+    };
+    let mut at_last = None;
+    for (index, step) in steps.iter().enumerate().take(last + 1) {
+        let tries: Vec<&(usize, u32, serde_json::Value)> =
+            known.iter().filter(|k| k.0 == index).collect();
+        let Some(latest) = tries.iter().max_by_key(|k| k.1) else {
+            continue;
+        };
+        for k in tries.iter().filter(|k| k.1 != latest.1) {
+            t.adopted_ended(index, step, k.1, &k.2);
+        }
+        if index == last {
+            at_last = Some((latest.1, latest.2.clone()));
+        } else if step.background {
+            match t.adopt(index, step, latest.1, &latest.2).await {
+                Ok(s) => running.push(Started {
+                    step: s,
+                    healthy: true,
+                }),
+                Err(StartError::Failed(e)) => {
+                    *verdict = Some(Verdict::Failed(e));
+                    break;
+                }
+                Err(StartError::Lost(r)) => {
+                    *verdict = Some(Verdict::Lost(r));
+                    break;
+                }
+            }
+        } else {
+            t.adopted_ended(index, step, latest.1, &latest.2);
+        }
+    }
+    (last, at_last)
+}
+
 /// Try `step` until it succeeds (None) or the attempt ends (why). A
 /// background step that passed its health check joins `running`; so does a
-/// step still running when the attempt ends.
+/// step still running when the attempt ends. `adopt`: the try an earlier
+/// controller started, followed instead of started.
 async fn run_step<T: StepTransport>(
     t: &mut T,
     index: usize,
     step: &Step,
-    stop: &mut watch::Receiver<bool>,
+    req: &mut AttemptRequest,
     running: &mut Vec<Started<T::Step>>,
+    mut adopt: Option<(u32, serde_json::Value)>,
 ) -> Option<Verdict> {
+    let stop = &mut req.stop;
     let mut env = t.env(step.node as usize).to_vec();
     env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.push(("INFRA_STEP".into(), step.name.clone()));
-    let mut try_no = 1;
+    let mut try_no = adopt.as_ref().map_or(1, |a| a.0);
     loop {
-        let mut s = match t.start(index, step, try_no, &env).await {
+        let started = match adopt.take() {
+            Some((n, handle)) => t.adopt(index, step, n, &handle).await,
+            None => {
+                let r = t.start(index, step, try_no, &env).await;
+                if let Ok(s) = &r {
+                    req.notes.send(index, try_no, t.handle(s));
+                }
+                r
+            }
+        };
+        let mut s = match started {
             Ok(s) => s,
             Err(StartError::Failed(e)) => return Some(Verdict::Failed(e)),
             Err(StartError::Lost(r)) => return Some(Verdict::Lost(r)),

@@ -97,6 +97,17 @@ impl Reporter {
                     ));
                 }
             }
+            RunEvent::Adopted {
+                task,
+                attempt,
+                nodes,
+            } => {
+                self.running += 1;
+                self.line(&format!(
+                    "adopt  {task} on {} (attempt {attempt}, still running from an earlier controller)",
+                    nodes.join("+")
+                ));
+            }
             RunEvent::Succeeded {
                 task, wall_seconds, ..
             } => {

@@ -26,6 +26,62 @@ pub struct AttemptRequest {
     pub staging: PathBuf,
     /// Turns true when the run stops (Ctrl-C, budget).
     pub stop: watch::Receiver<bool>,
+    /// Tells the runner each started step's handle, for the journal.
+    pub notes: StepNotes,
+    /// An attempt an earlier controller started: its steps are adopted,
+    /// not started again.
+    pub resume: Option<Resume>,
+}
+
+/// A started step's handle, on its way to the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepNote {
+    /// The task's index in the run.
+    pub task: usize,
+    pub attempt: u32,
+    pub step: usize,
+    pub try_no: u32,
+    pub handle: serde_json::Value,
+}
+
+/// Where an attempt's step handles go (the run loop journals them).
+#[derive(Debug, Clone)]
+pub struct StepNotes {
+    pub task: usize,
+    pub attempt: u32,
+    pub tx: Option<mpsc::UnboundedSender<StepNote>>,
+}
+
+impl StepNotes {
+    /// Nowhere (tests, one-off attempts).
+    pub fn none() -> StepNotes {
+        StepNotes {
+            task: 0,
+            attempt: 0,
+            tx: None,
+        }
+    }
+
+    pub fn send(&self, step: usize, try_no: u32, handle: serde_json::Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(StepNote {
+                task: self.task,
+                attempt: self.attempt,
+                step,
+                try_no,
+                handle,
+            });
+        }
+    }
+}
+
+/// What the journal knows of an attempt whose controller was lost.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resume {
+    /// Its started steps in order: (step index, try, handle).
+    pub steps: Vec<(usize, u32, serde_json::Value)>,
+    /// How long it had run when it was adopted.
+    pub elapsed: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

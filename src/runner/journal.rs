@@ -31,6 +31,30 @@ pub enum Entry {
         key: String,
         attempt: u32,
         nodes: Vec<String>,
+        /// The slot on each node (journals before adoption lack them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        slots: Vec<u32>,
+    },
+    /// A step of an attempt was started: what a later controller needs to
+    /// find it again (`handle`, provider-specific: an SSM command id and
+    /// instance; a local pid and its start time).
+    StepStarted {
+        task: String,
+        key: String,
+        attempt: u32,
+        /// The step's index in the task and its try (1-based).
+        step: usize,
+        #[serde(rename = "try")]
+        try_no: u32,
+        handle: serde_json::Value,
+    },
+    /// A controller that started while the attempt ran (after a crash, a
+    /// `kill -9`, on another machine) took it over instead of stopping it:
+    /// it goes on as the same attempt.
+    Adopted {
+        task: String,
+        key: String,
+        attempt: u32,
     },
     AttemptFailed {
         task: String,
@@ -121,6 +145,55 @@ pub struct TaskState {
     pub last_error: Option<String>,
     pub wall_seconds: Option<f64>,
     pub cost_usd: Option<f64>,
+    /// The attempt that runs (or ran when its controller was lost), with
+    /// what a controller needs to adopt it.
+    #[serde(skip)]
+    pub in_flight: Option<InFlight>,
+}
+
+/// An attempt whose end the journal does not know yet.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InFlight {
+    pub attempt: u32,
+    pub nodes: Vec<String>,
+    pub slots: Vec<u32>,
+    /// When it was dispatched (the journal line's time).
+    pub dispatched: String,
+    /// Its started steps, in order.
+    pub steps: Vec<StepHandle>,
+}
+
+impl InFlight {
+    /// Whether a controller can take the attempt over where it runs: a
+    /// step of it started, and its seats are known.
+    pub fn adoptable(&self) -> bool {
+        !self.steps.is_empty() && self.slots.len() == self.nodes.len()
+    }
+}
+
+/// The attempts of these tasks (by content key) that a new controller
+/// adopts: (task id, attempt). Whatever else an earlier run left is
+/// stopped.
+pub fn adoptable(state: &State, keys: &std::collections::HashSet<String>) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = state
+        .tasks
+        .iter()
+        .filter(|(k, _)| keys.contains(*k))
+        .filter_map(|(_, t)| {
+            let f = t.in_flight.as_ref().filter(|f| f.adoptable())?;
+            Some((t.id.clone(), f.attempt))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A started step, as `StepStarted` recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepHandle {
+    pub step: usize,
+    pub try_no: u32,
+    pub handle: serde_json::Value,
 }
 
 /// What the journal says, by content key.
@@ -134,6 +207,11 @@ pub struct State {
 
 impl State {
     pub fn apply(&mut self, e: &Entry) {
+        self.apply_at(e, "")
+    }
+
+    /// Apply `e`, journaled at `ts`.
+    pub fn apply_at(&mut self, e: &Entry, ts: &str) {
         self.records += 1;
         let blank = |id: &str| TaskState {
             id: id.to_string(),
@@ -143,6 +221,7 @@ impl State {
             last_error: None,
             wall_seconds: None,
             cost_usd: None,
+            in_flight: None,
         };
         match e {
             Entry::RunStarted { run, .. } => {
@@ -155,16 +234,51 @@ impl State {
                 }
             }
             Entry::Dispatched {
-                task, key, attempt, ..
+                task,
+                key,
+                attempt,
+                nodes,
+                slots,
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.status = Status::Running;
                 t.attempts = t.attempts.max(*attempt);
+                t.in_flight = Some(InFlight {
+                    attempt: *attempt,
+                    nodes: nodes.clone(),
+                    slots: slots.clone(),
+                    dispatched: ts.to_string(),
+                    steps: Vec::new(),
+                });
+            }
+            Entry::StepStarted {
+                task,
+                key,
+                attempt,
+                step,
+                try_no,
+                handle,
+            } => {
+                let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                if let Some(f) = t.in_flight.as_mut().filter(|f| f.attempt == *attempt) {
+                    f.steps.push(StepHandle {
+                        step: *step,
+                        try_no: *try_no,
+                        handle: handle.clone(),
+                    });
+                }
+            }
+            Entry::Adopted { task, key, attempt } => {
+                let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                if t.in_flight.as_ref().is_some_and(|f| f.attempt == *attempt) {
+                    t.status = Status::Running;
+                }
             }
             Entry::AttemptFailed {
                 task, key, error, ..
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
                 t.failures += 1;
                 t.last_error = Some(error.clone());
                 t.status = Status::Running;
@@ -177,6 +291,7 @@ impl State {
                 ..
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
                 t.status = Status::Succeeded;
                 t.wall_seconds = Some(*wall_seconds);
                 t.cost_usd = Some(*cost_usd);
@@ -186,17 +301,21 @@ impl State {
                 task, key, error, ..
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
                 t.status = Status::Failed;
                 t.failures += 1;
                 t.last_error = Some(error.clone());
             }
             Entry::Requeued { task, key, .. } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
                 t.status = Status::Pending;
             }
             Entry::RunFinished { reason, .. } => {
                 self.last_stop = Some(reason.clone());
                 for t in self.tasks.values_mut() {
+                    // a run that ended knows how its attempts ended
+                    t.in_flight = None;
                     if t.status == Status::Running {
                         t.status = Status::Pending;
                     }
@@ -267,7 +386,7 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, JournalError> {
                         found: r.v,
                     });
                 }
-                out.state.apply(&r.entry);
+                out.state.apply_at(&r.entry, &r.ts);
                 out.records.push(r);
                 out.kept.push(range);
             }
@@ -456,7 +575,11 @@ impl Journal {
         // restart assumes of it anyway.
         if !matches!(
             rec.entry,
-            Entry::Dispatched { .. } | Entry::Requeued { .. } | Entry::AttemptFailed { .. }
+            Entry::Dispatched { .. }
+                | Entry::Requeued { .. }
+                | Entry::AttemptFailed { .. }
+                | Entry::StepStarted { .. }
+                | Entry::Adopted { .. }
         ) && !self.syncer.as_ref().is_some_and(Syncer::request)
         {
             self.file.sync_data().map_err(io)?;
@@ -493,6 +616,7 @@ mod tests {
             key: "ka".into(),
             attempt: 1,
             nodes: vec![],
+            slots: vec![],
         });
         text += &line(Entry::Succeeded {
             task: "a".into(),
@@ -506,6 +630,7 @@ mod tests {
             key: "kb".into(),
             attempt: 1,
             nodes: vec![],
+            slots: vec![],
         });
         text += "{\"v\":1,\"ts\":\"t\",\"event\":\"succ";
         let (mut st, recs) = parse(&text, Path::new("j")).unwrap();

@@ -83,6 +83,13 @@ pub enum RunEvent {
         node: String,
         reason: String,
     },
+    /// An attempt an earlier controller started (it crashed, was killed,
+    /// or ran on another machine) was taken over where it runs.
+    Adopted {
+        task: String,
+        attempt: u32,
+        nodes: Vec<String>,
+    },
     /// A node joined (a fleet's replacement).
     NodeAdded {
         node: String,
@@ -221,6 +228,7 @@ pub async fn run<E: Executor + ?Sized>(
         let mut handled = Ok(());
         tokio::select! {
             Some(done) = r.done_rx.recv() => handled = r.on_attempt_done(done),
+            Some(note) = r.notes_rx.recv() => handled = r.on_step_note(note),
             _ = sleep_until(retry_due) => r.on_retry_due(),
             why = signals.recv() => r.on_interrupt(why),
             Ok(()) = stop_rx.changed() => {

@@ -93,6 +93,28 @@ impl Pool {
         Some(out)
     }
 
+    /// Take these seats, named by node and slot (an adopted attempt goes
+    /// on where it ran): None when a node is unknown or retired, or a slot
+    /// is taken or out of range.
+    pub fn take(&mut self, seats: &[(&str, u32)]) -> Option<Placement> {
+        let mut out: Placement = Vec::with_capacity(seats.len());
+        for (name, slot) in seats {
+            let i = self
+                .nodes
+                .iter()
+                .position(|n| n.name == *name && !n.retired)?;
+            let free = self.nodes[i].busy.get(*slot as usize) == Some(&false);
+            if !free || out.contains(&(i, *slot)) {
+                return None;
+            }
+            out.push((i, *slot));
+        }
+        for (i, s) in &out {
+            self.nodes[*i].busy[*s as usize] = true;
+        }
+        Some(out)
+    }
+
     pub fn release(&mut self, p: &Placement) {
         for (i, s) in p {
             if let Some(b) = self
@@ -280,6 +302,20 @@ mod tests {
         assert!(pool.place("other", 1).is_none());
         pool.release(&p);
         assert_eq!(pool.busy(), 1);
+    }
+
+    #[test]
+    fn named_seats_are_taken_only_when_free_on_a_live_node() {
+        let mut pool = Pool::new([("a".into(), "g".into(), 2), ("b".into(), "g".into(), 1)]);
+        let p = pool.take(&[("a", 1), ("b", 0)]).unwrap();
+        assert_eq!(p, vec![(0, 1), (1, 0)]);
+        assert!(pool.take(&[("b", 0)]).is_none(), "taken");
+        assert!(pool.take(&[("a", 2)]).is_none(), "no such slot");
+        assert!(pool.take(&[("c", 0)]).is_none(), "no such node");
+        assert!(pool.take(&[("a", 0), ("a", 0)]).is_none(), "twice");
+        assert_eq!(pool.busy(), 2, "a refused take holds nothing");
+        pool.retire(0);
+        assert!(pool.take(&[("a", 0)]).is_none(), "retired");
     }
 
     #[test]

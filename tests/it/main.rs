@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real processes, real files.
 
+mod adopt;
 mod aws;
 mod badplans;
 mod badplans_names;

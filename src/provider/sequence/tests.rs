@@ -161,6 +161,8 @@ async fn run_with(task: Arc<TaskDef>, fake: Fake, stop: bool) -> (Outcome, Vec<S
         seats: vec![Seat { node: 0, slot: 0 }],
         staging: dir.path().join("staging"),
         stop: rx,
+        notes: crate::runner::exec::StepNotes::none(),
+        resume: None,
     };
     let out = run(req, |_| Ok(fake)).await;
     drop(tx);
@@ -500,6 +502,8 @@ async fn an_attempt_whose_node_cannot_be_used_is_lost_before_any_step() {
         seats: vec![Seat { node: 0, slot: 0 }],
         staging: dir.path().join("staging"),
         stop: rx,
+        notes: crate::runner::exec::StepNotes::none(),
+        resume: None,
     };
     let out = run(req, |_| Err::<Fake, _>("node cpu-0 is gone".to_string())).await;
     assert_eq!(

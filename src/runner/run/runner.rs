@@ -8,9 +8,11 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::{io_at, Paths, RunError, RunEvent, RunOptions, RunSummary};
-use crate::runner::exec::{AttemptRequest, Executor, Measured, NodeChange, Outcome, Seat};
+use crate::runner::exec::{
+    AttemptRequest, Executor, Measured, NodeChange, Outcome, Resume, Seat, StepNote, StepNotes,
+};
 use crate::runner::finalize::{append_failed_csv, finalize, runtime_json, Ended};
-use crate::runner::journal::{self, Entry, Journal, State, Status};
+use crate::runner::journal::{self, Entry, InFlight, Journal, State, Status};
 use crate::runner::lock::{self, Lock};
 use crate::runner::scheduler::{order, Placement, Policy, Pool};
 use crate::tasks::TaskDef;
@@ -66,6 +68,8 @@ pub(super) struct Runner<'a, E: ?Sized> {
     pub(super) cancel_rx: watch::Receiver<bool>,
     done_tx: mpsc::UnboundedSender<Done>,
     pub(super) done_rx: mpsc::UnboundedReceiver<Done>,
+    notes_tx: mpsc::UnboundedSender<StepNote>,
+    pub(super) notes_rx: mpsc::UnboundedReceiver<StepNote>,
 }
 
 impl<'a, E: Executor + ?Sized> Runner<'a, E> {
@@ -107,7 +111,16 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             ..Default::default()
         };
         let tasks: Vec<Arc<TaskDef>> = tasks.into_iter().map(Arc::new).collect();
-        let todo = to_run(&tasks, &state, opts.retry_failed, &mut summary);
+        // attempts whose controller was lost: adopted, not run again
+        let in_flight: Vec<(usize, InFlight)> = tasks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, state.tasks.get(&t.key)?.in_flight.clone()?)))
+            .collect();
+        let mut todo = to_run(&tasks, &state, opts.retry_failed, &mut summary);
+        // (their attempts and failures so far count as for the queued ones)
+        let known = todo.clone();
+        todo.retain(|i| !in_flight.iter().any(|(j, _)| j == i));
         check_placeable(&tasks, &todo, &pool)?;
         let est: Vec<Option<f64>> = todo.iter().map(|i| tasks[*i].estimate_seconds).collect();
         let pending: VecDeque<usize> = order(&est, opts.policy.unwrap_or(Policy::LongestFirst))
@@ -117,25 +130,26 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         report(&RunEvent::Start {
             selected: tasks.len(),
             already_done: summary.already_done,
-            to_run: pending.len(),
+            to_run: pending.len() + in_flight.len(),
             slots: pool.nodes.iter().map(|n| n.busy.len()).sum(),
         });
 
         let earlier = |i: &usize| state.tasks.get(&tasks[*i].key);
-        let failures = pending
+        let failures = known
             .iter()
             .map(|i| {
                 let f = earlier(i).map(|t| t.failures).unwrap_or(0);
                 (*i, if opts.retry_failed { 0 } else { f })
             })
             .collect();
-        let attempts = pending
+        let attempts = known
             .iter()
             .map(|i| (*i, earlier(i).map(|t| t.attempts).unwrap_or(0)))
             .collect();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Ok(Runner {
+        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        let mut r = Runner {
             exec,
             paths,
             opts,
@@ -161,7 +175,87 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             cancel_rx,
             done_tx,
             done_rx,
-        })
+            notes_tx,
+            notes_rx,
+        };
+        for (i, f) in in_flight {
+            r.adopt(i, f)?;
+        }
+        Ok(r)
+    }
+
+    /// An attempt an earlier controller started and did not see end: go
+    /// on with it where it runs (the same attempt: losing a controller
+    /// costs none), or, when that cannot be, queue its task again.
+    fn adopt(&mut self, i: usize, f: InFlight) -> Result<(), RunError> {
+        let t = self.tasks[i].clone();
+        let seats: Vec<(&str, u32)> = f
+            .nodes
+            .iter()
+            .map(String::as_str)
+            .zip(f.slots.iter().copied())
+            .collect();
+        let placement = if f.adoptable() {
+            self.pool.take(&seats)
+        } else {
+            None
+        };
+        let Some(placement) = placement else {
+            let reason = if f.steps.is_empty() {
+                "its controller was lost before a step started"
+            } else {
+                "its controller was lost and its node is gone"
+            };
+            self.journal.append(Entry::Requeued {
+                task: t.id.clone(),
+                key: t.key.clone(),
+                attempt: f.attempt,
+                reason: reason.into(),
+            })?;
+            self.pending.push_front(i);
+            return Ok(());
+        };
+        self.journal.append(Entry::Adopted {
+            task: t.id.clone(),
+            key: t.key.clone(),
+            attempt: f.attempt,
+        })?;
+        (self.report)(&RunEvent::Adopted {
+            task: t.id.clone(),
+            attempt: f.attempt,
+            nodes: f.nodes.clone(),
+        });
+        let started = chrono::DateTime::parse_from_rfc3339(&f.dispatched)
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let elapsed = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+        let resume = Resume {
+            steps: f
+                .steps
+                .iter()
+                .map(|s| (s.step, s.try_no, s.handle.clone()))
+                .collect(),
+            elapsed,
+        };
+        self.launch(i, f.attempt, placement, started, Some(resume));
+        Ok(())
+    }
+
+    /// A step started: its handle goes to the journal (a controller that
+    /// starts after this one died adopts the step by it).
+    pub(super) fn on_step_note(&mut self, n: StepNote) -> Result<(), RunError> {
+        let Some(t) = self.tasks.get(n.task).cloned() else {
+            return Ok(());
+        };
+        self.journal.append(Entry::StepStarted {
+            task: t.id.clone(),
+            key: t.key.clone(),
+            attempt: n.attempt,
+            step: n.step,
+            try_no: n.try_no,
+            handle: n.handle,
+        })?;
+        Ok(())
     }
 
     /// Nothing runs and nothing more will start.
@@ -239,14 +333,30 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             key: t.key.clone(),
             attempt,
             nodes: nodes.clone(),
+            slots: placement.iter().map(|(_, s)| *s).collect(),
         })?;
         (self.report)(&RunEvent::Dispatched {
             task: t.id.clone(),
             attempt,
             nodes,
         });
+        let _ = std::fs::remove_dir_all(self.staging(&t, attempt));
+        self.launch(i, attempt, placement, chrono::Utc::now(), None);
+        Ok(())
+    }
+
+    /// Hand attempt `attempt` of task `i` to the executor; its end comes
+    /// back on `done_rx`.
+    fn launch(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        placement: Placement,
+        started: chrono::DateTime<chrono::Utc>,
+        resume: Option<Resume>,
+    ) {
+        let t = self.tasks[i].clone();
         let staging = self.staging(&t, attempt);
-        let _ = std::fs::remove_dir_all(&staging);
         let req = AttemptRequest {
             task: t,
             attempt,
@@ -256,11 +366,16 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
                 .collect(),
             staging,
             stop: self.cancel_rx.clone(),
+            notes: StepNotes {
+                task: i,
+                attempt,
+                tx: Some(self.notes_tx.clone()),
+            },
+            resume,
         };
         let exec = self.exec.clone();
         let done_tx = self.done_tx.clone();
         self.running += 1;
-        let started = chrono::Utc::now();
         tokio::spawn(async move {
             let outcome = exec.run_attempt(req).await;
             let attempt = Attempt {
@@ -271,7 +386,6 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             };
             let _ = done_tx.send(Done { attempt, outcome });
         });
-        Ok(())
     }
 
     /// An attempt ended: free its slots and record it by how it ended.

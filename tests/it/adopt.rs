@@ -1,0 +1,155 @@
+//! A controller that dies (`kill -9` of `infra run`) costs no attempt and
+//! no work: the next `infra run` adopts the steps still running and
+//! collects those that ended meanwhile (local provider; the same on the
+//! emulator is in `aws/adopt.rs`).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{journal, one_step_template, Project};
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` tasks on one node with `n` slots; each appends a line to
+/// `marks/<task>` when it starts, sleeps `secs`, and writes an output.
+fn plan(p: &Project, phase: &str, n: usize, secs: u32) {
+    p.write(
+        "plans/templates/mark.json.hbs",
+        &one_step_template(
+            &format!(
+                "mkdir -p \\\"$INFRA_ROOT/marks\\\" && echo start >> \\\"$INFRA_ROOT/marks/$INFRA_TASK_ID\\\" && sleep {secs} && echo finished && echo 42 > out.txt"
+            ),
+            "\"outputs\": [\"out.txt\"],",
+        ),
+    );
+    let pats: Vec<String> = (0..n)
+        .map(|i| format!("{{\"id\": \"{phase}-{i}\", \"backend\": \"mark\"}}"))
+        .collect();
+    p.write(
+        &format!("plans/{phase}.json"),
+        &format!(
+            r#"{{"phase": "{phase}", "name": "{phase}",
+      "node_groups": {{"cpu": {{"instance_type": "c6i.xlarge", "count": 1, "slots": {n}}}}},
+      "layers": [{{"id": "L0", "patterns": [{}]}}]}}"#,
+            pats.join(",")
+        ),
+    );
+}
+
+fn count(p: &Project, phase: &str, event: &str) -> usize {
+    std::fs::read_to_string(p.path().join(format!(".infra/{phase}/journal.jsonl")))
+        .unwrap_or_default()
+        .matches(&format!("\"event\":\"{event}\""))
+        .count()
+}
+
+/// `kill -9` of the run once every task's step has started; returns when
+/// the run was started.
+fn run_and_kill(p: &Project, phase: &str, n: usize) -> Instant {
+    let t0 = Instant::now();
+    let mut child = p
+        .cmd(&["run", phase, "all"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("every step to start", 30, || {
+        count(p, phase, "step_started") >= n
+    });
+    child.kill().unwrap(); // SIGKILL: nothing of infra's own stop runs
+    child.wait().unwrap();
+    t0
+}
+
+/// Every task succeeded once, with attempt 1, its step started once.
+fn check_one_attempt_each(p: &Project, phase: &str, n: usize) {
+    let j = journal(p, phase);
+    for i in 0..n {
+        let id = format!("{phase}-{i}");
+        let ok: Vec<_> = j
+            .iter()
+            .filter(|e| e["event"] == "succeeded" && e["task"] == id.as_str())
+            .collect();
+        assert_eq!(ok.len(), 1, "{id}: {j:#?}");
+        assert_eq!(ok[0]["attempt"], 1, "{id} kept its first attempt");
+        assert_eq!(
+            p.read(&format!("marks/{id}")),
+            "start\n",
+            "{id}'s step started once"
+        );
+        let rt: serde_json::Value =
+            serde_json::from_str(&p.read(&format!("results/{phase}/{id}/runtime.json"))).unwrap();
+        assert_eq!(rt["attempts"], 1, "{rt}");
+        assert_eq!(rt["status"], "succeeded", "{rt}");
+        assert_eq!(p.read(&format!("results/{phase}/{id}/out.txt")), "42\n");
+        assert!(p
+            .read(&format!("results/{phase}/{id}/stdout.log"))
+            .contains("finished"));
+    }
+    assert!(
+        !j.iter().any(|e| e["event"] == "requeued"),
+        "nothing was stopped or re-queued: {j:#?}"
+    );
+}
+
+#[test]
+fn kill_9_of_run_and_a_restart_adopt_the_running_steps_locally() {
+    let p = Project::new();
+    plan(&p, "adl", 4, 20);
+    let t0 = run_and_kill(&p, "adl", 4);
+    std::thread::sleep(Duration::from_secs(5));
+    let r = p.infra(&["run", "adl", "all"]);
+    r.ok();
+    let took = t0.elapsed();
+    assert!(
+        r.stderr.contains("adopt  adl-0") || r.stdout.contains("adopt  adl-0"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("left by an earlier run"),
+        "no step was stopped:\n{}",
+        r.stderr
+    );
+    check_one_attempt_each(&p, "adl", 4);
+    let j = journal(&p, "adl");
+    assert_eq!(
+        j.iter().filter(|e| e["event"] == "adopted").count(),
+        4,
+        "{j:#?}"
+    );
+    // an uninterrupted run takes 20 s: at most one task length more
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+}
+
+#[test]
+fn a_step_that_ended_while_no_controller_ran_is_collected_not_run_again_locally() {
+    let p = Project::new();
+    plan(&p, "adf", 2, 2);
+    run_and_kill(&p, "adf", 2);
+    // the steps end with nobody watching
+    wait_for("both steps to end", 30, || {
+        (0..2).all(|i| {
+            std::fs::read_to_string(p.path().join(format!(".infra/adf/staging/adf-{i}.1/stdout.log")))
+                .unwrap_or_default()
+                .contains("finished")
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = p.infra(&["run", "adf", "all"]);
+    r.ok();
+    check_one_attempt_each(&p, "adf", 2);
+    let j = journal(&p, "adf");
+    let second = j.iter().rposition(|e| e["event"] == "run_started").unwrap();
+    assert!(
+        !j[second..].iter().any(|e| e["event"] == "dispatched"),
+        "nothing was dispatched again: {j:#?}"
+    );
+}
