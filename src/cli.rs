@@ -173,6 +173,11 @@ pub struct RunArgs {
     /// Queue order (longest estimate first by default).
     #[arg(long, value_enum, default_value = "longest-first")]
     pub order: OrderArg,
+    /// Take the campaign over from a controller whose lease expired (it
+    /// stopped renewing it 90 s ago: gone, or cut off); what it left
+    /// running is adopted.
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

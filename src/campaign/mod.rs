@@ -6,7 +6,7 @@
 
 pub mod lease;
 
-pub use lease::{Holder, LeaseDoc, StopRequest};
+pub use lease::{acquire, Held, Holder, LeaseDoc, LeaseError, LeaseStore, StopRequest};
 
 /// The local provider's counterparts of the bucket's `_state/` objects,
 /// under `.infra/<phase>/`.
@@ -28,3 +28,6 @@ pub mod local_paths {
         state_dir.join("controller.log")
     }
 }
+
+pub mod keeper;
+pub mod local_store;

@@ -46,6 +46,10 @@ impl Env {
             "CI",
             "INFRA_NODE_BINARY_X86_64",
             "INFRA_NODE_BINARY_AARCH64",
+            "INFRA_LEASE_RENEW_SECONDS",
+            "INFRA_CONTROLLER_WHERE",
+            "USER",
+            "LOGNAME",
         ];
         use std::io::IsTerminal;
         Env {
@@ -88,6 +92,10 @@ pub struct Ctx {
     pub progress_bar: bool,
     /// What the providers get.
     pub provider_settings: provider::Settings,
+    /// How often a controller renews its lease (`INFRA_LEASE_RENEW_SECONDS`).
+    pub lease_renew: Duration,
+    /// Who this controller is, for the lease.
+    holder: crate::campaign::Holder,
     out: RefCell<Box<dyn Write>>,
 }
 
@@ -141,8 +149,29 @@ impl Ctx {
                 .and_then(|p| p.name().parse::<ProviderKind>().ok()),
             provider_settings,
             progress_bar: env.stderr_tty && !env.vars.contains_key("CI"),
+            lease_renew: secs("INFRA_LEASE_RENEW_SECONDS")
+                .unwrap_or(Duration::from_secs(crate::campaign::lease::RENEW_SECONDS)),
+            holder: crate::campaign::Holder {
+                host: hostname(),
+                user: env
+                    .var("USER")
+                    .or_else(|| env.var("LOGNAME"))
+                    .map(str::to_string)
+                    // SAFETY: getuid cannot fail
+                    .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() })),
+                pid: std::process::id(),
+                place: env
+                    .var("INFRA_CONTROLLER_WHERE")
+                    .unwrap_or("this machine")
+                    .to_string(),
+            },
             out: RefCell::new(out),
         })
+    }
+
+    /// This controller, as its lease names it.
+    pub fn holder(&self) -> crate::campaign::Holder {
+        self.holder.clone()
     }
 
     /// The provider of a loaded plan.
@@ -322,4 +351,16 @@ fn node_agents(
             );
         }
     }
+}
+
+/// This machine's name.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into our buffer.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

@@ -41,6 +41,9 @@ pub enum AppError {
     Run(#[from] runner::RunError),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    /// Another controller holds the campaign's lease: exit 4.
+    #[error(transparent)]
+    Lease(#[from] crate::campaign::LeaseError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -74,6 +77,7 @@ impl AppError {
             AppError::Provider(_)
             | AppError::Run(_)
             | AppError::Journal(_)
+            | AppError::Lease(_)
             | AppError::Io { .. } => exit::PROVIDER,
         }
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::context::{gate, journal_path, render_tasks, Ctx};
 use super::error::{exit, run_exit_code, AppError};
+use crate::campaign::keeper::Keeper;
 use crate::cli::{OrderArg, RunArgs};
 use crate::plan;
 use crate::provider::{DestroyOpts, Finished, ProviderError};
@@ -52,16 +53,92 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         }
         gate(&plan, &all, &catalog, &from, false)?;
     }
-    let mut session = provider.open_run(&plan, &catalog).await?;
+    // one controller at a time: the lease is taken before anything is
+    // reaped or started, and renewed until the run ends
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let keeper = match provider.lease_store(&plan).await? {
+        Some(store) => Some(take_lease(ctx, store, &plan, args.take_over, stop_tx).await?),
+        None => None,
+    };
+    let result = run_leased(
+        ctx,
+        args,
+        &plan,
+        &catalog,
+        &from,
+        &tasks,
+        provider.as_ref(),
+        stop_rx,
+    )
+    .await;
+    if let Some(k) = keeper {
+        k.release().await;
+    }
+    result
+}
+
+/// Take the phase's lease for this process, or say who holds it (exit 4),
+/// and keep it renewed.
+async fn take_lease(
+    ctx: &Ctx,
+    store: std::sync::Arc<dyn crate::campaign::LeaseStore>,
+    plan: &plan::Plan,
+    take_over: bool,
+    stop_tx: tokio::sync::watch::Sender<Option<String>>,
+) -> Result<Keeper, AppError> {
+    let holder = ctx.holder();
+    let held = crate::campaign::acquire(store.as_ref(), &plan.name_key, holder, take_over).await?;
+    if let Some(prev) = &held.took_over {
+        eprintln!(
+            "took over the campaign from {} (its lease {}); what it left running is adopted",
+            crate::campaign::lease::who(prev),
+            if take_over {
+                "had expired"
+            } else {
+                "was left by a controller of this machine that is gone"
+            }
+        );
+    }
+    let phase = plan.name_key.clone();
+    Ok(Keeper::start(
+        store,
+        held,
+        ctx.lease_renew,
+        stop_tx,
+        Box::new(move |why| {
+            // not ours any more: stop controlling at once, stopping nothing
+            // (the new holder adopts the steps); like a crash, the journal
+            // stays consistent
+            eprintln!("error: {phase}: {why}");
+            std::process::exit(super::error::exit::PROVIDER);
+        }),
+        Box::new(|w| eprintln!("{w}")),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_leased(
+    ctx: &Ctx,
+    args: &RunArgs,
+    plan: &plan::Plan,
+    catalog: &crate::catalog::Catalog,
+    from: &str,
+    tasks: &[TaskDef],
+    provider: &dyn crate::provider::Provider,
+    stop_rx: tokio::sync::watch::Receiver<Option<String>>,
+) -> Result<i32, AppError> {
+    let (plan, catalog, from) = (plan, catalog, from);
+    let tasks = tasks.to_vec();
+    let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
     {
-        let (state, _) = journal::read(&journal_path(&plan))?;
+        let (state, _) = journal::read(&journal_path(plan))?;
         let keys: HashSet<String> = tasks.iter().map(|t| t.key.clone()).collect();
         session.keep(journal::adoptable(&state, &keys));
     }
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
-    gate(&plan, &tasks, &catalog, &from, false)?;
+    gate(plan, &tasks, catalog, from, false)?;
     // from here a signal stops the work instead of killing infra: the
     // setup (dropped with `start`, which stops it) or the run
     let mut signals =
@@ -96,7 +173,6 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         retry: plan.retry.clone(),
         watchdog,
     };
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let stops = runner::Stops {
         requested: stop_rx,
         signals: Some(signals),
@@ -213,6 +289,7 @@ pub async fn up(
         select: vec!["all".into()],
         retry_failed,
         order: OrderArg::LongestFirst,
+        take_over: false,
     };
     let code = run(ctx, &args).await?;
     if code == exit::INTERRUPTED {

@@ -109,8 +109,8 @@ pub fn main(mode: NodeMode, spec_text: &str) -> i32 {
             NodeMode::Health => health::health(&root, spec::parse(spec_text)?).await,
             NodeMode::Stop => stop::stop(&root, spec::parse(spec_text)?),
             NodeMode::Reap => {
-                let _: spec::ReapSpec = spec::parse(spec_text)?;
-                stop::reap(&root).await
+                let s: spec::ReapSpec = spec::parse(spec_text)?;
+                stop::reap(&root, &s.keep).await
             }
             NodeMode::Setup => setup::setup(&root, spec::parse(spec_text)?).await,
         }

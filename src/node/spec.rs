@@ -78,7 +78,18 @@ pub struct StopSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReapSpec {}
+pub struct ReapSpec {
+    /// Attempts a new controller adopts: their steps are left running.
+    #[serde(default)]
+    pub keep: Vec<KeepSpec>,
+}
+
+/// One attempt to leave running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeepSpec {
+    pub task: String,
+    pub attempt: u32,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetupSpec {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::fsio;
 use super::proc::{self, Reaper, Tree};
-use super::spec::{check_component, StopSpec};
+use super::spec::{check_component, KeepSpec, StopSpec};
 use super::Fail;
 
 pub fn stop(root: &Path, s: StopSpec) -> Result<i32, Fail> {
@@ -30,12 +30,30 @@ pub fn stop(root: &Path, s: StopSpec) -> Result<i32, Fail> {
 /// Seconds a reaped step gets between SIGTERM and SIGKILL.
 const REAP_GRACE: Duration = Duration::from_secs(2);
 
-pub async fn reap(root: &Path) -> Result<i32, Fail> {
+pub async fn reap(root: &Path, keep: &[KeepSpec]) -> Result<i32, Fail> {
+    for k in keep {
+        check_component("task", &k.task)?;
+    }
+    // `<task>/<attempt>/`, relative to `run/`: the steps of an attempt a
+    // new controller adopts
+    let kept: Vec<String> = keep
+        .iter()
+        .map(|k| format!("{}/{}/", k.task, k.attempt))
+        .collect();
+    let is_kept = |rel: &str| kept.iter().any(|k| rel.starts_with(k.as_str()));
     let mut steps: BTreeSet<String> = BTreeSet::new();
     // steps with an agent (or once had one) and no exit code: tell the
     // agent, if it lives, to stop it (it then uploads what there is)
     for task in read_dirs(&root.join("run")) {
         for attempt in read_dirs(&task) {
+            let rel = format!(
+                "{}/{}/",
+                task.file_name().unwrap_or_default().to_string_lossy(),
+                attempt.file_name().unwrap_or_default().to_string_lossy()
+            );
+            if is_kept(&rel) {
+                continue;
+            }
             for key in read_dirs(&attempt) {
                 if key.join("pid").is_file() && !key.join("rc").exists() {
                     fsio::write(&key.join("stop"), b"")?;
@@ -47,18 +65,23 @@ pub async fn reap(root: &Path) -> Result<i32, Fail> {
     // every process of a step started from this node folder, whoever its
     // parent is now
     let root_s = root.to_string_lossy().into_owned();
-    let tagged = |env: &[Vec<u8>]| proc::tagged_by(env, &root_s, None);
+    let step_tag = |env: &[Vec<u8>]| -> Option<String> {
+        env.iter().find_map(|e| {
+            e.strip_prefix(format!("{}=", proc::STEP_VAR).as_bytes())
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        })
+    };
+    let tagged = |env: &[Vec<u8>]| {
+        proc::tagged_by(env, &root_s, None)
+            && !step_tag(env).is_some_and(|t| is_kept(&format!("{t}/")))
+    };
     let tree = Tree {
         descendants_of: None,
         tagged: &tagged,
     };
     for pid in tree.members() {
-        let env = proc::environ(pid);
-        if let Some(tag) = env
-            .iter()
-            .find_map(|e| e.strip_prefix(format!("{}=", proc::STEP_VAR).as_bytes()))
-        {
-            let step = root.join("run").join(String::from_utf8_lossy(tag).as_ref());
+        if let Some(tag) = step_tag(&proc::environ(pid)) {
+            let step = root.join("run").join(tag);
             steps.insert(step.to_string_lossy().into_owned());
         }
     }

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::env::{task_env, Phase, RankNode, Shape};
 use super::process::{
-    become_subreaper, has_entry, has_var, reap_orphans, reap_orphans_but, stop_adopted,
-    stop_marked, still_running, Exit, PidLog, Spawned,
+    become_subreaper, has_entry, has_var, reap_orphans, reap_orphans_but, still_running,
+    stop_adopted, stop_marked, Exit, PidLog, Spawned,
 };
 use super::sequence::{self, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage};
 pub use super::sequence::{expand_vars, wait_stop};
@@ -163,9 +163,7 @@ pub fn stop_task_leftovers(plan: &Plan, keep: &[(String, u32)]) -> usize {
         })
     };
     reap_orphans_but(&pid_log, &marker, &kept)
-        + stop_marked(&|env| {
-            has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID") && !kept(env)
-        })
+        + stop_marked(&|env| has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID") && !kept(env))
 }
 
 /// Where a step's exit code is left (see `process::spawn_with`):
@@ -175,10 +173,7 @@ fn exit_file(state_dir: &Path, task: &str, attempt: u32, index: usize, try_no: u
 }
 
 fn exit_dir(state_dir: &Path, task: &str, attempt: u32) -> PathBuf {
-    state_dir
-        .join("steps")
-        .join(task)
-        .join(attempt.to_string())
+    state_dir.join("steps").join(task).join(attempt.to_string())
 }
 
 pub struct LocalExecutor {

@@ -166,6 +166,16 @@ impl Provider for LocalProvider {
     fn recorded_nodes(&self, plan: &Plan) -> usize {
         local::load_state(plan).map(|s| s.nodes.len()).unwrap_or(0)
     }
+
+    fn lease_store<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> Fut<'a, Result<Option<Arc<dyn crate::campaign::LeaseStore>>, ProviderError>> {
+        let store: Arc<dyn crate::campaign::LeaseStore> = Arc::new(
+            crate::campaign::local_store::LocalStore::new(&plan.state_dir()),
+        );
+        Box::pin(async move { Ok(Some(store)) })
+    }
 }
 
 struct LocalRun<'a> {

@@ -177,6 +177,14 @@ pub trait Provider {
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.
     fn recorded_nodes(&self, plan: &Plan) -> usize;
+
+    /// Where the phase's controller lease lives (`campaign::lease`): the
+    /// bucket on AWS, `.infra/<phase>/` locally. None when the phase has
+    /// nowhere to keep one yet (nothing deployed).
+    fn lease_store<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> Fut<'a, Result<Option<std::sync::Arc<dyn crate::campaign::LeaseStore>>, ProviderError>>;
 }
 
 /// One run on a provider, between `open_run` and the summary.

@@ -586,11 +586,7 @@ pub fn reap_orphans(pid_log: &Path, marker: &str) -> usize {
 
 /// [`reap_orphans`], sparing the groups whose leader's environment `keep`
 /// recognises (steps a new controller adopts): they stay in the log.
-pub fn reap_orphans_but(
-    pid_log: &Path,
-    marker: &str,
-    keep: &dyn Fn(&[Vec<u8>]) -> bool,
-) -> usize {
+pub fn reap_orphans_but(pid_log: &Path, marker: &str, keep: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
     let mut pids: Vec<i32> = Vec::new();
     if pid_log.is_dir() {
         // the layout of earlier versions: one file per process group

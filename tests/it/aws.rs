@@ -1799,6 +1799,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
     assert!(r.stdout.contains("refreshed catalog"), "{}", r.stdout);
 }
 
+mod adopt;
 mod budget;
 mod node;
 mod trust;

@@ -13,6 +13,7 @@ pub mod ec2;
 pub mod error;
 pub mod executor;
 pub mod layout;
+pub mod lease;
 pub mod meter;
 pub mod node_commands;
 pub mod pricing;

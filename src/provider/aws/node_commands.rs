@@ -198,8 +198,15 @@ pub async fn reap(
     poller: &Poller,
     kit: &NodeKit,
     nodes: &[(String, Arch)],
+    keep: &[(String, u32)],
 ) -> Result<usize, String> {
     kit.ensure(c, poller, nodes).await?;
+    let spec = serde_json::json!({
+        "keep": keep
+            .iter()
+            .map(|(task, attempt)| serde_json::json!({"task": task, "attempt": attempt}))
+            .collect::<Vec<_>>()
+    });
     let prefix = kit.ssm_prefix();
     let mut stopped = 0;
     for arch in kit.agents.keys() {
@@ -209,7 +216,7 @@ pub async fn reap(
             .map(|n| n.0.clone())
             .collect();
         for chunk in ids.chunks(50) {
-            let script = kit.script(*arch, &[], "reap", &serde_json::json!({}))?;
+            let script = kit.script(*arch, &[], "reap", &spec)?;
             let send = ssm::SendSpec {
                 instances: chunk,
                 script,

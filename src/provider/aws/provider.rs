@@ -329,6 +329,7 @@ impl AwsProvider {
             metered,
             metered_at: Instant::now(),
             exec: None,
+            keep: Vec::new(),
         }))
     }
 
@@ -563,6 +564,27 @@ impl Provider for AwsProvider {
 
     fn status<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Infra, ProviderError>> {
         Box::pin(self.status_(plan))
+    }
+
+    fn lease_store<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> Fut<'a, Result<Option<std::sync::Arc<dyn crate::campaign::LeaseStore>>, ProviderError>>
+    {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            let base = cfn::describe(&c, &names::base_stack_name(&plan.project)).await?;
+            let Some(bucket) = base.and_then(|b| b.outputs.get("BucketName").cloned()) else {
+                return Ok(None);
+            };
+            let store: std::sync::Arc<dyn crate::campaign::LeaseStore> =
+                std::sync::Arc::new(super::lease::S3Lease {
+                    c,
+                    bucket,
+                    phase: plan.name_key.clone(),
+                });
+            Ok(Some(store))
+        })
     }
 
     fn destroy<'a>(

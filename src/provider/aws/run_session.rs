@@ -34,6 +34,8 @@ pub(super) struct AwsRun<'a> {
     pub(super) metered: Vec<ledger::Spend>,
     pub(super) metered_at: Instant,
     pub(super) exec: Option<Arc<AwsExecutor>>,
+    /// Attempts this run adopts: the reap leaves them running.
+    pub(super) keep: Vec<(String, u32)>,
 }
 
 impl AwsRun<'_> {
@@ -133,7 +135,7 @@ impl AwsRun<'_> {
                 .iter()
                 .filter_map(|l| Some((l.2.clone(), arch_of(&l.1)?)))
                 .collect();
-            let stopped = executor::reap(c, &exec.poller, &kit, &nodes)
+            let stopped = executor::reap(c, &exec.poller, &kit, &nodes, &self.keep)
                 .await
                 .map_err(ProviderError::Failed)?;
             if stopped > 0 {
@@ -210,6 +212,10 @@ impl AwsRun<'_> {
 }
 
 impl RunSession for AwsRun<'_> {
+    fn keep(&mut self, attempts: Vec<(String, u32)>) {
+        self.keep = attempts;
+    }
+
     fn start(&mut self) -> Fut<'_, Result<Started, ProviderError>> {
         Box::pin(self.start_())
     }

@@ -43,6 +43,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(STOP_GRACE_SECONDS + 8);
 pub(crate) struct Flight {
     cmd: String,
     instance: String,
+    /// When SSM says it was requested (for a later controller's polling).
+    requested: Option<chrono::DateTime<chrono::Utc>>,
     rx: Option<oneshot::Receiver<Ended>>,
     /// The step's key: its folder under `steps/` (`<index>` or `<index>-<try>`).
     key: String,
@@ -382,11 +384,89 @@ impl StepTransport for AwsAttempt {
         Ok(Flight {
             cmd: cmd.id,
             instance: node.instance_id.clone(),
+            requested: cmd.requested,
             rx: Some(rx),
             key,
             rank,
             node: self.node_idx[rank],
         })
+    }
+
+    fn handle(&self, f: &Flight) -> serde_json::Value {
+        serde_json::json!({
+            "command": f.cmd,
+            "instance": f.instance,
+            "key": f.key,
+            "rank": f.rank,
+            "requested": f.requested.map(|t| t.to_rfc3339()),
+        })
+    }
+
+    async fn adopt(
+        &mut self,
+        _index: usize,
+        step: &Step,
+        _try_no: u32,
+        handle: &serde_json::Value,
+    ) -> Result<Flight, StartError> {
+        let rank = step.node as usize;
+        let (Some(cmd), Some(instance), Some(key)) = (
+            handle["command"].as_str(),
+            handle["instance"].as_str(),
+            handle["key"].as_str(),
+        ) else {
+            return Err(StartError::Lost(format!(
+                "the journal does not say where step \"{}\" runs",
+                step.name
+            )));
+        };
+        let node = self.nodes[rank].clone();
+        if node.instance_id != instance {
+            return Err(StartError::Lost(format!(
+                "step \"{}\" ran on {instance}, which is no longer node {}",
+                step.name, node.name
+            )));
+        }
+        if let Some(r) = node.gone() {
+            return Err(StartError::Lost(r));
+        }
+        let requested = handle["requested"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let sent = ssm::Sent {
+            id: cmd.to_string(),
+            requested,
+        };
+        self.keys.push((key.to_string(), step.name.clone(), rank));
+        // whether it still runs or ended meanwhile, its runtime.json tells
+        let probe = (
+            self.ex.s.bucket.clone(),
+            format!("{}/steps/{key}/runtime.json", self.prefix),
+        );
+        let rx = self.ex.poller.watch_step(&sent, instance, Some(probe));
+        Ok(Flight {
+            cmd: sent.id,
+            instance: instance.to_string(),
+            requested,
+            rx: Some(rx),
+            key: key.to_string(),
+            rank,
+            node: self.node_idx[rank],
+        })
+    }
+
+    fn adopted_ended(
+        &mut self,
+        _index: usize,
+        step: &Step,
+        _try_no: u32,
+        handle: &serde_json::Value,
+    ) {
+        if let Some(key) = handle["key"].as_str() {
+            self.keys
+                .push((key.to_string(), step.name.clone(), step.node as usize));
+        }
     }
 
     async fn wait(
@@ -447,6 +527,7 @@ impl StepTransport for AwsAttempt {
         let mut health = Flight {
             cmd: cmd.id,
             instance: node.instance_id.clone(),
+            requested: cmd.requested,
             rx: Some(rx),
             key: bg.key.clone(),
             rank: bg.rank,
