@@ -111,7 +111,13 @@ impl Keeper {
         self.task.abort();
         let etag = self.held.lock().ok().map(|g| g.1.clone());
         if let Some(etag) = etag {
-            let _ = self.store.release(&etag).await;
+            if let Err(e) = self.store.release(&etag).await {
+                eprintln!(
+                    "warning: cannot give up the lease ({}): {e}; it expires in {} s",
+                    self.store.location(),
+                    super::lease::TTL_SECONDS
+                );
+            }
         }
         if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             self.store.clear_stop().await;

@@ -44,6 +44,13 @@ pub struct LeaseDoc {
 }
 
 impl LeaseDoc {
+    /// Whether its holder may still be controlling the campaign: it renewed
+    /// the lease within its time to live, and is not a process of this
+    /// machine (`me`'s host) that is gone.
+    pub fn live(&self, me: &Holder, now: DateTime<Utc>) -> bool {
+        !self.expired(now) && !(self.holder.host == me.host && !pid_alive(self.holder.pid))
+    }
+
     /// The holder stopped renewing: the lease may be taken over.
     pub fn expired(&self, now: DateTime<Utc>) -> bool {
         now.signed_duration_since(self.renewed_at).num_seconds() > self.ttl_seconds as i64

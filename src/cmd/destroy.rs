@@ -32,6 +32,20 @@ pub async fn destroy(ctx: &Ctx, name: Option<&str>, opts: DestroyOpts) -> Result
     }
     let (catalog, _) = ctx.catalog()?;
     let provider = ctx.provider(&plan);
+    // a controller elsewhere (another machine, a detached one) drives the
+    // campaign: its steps are not stopped from here
+    if let Ok(Some(store)) = provider.lease_store(&plan).await {
+        if let Ok(Some((doc, _))) = store.read().await {
+            let me = ctx.holder();
+            let mine = doc.holder.pid == me.pid && doc.holder.host == me.host;
+            if !mine && doc.live(&me, chrono::Utc::now()) {
+                return Err(AppError::Provider(ProviderError::Failed(format!(
+                    "{name} is controlled by {}: destroying its nodes would stop the steps it runs\n  (hint: `infra stop {name}` first, then `infra destroy {name}`)",
+                    crate::campaign::lease::who(&doc.holder)
+                ))));
+            }
+        }
+    }
     let destroyed = provider.destroy(&plan, &catalog, opts).await?;
     let view = DestroyView {
         plan: plan.name_key.clone(),

@@ -159,3 +159,59 @@ fn a_step_that_ended_while_no_controller_ran_is_collected_not_run_again_locally(
         "nothing was dispatched again: {j:#?}"
     );
 }
+
+#[test]
+fn a_second_run_of_a_phase_exits_4_naming_the_controller_and_a_stop_request_stops_the_first() {
+    let p = Project::new();
+    plan(&p, "lsl", 2, 30);
+    let first = p
+        .cmd(&["run", "lsl", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("INFRA_LEASE_RENEW_SECONDS", "1")
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    wait_for("the steps to start", 30, || {
+        count(&p, "lsl", "step_started") >= 2
+    });
+    let r = p.infra(&["run", "lsl", "all"]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!("lsl is controlled by"))
+            && r.stderr.contains(&format!("(pid {pid}, this machine)")),
+        "{}",
+        r.stderr
+    );
+    let lease: serde_json::Value = serde_json::from_str(&p.read(".infra/lsl/lease.json")).unwrap();
+    assert_eq!(lease["holder"]["pid"], pid);
+    assert_eq!(lease["holder"]["where"], "this machine");
+    // what `infra stop` writes: the controller stops, its tasks re-queued
+    p.write(
+        ".infra/lsl/stop.json",
+        r#"{"requested_at": "2026-11-27T10:00:00Z", "by": "tester@here"}"#,
+    );
+    let t = Instant::now();
+    let out = first.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "it stopped at once");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopped by `infra stop` (tester@here"),
+        "{err}"
+    );
+    let j = journal(&p, "lsl");
+    assert_eq!(
+        j.iter().filter(|e| e["event"] == "requeued").count(),
+        2,
+        "{j:#?}"
+    );
+    assert_eq!(j.last().unwrap()["event"], "run_finished");
+    assert!(!p.exists(".infra/lsl/stop.json"), "the request is removed");
+    assert!(!p.exists(".infra/lsl/lease.json"), "the lease is given up");
+}
