@@ -215,3 +215,37 @@ fn a_second_run_of_a_phase_exits_4_naming_the_controller_and_a_stop_request_stop
     assert!(!p.exists(".infra/lsl/stop.json"), "the request is removed");
     assert!(!p.exists(".infra/lsl/lease.json"), "the lease is given up");
 }
+
+#[test]
+fn an_attempt_in_flight_that_the_next_run_does_not_select_is_stopped_and_requeued() {
+    let p = Project::new();
+    plan(&p, "ads", 2, 8);
+    run_and_kill(&p, "ads", 2);
+    // only the first task: the second one's step is stopped, and the
+    // journal says so (it is not left "in flight" for a later adoption)
+    let r = p.infra(&["run", "ads", "ads-0"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = journal(&p, "ads");
+    let requeued: Vec<_> = j.iter().filter(|e| e["event"] == "requeued").collect();
+    assert_eq!(requeued.len(), 1, "{j:#?}");
+    assert_eq!(requeued[0]["task"], "ads-1");
+    assert!(requeued[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("did not select it"));
+    assert!(
+        r.stderr
+            .contains("stopped 1 process group(s) left by an earlier run"),
+        "{}",
+        r.stderr
+    );
+    // it runs afresh later, as its next attempt
+    p.infra(&["run", "ads", "ads-1"]).ok();
+    assert_eq!(p.read("marks/ads-1"), "start\nstart\n");
+    let j = journal(&p, "ads");
+    let ok = j
+        .iter()
+        .find(|e| e["event"] == "succeeded" && e["task"] == "ads-1")
+        .unwrap();
+    assert_eq!(ok["attempt"], 2, "{j:#?}");
+}

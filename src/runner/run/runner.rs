@@ -178,6 +178,23 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             notes_tx,
             notes_rx,
         };
+        // in flight but not selected: the provider's start-up stopped them
+        let selected: std::collections::HashSet<&str> =
+            r.tasks.iter().map(|t| t.key.as_str()).collect();
+        let mut orphans: Vec<(&String, &crate::runner::journal::TaskState)> = state
+            .tasks
+            .iter()
+            .filter(|(k, t)| t.in_flight.is_some() && !selected.contains(k.as_str()))
+            .collect();
+        orphans.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, t) in orphans {
+            r.journal.append(Entry::Requeued {
+                task: t.id.clone(),
+                key: key.clone(),
+                attempt: t.in_flight.as_ref().map_or(0, |f| f.attempt),
+                reason: "its controller was lost, and this run did not select it: its steps were stopped".into(),
+            })?;
+        }
         for (i, f) in in_flight {
             r.adopt(i, f)?;
         }
