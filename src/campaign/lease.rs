@@ -48,7 +48,7 @@ impl LeaseDoc {
     /// the lease within its time to live, and is not a process of this
     /// machine (`me`'s host) that is gone.
     pub fn live(&self, me: &Holder, now: DateTime<Utc>) -> bool {
-        !self.expired(now) && !(self.holder.host == me.host && !pid_alive(self.holder.pid))
+        !self.expired(now) && (self.holder.host != me.host || pid_alive(self.holder.pid))
     }
 
     /// The holder stopped renewing: the lease may be taken over.

@@ -43,7 +43,7 @@ pub enum AppError {
     Journal(#[from] journal::JournalError),
     /// Another controller holds the campaign's lease: exit 4.
     #[error(transparent)]
-    Lease(#[from] crate::campaign::LeaseError),
+    Lease(Box<crate::campaign::LeaseError>),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -60,6 +60,12 @@ impl From<crate::stacks::StackError> for AppError {
 impl From<crate::provider::aws::error::AwsError> for AppError {
     fn from(e: crate::provider::aws::error::AwsError) -> AppError {
         AppError::Provider(ProviderError::Aws(e))
+    }
+}
+
+impl From<crate::campaign::LeaseError> for AppError {
+    fn from(e: crate::campaign::LeaseError) -> AppError {
+        AppError::Lease(Box::new(e))
     }
 }
 

@@ -178,7 +178,7 @@ fn a_second_run_of_a_phase_exits_4_naming_the_controller_and_a_stop_request_stop
     let r = p.infra(&["run", "lsl", "all"]);
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
     assert!(
-        r.stderr.contains(&format!("lsl is controlled by"))
+        r.stderr.contains("lsl is controlled by")
             && r.stderr.contains(&format!("(pid {pid}, this machine)")),
         "{}",
         r.stderr
