@@ -5,6 +5,7 @@
 //! [`local_paths`].
 
 pub mod lease;
+pub mod segments;
 
 pub use lease::{Holder, LeaseDoc, StopRequest};
 

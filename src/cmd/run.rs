@@ -31,6 +31,10 @@ pub struct SummaryView {
 
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
+    let provider = ctx.provider(&plan);
+    // the campaign as any checkout left it (AWS: the bucket's journal):
+    // nothing completed runs again. A run needs it: a failure stops it.
+    provider.sync_campaign(&plan).await?;
     super::journal::check_before_run(&plan)?;
     let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
@@ -43,7 +47,6 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         .cloned()
         .collect();
     gate(&plan, &tasks, &catalog, &from, true)?;
-    let provider = ctx.provider(&plan);
     if provider.recorded_nodes(&plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::campaign_sync;
 use super::cfn::{self, Source, StackInfo};
 use super::config::{self, AwsSettings, Clients};
 use super::deploy::{self, Looked};
@@ -329,6 +330,7 @@ impl AwsProvider {
             metered,
             metered_at: Instant::now(),
             exec: None,
+            pusher: None,
         }))
     }
 
@@ -511,22 +513,24 @@ impl AwsProvider {
     }
 
     async fn sync_ledger_(&self, plan: &Plan) -> Result<(), ProviderError> {
-        let Some(st) = state::load(plan) else {
-            return Ok(());
-        };
-        if st.bucket.is_empty() {
-            return Ok(());
-        }
+        // a fresh checkout has no state of the phase: the bucket is found
+        // from the cloud (it used to be read from the state only, and such
+        // a checkout showed no spend)
         let pulled = match config::connect(&self.sdk_settings(plan)).await {
-            Ok(c) => meter::pull(&c, &st.bucket, &plan.root).await,
+            Ok(c) => match campaign_sync::find_bucket(&c, plan).await {
+                Ok(Some(bucket)) => meter::pull(&c, &bucket, &plan.root)
+                    .await
+                    .map(|n| (n, bucket)),
+                Ok(None) => return Ok(()),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match pulled {
-            Ok(0) => {}
-            Ok(n) => self.log(&format!(
-                "{}: {n} ledger entr(ies) merged from s3://{}/{}",
+            Ok((0, _)) => {}
+            Ok((n, bucket)) => self.log(&format!(
+                "{}: {n} ledger entr(ies) merged from s3://{bucket}/{}",
                 plan.name_key,
-                st.bucket,
                 meter::PREFIX
             )),
             Err(AwsError::Ledger(bad)) => return Err(ProviderError::Ledger(bad)),
@@ -576,6 +580,41 @@ impl Provider for AwsProvider {
 
     fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
         Box::pin(self.sync_ledger_(plan))
+    }
+
+    fn sync_campaign<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            let log = |l: &str| self.log(l);
+            Ok(campaign_sync::pull(&c, plan, &log).await?)
+        })
+    }
+
+    fn fetch_results<'a>(
+        &'a self,
+        plan: &'a Plan,
+        only: Option<&'a str>,
+    ) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            let f = campaign_sync::fetch_results(&c, plan, only).await?;
+            if f.fetched > 0 {
+                self.log(&format!(
+                    "{}: {} result(s) fetched from the bucket",
+                    plan.name_key, f.fetched
+                ));
+            }
+            if !f.missing.is_empty() {
+                self.log(&format!(
+                    "warning: {}: the bucket holds no result of {} ended task(s): {}{}",
+                    plan.name_key,
+                    f.missing.len(),
+                    f.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    if f.missing.len() > 5 { ", ..." } else { "" }
+                ));
+            }
+            Ok(())
+        })
     }
 
     fn recorded_nodes(&self, plan: &Plan) -> usize {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::campaign_sync::{BucketJournal, Pusher};
 use super::config::Clients;
 use super::deploy::online;
 use super::deploy::{self, Looked};
@@ -34,6 +35,8 @@ pub(super) struct AwsRun<'a> {
     pub(super) metered: Vec<ledger::Spend>,
     pub(super) metered_at: Instant,
     pub(super) exec: Option<Arc<AwsExecutor>>,
+    /// Uploads the journal to the bucket while the run goes on.
+    pub(super) pusher: Option<Pusher>,
 }
 
 impl AwsRun<'_> {
@@ -162,6 +165,14 @@ impl AwsRun<'_> {
         let spent_before = ledger::spent(&ledger::read(&plan.root)?, Some(&plan.name_key))
             + hourly * self.metered_at.elapsed().as_secs_f64() / 3600.0;
         self.exec = Some(exec.clone());
+        // the journal goes to the bucket as it grows: any checkout sees the
+        // campaign (`campaign::segments`)
+        self.pusher = Some(Pusher::start(
+            BucketJournal::new(c, &self.looked.bucket, plan),
+            plan.state_dir(),
+            self.settings.journal_sync,
+            self.settings.log.clone(),
+        ));
         Ok(Started {
             executor: exec,
             hourly_usd: hourly,
@@ -170,6 +181,10 @@ impl AwsRun<'_> {
     }
 
     async fn finish_(&mut self, summary: &RunSummary) -> Result<Finished, ProviderError> {
+        // the journal's last lines (the run's end, after a stop too)
+        if let Some(p) = self.pusher.take() {
+            p.finish().await;
+        }
         let (plan, c) = (self.plan, &self.c);
         let Some(exec) = self.exec.take() else {
             return Ok(Finished::default());

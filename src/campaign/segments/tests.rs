@@ -1,0 +1,230 @@
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::*;
+
+/// Segments in memory, as the bucket keeps them (create-only).
+#[derive(Default)]
+struct Memory {
+    segs: Mutex<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl SegmentStore for Memory {
+    fn list(&self) -> StoreFut<'_, Result<Vec<u64>, String>> {
+        let v = self.segs.lock().unwrap().keys().copied().collect();
+        Box::pin(async move { Ok(v) })
+    }
+    fn get(&self, seq: u64) -> StoreFut<'_, Result<Option<Vec<u8>>, String>> {
+        let v = self.segs.lock().unwrap().get(&seq).cloned();
+        Box::pin(async move { Ok(v) })
+    }
+    fn put_new(&self, seq: u64, body: Vec<u8>) -> StoreFut<'_, Result<bool, String>> {
+        let mut m = self.segs.lock().unwrap();
+        let created = !m.contains_key(&seq);
+        if created {
+            m.insert(seq, body);
+        }
+        Box::pin(async move { Ok(created) })
+    }
+}
+
+impl Memory {
+    fn all(&self) -> Vec<u8> {
+        self.segs.lock().unwrap().values().flatten().copied().collect()
+    }
+    fn count(&self) -> usize {
+        self.segs.lock().unwrap().len()
+    }
+}
+
+fn block<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn append(dir: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(journal_path(dir))
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn line(n: u32) -> String {
+    format!("{{\"v\":1,\"ts\":\"t{n}\",\"event\":\"run_started\",\"run\":{n},\"pid\":1,\"provider\":\"aws\",\"selected\":1}}\n")
+}
+
+#[test]
+fn segments_are_whole_lines_in_order_and_their_concatenation_is_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &(line(1) + &line(2) + "{\"v\":1,\"ts\":\"half"));
+    assert_eq!(block(push(&store, d.path())).unwrap(), 1);
+    assert_eq!(store.all(), (line(1) + &line(2)).as_bytes());
+    // nothing new: nothing goes up
+    assert_eq!(block(push(&store, d.path())).unwrap(), 0);
+    // the half line is finished, more follow
+    append(d.path(), "\",\"event\":\"x\"}\n");
+    append(d.path(), &line(3));
+    assert_eq!(block(push(&store, d.path())).unwrap(), 1);
+    let segs = store.segs.lock().unwrap().clone();
+    assert_eq!(segs.len(), 2);
+    for s in segs.values() {
+        assert!(s.ends_with(b"\n"), "a segment holds whole lines");
+    }
+    assert_eq!(store.all(), std::fs::read(journal_path(d.path())).unwrap());
+    assert_eq!(
+        String::from_utf8(segs[&1].clone()).unwrap(),
+        format!("{{\"v\":1,\"ts\":\"half\",\"event\":\"x\"}}\n{}", line(3))
+    );
+    let s = load(d.path());
+    assert_eq!((s.segments, s.offset), (2, store.all().len() as u64));
+}
+
+#[test]
+fn a_fresh_checkout_rebuilds_the_journal_from_the_segments() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = Memory::default();
+    append(a.path(), &line(1));
+    block(push(&store, a.path())).unwrap();
+    append(a.path(), &line(2));
+    block(push(&store, a.path())).unwrap();
+    let fresh = b.path().join(".infra/p");
+    let pulled = block(pull(&store, &fresh)).unwrap();
+    assert_eq!(
+        pulled,
+        Pulled::Rebuilt {
+            segments: 2,
+            set_aside: None
+        }
+    );
+    assert_eq!(
+        std::fs::read(journal_path(&fresh)).unwrap(),
+        std::fs::read(journal_path(a.path())).unwrap()
+    );
+    // and again: nothing to do
+    assert_eq!(block(pull(&store, &fresh)).unwrap(), Pulled::UpToDate);
+    // the second machine's lines follow the first's
+    append(&fresh, &line(3));
+    assert_eq!(block(push(&store, &fresh)).unwrap(), 1);
+    assert_eq!(
+        block(pull(&store, a.path())).unwrap(),
+        Pulled::Rebuilt {
+            segments: 1,
+            set_aside: None
+        }
+    );
+    assert_eq!(
+        std::fs::read(journal_path(a.path())).unwrap(),
+        (line(1) + &line(2) + &line(3)).as_bytes()
+    );
+}
+
+#[test]
+fn an_unsynced_tail_is_uploaded_when_the_store_has_nothing_newer() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &line(1));
+    block(push(&store, d.path())).unwrap();
+    // a run killed before its last upload
+    append(d.path(), &(line(2) + &line(3)));
+    assert_eq!(block(pull(&store, d.path())).unwrap(), Pulled::Uploaded(1));
+    assert_eq!(store.count(), 2);
+    assert_eq!(store.all(), (line(1) + &line(2) + &line(3)).as_bytes());
+    // a journal from before the bucket kept one goes up whole
+    let old = tempfile::tempdir().unwrap();
+    let empty = Memory::default();
+    append(old.path(), &(line(7) + &line(8)));
+    assert_eq!(block(pull(&empty, old.path())).unwrap(), Pulled::Uploaded(1));
+    assert_eq!(empty.all(), (line(7) + &line(8)).as_bytes());
+}
+
+#[test]
+fn an_unsynced_tail_is_kept_aside_when_the_store_moved_on() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = Memory::default();
+    append(a.path(), &line(1));
+    block(push(&store, a.path())).unwrap();
+    // machine A writes a line it never uploads; machine B continues
+    append(a.path(), &line(2));
+    block(pull(&store, b.path())).unwrap();
+    append(b.path(), &line(3));
+    block(push(&store, b.path())).unwrap();
+    let Pulled::Rebuilt {
+        segments: 1,
+        set_aside: Some(aside),
+    } = block(pull(&store, a.path())).unwrap()
+    else {
+        panic!("A's journal is rebuilt and its own line kept aside");
+    };
+    assert_eq!(
+        std::fs::read(journal_path(a.path())).unwrap(),
+        (line(1) + &line(3)).as_bytes(),
+        "the store is the truth"
+    );
+    assert!(aside
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("journal.jsonl.unsynced-"));
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        (line(1) + &line(2)).as_bytes()
+    );
+    // A's own push now follows the store
+    append(a.path(), &line(4));
+    assert_eq!(block(push(&store, a.path())).unwrap(), 1);
+    assert_eq!(store.all(), (line(1) + &line(3) + &line(4)).as_bytes());
+}
+
+#[test]
+fn an_upload_whose_record_was_lost_is_not_uploaded_twice() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &line(1));
+    block(push(&store, d.path())).unwrap();
+    // killed between the upload of segment 1 and saving the record
+    append(d.path(), &line(2));
+    store.segs.lock().unwrap().insert(1, line(2).into_bytes());
+    append(d.path(), &line(3));
+    assert_eq!(block(push(&store, d.path())).unwrap(), 2);
+    assert_eq!(store.count(), 3);
+    assert_eq!(store.all(), (line(1) + &line(2) + &line(3)).as_bytes());
+}
+
+#[test]
+fn another_writers_segment_is_never_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    store.segs.lock().unwrap().insert(0, line(9).into_bytes());
+    append(d.path(), &line(1));
+    let e = block(push(&store, d.path())).unwrap_err();
+    assert!(e.contains("other lines"), "{e}");
+    assert_eq!(store.all(), line(9).as_bytes());
+    assert_eq!(load(d.path()).segments, 0);
+}
+
+#[test]
+fn a_repaired_journal_is_replaced_by_the_stores_without_a_copy_when_nothing_is_lost() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &(line(1) + &line(2)));
+    block(push(&store, d.path())).unwrap();
+    // `infra journal repair` rewrote the file (here: a line went)
+    std::fs::write(journal_path(d.path()), line(2)).unwrap();
+    assert_eq!(
+        block(pull(&store, d.path())).unwrap(),
+        Pulled::Rebuilt {
+            segments: 1,
+            set_aside: None
+        }
+    );
+    assert_eq!(
+        std::fs::read(journal_path(d.path())).unwrap(),
+        (line(1) + &line(2)).as_bytes()
+    );
+}
