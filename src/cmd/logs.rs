@@ -62,8 +62,15 @@ pub async fn logs(
     plan::select::select(&plan, &[pattern.to_string()])?;
     // an ended task's logs from the bucket when this machine lacks them
     sync_campaign(ctx, &plan).await;
-    if let Err(e) = ctx.provider(&plan).fetch_results(&plan, Some(pattern)).await {
-        eprintln!("warning: {}: the logs were not fetched ({e})", plan.name_key);
+    if let Err(e) = ctx
+        .provider(&plan)
+        .fetch_results(&plan, Some(pattern))
+        .await
+    {
+        eprintln!(
+            "warning: {}: the logs were not fetched ({e})",
+            plan.name_key
+        );
     }
     let done = plan.results_dir().join(pattern);
     // a finished result, else the newest running attempt

@@ -30,7 +30,13 @@ impl SegmentStore for Memory {
 
 impl Memory {
     fn all(&self) -> Vec<u8> {
-        self.segs.lock().unwrap().values().flatten().copied().collect()
+        self.segs
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .copied()
+            .collect()
     }
     fn count(&self) -> usize {
         self.segs.lock().unwrap().len()
@@ -139,7 +145,10 @@ fn an_unsynced_tail_is_uploaded_when_the_store_has_nothing_newer() {
     let old = tempfile::tempdir().unwrap();
     let empty = Memory::default();
     append(old.path(), &(line(7) + &line(8)));
-    assert_eq!(block(pull(&empty, old.path())).unwrap(), Pulled::Uploaded(1));
+    assert_eq!(
+        block(pull(&empty, old.path())).unwrap(),
+        Pulled::Uploaded(1)
+    );
     assert_eq!(empty.all(), (line(7) + &line(8)).as_bytes());
 }
 

@@ -35,7 +35,10 @@ const FINAL_FILES: [&str; 3] = ["runtime.json", "stdout.log", "stderr.log"];
 /// stack's output, else the bucket a deleted base stack left. `None`: the
 /// project has none.
 pub async fn find_bucket(c: &Clients, plan: &Plan) -> Result<Option<String>, AwsError> {
-    if let Some(b) = state::load(plan).map(|s| s.bucket).filter(|b| !b.is_empty()) {
+    if let Some(b) = state::load(plan)
+        .map(|s| s.bucket)
+        .filter(|b| !b.is_empty())
+    {
         return Ok(Some(b));
     }
     let base = cfn::describe(c, &names::base_stack_name(&plan.project)).await?;
@@ -159,11 +162,11 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
         return Ok(());
     };
     let store = BucketJournal::new(c, &bucket, plan);
-    let at = format!(
-        "s3://{bucket}/{}",
-        layout::journal_prefix(&plan.name_key)
-    );
-    match segments::pull(&store, &dir).await.map_err(AwsError::Failed)? {
+    let at = format!("s3://{bucket}/{}", layout::journal_prefix(&plan.name_key));
+    match segments::pull(&store, &dir)
+        .await
+        .map_err(AwsError::Failed)?
+    {
         Pulled::UpToDate => {}
         Pulled::Uploaded(n) => log(&format!(
             "{}: journal lines this machine had not uploaded went to {at} ({n} segment(s))",

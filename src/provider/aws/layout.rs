@@ -210,11 +210,17 @@ mod tests {
         assert!(is_infra_key(&binary_key("ab", "x86_64")));
         assert!(is_infra_key(&template_key("s.json")));
         assert!(!is_infra_key(&attempt_prefix(p, "t", 1)));
-        assert_eq!(final_prefix(p, "t", 2), "train.v2/results/t/attempt-2/_final");
+        assert_eq!(
+            final_prefix(p, "t", 2),
+            "train.v2/results/t/attempt-2/_final"
+        );
         let k = journal_segment_key(p, 42);
         assert_eq!(k, "train.v2/_state/journal/0000000042.jsonl");
         assert_eq!(journal_segment_seq(p, &k), Some(42));
-        assert_eq!(journal_segment_seq(p, "train.v2/_state/journal/x.jsonl"), None);
+        assert_eq!(
+            journal_segment_seq(p, "train.v2/_state/journal/x.jsonl"),
+            None
+        );
         assert_eq!(journal_segment_seq("other", &k), None);
     }
 }

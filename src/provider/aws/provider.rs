@@ -609,7 +609,12 @@ impl Provider for AwsProvider {
                     "warning: {}: the bucket holds no result of {} ended task(s): {}{}",
                     plan.name_key,
                     f.missing.len(),
-                    f.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                    f.missing
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if f.missing.len() > 5 { ", ..." } else { "" }
                 ));
             }

@@ -74,7 +74,11 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
         let r = x.infra(&["--json", "status", "camp"]);
         ok(&r, "status");
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
-        (v["tasks"].clone(), v["counts"].clone(), v["spend_usd"].clone())
+        (
+            v["tasks"].clone(),
+            v["counts"].clone(),
+            v["spend_usd"].clone(),
+        )
     };
     let mine = counts(&a);
     assert_eq!(mine.1["succeeded"], 5, "{mine:?}");
@@ -85,7 +89,10 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
         let r = x.infra(&["budget", "camp", "--format", "json"]);
         ok(&r, "budget");
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
-        (v[0]["metered_usd"].as_f64().unwrap(), v[0]["tasks_done"].clone())
+        (
+            v[0]["metered_usd"].as_f64().unwrap(),
+            v[0]["tasks_done"].clone(),
+        )
     };
     let (usd, done) = spend(&a);
     assert!(usd > 0.0);
@@ -121,7 +128,10 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
     let r = b.infra(&["run", "camp", "all"]);
     ok(&r, "run in the second checkout");
     assert!(r.stdout.contains("5 already done"), "{}", r.stdout);
-    assert_eq!(segments(&a, "camp").concat(), a.p.read(".infra/camp/journal.jsonl"));
+    assert_eq!(
+        segments(&a, "camp").concat(),
+        a.p.read(".infra/camp/journal.jsonl")
+    );
     // one more task: the second checkout runs only that one, and the first
     // sees its outcome
     sleeper_plan(&a, "camp", "campproj", 6, 0.2, 1, 2);
@@ -160,10 +170,21 @@ fn the_journal_reaches_the_bucket_while_the_run_goes_on_and_after_a_ctrl_c() {
         .spawn()
         .unwrap();
     // the dispatches are in the bucket while the steps still run
-    wait_for("the dispatches in the bucket", Duration::from_secs(60), || {
-        segments(&a, "up").concat().matches("\"event\":\"dispatched\"").count() >= 2
-    });
-    assert!(child.try_wait().unwrap().is_none(), "the run is still going");
+    wait_for(
+        "the dispatches in the bucket",
+        Duration::from_secs(60),
+        || {
+            segments(&a, "up")
+                .concat()
+                .matches("\"event\":\"dispatched\"")
+                .count()
+                >= 2
+        },
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run is still going"
+    );
     // SAFETY: a signal to our own child
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
@@ -174,7 +195,9 @@ fn the_journal_reaches_the_bucket_while_the_run_goes_on_and_after_a_ctrl_c() {
     assert!(segs.len() >= 2, "uploaded as it grew: {segs:?}");
     assert_eq!(segs.concat(), a.p.read(".infra/up/journal.jsonl"));
     assert!(
-        segs.last().unwrap().contains("\"reason\":\"interrupted (SIGINT)\""),
+        segs.last()
+            .unwrap()
+            .contains("\"reason\":\"interrupted (SIGINT)\""),
         "the run's end is in the bucket: {segs:?}"
     );
     let sync: Value = serde_json::from_str(&a.p.read(".infra/up/journal.sync.json")).unwrap();
