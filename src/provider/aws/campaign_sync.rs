@@ -163,10 +163,12 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
     };
     let store = BucketJournal::new(c, &bucket, plan);
     let at = format!("s3://{bucket}/{}", layout::journal_prefix(&plan.name_key));
-    match segments::pull(&store, &dir)
-        .await
-        .map_err(AwsError::Failed)?
-    {
+    let pulled = match segments::pull(&store, &dir).await {
+        // `destroy --all --delete-results` deleted it: nothing is shared
+        Err(e) if e.contains("NoSuchBucket") => return Ok(()),
+        r => r.map_err(AwsError::Failed)?,
+    };
+    match pulled {
         Pulled::UpToDate => {}
         Pulled::Uploaded(n) => log(&format!(
             "{}: journal lines this machine had not uploaded went to {at} ({n} segment(s))",

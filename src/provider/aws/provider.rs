@@ -53,6 +53,17 @@ impl AwsProvider {
     async fn connect(&self, plan: &Plan) -> Result<Clients, ProviderError> {
         Ok(config::connect(&self.sdk_settings(plan)).await?)
     }
+
+    /// The clients for reading the campaign's shared state; `None` when
+    /// there are no credentials and this machine never deployed the phase:
+    /// then nothing can be known beyond this machine, and nothing is said.
+    async fn connect_to_share(&self, plan: &Plan) -> Result<Option<Clients>, AwsError> {
+        match config::connect(&self.sdk_settings(plan)).await {
+            Ok(c) => Ok(Some(c)),
+            Err(AwsError::NoCredentials { .. }) if state::load(plan).is_none() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// SDK settings from the command layer's settings, for `region` unless
@@ -516,8 +527,9 @@ impl AwsProvider {
         // a fresh checkout has no state of the phase: the bucket is found
         // from the cloud (it used to be read from the state only, and such
         // a checkout showed no spend)
-        let pulled = match config::connect(&self.sdk_settings(plan)).await {
-            Ok(c) => match campaign_sync::find_bucket(&c, plan).await {
+        let pulled = match self.connect_to_share(plan).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(c)) => match campaign_sync::find_bucket(&c, plan).await {
                 Ok(Some(bucket)) => meter::pull(&c, &bucket, &plan.root)
                     .await
                     .map(|n| (n, bucket)),
@@ -584,7 +596,9 @@ impl Provider for AwsProvider {
 
     fn sync_campaign<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            let c = self.connect(plan).await?;
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(());
+            };
             let log = |l: &str| self.log(l);
             Ok(campaign_sync::pull(&c, plan, &log).await?)
         })
@@ -596,7 +610,9 @@ impl Provider for AwsProvider {
         only: Option<&'a str>,
     ) -> Fut<'a, Result<(), ProviderError>> {
         Box::pin(async move {
-            let c = self.connect(plan).await?;
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(());
+            };
             let f = campaign_sync::fetch_results(&c, plan, only).await?;
             if f.fetched > 0 {
                 self.log(&format!(
