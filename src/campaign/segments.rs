@@ -22,6 +22,8 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::runner::journal::{Record, JOURNAL_VERSION};
+
 /// A future a store returns; `Send`, for a controller's background task.
 pub type StoreFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -154,6 +156,23 @@ fn whole_lines(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
 }
 
+/// How far `bytes` (whole lines) holds journal records this infra reads
+/// (blank lines included), and the 1-based number of the first line that
+/// is not one: a damaged line never goes to the store (`infra journal
+/// repair` drops it first).
+fn valid_prefix(bytes: &[u8]) -> (usize, Option<usize>) {
+    let mut end = 0;
+    for (i, l) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+        let ok = l.iter().all(u8::is_ascii_whitespace)
+            || serde_json::from_slice::<Record>(l).is_ok_and(|r| r.v == JOURNAL_VERSION);
+        if !ok {
+            return (end, Some(i + 1));
+        }
+        end += l.len();
+    }
+    (end, None)
+}
+
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes
         .split(|b| *b == b'\n')
@@ -176,9 +195,15 @@ pub async fn push(store: &dyn SegmentStore, state_dir: &Path) -> Result<u64, Str
                 path.display()
             ));
         };
-        let end = whole_lines(&new);
+        let (end, damaged) = valid_prefix(&new[..whole_lines(&new)]);
         if end == 0 {
-            return Ok(pushed);
+            return match damaged {
+                Some(_) => Err(format!(
+                    "{} has a damaged line after what was uploaded (`infra journal repair` drops it); it is not uploaded",
+                    path.display()
+                )),
+                None => Ok(pushed),
+            };
         }
         let body = new[..end].to_vec();
         store.before_segment(&body).await?;
@@ -204,7 +229,7 @@ pub async fn push(store: &dyn SegmentStore, state_dir: &Path) -> Result<u64, Str
         s = Synced::at(s.segments + 1, &journal, off);
         save(state_dir, &s)?;
         pushed += 1;
-        if took == end {
+        if took == end && damaged.is_none() {
             return Ok(pushed);
         }
     }

@@ -31,11 +31,11 @@ pub struct SummaryView {
 
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
+    super::journal::check_before_run(&plan)?;
     let provider = ctx.provider(&plan);
     // the campaign as any checkout left it (AWS: the bucket's journal):
     // nothing completed runs again. A run needs it: a failure stops it.
     provider.sync_campaign(&plan).await?;
-    super::journal::check_before_run(&plan)?;
     let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()

@@ -68,13 +68,19 @@ fn line(n: u32) -> String {
 fn segments_are_whole_lines_in_order_and_their_concatenation_is_the_journal() {
     let d = tempfile::tempdir().unwrap();
     let store = Memory::default();
-    append(d.path(), &(line(1) + &line(2) + "{\"v\":1,\"ts\":\"half"));
+    append(
+        d.path(),
+        &(line(1) + &line(2) + "{\"v\":1,\"ts\":\"t9\",\"event\":\"run_started\""),
+    );
     assert_eq!(block(push(&store, d.path())).unwrap(), 1);
     assert_eq!(store.all(), (line(1) + &line(2)).as_bytes());
     // nothing new: nothing goes up
     assert_eq!(block(push(&store, d.path())).unwrap(), 0);
     // the half line is finished, more follow
-    append(d.path(), "\",\"event\":\"x\"}\n");
+    append(
+        d.path(),
+        ",\"run\":9,\"pid\":1,\"provider\":\"aws\",\"selected\":1}\n",
+    );
     append(d.path(), &line(3));
     assert_eq!(block(push(&store, d.path())).unwrap(), 1);
     let segs = store.segs.lock().unwrap().clone();
@@ -85,7 +91,10 @@ fn segments_are_whole_lines_in_order_and_their_concatenation_is_the_journal() {
     assert_eq!(store.all(), std::fs::read(journal_path(d.path())).unwrap());
     assert_eq!(
         String::from_utf8(segs[&1].clone()).unwrap(),
-        format!("{{\"v\":1,\"ts\":\"half\",\"event\":\"x\"}}\n{}", line(3))
+        format!(
+            "{{\"v\":1,\"ts\":\"t9\",\"event\":\"run_started\",\"run\":9,\"pid\":1,\"provider\":\"aws\",\"selected\":1}}\n{}",
+            line(3)
+        )
     );
     let s = load(d.path());
     assert_eq!((s.segments, s.offset), (2, store.all().len() as u64));
@@ -235,5 +244,28 @@ fn a_repaired_journal_is_replaced_by_the_stores_without_a_copy_when_nothing_is_l
     assert_eq!(
         std::fs::read(journal_path(d.path())).unwrap(),
         (line(1) + &line(2)).as_bytes()
+    );
+}
+
+#[test]
+fn a_damaged_line_never_goes_to_the_store() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &(line(1) + "garbage\n" + &line(2)));
+    // the valid lines before it go up; then the damage is said
+    let e = block(push(&store, d.path())).unwrap_err();
+    assert!(e.contains("damaged line"), "{e}");
+    assert_eq!(store.all(), line(1).as_bytes());
+    let e = block(push(&store, d.path())).unwrap_err();
+    assert!(e.contains("journal repair"), "{e}");
+    assert_eq!(store.count(), 1);
+    // `infra journal repair` drops it: the rest goes up
+    crate::runner::journal::repair(&journal_path(d.path())).unwrap();
+    assert_eq!(block(push(&store, d.path())).unwrap(), 1);
+    assert_eq!(store.all(), (line(1) + &line(2)).as_bytes());
+    assert_eq!(
+        block(pull(&store, d.path())).unwrap(),
+        Pulled::UpToDate,
+        "the repaired journal is the store's"
     );
 }
