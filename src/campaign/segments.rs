@@ -6,7 +6,7 @@
 //! says how much of it the store has.
 //!
 //! [`push`] uploads what the local journal has beyond what was synced (a
-//! controller calls it every few seconds and at the end of a run); [`pull`]
+//! controller's [`Pusher`] every few seconds and at the end of a run); [`pull`]
 //! brings the local journal up to date before a command reads it: the
 //! store is the truth, and a local tail that was never uploaded is uploaded
 //! when the store has nothing newer, else kept aside
@@ -318,6 +318,81 @@ pub async fn pull(store: &dyn SegmentStore, state_dir: &Path) -> Result<Pulled, 
         segments: m - s.segments,
         set_aside,
     })
+}
+
+/// Uploads the journal while a run goes on: every `every` while it has
+/// new lines, and once more at [`Pusher::finish`]. A failed upload is
+/// retried at the next tick and never fails the run; `log` says so when it
+/// keeps failing (and when it works again).
+pub struct Pusher {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Failed uploads in a row before a warning.
+const WARN_AFTER: u32 = 3;
+
+/// Where the progress lines go (the provider's log).
+pub type Log = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+impl Pusher {
+    /// `store` named `at` (for the warnings) gets the journal of `state_dir`.
+    pub fn start(
+        store: std::sync::Arc<dyn SegmentStore>,
+        at: String,
+        state_dir: PathBuf,
+        every: std::time::Duration,
+        log: Log,
+    ) -> Pusher {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let last = tokio::select! {
+                    _ = tokio::time::sleep(every) => false,
+                    _ = &mut rx => true,
+                };
+                match push(store.as_ref(), &state_dir).await {
+                    Ok(_) => {
+                        if failures >= WARN_AFTER {
+                            log(&format!("journal: uploads to {at} work again"));
+                        }
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == WARN_AFTER || last {
+                            log(&format!(
+                                "warning: the journal could not be uploaded to {at} ({e}); {}",
+                                if last {
+                                    "the next `infra` command of this phase on this machine uploads it"
+                                } else {
+                                    "retrying"
+                                }
+                            ));
+                        }
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        Pusher {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The last upload, and the end of the background task.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ impl Memory {
 
 fn block<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap()
         .block_on(f)
@@ -268,4 +269,72 @@ fn a_damaged_line_never_goes_to_the_store() {
         Pulled::UpToDate,
         "the repaired journal is the store's"
     );
+}
+
+/// A store whose first `fail` uploads fail.
+struct Flaky {
+    inner: Memory,
+    fail: Mutex<u32>,
+}
+
+impl SegmentStore for Flaky {
+    fn list(&self) -> StoreFut<'_, Result<Vec<u64>, String>> {
+        self.inner.list()
+    }
+    fn get(&self, seq: u64) -> StoreFut<'_, Result<Option<Vec<u8>>, String>> {
+        self.inner.get(seq)
+    }
+    fn put_new(&self, seq: u64, body: Vec<u8>) -> StoreFut<'_, Result<bool, String>> {
+        let mut f = self.fail.lock().unwrap();
+        if *f > 0 {
+            *f -= 1;
+            return Box::pin(async { Err("503 Slow Down (injected)".to_string()) });
+        }
+        drop(f);
+        self.inner.put_new(seq, body)
+    }
+}
+
+#[test]
+fn the_pusher_retries_failed_uploads_says_so_once_and_uploads_the_last_lines_at_the_end() {
+    let d = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Flaky {
+        inner: Memory::default(),
+        fail: Mutex::new(4),
+    });
+    let said = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+    let log: Log = {
+        let said = said.clone();
+        std::sync::Arc::new(move |l: &str| said.lock().unwrap().push(l.to_string()))
+    };
+    block(async {
+        append(d.path(), &line(1));
+        let p = Pusher::start(
+            store.clone(),
+            "mem://j".into(),
+            d.path().to_path_buf(),
+            std::time::Duration::from_millis(20),
+            log,
+        );
+        // four failed ticks, then it goes up
+        for _ in 0..200 {
+            if store.inner.count() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.inner.all(), line(1).as_bytes());
+        // the last lines go up at the end, whatever the interval
+        append(d.path(), &line(2));
+        p.finish().await;
+    });
+    assert_eq!(store.inner.all(), (line(1) + &line(2)).as_bytes());
+    let said = said.lock().unwrap().clone();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].starts_with("warning: the journal could not be uploaded to mem://j (503 Slow Down"),
+        "{said:?}"
+    );
+    assert!(said[0].ends_with("retrying"), "{said:?}");
+    assert!(said[1].contains("work again"), "{said:?}");
 }

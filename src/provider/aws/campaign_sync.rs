@@ -4,16 +4,13 @@
 //! controller finalized it (`<phase>/results/<task>/attempt-<n>/_final/`,
 //! beside the attempt's outputs in `files/`).
 //!
-//! A run uploads both in the background ([`Pusher`]: every few seconds
+//! A run uploads both in the background (`segments::Pusher`: every few seconds
 //! while the journal grows, and once more at its end); a command that reads
 //! the campaign first pulls the journal ([`pull`]), and `results`/`logs`
 //! fetch the results this machine lacks ([`fetch_results`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use tokio::sync::oneshot;
 
 use super::cfn;
 use super::config::Clients;
@@ -23,7 +20,6 @@ use super::s3;
 use super::state;
 use crate::campaign::segments::{self, Pulled, SegmentStore, StoreFut};
 use crate::plan::Plan;
-use crate::provider::Log;
 use crate::runner::journal::{self, Entry, Record};
 use crate::stacks::names;
 
@@ -192,73 +188,6 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
         }
     }
     Ok(())
-}
-
-/// Uploads the journal while a run goes on: every `every` while it has
-/// new lines, and once more at [`Pusher::finish`]. A failed upload is
-/// retried at the next tick and never fails the run; it is said when it
-/// keeps failing.
-pub struct Pusher {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Failed uploads in a row before a warning.
-const WARN_AFTER: u32 = 3;
-
-impl Pusher {
-    pub fn start(store: BucketJournal, state_dir: PathBuf, every: Duration, log: Log) -> Pusher {
-        let (tx, mut rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                let last = tokio::select! {
-                    _ = tokio::time::sleep(every) => false,
-                    _ = &mut rx => true,
-                };
-                match segments::push(&store, &state_dir).await {
-                    Ok(_) => {
-                        if failures >= WARN_AFTER {
-                            log("journal: uploads to the bucket work again");
-                        }
-                        failures = 0;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        if failures == WARN_AFTER || last {
-                            log(&format!(
-                                "warning: the journal could not be uploaded to s3://{}/{} ({e}); {}",
-                                store.bucket,
-                                layout::journal_prefix(&store.phase),
-                                if last {
-                                    "the next `infra` command of this phase on this machine uploads it"
-                                } else {
-                                    "retrying"
-                                }
-                            ));
-                        }
-                    }
-                }
-                if last {
-                    break;
-                }
-            }
-        });
-        Pusher {
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// The last upload, and the end of the background task.
-    pub async fn finish(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
 }
 
 /// The last outcome of each task that ended for good, by task id: the

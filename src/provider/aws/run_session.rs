@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::campaign_sync::{BucketJournal, Pusher};
+use super::campaign_sync::BucketJournal;
 use super::config::Clients;
 use super::deploy::online;
 use super::deploy::{self, Looked};
 use super::executor::{self, AwsExecutor};
+use super::layout;
 use super::meter;
 use super::node_commands::Target;
 use super::state::{self, AwsState};
+use crate::campaign::segments::Pusher;
 use crate::catalog::Catalog;
 use crate::cost::ledger;
 use crate::plan::Plan;
@@ -168,7 +170,12 @@ impl AwsRun<'_> {
         // the journal goes to the bucket as it grows: any checkout sees the
         // campaign (`campaign::segments`)
         self.pusher = Some(Pusher::start(
-            BucketJournal::new(c, &self.looked.bucket, plan),
+            Arc::new(BucketJournal::new(c, &self.looked.bucket, plan)),
+            format!(
+                "s3://{}/{}",
+                self.looked.bucket,
+                layout::journal_prefix(&plan.name_key)
+            ),
             plan.state_dir(),
             self.settings.journal_sync,
             self.settings.log.clone(),
