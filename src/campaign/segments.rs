@@ -235,6 +235,14 @@ pub async fn push(store: &dyn SegmentStore, state_dir: &Path) -> Result<u64, Str
     }
 }
 
+/// The store's segments were deleted on purpose (`infra destroy
+/// --delete-results`): what the local journal holds now stays on this
+/// machine, and only what is appended later goes to the store.
+pub fn forget_store(state_dir: &Path) -> Result<(), String> {
+    let journal = read_all(&journal_path(state_dir))?;
+    save(state_dir, &Synced::at(0, &journal, whole_lines(&journal)))
+}
+
 /// What [`pull`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pulled {
@@ -243,6 +251,9 @@ pub enum Pulled {
     /// The store had nothing newer: this machine's lines that were never
     /// uploaded went up, as this many segments.
     Uploaded(u64),
+    /// The store lost the segments this machine had uploaded (deleted on
+    /// purpose): this machine's journal so far stays here only.
+    StoreEmptied,
     /// The store had segments this machine lacked: the local journal was
     /// rebuilt from them.
     Rebuilt {
@@ -270,17 +281,26 @@ pub async fn pull(store: &dyn SegmentStore, state_dir: &Path) -> Result<Pulled, 
         ));
     }
     let mut s = load(state_dir);
-    if !s.matches(&local) || s.segments > m {
-        // the local journal was rewritten, or the store lost segments: what
-        // was synced is no longer known; start over from the store
+    let mut emptied = false;
+    if !s.matches(&local) {
+        // the local journal was rewritten: what was synced is no longer
+        // known; start over from the store
         s = Synced::default();
         if m == 0 {
             save(state_dir, &s)?;
         }
+    } else if s.segments > m {
+        // segments were deleted (`destroy --delete-results` on another
+        // machine): not uploaded again, see `forget_store`
+        forget_store(state_dir)?;
+        s = load(state_dir);
+        emptied = true;
     }
     if s.segments == m {
         let n = push(store, state_dir).await?;
-        return Ok(if n == 0 {
+        return Ok(if emptied {
+            Pulled::StoreEmptied
+        } else if n == 0 {
             Pulled::UpToDate
         } else {
             Pulled::Uploaded(n)

@@ -338,3 +338,43 @@ fn the_pusher_retries_failed_uploads_says_so_once_and_uploads_the_last_lines_at_
     assert!(said[0].ends_with("retrying"), "{said:?}");
     assert!(said[1].contains("work again"), "{said:?}");
 }
+
+#[test]
+fn after_the_store_was_emptied_on_purpose_only_new_lines_go_up() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Memory::default();
+    append(d.path(), &(line(1) + &line(2)));
+    block(push(&store, d.path())).unwrap();
+    // `infra destroy --delete-results`
+    store.segs.lock().unwrap().clear();
+    forget_store(d.path()).unwrap();
+    assert_eq!(block(pull(&store, d.path())).unwrap(), Pulled::UpToDate);
+    assert_eq!(store.count(), 0, "nothing was uploaded again");
+    append(d.path(), &line(3));
+    assert_eq!(block(push(&store, d.path())).unwrap(), 1);
+    assert_eq!(store.all(), line(3).as_bytes());
+    assert_eq!(
+        std::fs::read(journal_path(d.path())).unwrap(),
+        (line(1) + &line(2) + &line(3)).as_bytes(),
+        "this machine keeps its whole journal"
+    );
+}
+
+#[test]
+fn a_store_emptied_by_another_machine_is_not_filled_again() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = Memory::default();
+    append(a.path(), &line(1));
+    block(push(&store, a.path())).unwrap();
+    block(pull(&store, b.path())).unwrap();
+    // machine B deletes the phase's objects
+    store.segs.lock().unwrap().clear();
+    forget_store(b.path()).unwrap();
+    assert_eq!(block(pull(&store, a.path())).unwrap(), Pulled::StoreEmptied);
+    assert_eq!(store.count(), 0);
+    assert_eq!(block(pull(&store, a.path())).unwrap(), Pulled::UpToDate);
+    assert_eq!(
+        std::fs::read(journal_path(a.path())).unwrap(),
+        line(1).as_bytes()
+    );
+}

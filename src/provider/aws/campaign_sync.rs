@@ -166,6 +166,10 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
     };
     match pulled {
         Pulled::UpToDate => {}
+        Pulled::StoreEmptied => log(&format!(
+            "{}: the journal in the bucket was deleted (`infra destroy --delete-results`): this machine's journal stays here, only new lines go to {at}",
+            plan.name_key
+        )),
         Pulled::Uploaded(n) => log(&format!(
             "{}: journal lines this machine had not uploaded went to {at} ({n} segment(s))",
             plan.name_key

@@ -382,6 +382,13 @@ impl AwsProvider {
         let log = |l: &str| self.log(l);
         let c = self.connect(plan).await?;
         if o.delete_results {
+            // what any checkout ran counts: a fresh checkout must not delete
+            // results it never fetched
+            campaign_sync::pull(&c, plan, &log).await.map_err(|e| {
+                ProviderError::Failed(format!(
+                    "--delete-results refused: the campaign's journal in the bucket was not read ({e})\n  (hint: nothing was deleted)"
+                ))
+            })?;
             let missing = missing_results(plan)?;
             if !missing.is_empty() {
                 return Err(ProviderError::Failed(format!(
@@ -496,6 +503,10 @@ impl AwsProvider {
         // every version: the bucket is versioned, and asked to delete the
         // results, nothing of them is kept
         let n = s3::delete_prefix_versions(c, b, &layout::phase_prefix(&plan.name_key)).await?;
+        // the journal's segments went too: this machine's journal is not
+        // uploaded again (nor the results with it) by the next command
+        crate::campaign::segments::forget_store(&plan.state_dir())
+            .map_err(ProviderError::Failed)?;
         let mut note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
         if o.all {
             let rest: Vec<(String, i64)> = s3::list(c, b, "")

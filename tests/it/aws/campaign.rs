@@ -77,7 +77,8 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
         (
             v["tasks"].clone(),
             v["counts"].clone(),
-            v["spend_usd"].clone(),
+            // to 1e-9: a sum in no particular order
+            (v["spend_usd"].as_f64().unwrap() * 1e9).round() as i64,
         )
     };
     let mine = counts(&a);
@@ -154,13 +155,41 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
         a.p.read(".infra/camp/journal.jsonl"),
         b.p.read(".infra/camp/journal.jsonl")
     );
+    // a fresh checkout may not delete from the bucket results it never
+    // fetched (its empty journal used to say there were none)
+    let c = second_checkout(&a, &["plans/camp.json", "plans/templates/sleeper.json.hbs"]);
+    let r = c.infra(&["destroy", "camp", "--delete-results"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--delete-results refused: 6 finished task(s) have no results"),
+        "{}",
+        r.stderr
+    );
+    // the second checkout has them all
+    ok(
+        &b.infra(&["destroy", "camp", "--delete-results"]),
+        "destroy --delete-results",
+    );
+    let left = || {
+        a.boto(
+            "b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\n\
+             print(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='camp/').get('Contents', [])]))",
+        )
+    };
+    assert_eq!(left(), json!([]));
+    // the first machine's next command does not upload them again
+    let r = a.infra(&["status", "camp"]);
+    ok(&r, "status after the results were deleted");
+    assert!(r.stderr.contains("was deleted"), "{}", r.stderr);
+    assert_eq!(left(), json!([]));
     ok(&a.infra(&["destroy", "camp", "--all"]), "destroy");
 }
 
 #[test]
 fn the_journal_reaches_the_bucket_while_the_run_goes_on_and_after_a_ctrl_c() {
     let a = Aws::new("journal_upload");
-    sleeper_plan(&a, "up", "upproj", 2, 23.71, 2, 1);
+    sleeper_plan(&a, "up", "upproj", 2, 45.17, 2, 1);
     ok(&a.infra(&["apply", "up", "--yes"]), "apply");
     let mut child = a
         .cmd(&["run", "up", "all"])
@@ -172,7 +201,7 @@ fn the_journal_reaches_the_bucket_while_the_run_goes_on_and_after_a_ctrl_c() {
     // the dispatches are in the bucket while the steps still run
     wait_for(
         "the dispatches in the bucket",
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         || {
             segments(&a, "up")
                 .concat()
