@@ -35,7 +35,12 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let provider = ctx.provider(&plan);
     // the campaign as any checkout left it (AWS: the bucket's journal):
     // nothing completed runs again. A run needs it: a failure stops it.
-    provider.sync_campaign(&plan).await?;
+    provider.sync_campaign(&plan).await.map_err(|e| {
+        ProviderError::Failed(format!(
+            "{}: the campaign's shared state was not read: {e}\n  (hint: nothing was started; a run needs it so as not to run completed tasks again)",
+            plan.name_key
+        ))
+    })?;
     let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()
