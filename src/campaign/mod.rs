@@ -5,6 +5,7 @@
 //! [`local_paths`].
 
 pub mod lease;
+pub mod segments;
 
 pub use lease::{acquire, Held, Holder, LeaseDoc, LeaseError, LeaseStore, StopRequest};
 

@@ -1,7 +1,7 @@
 //! `infra budget`: estimated against spent, per phase, as a table, CSV,
 //! JSON or an HTML page.
 
-use super::context::{journal_path, remaining, render_tasks, Ctx};
+use super::context::{journal_path, remaining, render_tasks, sync_campaign, Ctx};
 use super::error::{exit, io_err, AppError};
 use crate::cli::ReportFormat;
 use crate::cost::{estimate as est, ledger};
@@ -80,6 +80,7 @@ pub async fn budget(
     for n in &names {
         if let Ok(plan) = ctx.load(n) {
             ctx.provider(&plan).sync_ledger(&plan).await?;
+            sync_campaign(ctx, &plan).await;
         }
     }
     let spend = ledger::read(&ctx.cwd)?;

@@ -43,6 +43,7 @@ impl Env {
             "INFRA_POLL_SECONDS",
             "INFRA_NODES_TIMEOUT_SECONDS",
             "INFRA_REPLACEMENT_WAIT_SECONDS",
+            "INFRA_JOURNAL_SYNC_SECONDS",
             "CI",
             "INFRA_NODE_BINARY_X86_64",
             "INFRA_NODE_BINARY_AARCH64",
@@ -136,6 +137,7 @@ impl Ctx {
                 .iter()
                 .filter_map(|k| Some((k.to_string(), env.var(k)?.to_string())))
                 .collect(),
+            journal_sync: secs("INFRA_JOURNAL_SYNC_SECONDS").unwrap_or(Duration::from_secs(2)),
             log: Arc::new(|l: &str| eprintln!("{l}")),
         };
         Ok(Ctx {
@@ -268,6 +270,18 @@ pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
     let dir = plan.state_dir().join("tasks");
     let written = write_all(&dir, &rendered.tasks).map_err(io_err(&dir))?;
     Ok((rendered.tasks, written))
+}
+
+/// Bring this machine's copy of the campaign up to date from where the
+/// provider keeps it (AWS: the bucket) before a command reads it. A
+/// failure is a warning: the command shows this machine's copy.
+pub async fn sync_campaign(ctx: &Ctx, plan: &Plan) {
+    if let Err(e) = ctx.provider(plan).sync_campaign(plan).await {
+        eprintln!(
+            "warning: {}: the campaign's shared state was not read ({e}); showing this machine's copy",
+            plan.name_key
+        );
+    }
 }
 
 pub fn journal_path(plan: &Plan) -> PathBuf {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::context::Ctx;
+use super::context::{sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::plan;
 
@@ -52,9 +52,26 @@ fn stream(ctx: &Ctx, path: &Path) -> Result<bool, AppError> {
     }
 }
 
-pub fn logs(ctx: &Ctx, name: &str, pattern: &str, only_stderr: bool) -> Result<i32, AppError> {
+pub async fn logs(
+    ctx: &Ctx,
+    name: &str,
+    pattern: &str,
+    only_stderr: bool,
+) -> Result<i32, AppError> {
     let plan = ctx.load(name)?;
     plan::select::select(&plan, &[pattern.to_string()])?;
+    // an ended task's logs from the bucket when this machine lacks them
+    sync_campaign(ctx, &plan).await;
+    if let Err(e) = ctx
+        .provider(&plan)
+        .fetch_results(&plan, Some(pattern))
+        .await
+    {
+        eprintln!(
+            "warning: {}: the logs were not fetched ({e})",
+            plan.name_key
+        );
+    }
     let done = plan.results_dir().join(pattern);
     // a finished result, else the newest running attempt
     let dir = if done.join("runtime.json").exists() {

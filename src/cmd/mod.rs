@@ -97,12 +97,12 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             pattern,
             stderr,
-        } => logs::logs(ctx, &phase, &pattern, stderr),
+        } => logs::logs(ctx, &phase, &pattern, stderr).await,
         Cmd::Results {
             phase,
             format,
             raw_csv,
-        } => results::results(ctx, &phase, format, raw_csv),
+        } => results::results(ctx, &phase, format, raw_csv).await,
         Cmd::Journal {
             action: JournalCmd::Repair { phase },
         } => journal::repair(ctx, &phase),

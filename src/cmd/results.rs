@@ -3,15 +3,16 @@
 
 use serde_json::{json, Map, Value};
 
-use super::context::{render_tasks, Ctx};
+use super::context::{render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::cli::TableFormat;
 use crate::results::csv;
 use crate::results::table::{build, typed, RUNTIME};
 
 /// `raw_csv`: cells exactly as the tasks wrote them (no quote before
-/// formula-looking cells).
-pub fn results(
+/// formula-looking cells). The campaign's state and the results this
+/// machine lacks are fetched first (AWS: from the bucket).
+pub async fn results(
     ctx: &Ctx,
     phase: &str,
     format: TableFormat,
@@ -19,6 +20,13 @@ pub fn results(
 ) -> Result<i32, AppError> {
     let plan = ctx.load(phase)?;
     let (tasks, _) = render_tasks(&plan)?;
+    sync_campaign(ctx, &plan).await;
+    if let Err(e) = ctx.provider(&plan).fetch_results(&plan, None).await {
+        eprintln!(
+            "warning: {}: results were not fetched ({e}); the table holds this machine's",
+            plan.name_key
+        );
+    }
     let dir = plan.results_dir();
     std::fs::create_dir_all(&dir).map_err(|source| AppError::Io {
         path: dir.clone(),

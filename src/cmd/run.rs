@@ -33,6 +33,15 @@ pub struct SummaryView {
 pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
     super::journal::check_before_run(&plan)?;
+    let provider = ctx.provider(&plan);
+    // the campaign as any checkout left it (AWS: the bucket's journal):
+    // nothing completed runs again. A run needs it: a failure stops it.
+    provider.sync_campaign(&plan).await.map_err(|e| {
+        ProviderError::Failed(format!(
+            "{}: the campaign's shared state was not read: {e}\n  (hint: nothing was started; a run needs it so as not to run completed tasks again)",
+            plan.name_key
+        ))
+    })?;
     let (all, _) = render_tasks(&plan)?;
     let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
         .into_iter()
@@ -44,7 +53,6 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         .cloned()
         .collect();
     gate(&plan, &tasks, &catalog, &from, true)?;
-    let provider = ctx.provider(&plan);
     if provider.recorded_nodes(&plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)

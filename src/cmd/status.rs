@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::context::{journal_path, render_tasks, Ctx};
+use super::context::{journal_path, render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::provider::Infra;
 use crate::runner::journal::{self, Damage, Status};
@@ -47,6 +47,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let (tasks, _) = render_tasks(&plan)?;
     let provider = ctx.provider(&plan);
     let infra = provider.status(&plan).await?;
+    sync_campaign(ctx, &plan).await;
     let scan = journal::read_lenient(&journal_path(&plan))?;
     let journal_damage = scan.damaged.clone();
     let state = scan.state;

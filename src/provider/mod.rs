@@ -118,6 +118,10 @@ pub struct Settings {
     /// Builds of the node agent by variable (`INFRA_NODE_BINARY_X86_64`,
     /// `INFRA_NODE_BINARY_AARCH64`): a path each.
     pub node_binaries: std::collections::BTreeMap<String, String>,
+    /// How often a run uploads its new journal lines where the campaign's
+    /// state is kept (AWS: the bucket); `INFRA_JOURNAL_SYNC_SECONDS`,
+    /// default 2 s.
+    pub journal_sync: Duration,
     pub log: Log,
 }
 
@@ -173,6 +177,28 @@ pub trait Provider {
     /// Err only for an entry with a negative or non-finite amount
     /// ([`ProviderError::Ledger`]): it is refused, never skipped.
     fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>>;
+
+    /// Bring this machine's copy of the campaign (`.infra/<phase>/`'s
+    /// journal) up to date with where the provider keeps it, so that any
+    /// checkout sees the same campaign. AWS: the journal's segments in the
+    /// bucket (found from the cloud when this checkout has no `.infra/`);
+    /// lines this machine never uploaded go up, or are kept aside when the
+    /// bucket has moved on. Local: this machine is where the campaign
+    /// lives; nothing to do.
+    fn sync_campaign<'a>(&'a self, _plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Fetch the results of ended tasks (all, or the task `only`) that this
+    /// machine does not have into `results/<phase>/`, as the machine that
+    /// ran them has them; says what could not be fetched. Local: nothing.
+    fn fetch_results<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _only: Option<&'a str>,
+    ) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.

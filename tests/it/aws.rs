@@ -1801,6 +1801,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 
 mod adopt;
 mod budget;
+mod campaign;
 mod node;
 mod trust;
 

@@ -56,6 +56,14 @@ pub fn attempt_prefix(phase: &str, task: &str, attempt: u32) -> String {
     format!("{}/{task}/attempt-{attempt}", results_prefix(phase))
 }
 
+/// `<phase>/results/<task>/attempt-<n>/_final` — the attempt's result as
+/// the controller finalized it (`runtime.json`, `stdout.log`,
+/// `stderr.log`; the outputs are the attempt's `files/`), for any checkout
+/// to fetch.
+pub fn final_prefix(phase: &str, task: &str, attempt: u32) -> String {
+    format!("{}/_final", attempt_prefix(phase, task, attempt))
+}
+
 /// Where versions before this layout put an attempt's uploads.
 pub fn legacy_attempt_prefix(phase: &str, task: &str, attempt: u32) -> String {
     format!("{phase}/{task}/attempt-{attempt}")
@@ -116,6 +124,16 @@ pub fn journal_prefix(phase: &str) -> String {
 /// `<phase>/_state/journal/<seq:010>.jsonl` — one journal segment.
 pub fn journal_segment_key(phase: &str, seq: u64) -> String {
     format!("{}{seq:010}.jsonl", journal_prefix(phase))
+}
+
+/// The number of a journal segment from its key (`None` for any other key).
+pub fn journal_segment_seq(phase: &str, key: &str) -> Option<u64> {
+    let n = key
+        .strip_prefix(&journal_prefix(phase))?
+        .strip_suffix(".jsonl")?;
+    (n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// `<phase>/_state/campaign/` — what a detached controller runs from (the
@@ -192,5 +210,17 @@ mod tests {
         assert!(is_infra_key(&binary_key("ab", "x86_64")));
         assert!(is_infra_key(&template_key("s.json")));
         assert!(!is_infra_key(&attempt_prefix(p, "t", 1)));
+        assert_eq!(
+            final_prefix(p, "t", 2),
+            "train.v2/results/t/attempt-2/_final"
+        );
+        let k = journal_segment_key(p, 42);
+        assert_eq!(k, "train.v2/_state/journal/0000000042.jsonl");
+        assert_eq!(journal_segment_seq(p, &k), Some(42));
+        assert_eq!(
+            journal_segment_seq(p, "train.v2/_state/journal/x.jsonl"),
+            None
+        );
+        assert_eq!(journal_segment_seq("other", &k), None);
     }
 }

@@ -6,6 +6,7 @@
 //! other modules are thin wrappers over one service each.
 
 pub mod agent;
+pub mod campaign_sync;
 pub mod cfn;
 pub mod config;
 pub mod deploy;

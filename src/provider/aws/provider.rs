@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::campaign_sync;
 use super::cfn::{self, Source, StackInfo};
 use super::config::{self, AwsSettings, Clients};
 use super::deploy::{self, Looked};
@@ -51,6 +52,17 @@ impl AwsProvider {
 
     async fn connect(&self, plan: &Plan) -> Result<Clients, ProviderError> {
         Ok(config::connect(&self.sdk_settings(plan)).await?)
+    }
+
+    /// The clients for reading the campaign's shared state; `None` when
+    /// there are no credentials and this machine never deployed the phase:
+    /// then nothing can be known beyond this machine, and nothing is said.
+    async fn connect_to_share(&self, plan: &Plan) -> Result<Option<Clients>, AwsError> {
+        match config::connect(&self.sdk_settings(plan)).await {
+            Ok(c) => Ok(Some(c)),
+            Err(AwsError::NoCredentials { .. }) if state::load(plan).is_none() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -330,6 +342,7 @@ impl AwsProvider {
             metered_at: Instant::now(),
             exec: None,
             keep: Vec::new(),
+            pusher: None,
         }))
     }
 
@@ -370,6 +383,13 @@ impl AwsProvider {
         let log = |l: &str| self.log(l);
         let c = self.connect(plan).await?;
         if o.delete_results {
+            // what any checkout ran counts: a fresh checkout must not delete
+            // results it never fetched
+            campaign_sync::pull(&c, plan, &log).await.map_err(|e| {
+                ProviderError::Failed(format!(
+                    "--delete-results refused: the campaign's journal in the bucket was not read ({e})\n  (hint: nothing was deleted)"
+                ))
+            })?;
             let missing = missing_results(plan)?;
             if !missing.is_empty() {
                 return Err(ProviderError::Failed(format!(
@@ -484,6 +504,10 @@ impl AwsProvider {
         // every version: the bucket is versioned, and asked to delete the
         // results, nothing of them is kept
         let n = s3::delete_prefix_versions(c, b, &layout::phase_prefix(&plan.name_key)).await?;
+        // the journal's segments went too: this machine's journal is not
+        // uploaded again (nor the results with it) by the next command
+        crate::campaign::segments::forget_store(&plan.state_dir())
+            .map_err(ProviderError::Failed)?;
         let mut note = format!("{n} object(s) of {} deleted from bucket {b}", plan.name_key);
         if o.all {
             let rest: Vec<(String, i64)> = s3::list(c, b, "")
@@ -512,22 +536,25 @@ impl AwsProvider {
     }
 
     async fn sync_ledger_(&self, plan: &Plan) -> Result<(), ProviderError> {
-        let Some(st) = state::load(plan) else {
-            return Ok(());
-        };
-        if st.bucket.is_empty() {
-            return Ok(());
-        }
-        let pulled = match config::connect(&self.sdk_settings(plan)).await {
-            Ok(c) => meter::pull(&c, &st.bucket, &plan.root).await,
+        // a fresh checkout has no state of the phase: the bucket is found
+        // from the cloud (it used to be read from the state only, and such
+        // a checkout showed no spend)
+        let pulled = match self.connect_to_share(plan).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(c)) => match campaign_sync::find_bucket(&c, plan).await {
+                Ok(Some(bucket)) => meter::pull(&c, &bucket, &plan.root)
+                    .await
+                    .map(|n| (n, bucket)),
+                Ok(None) => return Ok(()),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match pulled {
-            Ok(0) => {}
-            Ok(n) => self.log(&format!(
-                "{}: {n} ledger entr(ies) merged from s3://{}/{}",
+            Ok((0, _)) => {}
+            Ok((n, bucket)) => self.log(&format!(
+                "{}: {n} ledger entr(ies) merged from s3://{bucket}/{}",
                 plan.name_key,
-                st.bucket,
                 meter::PREFIX
             )),
             Err(AwsError::Ledger(bad)) => return Err(ProviderError::Ledger(bad)),
@@ -598,6 +625,50 @@ impl Provider for AwsProvider {
 
     fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
         Box::pin(self.sync_ledger_(plan))
+    }
+
+    fn sync_campaign<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(());
+            };
+            let log = |l: &str| self.log(l);
+            Ok(campaign_sync::pull(&c, plan, &log).await?)
+        })
+    }
+
+    fn fetch_results<'a>(
+        &'a self,
+        plan: &'a Plan,
+        only: Option<&'a str>,
+    ) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(());
+            };
+            let f = campaign_sync::fetch_results(&c, plan, only).await?;
+            if f.fetched > 0 {
+                self.log(&format!(
+                    "{}: {} result(s) fetched from the bucket",
+                    plan.name_key, f.fetched
+                ));
+            }
+            if !f.missing.is_empty() {
+                self.log(&format!(
+                    "warning: {}: the bucket holds no result of {} ended task(s): {}{}",
+                    plan.name_key,
+                    f.missing.len(),
+                    f.missing
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if f.missing.len() > 5 { ", ..." } else { "" }
+                ));
+            }
+            Ok(())
+        })
     }
 
     fn recorded_nodes(&self, plan: &Plan) -> usize {

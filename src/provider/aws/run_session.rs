@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::campaign_sync::BucketJournal;
 use super::config::Clients;
 use super::deploy::online;
 use super::deploy::{self, Looked};
 use super::executor::{self, AwsExecutor};
+use super::layout;
 use super::meter;
 use super::node_commands::Target;
 use super::state::{self, AwsState};
+use crate::campaign::segments::Pusher;
 use crate::catalog::Catalog;
 use crate::cost::ledger;
 use crate::plan::Plan;
@@ -36,6 +39,8 @@ pub(super) struct AwsRun<'a> {
     pub(super) exec: Option<Arc<AwsExecutor>>,
     /// Attempts this run adopts: the reap leaves them running.
     pub(super) keep: Vec<(String, u32)>,
+    /// Uploads the journal to the bucket while the run goes on.
+    pub(super) pusher: Option<Pusher>,
 }
 
 impl AwsRun<'_> {
@@ -164,6 +169,19 @@ impl AwsRun<'_> {
         let spent_before = ledger::spent(&ledger::read(&plan.root)?, Some(&plan.name_key))
             + hourly * self.metered_at.elapsed().as_secs_f64() / 3600.0;
         self.exec = Some(exec.clone());
+        // the journal goes to the bucket as it grows: any checkout sees the
+        // campaign (`campaign::segments`)
+        self.pusher = Some(Pusher::start(
+            Arc::new(BucketJournal::new(c, &self.looked.bucket, plan)),
+            format!(
+                "s3://{}/{}",
+                self.looked.bucket,
+                layout::journal_prefix(&plan.name_key)
+            ),
+            plan.state_dir(),
+            self.settings.journal_sync,
+            self.settings.log.clone(),
+        ));
         Ok(Started {
             executor: exec,
             hourly_usd: hourly,
@@ -172,6 +190,10 @@ impl AwsRun<'_> {
     }
 
     async fn finish_(&mut self, summary: &RunSummary) -> Result<Finished, ProviderError> {
+        // the journal's last lines (the run's end, after a stop too)
+        if let Some(p) = self.pusher.take() {
+            p.finish().await;
+        }
         let (plan, c) = (self.plan, &self.c);
         let Some(exec) = self.exec.take() else {
             return Ok(Finished::default());

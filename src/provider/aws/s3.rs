@@ -53,6 +53,35 @@ pub async fn put(c: &Clients, bucket: &str, key: &str, bytes: Vec<u8>) -> Result
     Ok(())
 }
 
+/// Upload only when no object of `key` exists (`If-None-Match: *`):
+/// `Ok(true)` when this call created it, `Ok(false)` when one was there.
+pub async fn put_if_absent(
+    c: &Clients,
+    bucket: &str,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Result<bool, AwsError> {
+    match c
+        .s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .if_none_match("*")
+        .body(ByteStream::from(bytes))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e)
+            if code(&e) == Some("PreconditionFailed")
+                || e.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(api(format!("upload s3://{bucket}/{key}"))(e)),
+    }
+}
+
 pub async fn get(c: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, AwsError> {
     match c.s3.get_object().bucket(bucket).key(key).send().await {
         Ok(o) => {

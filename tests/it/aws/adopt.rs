@@ -167,5 +167,15 @@ fn a_second_controller_exits_4_naming_the_holder_of_the_lease() {
             .any(|k| k.as_str().unwrap().ends_with("lease.json")),
         "{v}"
     );
+    // once the first is gone, the second checkout continues the campaign
+    // from the bucket's journal, running nothing that completed
+    let r = b.infra(&["run", "ls", "all"]);
+    ok(&r, "the second checkout's run");
+    assert!(
+        r.stdout.contains("0 succeeded, 0 failed, 2 already done"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     ok(&a.infra(&["destroy", "ls", "--all"]), "destroy");
 }
