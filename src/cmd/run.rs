@@ -34,35 +34,9 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
     let (plan, catalog, from) = ctx.prepare(&args.phase)?;
     super::journal::check_before_run(&plan)?;
     let provider = ctx.provider(&plan);
-    // the campaign as any checkout left it (AWS: the bucket's journal):
-    // nothing completed runs again. A run needs it: a failure stops it.
-    provider.sync_campaign(&plan).await.map_err(|e| {
-        ProviderError::Failed(format!(
-            "{}: the campaign's shared state was not read: {e}\n  (hint: nothing was started; a run needs it so as not to run completed tasks again)",
-            plan.name_key
-        ))
-    })?;
-    let (all, _) = render_tasks(&plan)?;
-    let selected: HashSet<String> = plan::select::select(&plan, &args.select)?
-        .into_iter()
-        .map(|p| p.id.clone())
-        .collect();
-    let tasks: Vec<TaskDef> = all
-        .iter()
-        .filter(|t| selected.contains(&t.id))
-        .cloned()
-        .collect();
-    gate(&plan, &tasks, &catalog, &from, true)?;
-    if provider.recorded_nodes(&plan) == 0 {
-        // no nodes yet: nothing to run brings none up, and what is brought
-        // up must be what `apply` would pay for (the whole campaign left)
-        if let Some(code) = nothing_to_run(ctx, &plan, &tasks, args, provider.name())? {
-            return Ok(code);
-        }
-        gate(&plan, &all, &catalog, &from, false)?;
-    }
-    // one controller at a time: the lease is taken before anything is
-    // reaped or started, and renewed until the run ends
+    // one controller at a time: the lease is taken before the shared state
+    // is read and before anything is reaped or started, and renewed until
+    // the run ends
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let keeper = match provider.lease_store(&plan).await? {
         Some(store) => Some(take_lease(ctx, store, &plan, args.take_over, stop_tx).await?),
@@ -74,7 +48,6 @@ pub async fn run(ctx: &Ctx, args: &RunArgs) -> Result<i32, AppError> {
         &plan,
         &catalog,
         &from,
-        &tasks,
         provider.as_ref(),
         stop_rx,
     )
@@ -124,19 +97,42 @@ async fn take_lease(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_leased(
     ctx: &Ctx,
     args: &RunArgs,
     plan: &plan::Plan,
     catalog: &crate::catalog::Catalog,
     from: &str,
-    tasks: &[TaskDef],
     provider: &dyn crate::provider::Provider,
     stop_rx: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<i32, AppError> {
-    let (plan, catalog, from) = (plan, catalog, from);
-    let tasks = tasks.to_vec();
+    // the campaign as any checkout left it (AWS: the bucket's journal):
+    // nothing completed runs again. A run needs it: a failure stops it.
+    provider.sync_campaign(plan).await.map_err(|e| {
+        ProviderError::Failed(format!(
+            "{}: the campaign's shared state was not read: {e}\n  (hint: nothing was started; a run needs it so as not to run completed tasks again)",
+            plan.name_key
+        ))
+    })?;
+    let (all, _) = render_tasks(plan)?;
+    let selected: HashSet<String> = plan::select::select(plan, &args.select)?
+        .into_iter()
+        .map(|p| p.id.clone())
+        .collect();
+    let tasks: Vec<TaskDef> = all
+        .iter()
+        .filter(|t| selected.contains(&t.id))
+        .cloned()
+        .collect();
+    gate(plan, &tasks, catalog, from, true)?;
+    if provider.recorded_nodes(plan) == 0 {
+        // no nodes yet: nothing to run brings none up, and what is brought
+        // up must be what `apply` would pay for (the whole campaign left)
+        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name())? {
+            return Ok(code);
+        }
+        gate(plan, &all, catalog, from, false)?;
+    }
     let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
     {
