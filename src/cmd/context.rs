@@ -46,6 +46,7 @@ impl Env {
             "CI",
             "INFRA_NODE_BINARY_X86_64",
             "INFRA_NODE_BINARY_AARCH64",
+            "INFRA_STOP_WAIT_SECONDS",
         ];
         use std::io::IsTerminal;
         Env {
@@ -86,6 +87,9 @@ pub struct Ctx {
     pub watchdog_interval: Duration,
     /// Draw a progress bar (stderr is a terminal, not in CI).
     pub progress_bar: bool,
+    /// How long `infra stop` waits for the controller
+    /// (`INFRA_STOP_WAIT_SECONDS`, default 600 s).
+    pub stop_wait: Duration,
     /// What the providers get.
     pub provider_settings: provider::Settings,
     out: RefCell<Box<dyn Write>>,
@@ -141,6 +145,7 @@ impl Ctx {
                 .and_then(|p| p.name().parse::<ProviderKind>().ok()),
             provider_settings,
             progress_bar: env.stderr_tty && !env.vars.contains_key("CI"),
+            stop_wait: secs("INFRA_STOP_WAIT_SECONDS").unwrap_or(Duration::from_secs(600)),
             out: RefCell::new(out),
         })
     }

@@ -207,6 +207,7 @@ pub async fn up(
         select: vec!["all".into()],
         retry_failed,
         order: OrderArg::LongestFirst,
+        detach: false,
     };
     let code = run(ctx, &args).await?;
     if code == exit::INTERRUPTED {

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cfn;
 pub mod config;
+pub mod controller;
 pub mod deploy;
 pub mod ec2;
 pub mod error;
