@@ -39,7 +39,10 @@ fn detach(p: &Project, phase: &str) -> u32 {
     );
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["where"], "local daemon", "{v}");
-    assert!(v["log"].as_str().unwrap().ends_with(&format!(".infra/{phase}/controller.log")));
+    assert!(v["log"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(".infra/{phase}/controller.log")));
     assert_eq!(
         v["commands"],
         serde_json::json!([
@@ -111,7 +114,8 @@ fn stop_stops_a_long_detached_run_with_the_running_tasks_requeued() {
     // both slots busy
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let j = std::fs::read_to_string(p.path().join(".infra/ds/journal.jsonl")).unwrap_or_default();
+        let j =
+            std::fs::read_to_string(p.path().join(".infra/ds/journal.jsonl")).unwrap_or_default();
         if j.matches("\"dispatched\"").count() >= 2 {
             break;
         }
@@ -155,11 +159,17 @@ fn stop_stops_a_long_detached_run_with_the_running_tasks_requeued() {
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run_finished", "{j:?}");
     assert_eq!(last["pending"], 3, "{last}");
-    assert!(j.iter().filter(|e| e["event"] == "requeued").count() >= 2, "{j:?}");
+    assert!(
+        j.iter().filter(|e| e["event"] == "requeued").count() >= 2,
+        "{j:?}"
+    );
     let out = attach.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("interrupted") || shown.contains("not run"), "{shown}");
+    assert!(
+        shown.contains("interrupted") || shown.contains("not run"),
+        "{shown}"
+    );
     // nothing left to stop
     let r = p.infra(&["stop", "ds"]);
     r.ok();
