@@ -70,10 +70,8 @@ pub fn package_files(plan: &Plan, spec: &PackageSpec) -> Result<s3::Files, Provi
             add(&t, &mut files)?;
         }
     }
-    for dir in ["scripts"] {
-        let d = plan.root.join(dir);
-        s3::collect_dir(&d, dir, &mut files).map_err(ProviderError::io(&d))?;
-    }
+    let scripts = plan.root.join("scripts");
+    s3::collect_dir(&scripts, "scripts", &mut files).map_err(ProviderError::io(&scripts))?;
     // the journal so far: the controller continues the campaign where it is
     let journal = plan.state_dir().join("journal.jsonl");
     if journal.is_file() {
