@@ -166,3 +166,87 @@ fn up_detach_returns_at_once_the_campaign_completes_in_the_cloud_and_leaves_noth
         eprintln!("fresh checkout part skipped: STATE_IN_THE_BUCKET is false (issue 15 item 1 not merged)");
     }
 }
+
+#[test]
+fn stop_of_a_detached_aws_campaign_requeues_the_running_tasks_and_tears_everything_down() {
+    let a = Aws::new("detach_stop");
+    let secs = format!("313.{}", std::process::id() % 1000);
+    sleeper_plan(&a, "dst", "stopper", 3, secs.parse().unwrap(), 2, 1);
+    ok(&a.infra(&["up", "dst", "--detach"]), "up --detach");
+    // both nodes busy (the nodes' steps run on this machine)
+    let needle = format!("sleep {secs}");
+    let running = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| {
+                String::from_utf8_lossy(c)
+                    .replace('\0', " ")
+                    .contains(&needle)
+            })
+            .count()
+    };
+    wait_for("two running steps", Duration::from_secs(300), || {
+        running() >= 2
+    });
+    let t = Instant::now();
+    let r = a.infra(&["stop", "dst"]);
+    ok(&r, "stop");
+    assert!(
+        r.stdout.contains("dst: stopped"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(t.elapsed() < Duration::from_secs(240), "{:?}", t.elapsed());
+    wait_for("the steps to end", Duration::from_secs(30), || {
+        running() == 0
+    });
+    wait_for(
+        "the controller's stack to go",
+        Duration::from_secs(120),
+        || !live_stacks(&a).iter().any(|s| s.ends_with("-controller")),
+    );
+    let log = a.infra(&["attach", "dst"]).stdout;
+    assert!(log.contains("stop requested"), "{log}");
+    assert!(log.contains("infra controller: done"), "{log}");
+    // the controller's journal: the running tasks re-queued, none lost
+    let state = emulator().control("GET", "health", Value::Null)["state_dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let journal = std::fs::read_dir(format!("{state}/instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("var/lib/infra-controller/campaign/.infra/dst/journal.jsonl")
+        })
+        .find(|p| p.is_file())
+        .expect("the controller's journal");
+    let j: Vec<Value> = std::fs::read_to_string(journal)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = j
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "run_finished")
+        .unwrap();
+    assert_eq!(last["pending"], 3, "{last}");
+    assert!(
+        j.iter().filter(|e| e["event"] == "requeued").count() >= 2,
+        "{j:?}"
+    );
+    // nothing billable
+    let left = a.boto(
+        "live = [i['InstanceId'] for r in ec2.describe_instances(Filters=[{'Name': 'tag:infra:project', 'Values': ['stopper']}])['Reservations'] \
+                 for i in r['Instances'] if i['State']['Name'] not in ('terminated', 'shutting-down')]\n\
+         print(json.dumps(live))",
+    );
+    assert_eq!(left, json!([]), "{left}");
+    assert_eq!(live_stacks(&a), vec!["stopper-base".to_string()]);
+    assert!(!a.p.exists(".infra/dst/stop.json"));
+}
