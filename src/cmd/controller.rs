@@ -122,7 +122,7 @@ async fn run(spec: &Spec, env: &Env) -> Result<(), String> {
     }
     if pkg.teardown {
         // what `up` leaves after a stop, and what `run` leaves always
-        let destroy = vec!["destroy".to_string(), spec.phase.clone()];
+        let destroy = vec!["destroy".to_string(), pkg.plan.clone()];
         let mut ignore = true;
         let code = run_one(
             &c,

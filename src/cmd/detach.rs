@@ -123,6 +123,7 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
     let req = DetachRequest {
         commands: what.commands(),
         global: global_args(ctx),
+        cwd: ctx.cwd.clone(),
         hours: estimate.hours,
     };
     let detached = provider.detach(&plan, &catalog, &req).await?;

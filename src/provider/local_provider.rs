@@ -200,7 +200,7 @@ impl Provider for LocalProvider {
             let pid = local_detach::spawn(
                 &exe,
                 &all,
-                &plan.root,
+                &req.cwd,
                 &log,
                 &local_paths::controller_pid(&dir),
             )

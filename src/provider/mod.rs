@@ -223,6 +223,9 @@ pub struct DetachRequest {
     pub commands: Vec<Vec<String>>,
     /// The project folder's global options (`--provider`, `--region`...).
     pub global: Vec<String>,
+    /// The folder the command lines were given in (a plan given as a path
+    /// is relative to it).
+    pub cwd: std::path::PathBuf,
     /// Estimated hours of the campaign (the controller's cost).
     pub hours: Option<f64>,
 }

@@ -211,8 +211,8 @@ fn cfn_lint_accepts_every_rendered_stack() {
     plans.extend(example_plans());
     for (name, plan) in &plans {
         let s = render(plan);
-        let controller = stacks::controller::render(plan, &Catalog::builtin())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let controller =
+            stacks::controller::render(plan, &Catalog::builtin()).unwrap_or_else(|e| panic!("{e}"));
         for (kind, stack) in [
             ("base", &s.base),
             ("compute", &s.compute),

@@ -31,6 +31,8 @@ pub struct PackageSpec {
     pub commands: Vec<Vec<String>>,
     /// Options every command line gets (`--provider`, `--region`).
     pub global: Vec<String>,
+    /// The plan file, by its path in the package.
+    pub plan: String,
     /// Tear the compute stack down at the end, whatever the commands left
     /// (false only with `up --keep`).
     pub teardown: bool,
@@ -161,8 +163,27 @@ pub async fn detach(
         ))
     })?;
     let agent = agent::upload(c, &bucket, &bin).await?;
+    // the plan by its path in the package (a phase name or a path on this
+    // machine would not resolve there)
+    let plan_arg = plan
+        .source
+        .strip_prefix(&plan.root)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_else(|_| plan.name_key.clone());
+    let commands = req
+        .commands
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if c.len() > 1 {
+                c[1] = plan_arg.clone();
+            }
+            c
+        })
+        .collect();
     let spec = PackageSpec {
-        commands: req.commands.clone(),
+        plan: plan_arg,
+        commands,
         global: req.global.clone(),
         teardown: !req.commands.iter().any(|c| c.iter().any(|a| a == "--keep")),
     };
