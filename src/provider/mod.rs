@@ -328,7 +328,7 @@ pub struct Infra {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StackRow {
-    /// `base` or `compute`.
+    /// `base`, `compute`, or `controller` (a detached campaign's).
     pub role: &'static str,
     pub name: String,
     /// CloudFormation's status; `None`: not deployed.

@@ -153,16 +153,20 @@ pub async fn detach(
             "{q}\n{what}\n  (hint: `infra apply {phase}` first: --detach does not change a deployed base stack)"
         )))
     };
-    let base = super::provider::deploy_base(c, log, &refuse, plan, &rendered).await?;
-    let looked = super::deploy::looked_up(&base, None)?;
-    let bucket = looked.bucket;
     let bin = agent::find(Arch::X86_64, binaries).map_err(|e| {
         ProviderError::Usage(format!(
             "{e}\n  (hint: {})",
             agent::build_hint(Arch::X86_64)
         ))
     })?;
-    let agent = agent::upload(c, &bucket, &bin).await?;
+    // the build is hashed while the base stack is looked at (or created)
+    let (base, sha) = tokio::join!(
+        super::provider::deploy_base(c, log, &refuse, plan, &rendered),
+        agent::hash(&bin)
+    );
+    let looked = super::deploy::looked_up(&base?, None)?;
+    let bucket = looked.bucket;
+    let agent = agent::upload_hashed(c, &bucket, &bin, sha?).await?;
     // the plan by its path in the package (a phase name or a path on this
     // machine would not resolve there)
     let plan_arg = plan

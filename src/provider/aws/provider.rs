@@ -361,15 +361,24 @@ impl AwsProvider {
             .map(|n| n.instance_id.clone())
             .collect();
         let online = deploy::online(&c, running).await?;
+        let mut stacks = vec![
+            stack_row("base", &base_name, base.as_ref()),
+            stack_row("compute", &compute_name, compute.as_ref()),
+        ];
+        // a detached campaign's controller, while its stack is there
+        let controller_name = stacks::controller::stack_name(plan);
+        if let Some(s) = cfn::describe(&c, &controller_name)
+            .await?
+            .filter(|s| s.status != "DELETE_COMPLETE")
+        {
+            stacks.push(stack_row("controller", &controller_name, Some(&s)));
+        }
         Ok(Infra {
             region: Some(c.settings.region.clone()),
             bucket: base
                 .as_ref()
                 .and_then(|b| b.outputs.get("BucketName").cloned()),
-            stacks: vec![
-                stack_row("base", &base_name, base.as_ref()),
-                stack_row("compute", &compute_name, compute.as_ref()),
-            ],
+            stacks,
             nodes: node_rows(&nodes, &online),
         })
     }

@@ -23,7 +23,9 @@ other:
   ``Environment=`` lines, its output appended to
   ``var/log/<unit>.log``; ``Restart=on-failure`` starts it again after
   ``RestartSec`` (default 0.1 s) when it exits non-zero or by a signal,
-  ``Restart=always`` also after exit 0, ``Restart=no`` never.
+  ``Restart=always`` also after exit 0, ``Restart=no`` never. When the main
+  process ends, what it started in its process group is stopped (TERM, KILL
+  after 5 s), as systemd stops the unit's control group.
   ``systemctl is-active <unit>`` answers ``active``/``inactive``.
 - ``shutdown [-h|-P] now``, ``shutdown -P +N`` (N minutes, the emulator's
   timer), ``poweroff``, ``halt -p``: the instance is terminated (infra's
@@ -168,6 +170,26 @@ def _watch(b: Booted) -> None:
         time.sleep(0.2)
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """TERM to the process group, KILL what is left after a grace (as systemd
+    stops a unit's control group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _kill_instance(b: Booted) -> None:
     with _lock:
         b.gone = True
@@ -263,6 +285,8 @@ def _start_unit(b: Booted, unit: str, path: str) -> None:
                 b.procs.append(proc)
                 b.units[unit] = "active"
             rc = proc.wait()
+            # KillMode=control-group: what the main process started goes with it
+            _stop_group(proc)
             with _lock:
                 if b.gone:
                     return

@@ -52,6 +52,11 @@ fn up_detach_returns_at_once_the_campaign_completes_in_the_cloud_and_leaves_noth
     let started = Instant::now();
     let r = a.infra(&["up", "det", "--detach"]);
     ok(&r, "up --detach");
+    eprintln!(
+        "up --detach returned after {:?}\n{}",
+        started.elapsed(),
+        r.stderr
+    );
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "--detach returns within 30 s: {:?}",
@@ -67,6 +72,18 @@ fn up_detach_returns_at_once_the_campaign_completes_in_the_cloud_and_leaves_noth
         assert!(r.stdout.contains(c), "{}", r.stdout);
     }
     assert!(r.stdout.contains("detachy-det-controller"), "{}", r.stdout);
+    // status shows the controller's stack while it is there
+    let r = a.infra(&["--json", "status", "det"]);
+    ok(&r, "status while detached");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["role"] == "controller" && s["name"] == "detachy-det-controller"),
+        "{v}"
+    );
     // from here no `infra` of this machine runs the campaign: only the
     // controller instance's (a copy under the emulator's instance folders)
     let mut seen_controller = false;
