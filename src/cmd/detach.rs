@@ -295,3 +295,49 @@ pub async fn stop(ctx: &Ctx, phase: &str, no_wait: bool) -> Result<i32, AppError
     );
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_runs_the_users_command_line_without_detach() {
+        let a = RunArgs {
+            phase: "p".into(),
+            select: vec!["L0".into(), "p-x".into()],
+            retry_failed: true,
+            order: OrderArg::Fifo,
+            detach: true,
+        };
+        assert_eq!(
+            Campaign::Run(&a).commands(),
+            vec![vec![
+                "run",
+                "p",
+                "L0",
+                "p-x",
+                "--retry-failed",
+                "--order",
+                "fifo"
+            ]]
+        );
+        let up = Campaign::Up {
+            phase: "p",
+            keep: true,
+            retry_failed: false,
+        };
+        assert_eq!(up.commands(), vec![vec!["up", "p", "--yes", "--keep"]]);
+        // every command line parses as the CLI's own
+        for c in Campaign::Run(&a)
+            .commands()
+            .into_iter()
+            .chain(up.commands())
+        {
+            use clap::Parser;
+            let cli =
+                crate::cli::Cli::try_parse_from(std::iter::once("infra".to_string()).chain(c))
+                    .unwrap();
+            assert!(!matches!(cli.command, crate::cli::Cmd::Run(ref r) if r.detach));
+        }
+    }
+}

@@ -220,7 +220,7 @@ pub async fn detach(
     )
     .await?;
     Ok(Detached {
-        place: format!("aws (an {itype} instance of stack {name}, starting)"),
+        place: format!("aws (the {itype} instance of stack {name}, starting)"),
         pid: None,
         log: format!(
             "s3://{bucket}/{}",
