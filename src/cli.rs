@@ -74,6 +74,21 @@ pub enum Cmd {
         yes: bool,
         #[arg(long)]
         retry_failed: bool,
+        /// Hand the campaign to a controller that runs without this
+        /// process (AWS: a small instance in the cloud; local: a background
+        /// daemon) and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Follow a detached campaign's controller: its output from where it
+    /// is, until it ends (Ctrl-C leaves the view, not the campaign).
+    Attach { phase: String },
+    /// Ask the campaign's controller to stop (running tasks are re-queued).
+    Stop {
+        phase: String,
+        /// Do not wait until the controller has stopped.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Nodes, tasks (queued, running, done, failed) and missing cells.
     Status { phase: String },
@@ -142,6 +157,14 @@ pub enum Cmd {
         #[arg(long)]
         spec: String,
     },
+    /// A detached campaign's controller in the cloud (started by the
+    /// controller instance's user data under systemd).
+    #[command(hide = true)]
+    Controller {
+        /// `{"bucket", "phase", "region", "stack"}` as one JSON object.
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 /// What `infra node` does (src/node/).
@@ -178,6 +201,11 @@ pub struct RunArgs {
     /// running is adopted.
     #[arg(long)]
     pub take_over: bool,
+    /// Hand the run to a controller that runs without this process (AWS: a
+    /// small instance in the cloud; local: a background daemon) and return
+    /// at once.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

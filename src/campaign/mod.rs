@@ -4,6 +4,7 @@
 //! are spelled out in `provider/aws/layout.rs`, the local files in
 //! [`local_paths`].
 
+pub mod control;
 pub mod lease;
 pub mod segments;
 
@@ -27,6 +28,12 @@ pub mod local_paths {
     /// `.infra/<phase>/controller.log`: a detached local controller's output.
     pub fn controller_log(state_dir: &Path) -> PathBuf {
         state_dir.join("controller.log")
+    }
+
+    /// `.infra/<phase>/controller.pid`: the process id of a detached local
+    /// controller (`--detach`), for `attach` and `stop`.
+    pub fn controller_pid(state_dir: &Path) -> PathBuf {
+        state_dir.join("controller.pid")
     }
 }
 

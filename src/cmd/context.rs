@@ -51,6 +51,7 @@ impl Env {
             "INFRA_CONTROLLER_WHERE",
             "USER",
             "LOGNAME",
+            "INFRA_STOP_WAIT_SECONDS",
         ];
         use std::io::IsTerminal;
         Env {
@@ -91,6 +92,9 @@ pub struct Ctx {
     pub watchdog_interval: Duration,
     /// Draw a progress bar (stderr is a terminal, not in CI).
     pub progress_bar: bool,
+    /// How long `infra stop` waits for the controller
+    /// (`INFRA_STOP_WAIT_SECONDS`, default 600 s).
+    pub stop_wait: Duration,
     /// What the providers get.
     pub provider_settings: provider::Settings,
     /// How often a controller renews its lease (`INFRA_LEASE_RENEW_SECONDS`).
@@ -167,6 +171,7 @@ impl Ctx {
                     .unwrap_or("this machine")
                     .to_string(),
             },
+            stop_wait: secs("INFRA_STOP_WAIT_SECONDS").unwrap_or(Duration::from_secs(600)),
             out: RefCell::new(out),
         })
     }

@@ -8,7 +8,9 @@ pub mod apply;
 pub mod budget;
 pub mod catalog;
 pub mod context;
+pub mod controller;
 pub mod destroy;
+pub mod detach;
 pub mod error;
 pub mod journal;
 pub mod list;
@@ -37,6 +39,9 @@ pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
     // the node agent needs none of the user side's context (and starts lean)
     if let Cmd::Node { mode, spec } = &cli.command {
         return node::node(*mode, spec);
+    }
+    if let Cmd::Controller { spec } = &cli.command {
+        return controller::controller(spec, env);
     }
     // One thread drives everything: infra waits on processes and the network
     // and does little work of its own. Worker threads only added wake-ups
@@ -84,13 +89,31 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             plan::plan(ctx, &phase).map(|v| if v.verdict.ok { exit::OK } else { exit::BUDGET })
         }
         Cmd::Apply { phase, yes } => apply::apply(ctx, &phase, yes).await,
+        Cmd::Run(args) if args.detach => detach::detach(ctx, detach::Campaign::Run(&args)).await,
         Cmd::Run(args) => run::run(ctx, &args).await,
+        Cmd::Up {
+            phase,
+            keep,
+            retry_failed,
+            detach: true,
+            ..
+        } => {
+            let what = detach::Campaign::Up {
+                phase: &phase,
+                keep,
+                retry_failed,
+            };
+            detach::detach(ctx, what).await
+        }
         Cmd::Up {
             phase,
             keep,
             yes,
             retry_failed,
+            detach: false,
         } => run::up(ctx, &phase, keep, yes, retry_failed).await,
+        Cmd::Attach { phase } => detach::attach(ctx, &phase).await,
+        Cmd::Stop { phase, no_wait } => detach::stop(ctx, &phase, no_wait).await,
         Cmd::Status { phase } => status::status(ctx, &phase).await,
         Cmd::List { phase } => list::list(ctx, phase.as_deref()),
         Cmd::Logs {
@@ -132,6 +155,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             action: CatalogCmd::Refresh,
         } => catalog::refresh(ctx).await,
         Cmd::Node { mode, spec } => Ok(node::node(mode, &spec)),
+        Cmd::Controller { spec } => Ok(controller::controller(&spec, &Env::from_process())),
         Cmd::Schema => {
             let text =
                 serde_json::to_string_pretty(&crate::plan::schema::schema()).unwrap_or_default();

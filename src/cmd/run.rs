@@ -294,6 +294,7 @@ pub async fn up(
         retry_failed,
         order: OrderArg::LongestFirst,
         take_over: false,
+        detach: false,
     };
     let code = run(ctx, &args).await?;
     if code == exit::INTERRUPTED {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::context::{journal_path, render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
+use crate::campaign::control::ControllerView;
 use crate::provider::Infra;
 use crate::runner::journal::{self, Damage, Status};
 use crate::runner::lock;
@@ -26,6 +27,9 @@ pub struct StatusView {
     pub failed: Vec<FailedRow>,
     /// Whether an `infra run` of the phase holds its lock on this machine.
     pub run_in_progress: bool,
+    /// Who controls the campaign (its lease): where, host, since, alive;
+    /// null without a lease.
+    pub controller: Option<ControllerView>,
     /// What the finished tasks cost (the journal's per-task costs).
     pub spend_usd: f64,
     pub last_stop: Option<String>,
@@ -48,6 +52,10 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let provider = ctx.provider(&plan);
     let infra = provider.status(&plan).await?;
     sync_campaign(ctx, &plan).await;
+    let controller = provider
+        .lease(&plan)
+        .await?
+        .map(|l| ControllerView::of(&l, chrono::Utc::now()));
     let scan = journal::read_lenient(&journal_path(&plan))?;
     let journal_damage = scan.damaged.clone();
     let state = scan.state;
@@ -83,6 +91,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         running,
         failed,
         run_in_progress,
+        controller,
         // + 0.0: an empty f64 sum is -0.0, shown as "$-0.00"
         spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum::<f64>() + 0.0,
         last_stop: state.last_stop.clone(),
@@ -150,6 +159,10 @@ pub fn text(v: &StatusView) -> String {
         } else {
             "not running"
         }
+    ));
+    h.push_str(&format!(
+        "  {}\n",
+        ControllerView::line(v.controller.as_ref())
     ));
     let c = |k: &str| v.counts.get(k).copied().unwrap_or(0);
     h.push_str(&format!(

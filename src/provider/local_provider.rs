@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use super::local::{self, LocalExecutor, LocalNode, LocalState};
 use super::{
-    Applied, Confirm, DestroyOpts, Destroyed, Finished, Fut, Infra, NodeRow, Provider,
-    ProviderError, RunSession, Settings, Started,
+    local_detach, Applied, Confirm, ControllerLog, DestroyOpts, Destroyed, DetachRequest, Detached,
+    Finished, Fut, Infra, NodeRow, Provider, ProviderError, RunSession, Settings, Started,
 };
+use crate::campaign::{control, local_paths, LeaseDoc, StopRequest};
 use crate::catalog::Catalog;
 use crate::cost::ledger;
 use crate::plan::Plan;
@@ -175,6 +176,107 @@ impl Provider for LocalProvider {
             crate::campaign::local_store::LocalStore::new(&plan.state_dir()),
         );
         Box::pin(async move { Ok(Some(store)) })
+    }
+
+    fn lease<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Option<LeaseDoc>, ProviderError>> {
+        Box::pin(async move { Ok(control::read_lease(&plan.state_dir())) })
+    }
+
+    fn detach<'a>(
+        &'a self,
+        plan: &'a Plan,
+        _catalog: &'a Catalog,
+        req: &'a DetachRequest,
+    ) -> Fut<'a, Result<Detached, ProviderError>> {
+        Box::pin(async move {
+            let dir = plan.state_dir();
+            if let Some(pid) = local_detach::running_daemon(&dir) {
+                return Err(ProviderError::Failed(format!(
+                    "a detached controller of {} runs already (pid {pid})\n  (hint: `infra attach {}` follows it, `infra stop {}` stops it)",
+                    plan.name_key, plan.name_key, plan.name_key
+                )));
+            }
+            let [args] = req.commands.as_slice() else {
+                return Err(ProviderError::Usage(
+                    "the local daemon runs one command".into(),
+                ));
+            };
+            // a stop request left from an earlier campaign would stop this one
+            control::clear_stop(&dir);
+            let exe =
+                std::env::current_exe().map_err(ProviderError::io("the running executable"))?;
+            let log = local_paths::controller_log(&dir);
+            let mut all = req.global.clone();
+            all.extend(args.iter().cloned());
+            let pid = local_detach::spawn(
+                &exe,
+                &all,
+                &req.cwd,
+                &log,
+                &local_paths::controller_pid(&dir),
+            )
+            .map_err(ProviderError::io(&log))?;
+            Ok(Detached {
+                place: control::LOCAL_DAEMON.to_string(),
+                pid: Some(pid),
+                log: log.display().to_string(),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn controller_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        from: u64,
+    ) -> Fut<'a, Result<ControllerLog, ProviderError>> {
+        Box::pin(async move {
+            let dir = plan.state_dir();
+            // whether it runs first: what it wrote before it ended is read after
+            let running = local_detach::running_daemon(&dir).is_some();
+            let log = local_paths::controller_log(&dir);
+            let bytes = local_detach::read_from(&log, from).map_err(ProviderError::io(&log))?;
+            Ok(ControllerLog { bytes, running })
+        })
+    }
+
+    fn request_stop<'a>(
+        &'a self,
+        plan: &'a Plan,
+        req: &'a StopRequest,
+    ) -> Fut<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let dir = plan.state_dir();
+            let daemon = local_detach::running_daemon(&dir);
+            let holder = control::read_lease(&dir).filter(|l| !l.expired(chrono::Utc::now()));
+            if daemon.is_none() && holder.is_none() {
+                return Ok(false);
+            }
+            control::request_stop(&dir, req).map_err(ProviderError::io(&dir))?;
+            // the daemon is ours: it stops at once, as after a Ctrl-C (a
+            // foreground holder sees the request at its next renewal)
+            if let Some(pid) = daemon {
+                local_detach::interrupt(pid);
+            }
+            Ok(true)
+        })
+    }
+
+    fn stop_pending<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let dir = plan.state_dir();
+            if control::stop_requested(&dir).is_none() {
+                return Ok(false);
+            }
+            let live_lease =
+                control::read_lease(&dir).is_some_and(|l| !l.expired(chrono::Utc::now()));
+            if local_detach::running_daemon(&dir).is_some() || live_lease {
+                return Ok(true);
+            }
+            // its controller is gone: the request is done with
+            control::clear_stop(&dir);
+            Ok(false)
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod aws;
 pub mod env;
 pub mod local;
+pub mod local_detach;
 pub mod local_provider;
 pub mod process;
 pub mod sequence;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::campaign::{LeaseDoc, StopRequest};
 use crate::catalog::Catalog;
 use crate::plan::{Plan, ProviderKind};
 use crate::runner::exec::Executor;
@@ -211,6 +213,93 @@ pub trait Provider {
         &'a self,
         plan: &'a Plan,
     ) -> Fut<'a, Result<Option<std::sync::Arc<dyn crate::campaign::LeaseStore>>, ProviderError>>;
+    /// The campaign's lease (who controls it), if any: read only; the
+    /// controller that holds it writes it.
+    fn lease<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Option<LeaseDoc>, ProviderError>>;
+
+    /// Hand the campaign to a controller that runs without this process
+    /// (`--detach`); returns once it is started.
+    fn detach<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        req: &'a DetachRequest,
+    ) -> Fut<'a, Result<Detached, ProviderError>>;
+
+    /// A detached controller's output from byte `from` on, and whether it
+    /// is still there (`infra attach`).
+    fn controller_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        from: u64,
+    ) -> Fut<'a, Result<ControllerLog, ProviderError>>;
+
+    /// `infra stop`: ask the controller to stop (`stop.json`); `Ok(false)`
+    /// when no controller runs the campaign (nothing was written).
+    fn request_stop<'a>(
+        &'a self,
+        plan: &'a Plan,
+        req: &'a StopRequest,
+    ) -> Fut<'a, Result<bool, ProviderError>>;
+
+    /// Whether a stop request is still pending (the controller removes it
+    /// once it has stopped).
+    fn stop_pending<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<bool, ProviderError>>;
+}
+
+/// What `--detach` hands to a controller.
+#[derive(Debug, Clone)]
+pub struct DetachRequest {
+    /// The command lines the controller runs in order, each without the
+    /// program name and without `--detach` (e.g. `["up", "p", "--yes"]`);
+    /// the project folder is the controller's working folder.
+    pub commands: Vec<Vec<String>>,
+    /// The project folder's global options (`--provider`, `--region`...).
+    pub global: Vec<String>,
+    /// The folder the command lines were given in (a plan given as a path
+    /// is relative to it).
+    pub cwd: std::path::PathBuf,
+    /// Estimated hours of the campaign (the controller's cost).
+    pub hours: Option<f64>,
+}
+
+/// What `--detach` started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Detached {
+    /// `local daemon` or `aws:<instance-id>` (or the stack while the
+    /// instance is being launched).
+    #[serde(rename = "where")]
+    pub place: String,
+    /// The local daemon's process id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Where its output goes.
+    pub log: String,
+    /// The controller's own stack (AWS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// What the controller costs (AWS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ControllerCost>,
+}
+
+/// The controller instance's price, shown as its own line of the estimate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControllerCost {
+    pub instance_type: String,
+    pub usd_per_hour: f64,
+    pub hours: Option<f64>,
+    pub usd: Option<f64>,
+    /// Why this type.
+    pub why: String,
+}
+
+/// A slice of a detached controller's output.
+#[derive(Debug, Default)]
+pub struct ControllerLog {
+    pub bytes: Vec<u8>,
+    /// The controller is still there (its process, or its instance's stack).
+    pub running: bool,
 }
 
 /// One run on a provider, between `open_run` and the summary.
@@ -277,7 +366,7 @@ pub struct Infra {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StackRow {
-    /// `base` or `compute`.
+    /// `base`, `compute`, or `controller` (a detached campaign's).
     pub role: &'static str,
     pub name: String,
     /// CloudFormation's status; `None`: not deployed.

@@ -4,6 +4,7 @@
 //! to `.infra/<phase>/stacks/` (`write`).
 
 mod comment;
+pub mod controller;
 pub mod limits;
 mod model;
 pub mod names;

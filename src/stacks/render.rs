@@ -295,7 +295,7 @@ struct UserDataView<'a> {
     lifetime_minutes: u64,
 }
 
-fn tag(key: &str, value: &str) -> Value {
+pub(super) fn tag(key: &str, value: &str) -> Value {
     json!({"Key": key, "Value": value})
 }
 
@@ -473,7 +473,7 @@ fn compute_view(
 
 // ---------------------------------------------------------------- handlebars
 
-fn json_registry() -> Handlebars<'static> {
+pub(super) fn json_registry() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     // Every `{{value}}` lands inside a JSON string literal.
@@ -521,7 +521,7 @@ fn tags_helper(
     Ok(())
 }
 
-fn render_text(
+pub(super) fn render_text(
     hb: &Handlebars,
     name: &'static str,
     view: &impl Serialize,
@@ -532,7 +532,7 @@ fn render_text(
     })
 }
 
-fn render_json(
+pub(super) fn render_json(
     hb: &mut Handlebars,
     name: &'static str,
     source: &str,

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from werkzeug.serving import WSGIRequestHandler, make_server
 
-    from awsemu import runcommand
+    from awsemu import runcommand, user_data
     from awsemu.state import CONFIG
 
     own_state_dir = not args.state_dir
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     def cleanup() -> None:
         try:
             runcommand.kill_all()
+            user_data._reset(None)
         except Exception:
             pass
         if own_state_dir:

@@ -1802,6 +1802,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 mod adopt;
 mod budget;
 mod campaign;
+mod detach;
 mod node;
 mod trust;
 

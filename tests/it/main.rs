@@ -9,6 +9,7 @@ mod cost;
 mod faults;
 mod fuzz;
 mod local;
+mod local_detach;
 mod local_journal;
 mod node_agent;
 mod output;

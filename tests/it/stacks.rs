@@ -184,6 +184,14 @@ fn snapshot_statistics_team_plan() {
     snapshot("stacks_stats_compute", &s.compute.body);
 }
 
+/// The detached campaign's controller stack (`--detach` on AWS).
+#[test]
+fn snapshot_statistics_team_controller() {
+    let c = stacks::controller::render(&stats(), &Catalog::builtin()).unwrap();
+    assert_eq!(c.name, "stats-paper-tables-controller");
+    snapshot("stacks_stats_controller", &c.body);
+}
+
 // ---------------------------------------------------------------- cfn-lint
 
 #[test]
@@ -203,7 +211,13 @@ fn cfn_lint_accepts_every_rendered_stack() {
     plans.extend(example_plans());
     for (name, plan) in &plans {
         let s = render(plan);
-        for (kind, stack) in [("base", &s.base), ("compute", &s.compute)] {
+        let controller =
+            stacks::controller::render(plan, &Catalog::builtin()).unwrap_or_else(|e| panic!("{e}"));
+        for (kind, stack) in [
+            ("base", &s.base),
+            ("compute", &s.compute),
+            ("controller", &controller),
+        ] {
             let f = dir.path().join(format!("{name}-{kind}.json"));
             std::fs::write(&f, &stack.body).unwrap();
             files.push(f);

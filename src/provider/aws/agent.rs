@@ -174,8 +174,14 @@ impl AgentRef {
 /// Put the build into the bucket unless it is there already (same content,
 /// same key): one HeadObject per run, one upload per new build.
 pub async fn upload(c: &Clients, bucket: &str, bin: &NodeBinary) -> Result<AgentRef, AwsError> {
+    let sha = hash(bin).await?;
+    upload_hashed(c, bucket, bin, sha).await
+}
+
+/// The build's SHA-256, computed on a blocking thread (tens of MB).
+pub async fn hash(bin: &NodeBinary) -> Result<String, AwsError> {
     let path = bin.path.clone();
-    let sha = tokio::task::spawn_blocking(move || hash_file(&path))
+    tokio::task::spawn_blocking(move || hash_file(&path))
         .await
         .map_err(|e| AwsError::Failed(format!("hashing the node agent failed: {e}")))?
         .map_err(|e| {
@@ -183,7 +189,16 @@ pub async fn upload(c: &Clients, bucket: &str, bin: &NodeBinary) -> Result<Agent
                 "cannot read the node agent {}: {e}",
                 bin.path.display()
             ))
-        })?;
+        })
+}
+
+/// [`upload`] of a build whose SHA-256 is known.
+pub async fn upload_hashed(
+    c: &Clients,
+    bucket: &str,
+    bin: &NodeBinary,
+    sha: String,
+) -> Result<AgentRef, AwsError> {
     let key = format!("_infra/bin/{sha}/{}/infra", bin.arch.as_str());
     let there = c.s3.head_object().bucket(bucket).key(&key).send().await;
     match there {
@@ -198,10 +213,16 @@ pub async fn upload(c: &Clients, bucket: &str, bin: &NodeBinary) -> Result<Agent
                         bin.path.display()
                     ))
                 })?;
+            // the SHA-256 is known: S3 checks it, and the SDK computes no
+            // checksum of its own over tens of MB
+            let raw: Vec<u8> = (0..sha.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&sha[2 * i..2 * i + 2], 16).ok())
+                .collect();
             c.s3.put_object()
                 .bucket(bucket)
                 .key(&key)
                 .body(body)
+                .checksum_sha256(aws_smithy_types::base64::encode(&raw))
                 .send()
                 .await
                 .map_err(api("upload the node agent"))?;

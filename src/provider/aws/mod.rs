@@ -9,6 +9,7 @@ pub mod agent;
 pub mod campaign_sync;
 pub mod cfn;
 pub mod config;
+pub mod controller;
 pub mod deploy;
 pub mod ec2;
 pub mod error;

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::campaign_sync;
 use super::cfn::{self, Source, StackInfo};
 use super::config::{self, AwsSettings, Clients};
+use super::controller;
 use super::deploy::{self, Looked};
 use super::ec2;
 use super::error::AwsError;
@@ -21,12 +22,13 @@ use super::run_session::AwsRun;
 use super::s3;
 use super::ssm::Poller;
 use super::state::{self, AwsState};
+use crate::campaign::{LeaseDoc, StopRequest};
 use crate::catalog::Catalog;
 use crate::cost::ledger;
 use crate::plan::Plan;
 use crate::provider::{
-    Applied, Confirm, DestroyOpts, Destroyed, Fut, Infra, NodeRow, Provider, ProviderError,
-    Resource, RunSession, Settings, StackRow,
+    Applied, Confirm, ControllerLog, DestroyOpts, Destroyed, DetachRequest, Detached, Fut, Infra,
+    NodeRow, Provider, ProviderError, Resource, RunSession, Settings, StackRow,
 };
 use crate::runner::journal::{self, Status};
 use crate::stacks::{self, names};
@@ -185,6 +187,48 @@ fn missing_results(plan: &Plan) -> Result<Vec<String>, ProviderError> {
     Ok(missing)
 }
 
+/// Create or update the project's base stack (network, role, bucket).
+pub(super) async fn deploy_base(
+    c: &Clients,
+    log: &dyn Fn(&str),
+    confirm: &Confirm,
+    plan: &Plan,
+    rendered: &stacks::Stacks,
+) -> Result<StackInfo, ProviderError> {
+    // base: the bucket survives a deleted base stack; then it is not created again
+    let prefix = names::bucket_prefix(&plan.project);
+    // (an existing stack keeps its parameters' values: see `deploy`)
+    let create_bucket = if s3::find_bucket(c, &prefix, &c.settings.region)
+        .await?
+        .is_some()
+        && cfn::describe(c, &rendered.base.name)
+            .await?
+            .is_none_or(|s| s.dead())
+    {
+        "false"
+    } else {
+        "true"
+    };
+    let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
+    if rendered.base.needs_upload {
+        return Err(ProviderError::Failed(format!(
+            "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
+            rendered.base.name
+        )));
+    }
+    let base = deploy::deploy(
+        c,
+        log,
+        confirm,
+        &rendered.base.name,
+        Source::Body(rendered.base.body.clone()),
+        &base_params,
+        &deploy::stack_tags(plan, true),
+    )
+    .await?;
+    Ok(base)
+}
+
 impl AwsProvider {
     async fn apply_(
         &self,
@@ -196,37 +240,7 @@ impl AwsProvider {
         let c = self.connect(plan).await?;
         let rendered = stacks::render(plan, catalog)?;
         stacks::write(&plan.state_dir(), &rendered)?;
-        // base: the bucket survives a deleted base stack; then it is not created again
-        let prefix = names::bucket_prefix(&plan.project);
-        // (an existing stack keeps its parameters' values: see `deploy`)
-        let create_bucket = if s3::find_bucket(&c, &prefix, &c.settings.region)
-            .await?
-            .is_some()
-            && cfn::describe(&c, &rendered.base.name)
-                .await?
-                .is_none_or(|s| s.dead())
-        {
-            "false"
-        } else {
-            "true"
-        };
-        let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
-        if rendered.base.needs_upload {
-            return Err(ProviderError::Failed(format!(
-                "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
-                rendered.base.name
-            )));
-        }
-        let base = deploy::deploy(
-            &c,
-            &log,
-            confirm,
-            &rendered.base.name,
-            Source::Body(rendered.base.body.clone()),
-            &base_params,
-            &deploy::stack_tags(plan, true),
-        )
-        .await?;
+        let base = deploy_base(&c, &log, confirm, plan, &rendered).await?;
         let looked = deploy::looked_up(&base, None)?;
         // compute
         let source = if rendered.compute.needs_upload {
@@ -361,15 +375,24 @@ impl AwsProvider {
             .map(|n| n.instance_id.clone())
             .collect();
         let online = deploy::online(&c, running).await?;
+        let mut stacks = vec![
+            stack_row("base", &base_name, base.as_ref()),
+            stack_row("compute", &compute_name, compute.as_ref()),
+        ];
+        // a detached campaign's controller, while its stack is there
+        let controller_name = stacks::controller::stack_name(plan);
+        if let Some(s) = cfn::describe(&c, &controller_name)
+            .await?
+            .filter(|s| s.status != "DELETE_COMPLETE")
+        {
+            stacks.push(stack_row("controller", &controller_name, Some(&s)));
+        }
         Ok(Infra {
             region: Some(c.settings.region.clone()),
             bucket: base
                 .as_ref()
                 .and_then(|b| b.outputs.get("BucketName").cloned()),
-            stacks: vec![
-                stack_row("base", &base_name, base.as_ref()),
-                stack_row("compute", &compute_name, compute.as_ref()),
-            ],
+            stacks,
             nodes: node_rows(&nodes, &online),
         })
     }
@@ -675,5 +698,54 @@ impl Provider for AwsProvider {
         state::load(plan)
             .map(|s| s.nodes.iter().filter(|n| n.alive()).count())
             .unwrap_or(0)
+    }
+
+    fn lease<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<Option<LeaseDoc>, ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            Ok(controller::lease(&c, plan).await?)
+        })
+    }
+
+    fn detach<'a>(
+        &'a self,
+        plan: &'a Plan,
+        catalog: &'a Catalog,
+        req: &'a DetachRequest,
+    ) -> Fut<'a, Result<Detached, ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            let log = |l: &str| self.log(l);
+            controller::detach(&c, &log, plan, catalog, req, &self.settings.node_binaries).await
+        })
+    }
+
+    fn controller_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        from: u64,
+    ) -> Fut<'a, Result<ControllerLog, ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            Ok(controller::controller_log(&c, plan, from).await?)
+        })
+    }
+
+    fn request_stop<'a>(
+        &'a self,
+        plan: &'a Plan,
+        req: &'a StopRequest,
+    ) -> Fut<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            Ok(controller::request_stop(&c, plan, req).await?)
+        })
+    }
+
+    fn stop_pending<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<bool, ProviderError>> {
+        Box::pin(async move {
+            let c = self.connect(plan).await?;
+            Ok(controller::stop_pending(&c, plan).await?)
+        })
     }
 }

@@ -21,6 +21,9 @@ lacks and what the addition does:
                       requests (addition 10)
 - ``node_path``    -- a minimal PATH for the commands (addition 11)
 - ``remote_script`` -- AWS-RunRemoteScript (addition 12)
+- ``cfn_instances`` -- AWS::EC2::Instance from a launch template (addition 13)
+- ``user_data``    -- the user data of infra's controller instances runs,
+                      with systemctl/shutdown shims (addition 14)
 
 ``app`` is the WSGI middleware in front of moto's own server application.
 """

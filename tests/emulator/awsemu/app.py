@@ -25,10 +25,11 @@ class EmulatorApp:
         registry.CALL_MOTO = registry.MotoCaller(moto_app)
         self.verbose = verbose
         # Import the additions so that they register their intercepts and patches.
-        from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_timing, instance_info,  # noqa: F401
-                       prices, runcommand)
+        from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_instances, cfn_timing,  # noqa: F401
+                       instance_info, prices, runcommand, user_data)
 
         cfn_fleets.install()
+        cfn_instances.install()
         cfn_delete.install()
         cfn_timing.install()
         prices.install()

@@ -24,6 +24,9 @@ else the ``x-moto-account-id`` header, else 123456789012):
 - ``POST /_emulator/fail-create-stack`` ``{"stack_name", "reason"?}``
 - ``GET|POST /_emulator/stack-delay`` ``{"create_seconds"?, "delete_seconds"?}``
   (addition 9: stacks stay CREATE_IN_PROGRESS / DELETE_IN_PROGRESS that long)
+- ``POST /_emulator/instance-command`` ``{"instance_id", "command", "args"}``
+  (addition 14: what the ``systemctl``/``shutdown``/``poweroff``/``halt``
+  shims of a controller instance's user data ask for)
 - ``GET|POST /_emulator/config`` ``{"interruption_delay",
   "invocation_visibility_delay", "poll_interval", "node_path"}``
   (``node_path`` ``"minimal"|"full"``: for the account when one is given,
@@ -152,4 +155,9 @@ def handle(environ: dict[str, Any]) -> Response:
                            "invocation_visibility_delay": CONFIG.invocation_visibility_delay,
                            "poll_interval": CONFIG.poll_interval,
                            "account_id": account, "node_path": node_path.mode(account)})
+    if name == "instance-command" and method == "POST":
+        from . import user_data
+
+        status, answer = user_data.handle_command(body)
+        return json_plain(answer, status)
     return json_plain({"error": f"unknown control endpoint {method} {path}"}, 404)

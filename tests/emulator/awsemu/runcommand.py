@@ -198,16 +198,23 @@ def _check_instance_ids(account_id: str, region: str, ids: list[str]) -> list[An
 
 
 def command_env(inv: Invocation, sandbox: str) -> dict[str, str]:
-    """The environment of a command: the emulator's own environment without
-    its AWS_* settings, plus what a process on the instance would need to
-    reach "AWS" (the emulator, with the instance's node credentials) and the
-    instance metadata."""
+    """The environment of a command (see ``instance_env``)."""
     cmd = inv.command
+    return instance_env(cmd.account_id, cmd.region, inv.instance_id, sandbox,
+                        node_path.mode(cmd.account_id) == "minimal")
+
+
+def instance_env(account_id: str, region: str, instance_id: str, sandbox: str,
+                 minimal: bool = False) -> dict[str, str]:
+    """The environment of a process on an instance: the emulator's own
+    environment without its AWS_* settings, plus what a process on the
+    instance would need to reach "AWS" (the emulator, with the instance's
+    node credentials) and the instance metadata."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and not k.startswith("INFRA_")}
     endpoint = CONFIG.endpoint_url()
-    url = imds.imds_url(inv.instance_id)
+    url = imds.imds_url(instance_id)
     no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", env.get("NO_PROXY", "")) if x)
-    if node_path.mode(cmd.account_id) == "minimal":
+    if minimal:
         path = node_path.minimal_dir()
     else:
         # The awscli installed with the emulator's interpreter comes first on PATH.
@@ -216,21 +223,21 @@ def command_env(inv: Invocation, sandbox: str) -> dict[str, str]:
         "PATH": path,
         "HOME": sandbox,
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": node_auth.node_access_key(cmd.account_id, inv.instance_id),
+        "AWS_ACCESS_KEY_ID": node_auth.node_access_key(account_id, instance_id),
         "AWS_SECRET_ACCESS_KEY": node_auth.SECRET,
-        "AWS_SESSION_TOKEN": node_auth.session_token(inv.instance_id),
-        "AWS_REGION": cmd.region,
-        "AWS_DEFAULT_REGION": cmd.region,
+        "AWS_SESSION_TOKEN": node_auth.session_token(instance_id),
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
         "AWS_CONFIG_FILE": os.path.join(sandbox, ".aws", "config"),
         "AWS_SHARED_CREDENTIALS_FILE": os.path.join(sandbox, ".aws", "credentials"),
         "AWS_EC2_METADATA_SERVICE_ENDPOINT": url + "/",
         "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE": "IPv4",
         "AWS_PAGER": "",
         "INFRA_IMDS_URL": url,
-        "INFRA_INSTANCE_ID": inv.instance_id,
+        "INFRA_INSTANCE_ID": instance_id,
         "INFRA_SANDBOX_DIR": sandbox,
         "INFRA_EMULATOR_URL": endpoint,
-        "INFRA_EMULATOR_ACCOUNT": cmd.account_id,
+        "INFRA_EMULATOR_ACCOUNT": account_id,
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
     })
