@@ -152,6 +152,7 @@ pub enum NodeMode {
     Stop,
     Reap,
     Setup,
+    Watch,
 }
 
 #[derive(Debug, Subcommand)]

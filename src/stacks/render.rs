@@ -458,7 +458,7 @@ fn compute_view(
         project: plan.project.clone(),
         phase: plan.name_key.clone(),
         ssm_policy: policy::SSM_MANAGED_POLICY,
-        node_policy: policy::node_statements(&bucket_prefix(&plan.project), &plan.name_key),
+        node_policy: policy::node_statements(&bucket_prefix(&plan.project), &plan.project, &plan.name_key),
         role_tags: json!([
             tag(TAG_PROJECT, &plan.project),
             tag(TAG_PHASE, &plan.name_key),

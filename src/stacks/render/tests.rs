@@ -17,6 +17,7 @@ fn images_resolve_through_ssm_unless_an_ami_id_is_given() {
         volume_gb: 100,
         slots: 1,
         max_lifetime_hours: None,
+        idle_shutdown_minutes: 20,
         gpus: None,
         workers_per_slot: None,
         availability_zone: None,
