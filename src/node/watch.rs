@@ -437,7 +437,7 @@ mod tests {
             assert!(!c.observe(s(n), true, None, idle));
         }
         assert!(!c.observe(s(630), false, None, idle));
-        assert!(c.observe(s(650), false, None, idle));
+        assert!(c.observe(s(660), false, None, idle));
     }
 
     #[test]
