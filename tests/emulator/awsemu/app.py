@@ -26,13 +26,14 @@ class EmulatorApp:
         self.verbose = verbose
         # Import the additions so that they register their intercepts and patches.
         from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_timing, instance_info,  # noqa: F401
-                       prices, runcommand)
+                       prices, runcommand, shutdown)
 
         cfn_fleets.install()
         cfn_delete.install()
         cfn_timing.install()
         prices.install()
         node_auth.install()
+        shutdown.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
