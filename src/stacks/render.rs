@@ -607,17 +607,30 @@ pub fn render(plan: &Plan, catalog: &Catalog) -> Result<Stacks, StackError> {
 }
 
 /// Parameter values for deploying the compute stack at `now`: each group's
-/// `ValidUntil<Group>` (now + the group's lifetime). Pass them on create;
-/// on update keep the previous values (a new expiry replaces the fleet).
+/// `ValidUntil<Group>` (now + the group's lifetime, sized from the budget
+/// that remains after `spent_usd`). Pass them on create; on update keep the
+/// previous values (a new expiry replaces the fleet), except for a fleet
+/// that is replaced anyway (`provider::aws::deploy::restore_fleets`).
 pub fn compute_parameters(
     plan: &Plan,
     catalog: &Catalog,
     now: DateTime<Utc>,
+    spent_usd: f64,
 ) -> Vec<(String, String)> {
     let ids = unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str()));
     ids.into_iter()
-        .zip(group_limits(plan, catalog))
+        .zip(super::limits::group_limits_remaining(plan, catalog, spent_usd))
         .map(|(id, l)| (format!("ValidUntil{id}"), l.valid_until(now)))
+        .collect()
+}
+
+/// The logical id suffix of each node group (`Fleet<id>`, `ValidUntil<id>`),
+/// in plan order.
+pub fn group_ids(plan: &Plan) -> Vec<(String, String)> {
+    plan.node_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .zip(unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str())))
         .collect()
 }
 

@@ -1800,6 +1800,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 }
 
 mod budget;
+mod idle;
 mod node;
 mod trust;
 

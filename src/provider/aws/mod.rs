@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod ec2;
 pub mod error;
 pub mod executor;
+pub mod fleet_restore;
 pub mod layout;
 pub mod meter;
 pub mod node_commands;

@@ -13,6 +13,7 @@ use super::deploy::{self, Looked};
 use super::ec2;
 use super::error::AwsError;
 use super::executor;
+use super::fleet_restore;
 use super::layout;
 use super::meter;
 use super::node_commands::Target;
@@ -240,7 +241,11 @@ impl AwsProvider {
         } else {
             Source::Body(rendered.compute.body.clone())
         };
-        let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now());
+        // fleets deleted by idle nodes come back; the deadline of what is
+        // deployed now is sized from the budget that remains
+        let spent = fleet_restore::spent_so_far(&c, plan, Some(&looked.bucket)).await;
+        fleet_restore::restore_fleets(&c, &log, plan, catalog, spent).await?;
+        let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now(), spent);
         let compute = deploy::deploy(
             &c,
             &log,
@@ -313,6 +318,11 @@ impl AwsProvider {
         catalog: &'a Catalog,
     ) -> Result<Box<dyn RunSession + 'a>, ProviderError> {
         let c = self.connect(plan).await?;
+        {
+            let log = |l: &str| self.log(l);
+            let spent = fleet_restore::spent_so_far(&c, plan, None).await;
+            fleet_restore::restore_fleets(&c, &log, plan, catalog, spent).await?;
+        }
         let (st, looked) = deployed(&c, plan).await?;
         // what other machines recorded, then the nodes' time since the last
         // metering (idle since apply, or a run that crashed): the command
