@@ -180,7 +180,8 @@ fn disarm_boot_timer() {
             .args(["stop", "infra-idle-boot.timer"])
             .status();
     }
-    let _ = std::fs::remove_file(BOOT_TIMER_MARKER);
+    // the marker stays: after a reboot the timer runs again until the
+    // next watcher stops it
     println!("infra-node: boot-time idle timer disarmed; the watcher takes over");
 }
 

@@ -293,7 +293,14 @@ struct UserDataView<'a> {
     slots: u32,
     efa: bool,
     lifetime_minutes: u64,
+    /// The boot-time idle timer: `idle_shutdown_minutes` + a margin for a
+    /// controller to install the agent (whose watcher disarms it).
+    boot_idle_minutes: u32,
 }
+
+/// Minutes a fresh node waits for a controller's agent install beyond
+/// `idle_shutdown_minutes` before its boot-time idle timer stops it.
+pub const BOOT_IDLE_MARGIN_MINUTES: u32 = 10;
 
 fn tag(key: &str, value: &str) -> Value {
     json!({"Key": key, "Value": value})
@@ -422,6 +429,7 @@ fn compute_view(
                 slots: g.slots,
                 efa: g.efa,
                 lifetime_minutes: lim.lifetime_minutes(),
+                boot_idle_minutes: g.idle_shutdown_minutes + BOOT_IDLE_MARGIN_MINUTES,
             },
         )?;
         let name_tag = launch_template_name(plan, &g.name);

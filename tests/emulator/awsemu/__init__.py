@@ -21,6 +21,9 @@ lacks and what the addition does:
                       requests (addition 10)
 - ``node_path``    -- a minimal PATH for the commands (addition 11)
 - ``remote_script`` -- AWS-RunRemoteScript (addition 12)
+- ``shutdown``     -- instances that shut themselves down, processes that
+                      die with their instance, EC2 actions of node
+                      credentials evaluated (addition 13)
 
 ``app`` is the WSGI middleware in front of moto's own server application.
 """

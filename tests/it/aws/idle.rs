@@ -7,25 +7,22 @@
 
 use super::*;
 
-/// Two nodes with `idle_shutdown_minutes: 1`; task `n` sleeps `secs[n-1]`.
+/// Two nodes with `idle_shutdown_minutes: 1`; one task per entry of
+/// `secs` (distinct), `<phase>-s<secs>`, that sleeps that long.
 fn idle_plan(a: &Aws, phase: &str, project: &str, secs: &[u32]) {
-    let ids: Vec<String> = (1..=secs.len()).map(|i| i.to_string()).collect();
+    let list: Vec<String> = secs.iter().map(|s| s.to_string()).collect();
     a.p.write(
         &format!("plans/{phase}.json"),
         &format!(
             r#"{{ "phase": "{phase}", "name": "idle", "project": "{project}", "provider": "aws", "region": "us-east-1",
   "node_groups": {{ "cpu": {{ "instance_type": "c6i.xlarge", "count": 2, "market": "spot", "slots": 1, "idle_shutdown_minutes": 1 }} }},
-  "layers": [ {{ "id": "L0", "grid": {{ "backend": "nap", "id": "{phase}-t{{n}}", "factors": {{ "n": [{}] }} }} }} ] }}"#,
-            ids.join(", ")
+  "layers": [ {{ "id": "L0", "grid": {{ "backend": "nap", "id": "{phase}-s{{s}}", "factors": {{ "s": [{}] }} }} }} ] }}"#,
+            list.join(", ")
         ),
     );
-    let secs_list: Vec<String> = secs.iter().map(|s| s.to_string()).collect();
     a.p.write(
         "plans/templates/nap.json.hbs",
-        &format!(
-            r#"{{ "steps": [ {{"name": "main", "timeout_seconds": 900, "command": "S=({}); sleep ${{S[$(({{{{n}}}} - 1))]}}; echo napped"}} ] }}"#,
-            secs_list.join(" ")
-        ),
+        r#"{ "steps": [ {"name": "main", "timeout_seconds": 900, "command": "sleep {{s}}; echo napped"} ] }"#,
     );
 }
 
@@ -123,18 +120,18 @@ const STOPS_WITHIN: Duration = Duration::from_secs(85);
 fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_not_replaced_and_apply_brings_the_fleet_back(
 ) {
     let a = Aws::new("idle_gone");
-    idle_plan(&a, "ig", "idlegone", &[2, 2]);
+    idle_plan(&a, "ig", "idlegone", &[2, 3]);
     ok(&a.infra(&["apply", "ig", "--yes"]), "apply");
     let ids: Vec<String> = node_ids(&a, "ig").into_iter().map(|n| n.1).collect();
     assert_eq!(ids.len(), 2);
     // a controller that dies after the steps ended: kill -9 once both ended
     let bg = a.spawn(&["run", "ig", "all"]);
     wait_for("both steps ended", Duration::from_secs(120), || {
-        ["ig-t1", "ig-t2"]
+        ["ig-s2", "ig-s3"]
             .iter()
             .all(|t| ran_on(&ids, t).is_some_and(|id| step_ended(&id, t).is_some()))
     });
-    let ended = ["ig-t1", "ig-t2"]
+    let ended = ["ig-s2", "ig-s3"]
         .iter()
         .filter_map(|t| step_ended(&ran_on(&ids, t).unwrap(), t))
         .max()
@@ -200,7 +197,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
 #[test]
 fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     let a = Aws::new("idle_control");
-    // t1: a long step (200 s); t2: a short one
+    // a long step (200 s) and a short one
     idle_plan(&a, "ic", "idlecontrol", &[200, 1]);
     ok(&a.infra(&["apply", "ic", "--yes"]), "apply");
     let ids: Vec<String> = node_ids(&a, "ic").into_iter().map(|n| n.1).collect();
@@ -208,13 +205,13 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     let started = Instant::now();
     let bg = a.spawn(&["run", "ic", "all"]);
     wait_for("both steps started", Duration::from_secs(120), || {
-        ran_on(&ids, "ic-t1").is_some() && ran_on(&ids, "ic-t2").is_some()
+        ran_on(&ids, "ic-s200").is_some() && ran_on(&ids, "ic-s1").is_some()
     });
-    let long = ran_on(&ids, "ic-t1").unwrap();
-    let short = ran_on(&ids, "ic-t2").unwrap();
+    let long = ran_on(&ids, "ic-s200").unwrap();
+    let short = ran_on(&ids, "ic-s1").unwrap();
     assert_ne!(long, short);
     wait_for("the short step ended", Duration::from_secs(60), || {
-        step_ended(&short, "ic-t2").is_some()
+        step_ended(&short, "ic-s1").is_some()
     });
     // idle for 75 s, but the lease is renewed: it stays up
     std::thread::sleep(Duration::from_secs(75));
@@ -241,12 +238,12 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
         "running",
         "a node running a step is not stopped by idleness"
     );
-    assert!(step_ended(&long, "ic-t1").is_none(), "the long step runs on");
+    assert!(step_ended(&long, "ic-s200").is_none(), "the long step runs on");
     wait_for("the long step ended", Duration::from_secs(240), || {
-        step_ended(&long, "ic-t1").is_some()
+        step_ended(&long, "ic-s200").is_some()
     });
     assert!(started.elapsed() >= Duration::from_secs(195));
-    let ended = step_ended(&long, "ic-t1").unwrap();
+    let ended = step_ended(&long, "ic-s200").unwrap();
     wait_for("the busy node terminated", STOPS_WITHIN, || {
         instance_state(&a, &long).0 == "terminated"
     });
