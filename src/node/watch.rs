@@ -101,7 +101,10 @@ pub async fn watch(root: &Path, s: WatchSpec) -> Result<i32, Fail> {
     let Some(_lock) = try_lock(&d.join("lock"))? else {
         return Ok(0);
     };
-    let _ = fsio::write_atomic(&d.join("pid"), format!("{}\n", std::process::id()).as_bytes());
+    let _ = fsio::write_atomic(
+        &d.join("pid"),
+        format!("{}\n", std::process::id()).as_bytes(),
+    );
     disarm_boot_timer();
     run(root, &d).await
 }
@@ -404,7 +407,11 @@ async fn stop_billing(ec2: &aws_sdk_ec2::Client, fleet: Option<&str>) {
         };
         match std::process::Command::new(&p).args(args).status() {
             Ok(st) if st.success() => {
-                log(&format!("{} {}: shutting down", p.display(), args.join(" ")));
+                log(&format!(
+                    "{} {}: shutting down",
+                    p.display(),
+                    args.join(" ")
+                ));
                 return;
             }
             Ok(st) => log(&format!("{} failed: {st}", p.display())),
@@ -463,9 +470,10 @@ mod tests {
 
     #[test]
     fn spec_defaults_and_the_poll_interval() {
-        let s: WatchSpec =
-            serde_json::from_str(r#"{"bucket":"b","lease_key":"p/_state/lease.json","idle_minutes":{"cpu":1}}"#)
-                .unwrap();
+        let s: WatchSpec = serde_json::from_str(
+            r#"{"bucket":"b","lease_key":"p/_state/lease.json","idle_minutes":{"cpu":1}}"#,
+        )
+        .unwrap();
         assert_eq!(s.idle_for(Some("cpu")), Duration::from_secs(60));
         assert_eq!(s.idle_for(Some("gpu")), Duration::from_secs(1200));
         assert_eq!(s.idle_for(None), Duration::from_secs(1200));

@@ -466,7 +466,11 @@ fn compute_view(
         project: plan.project.clone(),
         phase: plan.name_key.clone(),
         ssm_policy: policy::SSM_MANAGED_POLICY,
-        node_policy: policy::node_statements(&bucket_prefix(&plan.project), &plan.project, &plan.name_key),
+        node_policy: policy::node_statements(
+            &bucket_prefix(&plan.project),
+            &plan.project,
+            &plan.name_key,
+        ),
         role_tags: json!([
             tag(TAG_PROJECT, &plan.project),
             tag(TAG_PHASE, &plan.name_key),
@@ -627,7 +631,9 @@ pub fn compute_parameters(
 ) -> Vec<(String, String)> {
     let ids = unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str()));
     ids.into_iter()
-        .zip(super::limits::group_limits_remaining(plan, catalog, spent_usd))
+        .zip(super::limits::group_limits_remaining(
+            plan, catalog, spent_usd,
+        ))
         .map(|(id, l)| (format!("ValidUntil{id}"), l.valid_until(now)))
         .collect()
 }
@@ -638,7 +644,9 @@ pub fn group_ids(plan: &Plan) -> Vec<(String, String)> {
     plan.node_groups
         .iter()
         .map(|g| g.name.clone())
-        .zip(unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str())))
+        .zip(unique_logical_ids(
+            plan.node_groups.iter().map(|g| g.name.as_str()),
+        ))
         .collect()
 }
 

@@ -216,7 +216,10 @@ pub(super) async fn node_kit(
         })?;
         agents.insert(arch, agent::upload(c, bucket, &bin).await?);
     }
-    Ok(NodeKit::new(up.bundle, agents, bucket, &plan.name_key).with_watch(watch_spec(plan, bucket)))
+    Ok(
+        NodeKit::new(up.bundle, agents, bucket, &plan.name_key)
+            .with_watch(watch_spec(plan, bucket)),
+    )
 }
 
 /// The spec of the nodes' idle watcher (`infra node watch`, src/node/

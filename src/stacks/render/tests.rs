@@ -120,7 +120,11 @@ fn user_data_arms_a_boot_idle_timer_that_stops_the_fleet_and_powers_off() {
         .arg(&text)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -179,6 +179,11 @@ def kill_processes(instance_id: str) -> int:
     return len(pids)
 
 
+def kill_everything() -> None:
+    """Every process of every instance of this emulator (at its exit)."""
+    _reset(None)
+
+
 @on_reset
 def _reset(account_id: str | None) -> None:
     """A reset account's instances are gone: so are their processes."""

@@ -138,7 +138,11 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
         .unwrap();
     bg.kill9();
     for id in &ids {
-        assert_eq!(instance_state(&a, id).0, "running", "{id} before the idle time");
+        assert_eq!(
+            instance_state(&a, id).0,
+            "running",
+            "{id} before the idle time"
+        );
     }
     wait_for(
         "both nodes terminated",
@@ -238,7 +242,10 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
         "running",
         "a node running a step is not stopped by idleness"
     );
-    assert!(step_ended(&long, "ic-s200").is_none(), "the long step runs on");
+    assert!(
+        step_ended(&long, "ic-s200").is_none(),
+        "the long step runs on"
+    );
     wait_for("the long step ended", Duration::from_secs(240), || {
         step_ended(&long, "ic-s200").is_some()
     });
