@@ -90,31 +90,37 @@ pub async fn spent_so_far(c: &Clients, plan: &Plan, bucket: Option<&str>) -> f64
 }
 
 /// Find the phase's deleted fleets and have CloudFormation create them
-/// again; what was done, for the log. Nothing when the compute stack is
-/// not deployed (or busy, or failed: `deploy` deals with those).
+/// again. Returns whether the compute stack exists (created, or being
+/// created or updated): then `deploy` keeps its parameters, and what was
+/// spent matters only here. One DescribeStacks when nothing is to do (and
+/// one DescribeFleets when the stack is settled). `bucket`: where the
+/// ledger of other machines is merged from, for the fresh expiry.
 pub async fn restore_fleets(
     c: &Clients,
     log: &dyn Fn(&str),
     plan: &Plan,
     catalog: &Catalog,
-    spent_usd: f64,
-) -> Result<Vec<GoneFleet>, ProviderError> {
+    bucket: Option<&str>,
+) -> Result<bool, ProviderError> {
     let name = names::compute_stack_name(&plan.project, &plan.name_key);
     let Some(stack) = cfn::describe(c, &name).await? else {
-        return Ok(Vec::new());
+        return Ok(false);
     };
-    if stack.in_progress() || stack.dead() || stack.status.starts_with("DELETE") {
-        return Ok(Vec::new());
+    if stack.dead() || stack.status.starts_with("DELETE") {
+        return Ok(false);
+    }
+    if stack.in_progress() {
+        return Ok(true);
     }
     let gone = match deleted_fleets(c, plan, &stack).await {
         Ok(g) => g,
         Err(e) => {
             log(&format!("warning: cannot check the phase's fleets: {e}"));
-            return Ok(Vec::new());
+            return Ok(true);
         }
     };
     if gone.is_empty() {
-        return Ok(gone);
+        return Ok(true);
     }
     for g in &gone {
         log(&format!(
@@ -122,6 +128,7 @@ pub async fn restore_fleets(
             g.fleet_id, g.group, g.state
         ));
     }
+    let spent_usd = spent_so_far(c, plan, bucket).await;
     let fresh: BTreeMap<String, String> =
         stacks::compute_parameters(plan, catalog, chrono::Utc::now(), spent_usd)
             .into_iter()
@@ -168,5 +175,5 @@ pub async fn restore_fleets(
         "stack {name}: {} fleet(s) created again",
         gone.len()
     ));
-    Ok(gone)
+    Ok(true)
 }

@@ -241,10 +241,16 @@ impl AwsProvider {
         } else {
             Source::Body(rendered.compute.body.clone())
         };
-        // fleets deleted by idle nodes come back; the deadline of what is
-        // deployed now is sized from the budget that remains
-        let spent = fleet_restore::spent_so_far(&c, plan, Some(&looked.bucket)).await;
-        fleet_restore::restore_fleets(&c, &log, plan, catalog, spent).await?;
+        // fleets deleted by idle nodes come back; the deadline of a stack
+        // created now is sized from the budget that remains (an existing
+        // stack keeps its expiry: `deploy` keeps its parameters)
+        let exists =
+            fleet_restore::restore_fleets(&c, &log, plan, catalog, Some(&looked.bucket)).await?;
+        let spent = if exists {
+            0.0
+        } else {
+            fleet_restore::spent_so_far(&c, plan, Some(&looked.bucket)).await
+        };
         let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now(), spent);
         let compute = deploy::deploy(
             &c,
@@ -320,8 +326,7 @@ impl AwsProvider {
         let c = self.connect(plan).await?;
         {
             let log = |l: &str| self.log(l);
-            let spent = fleet_restore::spent_so_far(&c, plan, None).await;
-            fleet_restore::restore_fleets(&c, &log, plan, catalog, spent).await?;
+            fleet_restore::restore_fleets(&c, &log, plan, catalog, None).await?;
         }
         let (st, looked) = deployed(&c, plan).await?;
         // what other machines recorded, then the nodes' time since the last
