@@ -38,28 +38,45 @@ fn step_ended(id: &str, task: &str) -> Option<std::time::SystemTime> {
         .ok()
 }
 
-/// (state, state reason code) of an instance.
-fn instance_state(a: &Aws, id: &str) -> (String, String) {
-    let v = a.boto(&format!(
-        "i = ec2.describe_instances(InstanceIds=['{id}'])['Reservations'][0]['Instances'][0]\n\
-         print(json.dumps([i['State']['Name'], i.get('StateReason', {{}}).get('Code', '')]))"
-    ));
+/// (state, state reason code) of an instance (the SDK: a boto3 process per
+/// poll would load the machine the other tests share).
+fn instance_state(sdk: &Sdk, id: &str) -> (String, String) {
+    let out = sdk
+        .rt
+        .block_on(sdk.ec2.describe_instances().instance_ids(id).send())
+        .expect("DescribeInstances");
+    let i = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .expect("the instance");
     (
-        v[0].as_str().unwrap().to_string(),
-        v[1].as_str().unwrap().to_string(),
+        i.state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        i.state_reason()
+            .and_then(|r| r.code())
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
 /// Fleets of the account with their state.
-fn fleet_states(a: &Aws) -> Vec<(String, String)> {
-    let v = a.boto("print(json.dumps([[f['FleetId'], f['FleetState']] for f in ec2.describe_fleets()['Fleets']]))");
-    v.as_array()
-        .unwrap()
+fn fleet_states(sdk: &Sdk) -> Vec<(String, String)> {
+    let out = sdk
+        .rt
+        .block_on(sdk.ec2.describe_fleets().send())
+        .expect("DescribeFleets");
+    out.fleets()
         .iter()
         .map(|f| {
             (
-                f[0].as_str().unwrap().to_string(),
-                f[1].as_str().unwrap().to_string(),
+                f.fleet_id().unwrap_or_default().to_string(),
+                f.fleet_state()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
             )
         })
         .collect()
@@ -120,6 +137,7 @@ const STOPS_WITHIN: Duration = Duration::from_secs(85);
 fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_not_replaced_and_apply_brings_the_fleet_back(
 ) {
     let a = Aws::new("idle_gone");
+    let sdk = a.sdk();
     idle_plan(&a, "ig", "idlegone", &[2, 3]);
     ok(&a.infra(&["apply", "ig", "--yes"]), "apply");
     let ids: Vec<String> = node_ids(&a, "ig").into_iter().map(|n| n.1).collect();
@@ -139,7 +157,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
     bg.kill9();
     for id in &ids {
         assert_eq!(
-            instance_state(&a, id).0,
+            instance_state(&sdk, id).0,
             "running",
             "{id} before the idle time"
         );
@@ -149,7 +167,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
         STOPS_WITHIN + Duration::from_secs(10),
         || {
             ids.iter()
-                .all(|id| instance_state(&a, id).0 == "terminated")
+                .all(|id| instance_state(&sdk, id).0 == "terminated")
         },
     );
     let took = ended.elapsed().unwrap();
@@ -163,7 +181,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
     );
     for id in &ids {
         assert_eq!(
-            instance_state(&a, id).1,
+            instance_state(&sdk, id).1,
             "Client.InstanceInitiatedShutdown",
             "{id} shut itself down"
         );
@@ -173,10 +191,9 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
     // not replaced: the fleet is deleted (its instances were kept, then
     // each shut itself down), nothing else runs
     std::thread::sleep(Duration::from_secs(3));
-    let sdk = a.sdk();
     assert_eq!(sdk.instances(), vec![], "nothing runs");
     assert_eq!(sdk.fleets(), Vec::<String>::new(), "no active fleet");
-    let states = fleet_states(&a);
+    let states = fleet_states(&sdk);
     assert!(
         states.iter().any(|(_, s)| s == "deleted_running"),
         "the node deleted its fleet without terminating: {states:?}"
@@ -190,7 +207,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
         "the user is told: {}",
         r.stderr
     );
-    assert_eq!(sdk.fleets().len(), 1, "{:?}", fleet_states(&a));
+    assert_eq!(sdk.fleets().len(), 1, "{:?}", fleet_states(&sdk));
     assert_eq!(sdk.instances().len(), 2, "{:?}", sdk.instances());
     let r = a.infra(&["run", "ig", "all"]);
     ok(&r, "a run on the recovered fleet");
@@ -201,6 +218,7 @@ fn with_the_controller_gone_idle_nodes_terminate_within_the_idle_time_and_are_no
 #[test]
 fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     let a = Aws::new("idle_control");
+    let sdk = a.sdk();
     // a long step (200 s) and a short one
     idle_plan(&a, "ic", "idlecontrol", &[200, 1]);
     ok(&a.infra(&["apply", "ic", "--yes"]), "apply");
@@ -220,7 +238,7 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     // idle for 75 s, but the lease is renewed: it stays up
     std::thread::sleep(Duration::from_secs(75));
     assert_eq!(
-        instance_state(&a, &short).0,
+        instance_state(&sdk, &short).0,
         "running",
         "an idle node with a live controller stays up"
     );
@@ -229,7 +247,7 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     let gone = Instant::now();
     bg.kill9();
     wait_for("the idle node terminated", STOPS_WITHIN, || {
-        instance_state(&a, &short).0 == "terminated"
+        instance_state(&sdk, &short).0 == "terminated"
     });
     assert!(
         gone.elapsed() >= Duration::from_secs(55),
@@ -238,7 +256,7 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     );
     // no renewal for more than the idle time, but its step runs
     assert_eq!(
-        instance_state(&a, &long).0,
+        instance_state(&sdk, &long).0,
         "running",
         "a node running a step is not stopped by idleness"
     );
@@ -252,7 +270,7 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     assert!(started.elapsed() >= Duration::from_secs(195));
     let ended = step_ended(&long, "ic-s200").unwrap();
     wait_for("the busy node terminated", STOPS_WITHIN, || {
-        instance_state(&a, &long).0 == "terminated"
+        instance_state(&sdk, &long).0 == "terminated"
     });
     let took = ended.elapsed().unwrap();
     assert!(
@@ -260,6 +278,6 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
         "{took:?}"
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(a.sdk().instances(), vec![], "not replaced");
+    assert_eq!(sdk.instances(), vec![], "not replaced");
     ok(&a.infra(&["destroy", "ic", "--all"]), "destroy");
 }
