@@ -236,6 +236,7 @@ pub fn step_running(root: &Path) -> bool {
 pub struct IdleClock {
     last_activity: Instant,
     last_renewal: Option<String>,
+    was_busy: bool,
 }
 
 impl IdleClock {
@@ -243,7 +244,13 @@ impl IdleClock {
         IdleClock {
             last_activity: now,
             last_renewal: None,
+            was_busy: false,
         }
+    }
+
+    /// How long until the node counts as idle (zero when it does).
+    pub fn remaining(&self, now: Instant, idle: Duration) -> Duration {
+        idle.saturating_sub(now.duration_since(self.last_activity))
     }
 
     /// One poll's findings; true when the node has been idle for `idle`.
@@ -254,9 +261,13 @@ impl IdleClock {
         renewed_at: Option<&str>,
         idle: Duration,
     ) -> bool {
-        if busy {
+        // the first poll that finds no step counts as activity too: the
+        // step ended after the last poll that saw it, so the idle time is
+        // never shorter than `idle`
+        if busy || self.was_busy {
             self.last_activity = now;
         }
+        self.was_busy = busy;
         if let Some(r) = renewed_at {
             if self.last_renewal.as_deref() != Some(r) {
                 self.last_renewal = Some(r.to_string());
@@ -324,7 +335,12 @@ async fn run(root: &Path, d: &Path) -> Result<i32, Fail> {
             spec = s;
         }
         let idle = spec.idle_for(group.as_deref());
-        tokio::time::sleep(spec.poll(idle)).await;
+        // a poll, or less when the idle time ends sooner
+        let wait = spec
+            .poll(idle)
+            .min(clock.remaining(Instant::now(), idle))
+            .max(Duration::from_millis(200));
+        tokio::time::sleep(wait).await;
         // the node's folder is gone (the emulator's sandbox removed)
         if !root.is_dir() {
             return Ok(0);
@@ -363,7 +379,12 @@ async fn run(root: &Path, d: &Path) -> Result<i32, Fail> {
             stop_billing(&ec2, fleet.as_deref()).await;
             // the machine goes down; should the shutdown not happen, try
             // again after a poll
-            clock = IdleClock::new(Instant::now() - idle);
+            let retry = idle.saturating_sub(spec.poll(idle));
+            clock = IdleClock::new(
+                Instant::now()
+                    .checked_sub(retry)
+                    .unwrap_or_else(Instant::now),
+            );
         }
     }
 }
@@ -446,8 +467,12 @@ mod tests {
         for n in (0..=600).step_by(30) {
             assert!(!c.observe(s(n), true, None, idle));
         }
+        // the step ended between the polls at 600 and 630: idle from 630
         assert!(!c.observe(s(630), false, None, idle));
-        assert!(c.observe(s(660), false, None, idle));
+        assert_eq!(c.remaining(s(650), idle), Duration::from_secs(40));
+        assert!(!c.observe(s(689), false, None, idle));
+        assert!(c.observe(s(690), false, None, idle));
+        assert_eq!(c.remaining(s(700), idle), Duration::ZERO);
     }
 
     #[test]
