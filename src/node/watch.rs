@@ -188,6 +188,40 @@ fn disarm_boot_timer() {
     println!("infra-node: boot-time idle timer disarmed; the watcher takes over");
 }
 
+/// When the last step of the node ended: the newest `rc` (written by the
+/// step's agent, on this node's clock).
+pub fn last_step_end(root: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for rc in glob_rc(root) {
+        if let Ok(t) = std::fs::metadata(&rc).and_then(|m| m.modified()) {
+            newest = newest.max(Some(t));
+        }
+    }
+    newest
+}
+
+fn glob_rc(root: &Path) -> Vec<PathBuf> {
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for task in dirs(&root.join("run")) {
+        for attempt in dirs(&task) {
+            for key in dirs(&attempt) {
+                out.push(key.join("rc"));
+            }
+        }
+    }
+    out
+}
+
 /// A step runs on the node: a `pid` without an `rc` whose process lives.
 pub fn step_running(root: &Path) -> bool {
     let dirs = |d: &Path| -> Vec<PathBuf> {
@@ -245,6 +279,14 @@ impl IdleClock {
             last_activity: now,
             last_renewal: None,
             was_busy: false,
+        }
+    }
+
+    /// Activity at `t` (a step's end, read from its `rc`), if later than
+    /// what the clock knows.
+    pub fn activity_at(&mut self, t: Instant) {
+        if t > self.last_activity {
+            self.last_activity = t;
         }
     }
 
@@ -367,6 +409,12 @@ async fn run(root: &Path, d: &Path) -> Result<i32, Fail> {
             }
         };
         let busy = step_running(root);
+        // a step shorter than a poll is never seen running: its end counts
+        if let Some(ago) = last_step_end(root).and_then(|t| t.elapsed().ok()) {
+            if let Some(at) = Instant::now().checked_sub(ago) {
+                clock.activity_at(at);
+            }
+        }
         if clock.observe(Instant::now(), busy, renewed.as_deref(), idle) {
             let mins = idle.as_secs() / 60;
             log(&format!(
@@ -473,6 +521,12 @@ mod tests {
         assert!(!c.observe(s(689), false, None, idle));
         assert!(c.observe(s(690), false, None, idle));
         assert_eq!(c.remaining(s(700), idle), Duration::ZERO);
+        // a step that ended between two polls, never seen running
+        let mut c = IdleClock::new(t0);
+        c.activity_at(s(25));
+        c.activity_at(s(5));
+        assert!(!c.observe(s(84), false, None, idle));
+        assert!(c.observe(s(85), false, None, idle));
     }
 
     #[test]
@@ -487,6 +541,8 @@ mod tests {
         assert!(step_running(d.path()));
         std::fs::write(k.join("rc"), "0\n").unwrap();
         assert!(!step_running(d.path()));
+        let end = last_step_end(d.path()).unwrap();
+        assert!(end.elapsed().unwrap() < Duration::from_secs(60));
         std::fs::remove_file(k.join("rc")).unwrap();
         // a pid that is gone: not running
         std::fs::write(k.join("pid"), "999999999\n").unwrap();
