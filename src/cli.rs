@@ -175,6 +175,7 @@ pub enum NodeMode {
     Stop,
     Reap,
     Setup,
+    Watch,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,6 +16,9 @@
 //! - `stop`: ask background steps of an attempt to stop.
 //! - `reap`: stop every step still running on the node (after `infra` died).
 //! - `setup`: run the bundle's `setup.sh` once per hash.
+//! - `watch`: start (or update the settings of) the node's idle watcher:
+//!   no step and no renewal of the controller's lease for the idle time →
+//!   the node deletes its fleet (instances kept) and shuts down.
 //!
 //! Common exit codes: 2 a bad spec, 172 the bundle could not be fetched or
 //! failed verification (nothing was run), 176 a write on the node failed
@@ -35,6 +38,7 @@ pub mod spot;
 pub mod step;
 pub mod stop;
 pub mod upload;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -113,6 +117,7 @@ pub fn main(mode: NodeMode, spec_text: &str) -> i32 {
                 stop::reap(&root, &s.keep).await
             }
             NodeMode::Setup => setup::setup(&root, spec::parse(spec_text)?).await,
+            NodeMode::Watch => watch::watch(&root, spec::parse(spec_text)?).await,
         }
     });
     match r {

@@ -69,6 +69,12 @@ pub struct Budget {
     pub accept_unpriced: bool,
 }
 
+/// `idle_shutdown_minutes` when the plan gives none.
+pub const DEFAULT_IDLE_SHUTDOWN_MINUTES: u32 = 20;
+/// The largest `idle_shutdown_minutes` accepted: a day (idling longer than
+/// that without a controller is a mistake, not a setting).
+pub const MAX_IDLE_SHUTDOWN_MINUTES: u64 = 1440;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeGroup {
     pub name: String,
@@ -82,6 +88,10 @@ pub struct NodeGroup {
     pub volume_gb: u32,
     pub slots: u32,
     pub max_lifetime_hours: Option<f64>,
+    /// Minutes a node that runs no step and sees no renewal of the
+    /// controller's lease waits before it stops billing (it deletes its
+    /// fleet and shuts down; docs/CAMPAIGN.md "No controller, no spend").
+    pub idle_shutdown_minutes: u32,
     /// GPUs per node as the plan states it (checked against the catalog).
     pub gpus: Option<u32>,
     /// Workers a task in one slot should use (`INFRA_N_WORKERS`).

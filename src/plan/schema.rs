@@ -17,6 +17,7 @@ pub fn schema() -> Value {
             "volume_gb": {"type": "integer", "minimum": 1, "maximum": 16384, "default": 100},
             "slots": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1, "description": "concurrent tasks per node"},
             "max_lifetime_hours": {"type": "number", "exclusiveMinimum": 0},
+            "idle_shutdown_minutes": {"type": "integer", "minimum": 1, "maximum": 1440, "default": 20, "description": "minutes a node that runs no step and sees no live controller waits before it terminates itself (and stops its fleet's replacements)"},
             "workers_per_slot": {"type": "integer", "minimum": 1}
         });
         props[count_name] = json!({"type": "integer", "minimum": 1});

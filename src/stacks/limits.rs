@@ -72,8 +72,21 @@ fn node_ceiling(catalog: &Catalog, region: &str, g: &NodeGroup) -> Option<f64> {
         })
 }
 
-/// Limits for every node group of the plan, in plan order.
+/// Limits for every node group of the plan, in plan order, from the whole
+/// budget (what the rendered stacks carry: they must not change as money is
+/// spent).
 pub fn group_limits(plan: &Plan, catalog: &Catalog) -> Vec<GroupLimits> {
+    limits(plan, catalog, 0.0)
+}
+
+/// The same, with the lifetimes sized from the budget that remains after
+/// `spent_usd` (the fleets' expiry set at a deployment; the hourly caps
+/// stay those of the whole budget).
+pub fn group_limits_remaining(plan: &Plan, catalog: &Catalog, spent_usd: f64) -> Vec<GroupLimits> {
+    limits(plan, catalog, spent_usd.max(0.0))
+}
+
+fn limits(plan: &Plan, catalog: &Catalog, spent_usd: f64) -> Vec<GroupLimits> {
     let region = plan.region.as_str();
     let groups = &plan.node_groups;
     let nominal: Vec<f64> = groups
@@ -124,7 +137,7 @@ pub fn group_limits(plan: &Plan, catalog: &Catalog) -> Vec<GroupLimits> {
         .map(|(g, cap)| {
             let lifetime = match (g.max_lifetime_hours, &plan.budget) {
                 (Some(h), _) => h,
-                (None, Some(b)) if worst > 0.0 => b.usd / worst,
+                (None, Some(b)) if worst > 0.0 => (b.usd - spent_usd).max(0.0) / worst,
                 _ => DEFAULT_LIFETIME_HOURS,
             };
             GroupLimits {

@@ -18,6 +18,7 @@
 use serde_json::{json, Value};
 
 use crate::provider::aws::layout;
+use crate::stacks::names::{TAG_PHASE, TAG_PROJECT};
 
 /// Days a noncurrent version of an object stays in the versioned bucket
 /// (an overwritten or deleted result can be restored that long; storage
@@ -116,9 +117,42 @@ fn statements(bucket_prefix: &str, phase: &str) -> Value {
     ])
 }
 
-/// The policy statements of the node role of `phase` (its `name_key`).
-pub fn node_statements(bucket_prefix: &str, phase: &str) -> Value {
-    statements(bucket_prefix, phase)
+/// The policy statements of the node role of `phase` (its `name_key`) of
+/// `project`: the bucket's, plus what the idle watcher needs (src/node/
+/// watch.rs, docs/CAMPAIGN.md "No controller, no spend"): read the
+/// controller's lease (never write it: `_state/` is denied above), read
+/// its own instance's tags, and delete a fleet of its own phase (the
+/// watcher asks to keep the instances; a node cannot start, resize or
+/// modify anything).
+pub fn node_statements(bucket_prefix: &str, project: &str, phase: &str) -> Value {
+    let mut st = statements(bucket_prefix, phase);
+    let list = st.as_array_mut().expect("statements are an array");
+    list.extend([
+        json!({
+            "Sid": "ReadControllerLease",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": arn(bucket_prefix, Some(&layout::lease_key(phase)))
+        }),
+        json!({
+            // DescribeInstances has no resource-level permissions
+            "Sid": "DescribeOwnInstance",
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeInstances"],
+            "Resource": "*"
+        }),
+        json!({
+            "Sid": "StopOwnPhaseFleets",
+            "Effect": "Allow",
+            "Action": ["ec2:DeleteFleets"],
+            "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:fleet/*"},
+            "Condition": {"StringEquals": {
+                format!("aws:ResourceTag/{TAG_PROJECT}"): project,
+                format!("aws:ResourceTag/{TAG_PHASE}"): phase
+            }}
+        }),
+    ]);
+    st
 }
 
 /// The statements of the base stack's role of earlier versions: the same

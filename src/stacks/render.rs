@@ -293,7 +293,14 @@ struct UserDataView<'a> {
     slots: u32,
     efa: bool,
     lifetime_minutes: u64,
+    /// The boot-time idle timer: `idle_shutdown_minutes` + a margin for a
+    /// controller to install the agent (whose watcher disarms it).
+    boot_idle_minutes: u32,
 }
+
+/// Minutes a fresh node waits for a controller's agent install beyond
+/// `idle_shutdown_minutes` before its boot-time idle timer stops it.
+pub const BOOT_IDLE_MARGIN_MINUTES: u32 = 10;
 
 pub(super) fn tag(key: &str, value: &str) -> Value {
     json!({"Key": key, "Value": value})
@@ -422,6 +429,7 @@ fn compute_view(
                 slots: g.slots,
                 efa: g.efa,
                 lifetime_minutes: lim.lifetime_minutes(),
+                boot_idle_minutes: g.idle_shutdown_minutes + BOOT_IDLE_MARGIN_MINUTES,
             },
         )?;
         let name_tag = launch_template_name(plan, &g.name);
@@ -458,7 +466,11 @@ fn compute_view(
         project: plan.project.clone(),
         phase: plan.name_key.clone(),
         ssm_policy: policy::SSM_MANAGED_POLICY,
-        node_policy: policy::node_statements(&bucket_prefix(&plan.project), &plan.name_key),
+        node_policy: policy::node_statements(
+            &bucket_prefix(&plan.project),
+            &plan.project,
+            &plan.name_key,
+        ),
         role_tags: json!([
             tag(TAG_PROJECT, &plan.project),
             tag(TAG_PHASE, &plan.name_key),
@@ -607,17 +619,34 @@ pub fn render(plan: &Plan, catalog: &Catalog) -> Result<Stacks, StackError> {
 }
 
 /// Parameter values for deploying the compute stack at `now`: each group's
-/// `ValidUntil<Group>` (now + the group's lifetime). Pass them on create;
-/// on update keep the previous values (a new expiry replaces the fleet).
+/// `ValidUntil<Group>` (now + the group's lifetime, sized from the budget
+/// that remains after `spent_usd`). Pass them on create; on update keep the
+/// previous values (a new expiry replaces the fleet), except for a fleet
+/// that is replaced anyway (`provider::aws::deploy::restore_fleets`).
 pub fn compute_parameters(
     plan: &Plan,
     catalog: &Catalog,
     now: DateTime<Utc>,
+    spent_usd: f64,
 ) -> Vec<(String, String)> {
     let ids = unique_logical_ids(plan.node_groups.iter().map(|g| g.name.as_str()));
     ids.into_iter()
-        .zip(group_limits(plan, catalog))
+        .zip(super::limits::group_limits_remaining(
+            plan, catalog, spent_usd,
+        ))
         .map(|(id, l)| (format!("ValidUntil{id}"), l.valid_until(now)))
+        .collect()
+}
+
+/// The logical id suffix of each node group (`Fleet<id>`, `ValidUntil<id>`),
+/// in plan order.
+pub fn group_ids(plan: &Plan) -> Vec<(String, String)> {
+    plan.node_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .zip(unique_logical_ids(
+            plan.node_groups.iter().map(|g| g.name.as_str()),
+        ))
         .collect()
 }
 

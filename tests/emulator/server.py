@@ -133,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             user_data._reset(None)
         except Exception:
             pass
+        try:
+            # every instance's processes (daemons, idle watchers): addition 15
+            from awsemu import shutdown
+
+            shutdown.kill_everything()
+        except Exception:
+            pass
         if own_state_dir:
             shutil.rmtree(CONFIG.state_dir, ignore_errors=True)
         if args.port_file:

@@ -1803,6 +1803,7 @@ mod adopt;
 mod budget;
 mod campaign;
 mod detach;
+mod idle;
 mod node;
 mod trust;
 

@@ -610,7 +610,7 @@ fn spot_fleets_are_capped_by_the_budget() {
 
     // the deployment supplies each fleet's expiry: now + 720 h
     let now = chrono::Utc.with_ymd_and_hms(2026, 8, 1, 0, 0, 0).unwrap();
-    let params = stacks::compute_parameters(&plan, &Catalog::builtin(), now);
+    let params = stacks::compute_parameters(&plan, &Catalog::builtin(), now, 0.0);
     assert_eq!(params.len(), 4);
     assert_eq!(
         params[0],
@@ -1082,4 +1082,37 @@ fn validator_efa_needs_cluster_placement() {
         "node_groups.h100.placement",
     );
     assert!(d.message.contains("cluster placement"), "{}", d.message);
+}
+
+/// The fleets' expiry is sized from the budget that remains: a deployment
+/// after money was spent gets a nearer deadline (it used to be sized from
+/// the whole budget again), while the rendered stacks stay the same (a
+/// template that changed with every dollar spent would replace the fleets
+/// at each apply).
+#[test]
+fn the_deadline_of_a_deployment_is_sized_from_the_budget_that_remains() {
+    let text = r#"{ "phase": "dl", "name": "deadline", "project": "dl", "provider": "aws", "region": "us-east-1",
+  "budget": {"usd": 20},
+  "node_groups": { "cpu": { "instance_type": "c6i.xlarge", "count": 2, "market": "spot" } },
+  "layers": [ { "id": "L0", "patterns": [ { "id": "dl-a", "backend": "echo" } ] } ] }"#;
+    let plan = parse("dl/plans/dl.json", text);
+    let cat = Catalog::builtin();
+    let now = chrono::Utc.with_ymd_and_hms(2026, 8, 1, 0, 0, 0).unwrap();
+    let at = |spent: f64| {
+        let p = stacks::compute_parameters(&plan, &cat, now, spent);
+        assert_eq!(p[0].0, "ValidUntilCpu");
+        chrono::DateTime::parse_from_rfc3339(&p[0].1).unwrap()
+    };
+    let full = (at(0.0) - now.fixed_offset()).num_seconds() as f64;
+    let half = (at(10.0) - now.fixed_offset()).num_seconds() as f64;
+    assert!(full > 3600.0, "{full}");
+    assert!(
+        (half - full / 2.0).abs() <= 1.0,
+        "half the budget left: half the lifetime ({half} s of {full} s)"
+    );
+    // nothing left: the shortest deadline, a minute
+    assert_eq!((at(25.0) - now.fixed_offset()).num_seconds(), 60);
+    let whole = stacks::group_limits(&plan, &cat)[0].lifetime_hours;
+    let left = stacks::group_limits_remaining(&plan, &cat, 10.0)[0].lifetime_hours;
+    assert!((left - whole / 2.0).abs() < 1e-9, "{left} {whole}");
 }

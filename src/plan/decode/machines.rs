@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 use crate::plan::diag::{unsafe_id_reason, Diags};
 use crate::plan::fields::{boolean, child, count, obj, positive, string, whole, Obj};
 use crate::plan::json::{Pos, Spanned};
-use crate::plan::model::{Market, NodeGroup, ProviderKind};
+use crate::plan::model::{
+    Market, NodeGroup, ProviderKind, DEFAULT_IDLE_SHUTDOWN_MINUTES, MAX_IDLE_SHUTDOWN_MINUTES,
+};
 
 const INFRA_FIELDS: &[&str] = &[
     "instance_type",
@@ -24,6 +26,7 @@ const INFRA_FIELDS: &[&str] = &[
     "volume_gb",
     "slots",
     "max_lifetime_hours",
+    "idle_shutdown_minutes",
     "workers_per_slot",
 ];
 
@@ -37,6 +40,7 @@ const GROUP_FIELDS: &[&str] = &[
     "volume_gb",
     "slots",
     "max_lifetime_hours",
+    "idle_shutdown_minutes",
     "gpus",
     "workers_per_slot",
     "availability_zone",
@@ -163,6 +167,7 @@ fn local_node(pos: Pos) -> NodeGroup {
         volume_gb: 100,
         slots: 1,
         max_lifetime_hours: None,
+        idle_shutdown_minutes: DEFAULT_IDLE_SHUTDOWN_MINUTES,
         gpus: None,
         workers_per_slot: None,
         availability_zone: None,
@@ -234,6 +239,17 @@ fn group_common(
     let max_lifetime_hours = o
         .get("max_lifetime_hours")
         .and_then(|v| positive(d, v, &o.child("max_lifetime_hours"), 8760.0));
+    let idle_shutdown_minutes = o
+        .get("idle_shutdown_minutes")
+        .and_then(|v| {
+            count(
+                d,
+                v,
+                &o.child("idle_shutdown_minutes"),
+                MAX_IDLE_SHUTDOWN_MINUTES,
+            )
+        })
+        .unwrap_or(DEFAULT_IDLE_SHUTDOWN_MINUTES);
     let workers_per_slot = o
         .get("workers_per_slot")
         .and_then(|v| count(d, v, &o.child("workers_per_slot"), 1024));
@@ -248,6 +264,7 @@ fn group_common(
         volume_gb,
         slots,
         max_lifetime_hours,
+        idle_shutdown_minutes,
         gpus: None,
         workers_per_slot,
         availability_zone: None,
@@ -346,6 +363,43 @@ mod tests {
             "{}",
             hints(&d)[1]
         );
+    }
+
+    #[test]
+    fn idle_shutdown_minutes_defaults_to_20_and_refuses_zero_negative_and_absurd() {
+        let (m, d) = decode(
+            r#"{"node_groups": {"a": {"instance_type": "c6i.xlarge", "count": 1},
+  "b": {"instance_type": "c6i.xlarge", "count": 1, "idle_shutdown_minutes": 1}}}"#,
+            ProviderKind::Aws,
+        );
+        assert!(d.is_empty(), "{:?}", lines(&d));
+        assert_eq!(m.groups[0].idle_shutdown_minutes, 20);
+        assert_eq!(m.groups[1].idle_shutdown_minutes, 1);
+        let (m, d) = decode(
+            r#"{"infrastructure": {"instance_type": "c6i.xlarge", "node_count": 1, "idle_shutdown_minutes": 5}}"#,
+            ProviderKind::Aws,
+        );
+        assert!(d.is_empty(), "{:?}", lines(&d));
+        assert_eq!(m.groups[0].idle_shutdown_minutes, 5);
+        for (bad, why) in [
+            ("0", "must be at least 1, found 0"),
+            ("-3", "must be positive, found -3"),
+            ("100000", "100000 is too large (at most 1440)"),
+            ("\"20m\"", "expected a whole number"),
+        ] {
+            let (_, d) = decode(
+                &format!(
+                    r#"{{"node_groups": {{"a": {{"instance_type": "c6i.xlarge", "count": 1, "idle_shutdown_minutes": {bad}}}}}}}"#
+                ),
+                ProviderKind::Aws,
+            );
+            let l = lines(&d);
+            assert_eq!(l.len(), 1, "{l:?}");
+            assert!(
+                l[0].contains("node_groups.a.idle_shutdown_minutes: ") && l[0].contains(why),
+                "{l:?}"
+            );
+        }
     }
 
     #[test]

@@ -255,24 +255,40 @@ pub fn require(agent: &AgentRef) -> String {
 
 /// The command line of the install (run by AWS-RunRemoteScript in the
 /// folder it downloaded `infra` into): check the SHA-256, then move it into
-/// place atomically.
-pub fn install_command(agent: &AgentRef) -> String {
+/// place atomically; then start the idle watcher when `watch` is given.
+pub fn install_command(agent: &AgentRef, watch: Option<&serde_json::Value>) -> String {
     let sha = quote(&agent.sha256);
+    let w = watch_line(agent, watch);
     format!(
         "{ROOT}set -e; S={sha}; \
-         if [ -x \"$R/bin/$S/infra\" ]; then echo \"infra: node agent $S already installed\"; exit 0; fi; \
+         if [ -x \"$R/bin/$S/infra\" ]; then echo \"infra: node agent $S already installed\"; {w}exit 0; fi; \
          echo \"$S  infra\" | sha256sum -c --status - || {{ echo \"infra: the downloaded node agent does not match SHA-256 $S\" >&2; exit {EXIT_BAD_AGENT}; }}; \
          mkdir -p \"$R/bin/$S\"; mv -f infra \"$R/bin/$S/.infra.tmp\"; chmod 0755 \"$R/bin/$S/.infra.tmp\"; \
-         mv -f \"$R/bin/$S/.infra.tmp\" \"$R/bin/$S/infra\"; echo \"infra: node agent $S installed\""
+         mv -f \"$R/bin/$S/.infra.tmp\" \"$R/bin/$S/infra\"; echo \"infra: node agent $S installed\"; {w}"
     )
 }
 
+/// `<agent> node watch --spec '<json>' || true; ` (nothing without a spec):
+/// starts the node's idle watcher, or refreshes its settings; returns at
+/// once and never fails the script.
+fn watch_line(agent: &AgentRef, watch: Option<&serde_json::Value>) -> String {
+    match watch {
+        Some(spec) => format!(
+            "{} node watch --spec {} || true; ",
+            agent.node_path(),
+            quote(&spec.to_string())
+        ),
+        None => String::new(),
+    }
+}
+
 /// The check sent to every node before the agent is used: exit 0 when it is
-/// installed, 173 when not.
-fn check_script(agent: &AgentRef) -> String {
+/// installed (and then the idle watcher started), 173 when not.
+fn check_script(agent: &AgentRef, watch: Option<&serde_json::Value>) -> String {
     format!(
-        "{ROOT}{}echo \"infra: node agent installed\"\n",
-        require(agent)
+        "{ROOT}{}echo \"infra: node agent installed\"\n{}\n",
+        require(agent),
+        watch_line(agent, watch)
     )
 }
 
@@ -286,6 +302,7 @@ pub async fn ensure(
     output: (&str, &str),
     label: &str,
     nodes: &[(String, Arch)],
+    watch: Option<&serde_json::Value>,
 ) -> Result<(), String> {
     let mut missing: Vec<(String, &AgentRef)> = Vec::new();
     for (arch, agent) in agents {
@@ -297,7 +314,7 @@ pub async fn ensure(
         for chunk in ids.chunks(50) {
             let send = ssm::SendSpec {
                 instances: chunk,
-                script: check_script(agent),
+                script: check_script(agent, watch),
                 execution_timeout: 60,
                 comment: format!("infra {label} agent check"),
                 output: Some(output),
@@ -343,7 +360,7 @@ pub async fn ensure(
                 .set_instance_ids(Some(chunk.to_vec()))
                 .parameters("sourceType", vec!["S3".to_string()])
                 .parameters("sourceInfo", vec![source.clone()])
-                .parameters("commandLine", vec![install_command(agent)])
+                .parameters("commandLine", vec![install_command(agent, watch)])
                 .parameters(
                     "workingDirectory",
                     vec!["/var/lib/infra/download".to_string()],
@@ -491,7 +508,7 @@ mod tests {
             bucket: "b".into(),
             key: "k".into(),
         };
-        let cmd = install_command(&a);
+        let cmd = install_command(&a, None);
         let check = cmd.find("sha256sum -c").unwrap();
         let place = cmd.find("mv -f").unwrap();
         assert!(check < place, "{cmd}");

@@ -216,7 +216,28 @@ pub(super) async fn node_kit(
         })?;
         agents.insert(arch, agent::upload(c, bucket, &bin).await?);
     }
-    Ok(NodeKit::new(up.bundle, agents, bucket, &plan.name_key))
+    Ok(
+        NodeKit::new(up.bundle, agents, bucket, &plan.name_key)
+            .with_watch(watch_spec(plan, bucket)),
+    )
+}
+
+/// The spec of the nodes' idle watcher (`infra node watch`, src/node/
+/// watch.rs): the lease to read and each group's `idle_shutdown_minutes`.
+pub fn watch_spec(plan: &Plan, bucket: &str) -> serde_json::Value {
+    let idle: BTreeMap<&str, u32> = plan
+        .node_groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.idle_shutdown_minutes))
+        .collect();
+    serde_json::json!({
+        "bucket": bucket,
+        "lease_key": super::layout::lease_key(&plan.name_key),
+        "idle_minutes": idle,
+        "default_idle_minutes": plan.node_groups.iter().map(|g| g.idle_shutdown_minutes).min()
+            .unwrap_or(crate::plan::DEFAULT_IDLE_SHUTDOWN_MINUTES),
+        "systemd": true,
+    })
 }
 
 /// The CPU architectures of the plan's node groups.

@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod ec2;
 pub mod error;
 pub mod executor;
+pub mod fleet_restore;
 pub mod layout;
 pub mod lease;
 pub mod meter;

@@ -19,6 +19,9 @@ pub struct NodeKit {
     /// The plan's name key: the S3 prefix and the commands' comments.
     pub name_key: String,
     installed: Mutex<HashSet<String>>,
+    /// The idle watcher's spec (`infra node watch`), started with each
+    /// check or install of the agent; None: no watcher.
+    watch: Option<serde_json::Value>,
     /// One check-and-install at a time (a run's start and a node that
     /// joins may ask at once; the second then finds the node done).
     ensuring: tokio::sync::Mutex<()>,
@@ -37,8 +40,16 @@ impl NodeKit {
             bucket: bucket.to_string(),
             name_key: name_key.to_string(),
             installed: Mutex::new(HashSet::new()),
+            watch: None,
             ensuring: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Start the idle watcher with `spec` wherever the agent is checked or
+    /// installed.
+    pub fn with_watch(mut self, spec: serde_json::Value) -> NodeKit {
+        self.watch = Some(spec);
+        self
     }
 
     /// The agent build for nodes of `arch` (every group's architecture has
@@ -99,6 +110,7 @@ impl NodeKit {
             (&self.bucket, &prefix),
             &self.name_key,
             &todo,
+            self.watch.as_ref(),
         )
         .await?;
         if let Ok(mut d) = self.installed.lock() {

@@ -15,6 +15,7 @@ use super::deploy::{self, Looked};
 use super::ec2;
 use super::error::AwsError;
 use super::executor;
+use super::fleet_restore;
 use super::layout;
 use super::meter;
 use super::node_commands::Target;
@@ -266,7 +267,17 @@ impl AwsProvider {
         } else {
             Source::Body(rendered.compute.body.clone())
         };
-        let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now());
+        // fleets deleted by idle nodes come back; the deadline of a stack
+        // created now is sized from the budget that remains (an existing
+        // stack keeps its expiry: `deploy` keeps its parameters)
+        let exists =
+            fleet_restore::restore_fleets(&c, &log, plan, catalog, Some(&looked.bucket)).await?;
+        let spent = if exists {
+            0.0
+        } else {
+            fleet_restore::spent_so_far(&c, plan, Some(&looked.bucket)).await
+        };
+        let params = stacks::compute_parameters(plan, catalog, chrono::Utc::now(), spent);
         let compute = deploy::deploy(
             &c,
             &log,
@@ -339,6 +350,10 @@ impl AwsProvider {
         catalog: &'a Catalog,
     ) -> Result<Box<dyn RunSession + 'a>, ProviderError> {
         let c = self.connect(plan).await?;
+        {
+            let log = |l: &str| self.log(l);
+            fleet_restore::restore_fleets(&c, &log, plan, catalog, None).await?;
+        }
         let (st, looked) = deployed(&c, plan).await?;
         // what other machines recorded, then the nodes' time since the last
         // metering (idle since apply, or a run that crashed): the command

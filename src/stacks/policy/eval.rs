@@ -1,5 +1,6 @@
 //! A small evaluator of identity policies, for tests: Allow / Deny of one
-//! S3 request (action, resource ARN, `s3:prefix`) over rendered statements.
+//! request (action, resource ARN, `s3:prefix` or `aws:ResourceTag/<key>`)
+//! over rendered statements.
 //! Explicit deny wins over allow; no matching allow is a deny. `*` and `?`
 //! are wildcards in actions, resources and `StringLike` values; `Fn::Sub` of
 //! `AWS::Partition`, `AWS::AccountId` and `AWS::Region` is resolved with
@@ -67,15 +68,27 @@ fn list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn conditions_hold(cond: Option<&Value>, prefix: Option<&str>) -> bool {
+fn conditions_hold(cond: Option<&Value>, ctx: &[(&str, &str)]) -> bool {
     let Some(Value::Object(ops)) = cond else {
         return true;
     };
     ops.iter().all(|(op, kv)| {
-        assert_eq!(op, "StringLike", "unsupported condition operator");
+        let like = match op.as_str() {
+            "StringLike" => true,
+            "StringEquals" => false,
+            _ => panic!("unsupported condition operator {op}"),
+        };
         kv.as_object().unwrap().iter().all(|(k, vals)| {
-            assert_eq!(k, "s3:prefix", "unsupported condition key");
-            prefix.is_some_and(|p| list(Some(vals)).iter().any(|v| glob(v, p)))
+            assert!(
+                k == "s3:prefix" || k.starts_with("aws:ResourceTag/"),
+                "unsupported condition key {k}"
+            );
+            let have = ctx.iter().find(|(n, _)| n.eq_ignore_ascii_case(k));
+            have.is_some_and(|(_, h)| {
+                list(Some(vals))
+                    .iter()
+                    .any(|v| if like { glob(v, h) } else { v == h })
+            })
         })
     })
 }
@@ -83,13 +96,25 @@ fn conditions_hold(cond: Option<&Value>, prefix: Option<&str>) -> bool {
 /// The decision of `statements` for `action` on `resource` (an ARN), with
 /// `prefix` the request's `s3:prefix` (ListBucket).
 pub fn decide(statements: &Value, action: &str, resource: &str, prefix: Option<&str>) -> Decision {
+    let ctx: Vec<(&str, &str)> = prefix.map(|p| ("s3:prefix", p)).into_iter().collect();
+    decide_with(statements, action, resource, &ctx)
+}
+
+/// The decision with a condition context (`s3:prefix`,
+/// `aws:ResourceTag/<key>`), for `StringEquals` and `StringLike`.
+pub fn decide_with(
+    statements: &Value,
+    action: &str,
+    resource: &str,
+    ctx: &[(&str, &str)],
+) -> Decision {
     let mut allowed = false;
     for st in statements.as_array().expect("statements are an array") {
         let actions = list(st.get("Action"));
         let resources = list(st.get("Resource"));
         if !actions.iter().any(|a| glob(a, action))
             || !resources.iter().any(|r| glob(r, resource))
-            || !conditions_hold(st.get("Condition"), prefix)
+            || !conditions_hold(st.get("Condition"), ctx)
         {
             continue;
         }

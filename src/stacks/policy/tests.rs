@@ -230,3 +230,82 @@ fn the_bucket_keeps_noncurrent_versions_a_bounded_time() {
         |r| r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == super::ABORT_UPLOAD_DAYS
     ));
 }
+
+#[test]
+fn a_node_may_read_the_lease_but_never_write_it() {
+    let s = stacks("train.v2");
+    let st = role_statements(&s.compute.template, "NodeRole");
+    let lease = object("train.v2/_state/lease.json");
+    assert_eq!(decide(&st, "s3:GetObject", &lease, None), Decision::Allow);
+    for a in ["s3:PutObject", "s3:DeleteObject"] {
+        assert_eq!(decide(&st, a, &lease, None), Decision::ExplicitDeny, "{a}");
+    }
+    // nothing else of the state: another phase's lease, the journal
+    for k in [
+        "other/_state/lease.json",
+        "train.v2/_state/journal/0000000001.jsonl",
+    ] {
+        assert_ne!(
+            decide(&st, "s3:GetObject", &object(k), None),
+            Decision::Allow,
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn a_node_may_delete_only_fleets_of_its_own_phase_and_start_nothing() {
+    use super::eval::decide_with;
+    let s = stacks("train.v2");
+    let st = role_statements(&s.compute.template, "NodeRole");
+    let fleet = format!("arn:aws:ec2:{REGION}:{ACCOUNT}:fleet/fleet-0123");
+    let tags = |project: &str, phase: &str| {
+        [
+            ("aws:ResourceTag/infra:project", project.to_string()),
+            ("aws:ResourceTag/infra:phase", phase.to_string()),
+        ]
+    };
+    let d = |action: &str, resource: &str, t: &[(&str, String)]| {
+        let ctx: Vec<(&str, &str)> = t.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        decide_with(&st, action, resource, &ctx)
+    };
+    assert_eq!(
+        d("ec2:DeleteFleets", &fleet, &tags("proj", "train.v2")),
+        Decision::Allow
+    );
+    for (p, ph) in [
+        ("proj", "other"),
+        ("other", "train.v2"),
+        ("proj", "train.v"),
+    ] {
+        assert_ne!(
+            d("ec2:DeleteFleets", &fleet, &tags(p, ph)),
+            Decision::Allow,
+            "{p}/{ph}"
+        );
+    }
+    assert_ne!(d("ec2:DeleteFleets", &fleet, &[]), Decision::Allow);
+    assert_eq!(d("ec2:DescribeInstances", "*", &[]), Decision::Allow);
+    // nothing that starts, resizes or changes what runs
+    for a in [
+        "ec2:RunInstances",
+        "ec2:CreateFleet",
+        "ec2:ModifyFleet",
+        "ec2:TerminateInstances",
+        "ec2:StopInstances",
+        "ec2:ModifyInstanceAttribute",
+        "ec2:RequestSpotInstances",
+        "ec2:CreateTags",
+        "cloudformation:UpdateStack",
+        "cloudformation:DeleteStack",
+    ] {
+        let r = format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-1");
+        assert_ne!(d(a, &r, &tags("proj", "train.v2")), Decision::Allow, "{a}");
+        assert_ne!(
+            d(a, &fleet, &tags("proj", "train.v2")),
+            Decision::Allow,
+            "{a}"
+        );
+        assert_ne!(d(a, "*", &tags("proj", "train.v2")), Decision::Allow, "{a}");
+    }
+}

@@ -17,6 +17,7 @@ fn images_resolve_through_ssm_unless_an_ami_id_is_given() {
         volume_gb: 100,
         slots: 1,
         max_lifetime_hours: None,
+        idle_shutdown_minutes: 20,
         gpus: None,
         workers_per_slot: None,
         availability_zone: None,
@@ -56,12 +57,73 @@ fn user_data_values_are_quoted_for_the_shell_and_for_fn_sub() {
             slots: 2,
             efa: false,
             lifetime_minutes: 60,
+            boot_idle_minutes: 30,
         },
     )
     .unwrap();
     assert!(
         text.contains("INFRA_PHASE='a'\"'\"'b ${!x} $(id)'"),
         "{text}"
+    );
+}
+
+/// A node that never gets the agent (no controller alive when it booted)
+/// stops billing too: the user data arms a boot-time idle timer (the
+/// watcher disarms it), which deletes the node's fleet without terminating
+/// its instances and powers off.
+#[test]
+fn user_data_arms_a_boot_idle_timer_that_stops_the_fleet_and_powers_off() {
+    let hb = shell_registry().unwrap();
+    let text = render_text(
+        &hb,
+        "userdata.sh.hbs",
+        &UserDataView {
+            project: "p",
+            phase: "x",
+            group: "g",
+            instance_type: "c6i.xlarge",
+            slots: 1,
+            efa: false,
+            lifetime_minutes: 600,
+            boot_idle_minutes: 30,
+        },
+    )
+    .unwrap();
+    for want in [
+        "OnBootSec=30min",
+        "touch /etc/infra/idle-boot-timer",
+        "systemctl enable --now infra-idle-boot.timer",
+        "aws ec2 delete-fleets --fleet-ids \"$fleet\" --no-terminate-instances",
+        "systemctl poweroff --no-block",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    // after the deadline (nothing may skip it), before anything else
+    let deadline = text.find("infra-deadline.timer").unwrap();
+    let idle = text.find("infra-idle-boot.timer").unwrap();
+    let identity = text.find("/etc/infra/node.env").unwrap();
+    assert!(deadline < idle && idle < identity);
+    // no `${` but CloudFormation's own (Fn::Sub would take it)
+    for (i, _) in text.match_indices("${") {
+        let rest = &text[i..];
+        assert!(
+            ["${Bucket}", "${ValidUntil}", "${AWS::Region}", "${!"]
+                .iter()
+                .any(|ok| rest.starts_with(ok)),
+            "{}",
+            &rest[..rest.len().min(30)]
+        );
+    }
+    let out = std::process::Command::new("bash")
+        .arg("-n")
+        .arg("-c")
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -79,6 +141,7 @@ fn a_newline_in_a_name_does_not_end_the_user_data_comment() {
             slots: 2,
             efa: false,
             lifetime_minutes: 60,
+            boot_idle_minutes: 30,
         },
     )
     .unwrap();

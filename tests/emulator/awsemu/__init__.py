@@ -24,6 +24,9 @@ lacks and what the addition does:
 - ``cfn_instances`` -- AWS::EC2::Instance from a launch template (addition 13)
 - ``user_data``    -- the user data of infra's controller instances runs,
                       with systemctl/shutdown shims (addition 14)
+- ``shutdown``     -- instances that shut themselves down, processes that
+                      die with their instance, EC2 actions of node
+                      credentials evaluated (addition 15)
 
 ``app`` is the WSGI middleware in front of moto's own server application.
 """

@@ -26,7 +26,7 @@ class EmulatorApp:
         self.verbose = verbose
         # Import the additions so that they register their intercepts and patches.
         from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_instances, cfn_timing,  # noqa: F401
-                       instance_info, prices, runcommand, user_data)
+                       instance_info, prices, runcommand, shutdown, user_data)
 
         cfn_fleets.install()
         cfn_instances.install()
@@ -34,6 +34,7 @@ class EmulatorApp:
         cfn_timing.install()
         prices.install()
         node_auth.install()
+        shutdown.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"

@@ -121,6 +121,7 @@ def _spot_fleet_launch_specs(specs: list[dict[str, Any]]) -> list[Any]:
         )
         launch_spec._emu_az = spec.get("AvailabilityZone")
         launch_spec._emu_priority = float(spec.get("Priority", 0) or 0)
+        launch_spec._emu_shutdown = spec.get("InstanceInitiatedShutdownBehavior")
         out.append(launch_spec)
     return out
 
@@ -176,6 +177,8 @@ def _launch(fleet: Any, capacity: float, spot: bool, strategy: str, cap: float |
         # moto drops the launch spec's instance profile; node_auth needs it.
         profile = getattr(spec, "iam_instance_profile", None)
         instance._emu_profile_arn = profile.get("Arn") if isinstance(profile, dict) else profile
+        # the template's InstanceInitiatedShutdownBehavior (addition 15)
+        instance._emu_shutdown_behavior = getattr(spec, "_emu_shutdown", None) or "stop"
         if not spec.subnet_id and getattr(spec, "_emu_az", None):
             instance._placement.zone = spec._emu_az
         added += spec.weighted_capacity
@@ -346,6 +349,7 @@ def fill_ec2_fleet(fleet: Any) -> None:
 
 def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
     configs = []
+    shutdowns: list[str | None] = []
     for cfg in props.get("LaunchTemplateConfigs") or []:
         spec = cfg.get("LaunchTemplateSpecification") or {}
         data = _template_data(ec2, spec)
@@ -355,6 +359,7 @@ def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
             overrides.append({**override, "SubnetId": merged.get("SubnetId"),
                               "GroupSet": merged.get("SecurityGroups") or [],
                               "InstanceType": merged["InstanceType"]})
+            shutdowns.append(merged.get("InstanceInitiatedShutdownBehavior"))
         configs.append({"LaunchTemplateSpecification": spec, "Overrides": overrides})
     spot_options = dict(props.get("SpotOptions") or {})
     spot_options.setdefault("AllocationStrategy", "lowest-price")
@@ -370,9 +375,10 @@ def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
         fleet_type=props.get("Type") or "maintain", valid_from=None, valid_until=None,
         tag_specifications=props.get("TagSpecifications") or [],
     )
-    for launch_spec, raw in zip(fleet.launch_specs, [o for c in configs for o in c["Overrides"]]):
+    for launch_spec, raw, how in zip(fleet.launch_specs, [o for c in configs for o in c["Overrides"]], shutdowns):
         launch_spec._emu_az = raw.get("AvailabilityZone")
         launch_spec._emu_priority = float(raw.get("Priority", 0) or 0)
+        launch_spec._emu_shutdown = how
     fleet.target_capacity_specification = target
     fleet.target_capacity = int(float(target.get("TotalTargetCapacity") or 0))
     fleet.spot_target_capacity = int(float(target.get("SpotTargetCapacity") or 0))

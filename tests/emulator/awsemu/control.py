@@ -121,6 +121,19 @@ def handle(environ: dict[str, Any]) -> Response:
         except ValueError as err:
             return json_plain({"error": str(err)}, 409)
         return json_plain(result)
+    if name == "instance-shutdown" and method == "POST":
+        from . import shutdown
+
+        if not body.get("instance_id"):
+            return json_plain({"error": "instance_id is required"}, 400)
+        try:
+            result = shutdown.request_shutdown(body["instance_id"], explicit,
+                                               float(body.get("delay_seconds") or 0), bool(body.get("cancel")))
+        except KeyError as err:
+            return json_plain({"error": str(err)}, 404)
+        except ValueError as err:
+            return json_plain({"error": str(err)}, 409)
+        return json_plain(result)
     if name == "throttle":
         if method == "POST":
             if not body.get("action"):

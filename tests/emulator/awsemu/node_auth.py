@@ -53,7 +53,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 from urllib.parse import unquote
 
-from .protocol import AwsRequest, Response, s3_error
+from .protocol import AwsRequest, Response, query_error, s3_error
 from .state import MOTO_LOCK, find_instance
 
 NODE_KEY_RE = re.compile(r"^ASIA(\d{12})([0-9A-F]{8,17})$")
@@ -420,12 +420,65 @@ def authorize(account_id: str, instance_id: str, action: str, resource: str,
     return False, f"User: {principal} is not authorized to perform: {action} on resource: \"{resource}\" {why}"
 
 
+# ------------------------------------------------------- EC2 -> IAM checks
+
+# actions whose resources are listed in the request: (parameter prefix, ARN kind)
+_EC2_TARGETS = {
+    "DeleteFleets": ("FleetId.", "fleet"),
+    "ModifyFleet": ("FleetId", "fleet"),
+    "TerminateInstances": ("InstanceId.", "instance"),
+    "StopInstances": ("InstanceId.", "instance"),
+    "StartInstances": ("InstanceId.", "instance"),
+    "RebootInstances": ("InstanceId.", "instance"),
+    "ModifyInstanceAttribute": ("InstanceId", "instance"),
+}
+
+
+def _ec2_tags(account_id: str, region: str, resource_id: str) -> dict[str, list[str]]:
+    from moto.ec2.models import ec2_backends
+
+    try:
+        tags = ec2_backends[account_id][region].describe_tags(filters={"resource-id": [resource_id]})
+    except Exception:
+        return {}
+    out: dict[str, list[str]] = {}
+    for t in tags:
+        for prefix in ("aws:ResourceTag/", "ec2:ResourceTag/"):
+            out[f"{prefix}{t['key']}"] = [t["value"]]
+    return out
+
+
+def ec2_checks(req: AwsRequest, account_id: str) -> list[Check]:
+    """(IAM action, resource ARN, context) of an EC2 request with node
+    credentials: the listed fleets / instances with their tags as
+    ``aws:ResourceTag/<key>``, else ``*``."""
+    action = req.action or ""
+    iam_action = f"ec2:{action}"
+    target = _EC2_TARGETS.get(action)
+    if target is None:
+        return [(iam_action, "*", {})]
+    prefix, kind = target
+    ids = [v for k, v in req.form.items() if k == prefix or (prefix.endswith(".") and k.startswith(prefix))]
+    return [(iam_action, f"arn:aws:ec2:{req.region}:{account_id}:{kind}/{i}", _ec2_tags(account_id, req.region, i))
+            for i in ids] or [(iam_action, "*", {})]
+
+
 def check(req: AwsRequest) -> Response | None:
     """None when the request may go on; else the error response. Only
-    requests signed with node credentials are checked, and of those only
-    S3 requests."""
+    requests signed with node credentials are checked, and of those S3
+    requests and EC2 requests other than Describe*/Get* (addition 15)."""
     node = getattr(req, "node", None)
-    if node is None or req.service != "s3":
+    if node is None:
+        return None
+    if req.service == "ec2" and not (req.action or "").startswith(("Describe", "Get")):
+        account_id, instance_id = node
+        for action, resource, ctx in ec2_checks(req, account_id):
+            ok, reason = authorize(account_id, instance_id, action, resource, ctx)
+            if not ok:
+                return query_error("ec2", "UnauthorizedOperation",
+                                   f"You are not authorized to perform this operation. {reason}", 403)
+        return None
+    if req.service != "s3":
         return None
     account_id, instance_id = node
     if req.method == "POST" and "delete" in req.query and len(req.path.strip("/").split("/")) == 1:

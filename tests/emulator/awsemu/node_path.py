@@ -70,6 +70,12 @@ def minimal_dir() -> str:
             if found:
                 os.symlink(os.path.realpath(found) if tool in ("bash", "sh") else found,
                            os.path.join(tmp, tool))
+        # the instance's own shutdown commands (addition 15)
+        from . import shutdown
+
+        sbin = shutdown.shim_dir()
+        for name in shutdown.COMMANDS:
+            os.symlink(os.path.join(sbin, name), os.path.join(tmp, name))
         os.rename(tmp, folder)
     return folder
 

@@ -59,7 +59,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import imds, node_auth, node_path, remote_script
+from . import imds, node_auth, node_path, remote_script, shutdown
 from .protocol import AwsRequest, Response, json_error, json_response
 from .registry import intercept
 from .state import CONFIG, MOTO_LOCK, ec2_backend, instance_tags, iso_z, on_reset, sandbox_dir
@@ -215,10 +215,12 @@ def instance_env(account_id: str, region: str, instance_id: str, sandbox: str,
     url = imds.imds_url(instance_id)
     no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", env.get("NO_PROXY", "")) if x)
     if minimal:
-        path = node_path.minimal_dir()
+        path = node_path.minimal_dir()  # holds the shutdown shims too (addition 15)
     else:
-        # The awscli installed with the emulator's interpreter comes first on PATH.
-        path = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH", "")) if p)
+        # shutdown/poweroff/halt act on this instance (addition 13), never on
+        # the host; then the awscli installed with the emulator's interpreter.
+        path = os.pathsep.join(p for p in (shutdown.shim_dir(), os.path.dirname(sys.executable),
+                                           env.get("PATH", "")) if p)
     env.update({
         "PATH": path,
         "HOME": sandbox,
@@ -331,6 +333,11 @@ def _run_invocation(inv: Invocation) -> None:
     note = ""
     while True:
         rc = inv.proc.poll()
+        if rc is not None and inv.instance.state not in ("running", "pending"):
+            # killed with its instance (addition 13): the instance went away
+            outcome = ("Failed", "Failed", -1)
+            note = f"\n[emulator] instance {inv.instance_id} became {inv.instance.state} while the command was running\n"
+            break
         if rc is not None:
             outcome = ("Success", "Success", 0) if rc == 0 else ("Failed", "Failed", rc)
             break
