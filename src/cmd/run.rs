@@ -177,6 +177,9 @@ async fn run_leased(
         retry: plan.retry.clone(),
         watchdog,
     };
+    // `infra stop` (through the lease keeper) pauses the campaign like a
+    // Ctrl-C: the run ends as interrupted
+    let stop_seen = stop_rx.clone();
     let stops = runner::Stops {
         requested: stop_rx,
         signals: Some(signals),
@@ -193,7 +196,10 @@ async fn run_leased(
     )
     .await;
     rep.finish();
-    let summary = summary?;
+    let mut summary = summary?;
+    if stop_seen.borrow().is_some() {
+        summary.interrupted = true;
+    }
     let finished = session.finish(&summary).await?;
     let code = run_exit_code(&summary);
     let view = SummaryView {

@@ -658,11 +658,9 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
         self.summary.interrupted = true;
     }
 
-    /// The caller asked the run to stop (`infra stop`): cancel the running
-    /// attempts; the run ends as interrupted (the campaign is paused).
+    /// The caller asked the run to stop: cancel the running attempts.
     pub(super) fn on_stop_request(&mut self, why: &str) {
         self.stop(why, true);
-        self.summary.interrupted = true;
     }
 
     /// No node came in time for what is queued: stop with it pending.
