@@ -340,8 +340,12 @@ fn a_second_run_of_the_same_phase_is_refused_and_leaves_the_first_alone() {
     }
     let second = p.infra(&["run", "crash", "all"]);
     assert_eq!(second.code, 4, "{}", second.stderr);
+    // the lease names the first run
     assert!(
-        second.stderr.contains("already running"),
+        second.stderr.contains("crash is controlled by")
+            && second
+                .stderr
+                .contains(&format!("(pid {}, this machine)", first.id())),
         "{}",
         second.stderr
     );

@@ -187,8 +187,11 @@ fn up_detach_returns_at_once_the_campaign_completes_in_the_cloud_and_leaves_noth
 #[test]
 fn stop_of_a_detached_aws_campaign_requeues_the_running_tasks_and_tears_everything_down() {
     let a = Aws::new("detach_stop");
-    let secs = format!("313.{}", std::process::id() % 1000);
-    sleeper_plan(&a, "dst", "stopper", 3, secs.parse().unwrap(), 2, 1);
+    // (the plan writes the seconds as an f64 prints: 313.5, not 313.50)
+    let secs: f64 = format!("313.{}", std::process::id() % 1000)
+        .parse()
+        .unwrap();
+    sleeper_plan(&a, "dst", "stopper", 3, secs, 2, 1);
     ok(&a.infra(&["up", "dst", "--detach"]), "up --detach");
     // both nodes busy (the nodes' steps run on this machine)
     let needle = format!("sleep {secs}");
