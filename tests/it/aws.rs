@@ -1755,10 +1755,11 @@ fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_
         c["max_in_flight"].as_u64().unwrap() > 50,
         "the test keeps more than one page in flight: {report}"
     );
-    // Measured: at most 1 beyond when this test runs alone (scripts/test.sh
-    // runs it after the others), 2 to 3 while other emulator tests ran
-    // beside it (the emulator lags in marking ended invocations). The bound
-    // stays in the invocations in flight, never in the nodes.
+    // Measured this session: 2 beyond when this test runs alone
+    // (scripts/test.sh runs it after the others), 3 while other emulator
+    // tests ran beside it; 1 before the idle watchers came (issue 15): the
+    // extra page is not explained yet. The bound stays in the invocations
+    // in flight, never in the nodes.
     assert!(
         c["max_list_calls_beyond_in_flight"].as_u64().unwrap() <= 2,
         "calls per round <= ceil(in flight / 50) + 2: {report}"
