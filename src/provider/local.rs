@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::env::{task_env, Phase, RankNode, Shape};
 use super::process::{
     become_subreaper, has_entry, has_var, reap_orphans, reap_orphans_but, still_running,
-    stop_adopted, stop_marked, Exit, PidLog, Spawned,
+    stop_adopted, stop_marked, stop_marked_groups, Exit, PidLog, Spawned,
 };
 use super::sequence::{self, Check, HealthEnd, StartError, Started, StepEnd, StepTransport, Usage};
 pub use super::sequence::{expand_vars, wait_stop};
@@ -119,9 +119,10 @@ pub fn apply(plan: &Plan, nodes: Vec<LocalNode>) -> std::io::Result<LocalState> 
 /// Kill anything left running, remove node folders; results stay.
 pub fn destroy(plan: &Plan) -> std::io::Result<(usize, usize)> {
     let marker = marker(plan);
-    let mut killed = reap_orphans(&plan.state_dir().join("pids.log"), &marker);
+    let mut groups = reap_orphans(&plan.state_dir().join("pids.log"), &marker);
     // what left its process group (a daemon) is found by its environment
-    killed += stop_marked(&|env| has_entry(env, &marker));
+    stop_marked_groups(&|env| has_entry(env, &marker), &mut groups);
+    let killed = groups.len();
     let mut removed = 0;
     if let Some(st) = load_state(plan) {
         removed = st.nodes.len();
@@ -162,8 +163,12 @@ pub fn stop_task_leftovers(plan: &Plan, keep: &[(String, u32)]) -> usize {
                 && has_entry(env, &format!("INFRA_ATTEMPT={attempt}"))
         })
     };
-    reap_orphans_but(&pid_log, &marker, &kept)
-        + stop_marked(&|env| has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID") && !kept(env))
+    let mut groups = reap_orphans_but(&pid_log, &marker, &kept);
+    stop_marked_groups(
+        &|env| has_entry(env, &marker) && has_var(env, "INFRA_TASK_ID") && !kept(env),
+        &mut groups,
+    );
+    groups.len()
 }
 
 /// Where a step's exit code is left (see `process::spawn_with`):

@@ -545,7 +545,20 @@ pub fn stop_adopted(ours: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
 /// Stop every process on this machine (but this one) whose environment
 /// `ours` recognises, with its process group when it leads one: what a
 /// crashed run, or a task that daemonized before infra died, left behind.
+/// Returns how many processes were stopped.
 pub fn stop_marked(ours: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
+    let mut groups = std::collections::HashSet::new();
+    stop_marked_groups(ours, &mut groups)
+}
+
+/// [`stop_marked`], skipping processes of the groups already in `groups`
+/// (killed a moment ago: a SIGKILLed process stays visible in /proc until
+/// the kernel has ended it) and adding the group of each process it stops,
+/// so `groups.len()` counts process groups, each once.
+pub fn stop_marked_groups(
+    ours: &dyn Fn(&[Vec<u8>]) -> bool,
+    groups: &mut std::collections::HashSet<i32>,
+) -> usize {
     let me = std::process::id() as i32;
     let mut stopped = 0;
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -558,9 +571,15 @@ pub fn stop_marked(ours: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
         if pid <= 1 || pid == me || leaders().contains(&pid) {
             continue;
         }
+        // SAFETY: reads the process group of a pid; no pointer is passed.
+        let pgid = unsafe { libc::getpgid(pid) };
+        if pgid > 0 && groups.contains(&pgid) {
+            continue;
+        }
         if ours(&environ(pid)) {
             kill_hard(pid);
             stopped += 1;
+            groups.insert(if pgid > 0 { pgid } else { pid });
         }
     }
     stopped
@@ -580,13 +599,18 @@ pub fn has_var(env: &[Vec<u8>], name: &str) -> bool {
 /// Kill process groups left by a run that died (kill -9): their ids are in
 /// the pid log, and each must carry our state dir in its environment so a
 /// reused pid of an unrelated process is never touched. The log is emptied.
-pub fn reap_orphans(pid_log: &Path, marker: &str) -> usize {
+pub fn reap_orphans(pid_log: &Path, marker: &str) -> std::collections::HashSet<i32> {
     reap_orphans_but(pid_log, marker, &|_| false)
 }
 
 /// [`reap_orphans`], sparing the groups whose leader's environment `keep`
 /// recognises (steps a new controller adopts): they stay in the log.
-pub fn reap_orphans_but(pid_log: &Path, marker: &str, keep: &dyn Fn(&[Vec<u8>]) -> bool) -> usize {
+/// Returns the process groups it killed.
+pub fn reap_orphans_but(
+    pid_log: &Path,
+    marker: &str,
+    keep: &dyn Fn(&[Vec<u8>]) -> bool,
+) -> std::collections::HashSet<i32> {
     let mut pids: Vec<i32> = Vec::new();
     if pid_log.is_dir() {
         // the layout of earlier versions: one file per process group
@@ -603,7 +627,7 @@ pub fn reap_orphans_but(pid_log: &Path, marker: &str, keep: &dyn Fn(&[Vec<u8>]) 
     }
     pids.sort_unstable();
     pids.dedup();
-    let mut killed = 0;
+    let mut killed = std::collections::HashSet::new();
     let mut kept = Vec::new();
     for pgid in pids.into_iter().filter(|p| *p > 1) {
         let env = environ(pgid);
@@ -617,7 +641,7 @@ pub fn reap_orphans_but(pid_log: &Path, marker: &str, keep: &dyn Fn(&[Vec<u8>]) 
             unsafe {
                 libc::killpg(pgid, libc::SIGKILL);
             }
-            killed += 1;
+            killed.insert(pgid);
         }
     }
     if !kept.is_empty() {
