@@ -202,6 +202,11 @@ pub struct RunArgs {
     /// running is adopted.
     #[arg(long)]
     pub take_over: bool,
+    /// Start the selected tasks from empty checkpoints: their
+    /// `$INFRA_CHECKPOINT_DIR` folders are removed first (tasks still
+    /// running from an earlier controller keep theirs).
+    #[arg(long)]
+    pub fresh: bool,
     /// Hand the run to a controller that runs without this process (AWS: a
     /// small instance in the cloud; local: a background daemon) and return
     /// at once.

@@ -51,6 +51,9 @@ impl Campaign<'_> {
                 if a.take_over {
                     c.push(s("--take-over"));
                 }
+                if a.fresh {
+                    c.push(s("--fresh"));
+                }
                 c.push(s("--order"));
                 c.push(s(match a.order {
                     OrderArg::Fifo => "fifo",
@@ -312,6 +315,7 @@ mod tests {
             order: OrderArg::Fifo,
             detach: true,
             take_over: false,
+            fresh: true,
         };
         assert_eq!(
             Campaign::Run(&a).commands(),
@@ -321,6 +325,7 @@ mod tests {
                 "L0",
                 "p-x",
                 "--retry-failed",
+                "--fresh",
                 "--order",
                 "fifo"
             ]]

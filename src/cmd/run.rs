@@ -135,10 +135,15 @@ async fn run_leased(
     }
     let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
-    {
+    let adopted = {
         let (state, _) = journal::read(&journal_path(plan))?;
         let keys: HashSet<String> = tasks.iter().map(|t| t.key.clone()).collect();
-        session.keep(journal::adoptable(&state, &keys));
+        let keep = journal::adoptable(&state, &keys);
+        session.keep(keep.clone());
+        keep
+    };
+    if args.fresh {
+        fresh_checkpoints(ctx, plan, provider, &tasks, &adopted).await?;
     }
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
@@ -282,6 +287,39 @@ pub fn summary_text(v: &SummaryView) -> String {
     h
 }
 
+/// `--fresh`: remove the checkpoints of the selected tasks, but not of
+/// those still running from an earlier controller (adopted: their running
+/// step owns the folder).
+async fn fresh_checkpoints(
+    ctx: &Ctx,
+    plan: &plan::Plan,
+    provider: &dyn crate::provider::Provider,
+    tasks: &[TaskDef],
+    adopted: &[(String, u32)],
+) -> Result<(), AppError> {
+    let running: HashSet<&str> = adopted.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: Vec<String> = tasks
+        .iter()
+        .filter(|t| !running.contains(t.id.as_str()))
+        .map(|t| t.id.clone())
+        .collect();
+    let n = provider.clear_checkpoints(plan, &ids).await?;
+    ctx.provider_settings.log(&format!(
+        "--fresh: removed {n} checkpoint folder(s) of {} selected task(s)",
+        ids.len()
+    ));
+    if !running.is_empty() {
+        let mut names: Vec<&str> = running.into_iter().collect();
+        names.sort_unstable();
+        ctx.provider_settings.log(&format!(
+            "--fresh: kept the checkpoints of {} task(s) still running from an earlier controller: {}",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// `infra up`: plan, apply, run all, destroy (unless `--keep` or the run
 /// was interrupted).
 pub async fn up(
@@ -300,6 +338,7 @@ pub async fn up(
         retry_failed,
         order: OrderArg::LongestFirst,
         take_over: false,
+        fresh: false,
         detach: false,
     };
     let code = run(ctx, &args).await?;

@@ -29,6 +29,7 @@
 //! folder `$INFRA_SANDBOX_DIR`, else `/var/lib/infra`.
 
 pub mod bundle;
+pub mod checkpoint;
 pub mod fsio;
 pub mod health;
 pub mod proc;

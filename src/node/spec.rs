@@ -48,6 +48,13 @@ pub struct StepSpec {
     /// None: run without fetching a bundle (tests, local use).
     #[serde(default)]
     pub bundle: Option<BundleSpec>,
+    /// Seconds between SIGTERM and SIGKILL on a spot interruption notice
+    /// (default: `grace_seconds`, at most 90).
+    #[serde(default)]
+    pub spot_grace_seconds: Option<u64>,
+    /// The task's `$INFRA_CHECKPOINT_DIR` and where it is mirrored.
+    #[serde(default)]
+    pub checkpoint: Option<super::checkpoint::CheckpointSpec>,
 }
 
 fn one() -> f64 {

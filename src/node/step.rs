@@ -18,6 +18,7 @@ use super::fsio::{self, write_fail};
 use super::proc::{self, Reaper, Tree};
 use super::spec::{check_component, safe_rel, StepSpec};
 use super::upload::{parse_dest, walk, S3};
+use super::checkpoint::Checkpoint;
 use super::{bundle, spot, Fail};
 use super::{EXIT_INTERRUPTED, EXIT_SIGNALLED, EXIT_TIMEOUT, EXIT_UPLOAD, EXIT_USAGE};
 
@@ -92,8 +93,24 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     let s3 = S3::default();
     bundle::ensure(root, s.bundle.as_ref(), &s3).await?;
     let p = Paths::new(root, &s);
-    if !p.work.is_dir() {
+    // the attempt's first step on this node
+    let first_here = !p.work.is_dir();
+    if first_here {
         clear_old_attempts(root, &s.task, s.attempt)?;
+    }
+    let mut ck = match &s.checkpoint {
+        Some(c) => Some(Checkpoint::open(root, c)?),
+        None => None,
+    };
+    if let Some(ck) = ck.as_mut() {
+        if first_here {
+            let n = ck.restore(&s3).await?;
+            if n > 0 {
+                println!("infra-node: restored {n} checkpoint file(s) into {}", ck.dir.display());
+            }
+        } else {
+            fsio::mkdirs(&ck.dir)?;
+        }
     }
     // a stop that came before this agent got here (the stop command can
     // overtake the step's start) is kept: the step is stopped at once
@@ -127,6 +144,14 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         (
             "INFRA_SCRIPTS".to_string(),
             root.join("bundle/scripts").to_string_lossy().into_owned(),
+        ),
+        (
+            "INFRA_CHECKPOINT_DIR".to_string(),
+            ck.as_ref()
+                .map(|c| c.dir.clone())
+                .unwrap_or_else(|| root.join("checkpoint").join(&s.task))
+                .to_string_lossy()
+                .into_owned(),
         ),
         (proc::STEP_VAR.to_string(), tag.clone()),
         (proc::ROOT_VAR.to_string(), root_s.clone()),
@@ -180,6 +205,16 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     tokio::pin!(exited, spot_watch, timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // a foreground step syncs the checkpoint while it runs
+    let ck_every = ck
+        .as_ref()
+        .and_then(|c| c.interval)
+        .filter(|_| !s.background);
+    let mut ck_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + ck_every.unwrap_or(Duration::from_secs(86_400)),
+        ck_every.unwrap_or(Duration::from_secs(86_400)),
+    );
+    ck_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let why = loop {
         tokio::select! {
             biased;
@@ -196,6 +231,13 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
                 }
             }
             _ = &mut spot_watch => break Some(Why::Interrupted),
+            _ = ck_tick.tick(), if ck_every.is_some() => {
+                if let Some(c) = ck.as_mut() {
+                    if let Err(e) = c.sync(&s3).await {
+                        eprintln!("infra-node: the checkpoint could not be synced (tried again at the next interval): {e}");
+                    }
+                }
+            }
         }
     };
     // it ended on its own meanwhile: that is how it ended
@@ -214,11 +256,38 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
             // a note for people reading the node's folders; not needed
             let _ = std::fs::write(p.run.join("why"), format!("{text}\n"));
         }
+        // a spot notice leaves two minutes: the grace is shorter then
+        let grace = match why {
+            Some(Why::Interrupted) => Duration::from_secs(
+                s.spot_grace_seconds
+                    .unwrap_or(s.grace_seconds)
+                    .min(crate::plan::model::MAX_SPOT_GRACE_SECONDS),
+            ),
+            _ => grace,
+        };
         proc::kill_tree(&tree, Some(pid), grace, &mut reaper).await;
     }
     reaper.wait_leader();
     let waited = reaper.code();
     let rc_file = p.run.join("rc");
+    // the checkpoint as the step left it, whatever ended it
+    let ck_bytes = match ck.as_mut() {
+        None => None,
+        Some(c) => {
+            let limit = if why == Some(Why::Signalled) { 20 } else { 600 };
+            match tokio::time::timeout(Duration::from_secs(limit), c.sync(&s3)).await {
+                Ok(Ok(b)) => Some(b),
+                Ok(Err(e)) => {
+                    note_stderr(&p, &format!("the checkpoint could not be saved: {e}"));
+                    None
+                }
+                Err(_) => {
+                    note_stderr(&p, &format!("the checkpoint could not be saved within {limit} s"));
+                    None
+                }
+            }
+        }
+    };
     if why == Some(Why::Signalled) {
         let _ = fsio::write_atomic(&rc_file, format!("{waited}\n").as_bytes());
         eprintln!(
@@ -255,6 +324,7 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         "exit_code": code,
         "wall_seconds": wall,
         "peak_rss_kb": peak,
+        "checkpoint_bytes": ck_bytes,
         "background": s.background,
         "started": started_at,
         "ended": now_utc(),
@@ -286,6 +356,18 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         s.name
     );
     Ok(code)
+}
+
+/// A line for the person reading the step's stderr (and the agent's).
+fn note_stderr(p: &Paths, msg: &str) {
+    eprintln!("infra-node: {msg}");
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(p.step_dir.join("stderr.log"))
+    {
+        let _ = writeln!(f, "infra: {msg}");
+    }
 }
 
 /// What goes up: the step folder as `steps/<key>/...`, then the declared

@@ -55,6 +55,71 @@ impl S3 {
         Ok(body.into_bytes().to_vec())
     }
 
+    /// Download an object into `path` (streamed; a temporary file renamed
+    /// into place).
+    pub async fn get_to_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), String> {
+        let c = self.client().await;
+        let out = c
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| format!("s3://{bucket}/{key}: {}", err_text(&e)))?;
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".part");
+        let tmp = path.with_file_name(tmp_name);
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut body = out.body.into_async_read();
+        let copied = tokio::io::copy(&mut body, &mut f).await;
+        let synced = match copied {
+            Ok(_) => tokio::io::AsyncWriteExt::flush(&mut f).await,
+            Err(e) => Err(e),
+        };
+        drop(f);
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("s3://{bucket}/{key} -> {}: {e}", path.display()));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Every key under `prefix` (paginated).
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, String> {
+        let c = self.client().await;
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = c
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| format!("s3://{bucket}/{prefix}: {}", err_text(&e)))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// Delete one object.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), String> {
+        let c = self.client().await;
+        c.delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| format!("s3://{bucket}/{key}: {}", err_text(&e)))?;
+        Ok(())
+    }
+
     /// Upload one file.
     pub async fn put_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), String> {
         let c = self.client().await;

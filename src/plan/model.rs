@@ -69,6 +69,16 @@ pub struct Budget {
     pub accept_unpriced: bool,
 }
 
+/// `checkpoint_interval` when neither the plan nor the template gives one.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECONDS: u64 = 300;
+/// `stop_grace_seconds` when neither the plan nor the template gives one.
+pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 30;
+/// The longest grace after a spot interruption notice: AWS gives two
+/// minutes, and the checkpoint and the results still have to go up.
+pub const MAX_SPOT_GRACE_SECONDS: u64 = 90;
+/// The longest `stop_grace_seconds` accepted.
+pub const MAX_STOP_GRACE_SECONDS: u64 = 3600;
+
 /// `idle_shutdown_minutes` when the plan gives none.
 pub const DEFAULT_IDLE_SHUTDOWN_MINUTES: u32 = 20;
 /// The largest `idle_shutdown_minutes` accepted: a day (idling longer than
@@ -193,6 +203,14 @@ pub struct Plan {
     pub templates: BTreeMap<String, PathBuf>,
     pub estimate: Estimates,
     pub retry: RetryPolicy,
+    /// How often a running task's `$INFRA_CHECKPOINT_DIR` goes to the bucket
+    /// (`checkpoint_interval`; a template's `checkpoint_interval_seconds`
+    /// overrides it).
+    pub checkpoint_interval: Duration,
+    /// Between SIGTERM and SIGKILL when a task is stopped
+    /// (`stop_grace_seconds`; at most [`MAX_SPOT_GRACE_SECONDS`] on a spot
+    /// notice; a template's `stop_grace_seconds` overrides it).
+    pub stop_grace: Duration,
     pub layers: Vec<Layer>,
     /// Where each top-level value (and each of `budget`'s) is in the file,
     /// by path (`availability_zone`, `budget.max_hourly_usd`), for

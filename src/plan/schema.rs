@@ -74,6 +74,8 @@ pub fn schema() -> Value {
             "retry": {"type": "object", "additionalProperties": false, "properties": {
                 "attempts": {"type": "integer", "minimum": 1, "maximum": 20},
                 "backoff_seconds": duration.clone(), "backoff_max_seconds": duration.clone()}},
+            "checkpoint_interval": duration.clone(),
+            "stop_grace_seconds": duration.clone(),
             "layers": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["id"], "additionalProperties": false,
                 "properties": {

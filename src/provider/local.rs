@@ -171,6 +171,47 @@ pub fn stop_task_leftovers(plan: &Plan, keep: &[(String, u32)]) -> usize {
     groups.len()
 }
 
+/// `.infra/<phase>/checkpoints/`: a folder per task and rank
+/// ([`TaskDef::checkpoint_name`](crate::tasks::TaskDef::checkpoint_name)),
+/// the task's `$INFRA_CHECKPOINT_DIR`, kept across attempts.
+pub fn checkpoint_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("checkpoints")
+}
+
+/// Remove the checkpoint folders of `tasks` (every rank); how many went.
+pub fn clear_checkpoints(state_dir: &Path, tasks: &[String]) -> std::io::Result<usize> {
+    let root = checkpoint_root(state_dir);
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if tasks
+            .iter()
+            .any(|t| crate::tasks::model::is_checkpoint_of(&name, t))
+        {
+            std::fs::remove_dir_all(e.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The bytes of the files under `dir` (0 when it is missing).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Where a step's exit code is left (see `process::spawn_with`):
 /// `.infra/<phase>/steps/<task>/<attempt>/<step>-<try>.exit`.
 fn exit_file(state_dir: &Path, task: &str, attempt: u32, index: usize, try_no: u32) -> PathBuf {
@@ -211,7 +252,13 @@ impl LocalExecutor {
         }
     }
 
-    fn env_for(&self, req: &AttemptRequest, rank: usize, work: &Path) -> Vec<(String, String)> {
+    fn env_for(
+        &self,
+        req: &AttemptRequest,
+        rank: usize,
+        work: &Path,
+        checkpoint: &Path,
+    ) -> Vec<(String, String)> {
         let node = &self.nodes[req.seats[rank].node];
         let nodes: Vec<RankNode> = req
             .seats
@@ -237,6 +284,7 @@ impl LocalExecutor {
             ("INFRA_STATE_DIR".into(), path(&self.state_dir)),
             ("INFRA_OUTPUT_DIR".into(), path(&req.staging)),
             ("INFRA_WORK_DIR".into(), path(work)),
+            ("INFRA_CHECKPOINT_DIR".into(), path(checkpoint)),
             ("INFRA_SCRIPTS".into(), path(&self.root.join("scripts"))),
             ("INFRA_ROOT".into(), path(&self.root)),
         ];
@@ -293,6 +341,10 @@ pub(crate) struct LocalAttempt {
     /// The node of each rank.
     nodes: Vec<usize>,
     works: Vec<PathBuf>,
+    /// Each rank's `$INFRA_CHECKPOINT_DIR`.
+    checkpoints: Vec<PathBuf>,
+    /// Between SIGTERM and SIGKILL when a step is stopped or times out.
+    grace: Duration,
     envs: Vec<Vec<(String, String)>>,
     staging: PathBuf,
     usage: Usage,
@@ -373,10 +425,20 @@ impl LocalAttempt {
             })?;
             works.push(w);
         }
+        // kept across attempts (and runs) until `infra run --fresh`
+        let mut checkpoints = Vec::new();
+        for r in 0..req.seats.len() {
+            let c = checkpoint_root(&ex.state_dir).join(req.task.checkpoint_name(r));
+            std::fs::create_dir_all(&c)
+                .map_err(|e| format!("cannot create {}: {e}", c.display()))?;
+            checkpoints.push(c);
+        }
         let envs = (0..req.seats.len())
-            .map(|r| ex.env_for(req, r, &works[r]))
+            .map(|r| ex.env_for(req, r, &works[r], &checkpoints[r]))
             .collect();
         Ok(LocalAttempt {
+            grace: Duration::from_secs(req.task.stop_grace_seconds),
+            checkpoints,
             task: req.task.id.clone(),
             attempt: req.attempt,
             nodes: req.seats.iter().map(|s| s.node).collect(),
@@ -406,7 +468,7 @@ impl LocalAttempt {
             .map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
         while started.adopted_running() {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                started.kill_adopted(Duration::from_secs(2)).await;
+                started.kill_adopted(self.grace).await;
                 started.adopted = None;
                 self.usage.last_exit_code = Some(124);
                 return StepEnd::TimedOut;
@@ -550,7 +612,7 @@ impl StepTransport for LocalAttempt {
                     StepEnd::Exited(e.code)
                 }
                 _ = sleep => {
-                    sp.kill_group(Duration::from_secs(2)).await;
+                    sp.kill_group(self.grace).await;
                     waiter.await;
                     self.usage.last_exit_code = Some(124);
                     StepEnd::TimedOut
@@ -608,11 +670,11 @@ impl StepTransport for LocalAttempt {
         // the last started first: a client before its server
         for s in steps.iter_mut().rev() {
             if s.step.adopted.is_some() {
-                s.step.kill_adopted(Duration::from_secs(2)).await;
+                s.step.kill_adopted(self.grace).await;
                 s.step.adopted = None;
             }
             if let Some(sp) = s.step.proc.take() {
-                sp.kill_group(Duration::from_secs(2)).await;
+                sp.kill_group(self.grace).await;
                 let e = sp.wait().await;
                 self.reaped(e);
             }
@@ -631,6 +693,7 @@ impl StepTransport for LocalAttempt {
 
     async fn collect(&mut self) -> Result<Usage, String> {
         // the logs are written in place
+        self.usage.checkpoint_bytes = Some(self.checkpoints.iter().map(|c| dir_bytes(c)).sum());
         Ok(self.usage)
     }
 

@@ -202,6 +202,26 @@ pub trait Provider {
         Box::pin(async { Ok(()) })
     }
 
+    /// Remove the checkpoints (`$INFRA_CHECKPOINT_DIR`, every rank) of the
+    /// tasks `tasks` (`infra run --fresh`); how many folders went. AWS:
+    /// `<phase>/checkpoints/<task>/` in the bucket (the nodes' copies are
+    /// replaced by the bucket's at the next attempt); local:
+    /// `.infra/<phase>/checkpoints/`.
+    fn clear_checkpoints<'a>(
+        &'a self,
+        plan: &'a Plan,
+        tasks: &'a [String],
+    ) -> Fut<'a, Result<usize, ProviderError>> {
+        Box::pin(async move {
+            crate::provider::local::clear_checkpoints(&plan.state_dir(), tasks).map_err(|e| {
+                ProviderError::Failed(format!(
+                    "cannot remove the checkpoints under {}: {e}",
+                    crate::provider::local::checkpoint_root(&plan.state_dir()).display()
+                ))
+            })
+        })
+    }
+
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.
     fn recorded_nodes(&self, plan: &Plan) -> usize;

@@ -96,6 +96,9 @@ pub struct Started<S> {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     pub peak_rss_kb: u64,
+    /// The size of the task's `$INFRA_CHECKPOINT_DIR` after its last step
+    /// (None: not known).
+    pub checkpoint_bytes: Option<u64>,
     /// The exit code of the last foreground step that ended (124 when it
     /// timed out).
     pub last_exit_code: Option<i32>,
@@ -217,6 +220,7 @@ where
         exit_code: u.last_exit_code,
         wall_seconds: (started.elapsed() + before).as_secs_f64(),
         peak_rss_kb: u.peak_rss_kb,
+        checkpoint_bytes: u.checkpoint_bytes,
     };
     let mut t = match open(&req) {
         Ok(t) => t,

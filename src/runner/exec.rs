@@ -89,6 +89,8 @@ pub struct Measured {
     pub exit_code: Option<i32>,
     pub wall_seconds: f64,
     pub peak_rss_kb: u64,
+    /// The size of the task's checkpoint folder after the attempt.
+    pub checkpoint_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -39,6 +39,7 @@ pub(super) fn runtime_json(t: &TaskDef, e: &Ended) -> serde_json::Value {
         "ended": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "wall_seconds": (m.wall_seconds * 1000.0).round() / 1000.0,
         "peak_rss_kb": m.peak_rss_kb,
+        "checkpoint_bytes": m.checkpoint_bytes,
         "cost_usd": (e.cost_usd * 1e6).round() / 1e6,
         "factors": t.factors,
     })

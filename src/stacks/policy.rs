@@ -94,6 +94,14 @@ fn statements(bucket_prefix: &str, phase: &str) -> Value {
             "Resource": arns(bucket_prefix, &readable)
         },
         {
+            // a checkpoint is a mirror of the task's folder: what the task
+            // deleted goes (results and logs are never deleted by a node)
+            "Sid": "DeleteCheckpoints",
+            "Effect": "Allow",
+            "Action": ["s3:DeleteObject"],
+            "Resource": arn(bucket_prefix, Some(&format!("{}/*", layout::checkpoints_prefix(phase))))
+        },
+        {
             "Sid": "ListCheckpoints",
             "Effect": "Allow",
             "Action": ["s3:ListBucket"],

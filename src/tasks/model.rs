@@ -20,6 +20,14 @@ pub struct TemplateOutput {
     /// Total attempts; overrides the plan's `retry.attempts`.
     #[serde(default)]
     pub attempts: Option<u32>,
+    /// Seconds between syncs of `$INFRA_CHECKPOINT_DIR` to the bucket;
+    /// overrides the plan's `checkpoint_interval`.
+    #[serde(default)]
+    pub checkpoint_interval_seconds: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when the task is stopped;
+    /// overrides the plan's `stop_grace_seconds`.
+    #[serde(default)]
+    pub stop_grace_seconds: Option<u64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Files (relative to the task's working folder, on whichever rank writes them) to collect.
@@ -34,6 +42,49 @@ pub struct TemplateOutput {
 
 fn one() -> u32 {
     1
+}
+
+/// See [`TaskDef::checkpoint_name`].
+pub fn checkpoint_name(task: &str, rank: usize) -> String {
+    if rank == 0 {
+        task.to_string()
+    } else {
+        format!("{task}+rank{rank}")
+    }
+}
+
+/// True when `name` is a checkpoint folder of `task` (any rank).
+pub fn is_checkpoint_of(name: &str, task: &str) -> bool {
+    name == task
+        || name
+            .strip_prefix(task)
+            .and_then(|r| r.strip_prefix("+rank"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn default_checkpoint_interval() -> u64 {
+    crate::plan::model::DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+}
+
+fn default_stop_grace() -> u64 {
+    crate::plan::model::DEFAULT_STOP_GRACE_SECONDS
+}
+
+impl TaskDef {
+    /// The name of rank `rank`'s checkpoint folder: the task id for rank 0,
+    /// `<id>+rank<r>` for the others (`+` is never in an id). Keyed by the
+    /// pattern id, not the content hash: a task whose parameters changed
+    /// goes on from its checkpoint (`infra run --fresh` clears them).
+    pub fn checkpoint_name(&self, rank: usize) -> String {
+        checkpoint_name(&self.id, rank)
+    }
+
+    /// The grace after a spot interruption notice: the stop grace, at most
+    /// `MAX_SPOT_GRACE_SECONDS`.
+    pub fn spot_grace_seconds(&self) -> u64 {
+        self.stop_grace_seconds
+            .min(crate::plan::model::MAX_SPOT_GRACE_SECONDS)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +141,14 @@ pub struct TaskDef {
     pub node_group: String,
     pub nodes: u32,
     pub attempts: u32,
+    /// Seconds between syncs of `$INFRA_CHECKPOINT_DIR` (where a provider
+    /// syncs it: AWS).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+    /// Seconds between SIGTERM and SIGKILL when the task is stopped (a spot
+    /// notice gives at most `MAX_SPOT_GRACE_SECONDS`).
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_seconds: u64,
     pub estimate_seconds: Option<f64>,
     pub partition: Option<(u32, u32)>,
     pub env: BTreeMap<String, String>,

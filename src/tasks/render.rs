@@ -396,6 +396,29 @@ fn build(
         }
     }
     let attempts = out.attempts.unwrap_or(plan.retry.attempts).clamp(1, 20);
+    let checkpoint_interval_seconds = match out.checkpoint_interval_seconds {
+        Some(s) if !(10..=86_400).contains(&s) => {
+            return Err((
+                format!("\"checkpoint_interval_seconds\" is {s}"),
+                "use between 10 and 86400 seconds".into(),
+            ))
+        }
+        Some(s) => s,
+        None => plan.checkpoint_interval.as_secs(),
+    };
+    let stop_grace_seconds = match out.stop_grace_seconds {
+        Some(s) if s > crate::plan::model::MAX_STOP_GRACE_SECONDS => {
+            return Err((
+                format!("\"stop_grace_seconds\" is {s}"),
+                format!(
+                    "use at most {} seconds",
+                    crate::plan::model::MAX_STOP_GRACE_SECONDS
+                ),
+            ))
+        }
+        Some(s) => s,
+        None => plan.stop_grace.as_secs(),
+    };
     Ok(TaskDef {
         version: TASK_FORMAT_VERSION,
         id: p.id.clone(),
@@ -406,6 +429,8 @@ fn build(
         node_group: p.node_group.clone(),
         nodes: out.nodes,
         attempts,
+        checkpoint_interval_seconds,
+        stop_grace_seconds,
         estimate_seconds: p.estimate.map(|d| d.as_secs_f64()),
         partition: p.partition,
         env: out.env,

@@ -135,6 +135,45 @@ fn some_of(id: &str, known: &[&str]) -> String {
     }
 }
 
+/// `checkpoint_interval` (10 s to a day) and `stop_grace_seconds` (0 to an
+/// hour), with their defaults.
+pub(super) fn interruptions(d: &mut Diags, top: &Obj) -> (Duration, Duration) {
+    use crate::plan::model::{
+        DEFAULT_CHECKPOINT_INTERVAL_SECONDS, DEFAULT_STOP_GRACE_SECONDS, MAX_STOP_GRACE_SECONDS,
+    };
+    let mut interval = Duration::from_secs(DEFAULT_CHECKPOINT_INTERVAL_SECONDS);
+    let mut grace = Duration::from_secs(DEFAULT_STOP_GRACE_SECONDS);
+    if let Some(v) = top.get("checkpoint_interval") {
+        if let Some(t) = duration(d, v, "checkpoint_interval") {
+            if t < Duration::from_secs(10) || t > Duration::from_secs(86_400) {
+                d.hint(
+                    "checkpoint_interval",
+                    v.pos,
+                    format!("{} s is out of range", t.as_secs_f64()),
+                    "use between 10 s and a day, e.g. \"5m\"",
+                );
+            } else {
+                interval = Duration::from_secs(t.as_secs());
+            }
+        }
+    }
+    if let Some(v) = top.get("stop_grace_seconds") {
+        if let Some(t) = duration(d, v, "stop_grace_seconds") {
+            if t > Duration::from_secs(MAX_STOP_GRACE_SECONDS) {
+                d.hint(
+                    "stop_grace_seconds",
+                    v.pos,
+                    format!("{} s is too long", t.as_secs_f64()),
+                    format!("use at most {MAX_STOP_GRACE_SECONDS} s (on a spot notice at most 90 s are given anyway)"),
+                );
+            } else {
+                grace = Duration::from_secs(t.as_secs());
+            }
+        }
+    }
+    (interval, grace)
+}
+
 pub(super) fn retry(d: &mut Diags, top: &Obj) -> RetryPolicy {
     let mut retry = RetryPolicy::default();
     let Some(o) = top.get("retry").and_then(|v| obj(d, v, "retry")) else {

@@ -28,6 +28,8 @@ const TOP_FIELDS: &[&str] = &[
     "templates",
     "estimate",
     "retry",
+    "checkpoint_interval",
+    "stop_grace_seconds",
     "layers",
 ];
 
@@ -47,6 +49,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let templates = templates::templates(&mut d, &top, src.plan_dir, src.root);
     let estimates = estimate::estimates(&mut d, &top);
     let retry = estimate::retry(&mut d, &top);
+    let (checkpoint_interval, stop_grace) = estimate::interruptions(&mut d, &top);
 
     let group_names: Vec<String> = machines.groups.iter().map(|g| g.name.clone()).collect();
     let scope = Scope {
@@ -94,6 +97,8 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         templates,
         estimate: estimates.plan,
         retry,
+        checkpoint_interval,
+        stop_grace,
         layers: decoded.layers,
         positions: value_positions(root_node),
     };

@@ -631,6 +631,36 @@ impl Provider for AwsProvider {
         Box::pin(self.status_(plan))
     }
 
+    fn clear_checkpoints<'a>(
+        &'a self,
+        plan: &'a Plan,
+        tasks: &'a [String],
+    ) -> Fut<'a, Result<usize, ProviderError>> {
+        Box::pin(async move {
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(0);
+            };
+            let Some(bucket) = campaign_sync::find_bucket(&c, plan).await? else {
+                return Ok(0);
+            };
+            let root = format!("{}/", layout::checkpoints_prefix(&plan.name_key));
+            let mut folders = std::collections::BTreeSet::new();
+            for (key, _) in s3::list(&c, &bucket, &root).await? {
+                let Some((folder, _)) = key[root.len()..].split_once('/') else {
+                    continue;
+                };
+                if tasks
+                    .iter()
+                    .any(|t| crate::tasks::model::is_checkpoint_of(folder, t))
+                {
+                    s3::delete(&c, &bucket, &key).await?;
+                    folders.insert(folder.to_string());
+                }
+            }
+            Ok(folders.len())
+        })
+    }
+
     fn lease_store<'a>(
         &'a self,
         plan: &'a Plan,

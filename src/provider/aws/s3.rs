@@ -53,6 +53,17 @@ pub async fn put(c: &Clients, bucket: &str, key: &str, bytes: Vec<u8>) -> Result
     Ok(())
 }
 
+/// Delete the current version of `key` (the bucket keeps the older ones).
+pub async fn delete(c: &Clients, bucket: &str, key: &str) -> Result<(), AwsError> {
+    c.s3.delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(api(format!("delete s3://{bucket}/{key}")))?;
+    Ok(())
+}
+
 /// Upload only when no object of `key` exists (`If-None-Match: *`):
 /// `Ok(true)` when this call created it, `Ok(false)` when one was there.
 pub async fn put_if_absent(

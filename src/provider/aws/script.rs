@@ -15,6 +15,7 @@ pub const EXIT_BUNDLE: i32 = 172;
 pub const EXIT_NO_AGENT: i32 = agent::EXIT_NO_AGENT;
 pub const EXIT_INTERRUPTED: i32 = 175;
 pub const EXIT_NODE_IO: i32 = 176;
+pub const EXIT_CHECKPOINT: i32 = crate::node::checkpoint::EXIT_CHECKPOINT;
 /// `health`: the background step ended before it became healthy.
 pub const HEALTH_STEP_ENDED: i32 = 3;
 
@@ -95,6 +96,11 @@ pub struct StepArgs<'a> {
     pub command: &'a str,
     /// How long a stopped step gets between TERM and KILL.
     pub grace_seconds: u64,
+    /// The same after a spot interruption notice.
+    pub spot_grace_seconds: u64,
+    /// `s3://<bucket>/<phase>/checkpoints/<name>`, the folder's name
+    /// (`<task>` or `<task>+rank<r>`) and the seconds between syncs.
+    pub checkpoint: Option<(String, String, u64)>,
 }
 
 pub fn step_spec(a: &StepArgs, bundle: &BundleRef) -> Value {
@@ -110,6 +116,10 @@ pub fn step_spec(a: &StepArgs, bundle: &BundleRef) -> Value {
         "outputs": a.outputs,
         "command": a.command,
         "grace_seconds": a.grace_seconds,
+        "spot_grace_seconds": a.spot_grace_seconds,
+        "checkpoint": a.checkpoint.as_ref().map(|(dest, name, every)| json!({
+            "dest": dest, "name": name, "interval_seconds": every,
+        })),
         "bundle": bundle.spec(),
     })
 }

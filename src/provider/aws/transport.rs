@@ -22,8 +22,6 @@ use super::executor::{AwsExecutor, Node};
 use super::layout;
 use super::script::{self, StepArgs};
 
-/// How long a stopped step gets between SIGTERM and SIGKILL on the node.
-const STOP_GRACE_SECONDS: u64 = 10;
 use super::ssm::{self, End, Ended};
 use crate::provider::env::{task_env, Phase, RankNode, Shape};
 use crate::provider::sequence::{
@@ -32,12 +30,13 @@ use crate::provider::sequence::{
 use crate::runner::exec::{AttemptRequest, BoxFuture, Executor, NodeChange, Outcome};
 use crate::tasks::{Step, TaskDef};
 
-/// How long stopped steps get to upload and exit before CancelCommand.
-const STOP_GRACE: Duration = Duration::from_secs(30);
-/// The same when the run is being stopped (Ctrl-C): the agents' own grace
-/// between TERM and KILL, and time to upload. (A CancelCommand before the
-/// agent's KILL would leave a step that ignores TERM running.)
-const CANCEL_GRACE: Duration = Duration::from_secs(STOP_GRACE_SECONDS + 8);
+/// How long stopped steps get, beyond the task's own grace between TERM and
+/// KILL, to save their checkpoint, upload and exit before CancelCommand.
+const STOP_MARGIN: Duration = Duration::from_secs(30);
+/// The same when the run is being stopped (Ctrl-C): less patience, but
+/// never less than the agent's grace (a CancelCommand before the agent's
+/// KILL would leave a step that ignores TERM running).
+const CANCEL_MARGIN: Duration = Duration::from_secs(8);
 
 /// A command in flight on one node.
 pub(crate) struct Flight {
@@ -211,6 +210,10 @@ impl AwsAttempt {
                 "the node could not fetch the task bundle for step \"{name}\", or a file failed its SHA-256 check: {}",
                 tail(&e.output)
             )),
+            End::Failed(script::EXIT_CHECKPOINT) => StepEnd::Failed(format!(
+                "the node could not restore the task's checkpoint before step \"{name}\" (nothing ran): {}",
+                tail(&e.output)
+            )),
             End::Failed(script::EXIT_NO_AGENT) => StepEnd::Failed(format!(
                 "the node agent is not installed on the node of step \"{name}\": {}",
                 tail(&e.output)
@@ -265,6 +268,7 @@ impl AwsAttempt {
         let mut out: Vec<u8> = Vec::new();
         let mut err: Vec<u8> = Vec::new();
         let mut usage = Usage::default();
+        let mut ck_bytes: BTreeMap<usize, u64> = BTreeMap::new();
         for (key, name, rank) in &self.keys {
             let dir = tmp.join("steps").join(key);
             let try_note = key
@@ -291,6 +295,11 @@ impl AwsAttempt {
                     usage.peak_rss_kb = usage
                         .peak_rss_kb
                         .max(v["peak_rss_kb"].as_u64().unwrap_or(0));
+                    // the last step of each rank that saved it: the
+                    // folders of the ranks add up
+                    if let Some(b) = v["checkpoint_bytes"].as_u64() {
+                        ck_bytes.insert(*rank, b);
+                    }
                     if v["background"] == serde_json::Value::Bool(true) {
                         out.extend_from_slice(
                             format!("== infra: stopped background step {name} ==\n").as_bytes(),
@@ -312,6 +321,9 @@ impl AwsAttempt {
             }
         }
         let _ = std::fs::remove_dir_all(&tmp);
+        if !ck_bytes.is_empty() {
+            usage.checkpoint_bytes = Some(ck_bytes.values().sum());
+        }
         Ok(usage)
     }
 }
@@ -354,7 +366,18 @@ impl StepTransport for AwsAttempt {
                 background: step.background,
                 outputs: &self.task.outputs,
                 command: &step.command,
-                grace_seconds: STOP_GRACE_SECONDS,
+                grace_seconds: self.task.stop_grace_seconds,
+                spot_grace_seconds: self.task.spot_grace_seconds(),
+                checkpoint: Some((
+                    format!(
+                        "s3://{}/{}/{}",
+                        self.ex.s.bucket,
+                        layout::checkpoints_prefix(&self.ex.s.name_key),
+                        self.task.checkpoint_name(rank)
+                    ),
+                    self.task.checkpoint_name(rank),
+                    self.task.checkpoint_interval_seconds,
+                )),
             },
             &self.ex.s.kit.bundle,
         );
@@ -574,7 +597,8 @@ impl StepTransport for AwsAttempt {
 
     async fn stop(&mut self, mut steps: Vec<Started<Flight>>, cancelled: bool) {
         // on Ctrl-C, less patience before CancelCommand
-        let grace = if cancelled { CANCEL_GRACE } else { STOP_GRACE };
+        let grace = Duration::from_secs(self.task.stop_grace_seconds)
+            + if cancelled { CANCEL_MARGIN } else { STOP_MARGIN };
         let mut flights: Vec<&mut Flight> = steps.iter_mut().map(|s| &mut s.step).collect();
         self.stop_flights(&mut flights, grace).await;
     }

@@ -191,6 +191,7 @@ async fn steps_run_in_order_and_the_measurements_come_from_the_transport() {
         produced: vec!["out.json".into()],
         usage: Usage {
             peak_rss_kb: 42,
+            checkpoint_bytes: None,
             last_exit_code: None,
         },
         ..Fake::default()
@@ -270,6 +271,7 @@ async fn a_failing_health_check_is_retried_then_fails_the_attempt() {
         ]),
         usage: Usage {
             peak_rss_kb: 7,
+            checkpoint_bytes: None,
             last_exit_code: None,
         },
         ..Fake::default()
@@ -328,6 +330,7 @@ async fn a_timed_out_step_is_tried_again_and_fails_when_no_try_is_left() {
         ends: HashMap::from([((0, 1), StepEnd::TimedOut), ((0, 2), StepEnd::TimedOut)]),
         usage: Usage {
             peak_rss_kb: 0,
+            checkpoint_bytes: None,
             last_exit_code: Some(124),
         },
         ..Fake::default()
@@ -367,6 +370,7 @@ async fn a_failed_step_ends_the_attempt_and_its_code_is_in_the_message() {
         ends: HashMap::from([((0, 1), StepEnd::Exited(3))]),
         usage: Usage {
             peak_rss_kb: 0,
+            checkpoint_bytes: None,
             last_exit_code: Some(3),
         },
         ..Fake::default()
@@ -532,6 +536,7 @@ async fn a_missing_output_or_a_failed_collection_fails_the_attempt() {
         collect_fails: true,
         usage: Usage {
             peak_rss_kb: 9,
+            checkpoint_bytes: None,
             last_exit_code: Some(0),
         },
         ..Fake::default()

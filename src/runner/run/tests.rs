@@ -22,6 +22,8 @@ pub(super) fn task(i: usize, nodes: u32) -> TaskDef {
         node_group: "g".into(),
         nodes,
         attempts: 1,
+        checkpoint_interval_seconds: 300,
+        stop_grace_seconds: 30,
         estimate_seconds: None,
         partition: None,
         env: Default::default(),
@@ -103,6 +105,7 @@ impl Executor for Scripted {
                 exit_code: Some(0),
                 wall_seconds: 0.01,
                 peak_rss_kb: 0,
+                checkpoint_bytes: None,
             };
             match then {
                 Then::Succeed => Outcome::Succeeded(measured),

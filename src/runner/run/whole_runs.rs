@@ -69,6 +69,7 @@ impl Executor for Fickle {
                 exit_code: Some(0),
                 wall_seconds: 0.03,
                 peak_rss_kb: 0,
+                checkpoint_bytes: None,
             })
         })
     }

@@ -92,8 +92,14 @@ fn a_node_of_a_phase_may_write_only_its_results_checkpoints_and_logs() {
             "abort {k}"
         );
     }
-    // no delete anywhere, not even of its own results
+    // delete: only in its checkpoints (a mirror of the task's folder)
+    assert_eq!(
+        decide(&st, "s3:DeleteObject", &object("train.v2/checkpoints/t/step-100.pt"), None),
+        Decision::Allow
+    );
+    // no other delete, not even of its own results
     for k in [
+        "other/checkpoints/t/x",
         "train.v2/results/t/attempt-1/x",
         "train.v2/_bundle/x",
         "_ledger/x",
