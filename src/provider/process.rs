@@ -42,7 +42,11 @@ pub fn spawn(
 /// reads how it ended there. Only bash built-ins, so a task's own PATH
 /// cannot break it; the code is 128 + signal when the step was killed. The
 /// wrapper's own usage (wait4) covers the step's, which it reaped.
-const EXIT_WRAPPER: &str = r#"f=$1; shift; "$@"; c=$?; printf '%s
+/// SIGTERM to the group (a stop) must not end the wrapper before the step:
+/// it catches TERM with a no-op (a caught signal is reset for the step, an
+/// ignored one would be inherited) and waits for the step, which gets the
+/// stop's whole grace.
+const EXIT_WRAPPER: &str = r#"trap : TERM; f=$1; shift; "$@"; c=$?; printf '%s
 ' "$c" >"$f"; exit "$c""#;
 
 /// [`spawn`], and when `exit_file` is given, the command's exit code is

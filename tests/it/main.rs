@@ -3,6 +3,7 @@
 mod adopt;
 mod aws;
 mod badplans;
+mod checkpoint;
 mod badplans_names;
 mod common;
 mod cost;
