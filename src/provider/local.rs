@@ -699,13 +699,15 @@ impl StepTransport for LocalAttempt {
 
     fn output(&mut self, path: &str) -> Result<(), Option<String>> {
         // the first rank whose folder has it
-        let from = self
-            .works
-            .iter()
-            .map(|w| w.join(path))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| self.works[0].join(path));
+        let found = self.works.iter().map(|w| w.join(path)).find(|p| p.exists());
         let to = self.staging.join(path);
+        if found.is_none() && to.exists() {
+            // an earlier controller of this (adopted) attempt collected it
+            // and emptied the folders before it died: the staging folder
+            // is this attempt's own (a new attempt starts without one)
+            return Ok(());
+        }
+        let from = found.unwrap_or_else(|| self.works[0].join(path));
         if let Some(parent) = to.parent() {
             let _ = std::fs::create_dir_all(parent);
         }

@@ -1806,6 +1806,7 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 
 mod adopt;
 mod budget;
+mod checkpoint;
 mod campaign;
 mod detach;
 mod idle;
