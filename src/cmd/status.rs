@@ -32,6 +32,8 @@ pub struct StatusView {
     pub controller: Option<ControllerView>,
     /// What the finished tasks cost (the journal's per-task costs).
     pub spend_usd: f64,
+    /// Bytes of each task's checkpoint (`$INFRA_CHECKPOINT_DIR`), by task.
+    pub checkpoints: BTreeMap<String, u64>,
     pub last_stop: Option<String>,
     /// Damaged journal lines (skipped; `infra journal repair` drops them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -60,6 +62,10 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let journal_damage = scan.damaged.clone();
     let state = scan.state;
     let run_in_progress = lock::is_held(&plan.state_dir().join("run.lock"));
+    let checkpoints = provider.checkpoint_sizes(&plan).await.unwrap_or_else(|e| {
+        eprintln!("warning: the checkpoints' sizes were not read: {e}");
+        BTreeMap::new()
+    });
     let mut counts = BTreeMap::new();
     let mut missing = Vec::new();
     let mut failed = Vec::new();
@@ -94,12 +100,29 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         controller,
         // + 0.0: an empty f64 sum is -0.0, shown as "$-0.00"
         spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum::<f64>() + 0.0,
+        checkpoints,
         last_stop: state.last_stop.clone(),
         journal_damage,
         infra,
     };
     ctx.emit(&text(&view), &view);
     Ok(exit::OK)
+}
+
+/// `checkpoints: 3 task(s), 12.5 MiB (largest: t-2 8.0 MiB)`.
+fn checkpoints_line(c: &BTreeMap<String, u64>) -> String {
+    let total: u64 = c.values().sum();
+    let mut line = format!("checkpoints: {} task(s), {}", c.len(), human_bytes(total));
+    if let Some((t, b)) = c.iter().max_by_key(|(t, b)| (**b, std::cmp::Reverse(*t))) {
+        if c.len() > 1 {
+            line.push_str(&format!(" (largest: {t} {})", human_bytes(*b)));
+        }
+    }
+    line
+}
+
+fn human_bytes(b: u64) -> String {
+    indicatif::HumanBytes(b).to_string()
 }
 
 /// What `infra status` shows.
@@ -176,6 +199,9 @@ pub fn text(v: &StatusView) -> String {
         "  spend so far (finished tasks): ${:.2}\n",
         v.spend_usd
     ));
+    if !v.checkpoints.is_empty() {
+        h.push_str(&format!("  {}\n", checkpoints_line(&v.checkpoints)));
+    }
     if !v.missing.is_empty() {
         h.push_str(&format!(
             "  missing: {}{}\n",

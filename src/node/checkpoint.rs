@@ -69,7 +69,10 @@ impl Checkpoint {
         let (bucket, prefix) = parse_dest(&spec.dest).ok_or_else(|| {
             Fail::new(
                 super::EXIT_USAGE,
-                format!("bad --spec: checkpoint dest {:?} is not s3://bucket/prefix", spec.dest),
+                format!(
+                    "bad --spec: checkpoint dest {:?} is not s3://bucket/prefix",
+                    spec.dest
+                ),
             )
         })?;
         let dir = root.join("checkpoint").join(&spec.name);
@@ -85,7 +88,8 @@ impl Checkpoint {
             state_file,
             bucket,
             prefix,
-            interval: (spec.interval_seconds > 0).then(|| Duration::from_secs(spec.interval_seconds)),
+            interval: (spec.interval_seconds > 0)
+                .then(|| Duration::from_secs(spec.interval_seconds)),
             seen,
         })
     }
@@ -103,7 +107,10 @@ impl Checkpoint {
         let fail = |e: String| {
             Fail::new(
                 EXIT_CHECKPOINT,
-                format!("cannot restore the checkpoint from s3://{}/{}/: {e}", self.bucket, self.prefix),
+                format!(
+                    "cannot restore the checkpoint from s3://{}/{}/: {e}",
+                    self.bucket, self.prefix
+                ),
             )
         };
         let keys = s3
@@ -163,7 +170,8 @@ impl Checkpoint {
             .cloned()
             .collect();
         for rel in gone {
-            s3.delete(&self.bucket, &join_key(&self.prefix, &rel)).await?;
+            s3.delete(&self.bucket, &join_key(&self.prefix, &rel))
+                .await?;
             self.seen.remove(&rel);
         }
         self.save().map_err(|f| f.msg)?;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::checkpoint::Checkpoint;
 use super::fsio::{self, write_fail};
 use super::proc::{self, Reaper, Tree};
 use super::spec::{check_component, safe_rel, StepSpec};
 use super::upload::{parse_dest, walk, S3};
-use super::checkpoint::Checkpoint;
 use super::{bundle, spot, Fail};
 use super::{EXIT_INTERRUPTED, EXIT_SIGNALLED, EXIT_TIMEOUT, EXIT_UPLOAD, EXIT_USAGE};
 
@@ -106,7 +106,10 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         if first_here {
             let n = ck.restore(&s3).await?;
             if n > 0 {
-                println!("infra-node: restored {n} checkpoint file(s) into {}", ck.dir.display());
+                println!(
+                    "infra-node: restored {n} checkpoint file(s) into {}",
+                    ck.dir.display()
+                );
             }
         } else {
             fsio::mkdirs(&ck.dir)?;
@@ -282,7 +285,10 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
                     None
                 }
                 Err(_) => {
-                    note_stderr(&p, &format!("the checkpoint could not be saved within {limit} s"));
+                    note_stderr(
+                        &p,
+                        &format!("the checkpoint could not be saved within {limit} s"),
+                    );
                     None
                 }
             }

@@ -100,7 +100,11 @@ impl S3 {
                 .send()
                 .await
                 .map_err(|e| format!("s3://{bucket}/{prefix}: {}", err_text(&e)))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => return Ok(keys),

@@ -222,6 +222,29 @@ pub trait Provider {
         })
     }
 
+    /// The size in bytes of each task's checkpoint (its ranks' folders
+    /// together), by task id; tasks without one are left out.
+    fn checkpoint_sizes<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> Fut<'a, Result<std::collections::BTreeMap<String, u64>, ProviderError>> {
+        Box::pin(async move {
+            let mut out = std::collections::BTreeMap::new();
+            let root = crate::provider::local::checkpoint_root(&plan.state_dir());
+            if let Ok(rd) = std::fs::read_dir(root) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let task = crate::tasks::model::checkpoint_task(&name).to_string();
+                    let b = crate::provider::local::dir_bytes(&e.path());
+                    if b > 0 {
+                        *out.entry(task).or_insert(0) += b;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.
     fn recorded_nodes(&self, plan: &Plan) -> usize;

@@ -53,6 +53,11 @@ pub fn checkpoint_name(task: &str, rank: usize) -> String {
     }
 }
 
+/// The task of checkpoint folder `name` (see [`checkpoint_name`]).
+pub fn checkpoint_task(name: &str) -> &str {
+    name.split_once("+rank").map_or(name, |(t, _)| t)
+}
+
 /// True when `name` is a checkpoint folder of `task` (any rank).
 pub fn is_checkpoint_of(name: &str, task: &str) -> bool {
     name == task

@@ -1806,8 +1806,8 @@ fn catalog_refresh_reads_the_emulators_pricing_api_and_spot_prices() {
 
 mod adopt;
 mod budget;
-mod checkpoint;
 mod campaign;
+mod checkpoint;
 mod detach;
 mod idle;
 mod node;

@@ -89,6 +89,15 @@ fn the_next_attempt_goes_on_from_the_checkpoint_the_failed_one_left() {
     );
     // kept after the task: a later re-run could go on from it
     assert_eq!(progress_lines(&p, "ck"), 20);
+    let st = p.infra(&["status", "ck"]);
+    assert!(
+        st.stdout.contains("checkpoints: 1 task(s), 51 B"),
+        "{}",
+        st.stdout
+    );
+    let st = p.infra(&["status", "ck", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["checkpoints"]["ck-0"], 51, "{v}");
 }
 
 #[test]
@@ -127,7 +136,12 @@ fn a_crash_of_the_run_and_its_steps_loses_no_checkpointed_work() {
     let log = p.read("results/cr/cr-0/stdout.log");
     let resumed: usize = log
         .lines()
-        .find_map(|l| l.strip_prefix("resumed with ")?.strip_suffix(" lines")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("resumed with ")?
+                .strip_suffix(" lines")?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("{log}"));
     assert!(
         resumed >= before,
@@ -212,7 +226,10 @@ fn a_stopped_task_gets_its_grace_a_term_trapping_one_saves_a_term_ignoring_one_i
         "{stderr}"
     );
     // the ignoring one was killed once the 4 s grace were over, not before
-    assert!(!pid_alive(stubborn), "the TERM-ignoring task is still running");
+    assert!(
+        !pid_alive(stubborn),
+        "the TERM-ignoring task is still running"
+    );
     assert!(
         took >= Duration::from_millis(3500) && took < Duration::from_secs(30),
         "stopped after {took:?} (grace 4 s)\n{stderr}"

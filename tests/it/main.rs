@@ -3,8 +3,8 @@
 mod adopt;
 mod aws;
 mod badplans;
-mod checkpoint;
 mod badplans_names;
+mod checkpoint;
 mod common;
 mod cost;
 mod faults;

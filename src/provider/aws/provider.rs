@@ -661,6 +661,29 @@ impl Provider for AwsProvider {
         })
     }
 
+    fn checkpoint_sizes<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> Fut<'a, Result<std::collections::BTreeMap<String, u64>, ProviderError>> {
+        Box::pin(async move {
+            let mut out = std::collections::BTreeMap::new();
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(out);
+            };
+            let Some(bucket) = campaign_sync::find_bucket(&c, plan).await? else {
+                return Ok(out);
+            };
+            let root = format!("{}/", layout::checkpoints_prefix(&plan.name_key));
+            for (key, size) in s3::list(&c, &bucket, &root).await? {
+                if let Some((folder, _)) = key[root.len()..].split_once('/') {
+                    let task = crate::tasks::model::checkpoint_task(folder).to_string();
+                    *out.entry(task).or_insert(0) += size.max(0) as u64;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn lease_store<'a>(
         &'a self,
         plan: &'a Plan,

@@ -598,7 +598,11 @@ impl StepTransport for AwsAttempt {
     async fn stop(&mut self, mut steps: Vec<Started<Flight>>, cancelled: bool) {
         // on Ctrl-C, less patience before CancelCommand
         let grace = Duration::from_secs(self.task.stop_grace_seconds)
-            + if cancelled { CANCEL_MARGIN } else { STOP_MARGIN };
+            + if cancelled {
+                CANCEL_MARGIN
+            } else {
+                STOP_MARGIN
+            };
         let mut flights: Vec<&mut Flight> = steps.iter_mut().map(|s| &mut s.step).collect();
         self.stop_flights(&mut flights, grace).await;
     }

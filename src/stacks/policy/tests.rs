@@ -94,7 +94,12 @@ fn a_node_of_a_phase_may_write_only_its_results_checkpoints_and_logs() {
     }
     // delete: only in its checkpoints (a mirror of the task's folder)
     assert_eq!(
-        decide(&st, "s3:DeleteObject", &object("train.v2/checkpoints/t/step-100.pt"), None),
+        decide(
+            &st,
+            "s3:DeleteObject",
+            &object("train.v2/checkpoints/t/step-100.pt"),
+            None
+        ),
         Decision::Allow
     );
     // no other delete, not even of its own results

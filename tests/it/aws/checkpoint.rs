@@ -102,7 +102,12 @@ fn a_spot_reclaim_midway_the_next_attempt_goes_on_from_the_synced_checkpoint() {
     let log = a.p.read("results/cks/cks-0/stdout.log");
     let resumed: usize = log
         .lines()
-        .find_map(|l| l.strip_prefix("resumed with ")?.strip_suffix(" lines")?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("resumed with ")?
+                .strip_suffix(" lines")?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("{log}"));
     let ck = bucket_checkpoint(&a, "cks");
     let term = ck["events.txt"].as_str().unwrap_or_else(|| panic!("{ck}"));
@@ -119,12 +124,34 @@ fn a_spot_reclaim_midway_the_next_attempt_goes_on_from_the_synced_checkpoint() {
     assert!(resumed < 30, "the reclaim came midway: {log}");
     // each line exactly once, in the result and in the bucket
     assert_eq!(a.p.read("results/cks/cks-0/out.txt"), counted(30));
-    assert_eq!(ck["progress.txt"].as_str(), Some(counted(30).as_str()), "{ck}");
+    assert_eq!(
+        ck["progress.txt"].as_str(),
+        Some(counted(30).as_str()),
+        "{ck}"
+    );
     let rt: Value = serde_json::from_str(&a.p.read("results/cks/cks-0/runtime.json")).unwrap();
     assert_eq!(
         rt["checkpoint_bytes"].as_u64(),
         Some((counted(30).len() + term.len()) as u64),
         "{rt}"
     );
+    // status reads the sizes from the bucket
+    let st = a.infra(&["status", "cks", "--json"]);
+    let v: Value =
+        serde_json::from_str(&st.stdout).unwrap_or_else(|e| panic!("{e}: {}", st.stdout));
+    assert_eq!(
+        v["checkpoints"]["cks-0"].as_u64(),
+        rt["checkpoint_bytes"].as_u64(),
+        "{v}"
+    );
+    // --fresh empties the task's folder in the bucket
+    let r = a.infra(&["run", "cks", "all", "--fresh"]);
+    ok(&r, "run --fresh");
+    assert!(
+        r.stderr.contains("--fresh: removed 1 checkpoint folder(s)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(bucket_checkpoint(&a, "cks"), json!({}));
     ok(&a.infra(&["destroy", "cks", "--all"]), "destroy");
 }
