@@ -13,7 +13,7 @@ fn command_plan(a: &Aws, phase: &str, project: &str, command: &str, timeout: u64
         &format!("plans/{phase}.json"),
         &format!(
             r#"{{ "phase": "{phase}", "name": "agent", "project": "{project}", "provider": "aws", "region": "us-east-1",
-  "retry": {{ "attempts": 1 }},
+  "retry": {{ "attempts": 1 }}, "stop_grace_seconds": 10,
   "node_groups": {{ "cpu": {{ "instance_type": "c6i.xlarge", "count": 1, "market": "spot", "slots": 1 }} }},
   "layers": [ {{ "id": "L0", "grid": {{ "backend": "cmd", "id": "{phase}-t{{n}}", "factors": {{ "n": [1] }} }} }} ] }}"#
         ),
