@@ -222,7 +222,11 @@ pub(crate) fn duration(d: &mut Diags, v: &Spanned, path: &str) -> Option<Duratio
     let hint = "write seconds as a number or a string like \"90s\", \"30m\", \"2h\", \"1h30m\"";
     let secs = match &v.node {
         Node::Num(n) => n.as_f64(),
-        Node::Str(s) => parse_duration(s),
+        Node::Str(s) => parse_duration(s).or_else(|| {
+            // "-5m": say it is negative, not that it is unreadable
+            let neg = s.trim().strip_prefix('-').and_then(parse_duration)?;
+            Some(-neg).filter(|n| *n < 0.0)
+        }),
         _ => None,
     };
     match secs {
@@ -245,38 +249,44 @@ pub(crate) fn duration(d: &mut Diags, v: &Spanned, path: &str) -> Option<Duratio
     }
 }
 
-/// Seconds in `s`: a plain number, or numbers with units `s`, `m`, `h`,
-/// `d` (`"1h30m"`); `None` if it is neither.
+/// Seconds in `s`: a plain number (`"90"`, `"1.5"`), or numbers with units
+/// `s`, `m`, `h`, `d` one after another (`"1h30m"`); spaces around it are
+/// allowed. `None` if it is neither. Exactly what the schema's
+/// `DURATION_PATTERN` accepts (no sign, exponent, `inf` or bare `.`).
 pub fn parse_duration(s: &str) -> Option<f64> {
+    fn number(t: &str) -> Option<f64> {
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        let ok = match t.split_once('.') {
+            Some((int, frac)) => digits(int) && digits(frac),
+            None => digits(t),
+        };
+        if ok {
+            t.parse().ok()
+        } else {
+            None
+        }
+    }
     let s = s.trim();
+    if let Some(n) = number(s) {
+        return Some(n);
+    }
     if s.is_empty() {
         return None;
     }
-    if let Ok(f) = s.parse::<f64>() {
-        return Some(f);
-    }
     let mut total = 0.0;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-        } else {
-            let unit = match c {
-                's' => 1.0,
-                'm' => 60.0,
-                'h' => 3600.0,
-                'd' => 86400.0,
-                _ => return None,
-            };
-            let n: f64 = num.parse().ok()?;
-            total += n * unit;
-            num.clear();
-            any = true;
-        }
-    }
-    if !num.is_empty() || !any {
-        return None;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let i = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n = number(&rest[..i])?;
+        let unit = match rest[i..].chars().next()? {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86400.0,
+            _ => return None,
+        };
+        total += n * unit;
+        rest = &rest[i + 1..];
     }
     Some(total)
 }

@@ -1,104 +1,241 @@
-//! The JSON Schema of the plan format (`infra schema`), for editors.
+//! The JSON Schema of the plan format (`infra schema`), for editors: every
+//! property has a description, and a duration is what `infra` reads
+//! ([`DURATION_PATTERN`], `plan::fields::parse_duration`).
 
 use serde_json::{json, Value};
 
+/// A duration as a string: seconds (`"90"`, `"1.5"`), or numbers with the
+/// units `s`, `m`, `h`, `d` one after another (`"1h30m"`, `"2d"`).
+/// Spaces around it are allowed.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?[smhd])+)\s*$";
+
+/// `v` with a description.
+fn d(mut v: Value, text: &str) -> Value {
+    v["description"] = json!(text);
+    v
+}
+
+fn duration(text: &str) -> Value {
+    d(
+        json!({"oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": DURATION_PATTERN}]}),
+        &format!("{text} Seconds as a number, or a string: \"90\", \"90s\", \"30m\", \"2h\", \"1h30m\", \"2d\" (units s, m, h, d)."),
+    )
+}
+
+fn node_pool(required: Vec<&str>, count_name: &str, count_text: &str) -> Value {
+    let mut props = json!({
+        "instance_type": d(json!({"type": "string"}), "EC2 instance type, e.g. c6i.4xlarge or g5.12xlarge (its vCPUs, memory, GPUs and price come from the catalog; `infra catalog show`)."),
+        "market": d(json!({"enum": ["spot", "on-demand"], "default": "on-demand"}), "Spot (cheaper, can be reclaimed with two minutes' notice; tasks are re-queued) or on-demand (the default)."),
+        "efa": d(json!({"type": "boolean", "default": false}), "Give the nodes Elastic Fabric Adapter interfaces (EFA-capable instance types only)."),
+        "placement": d(json!({"enum": ["cluster", "spread", "partition"]}), "EC2 placement group strategy for the nodes."),
+        "ami": d(json!({"type": "string"}), "An AMI id or an SSM parameter path; default: the latest Amazon Linux 2023 (GPU types: the Deep Learning AMI)."),
+        "volume_gb": d(json!({"type": "integer", "minimum": 1, "maximum": 16384, "default": 100}), "Root volume size in GiB (encrypted gp3)."),
+        "slots": d(json!({"type": "integer", "minimum": 1, "maximum": 1024, "default": 1}), "Tasks that run at once on one node."),
+        "max_lifetime_hours": d(json!({"type": "number", "exclusiveMinimum": 0}), "A node terminates itself after this many hours whatever happens (default: from the budget that remains)."),
+        "idle_shutdown_minutes": d(json!({"type": "integer", "minimum": 1, "maximum": 1440, "default": 20}), "Minutes a node that runs no step and sees no live controller waits before it terminates itself (and stops its fleet's replacements)."),
+        "workers_per_slot": d(json!({"type": "integer", "minimum": 1}), "Workers a task in one slot should use (`INFRA_N_WORKERS`); default: the node's vCPUs divided by its slots.")
+    });
+    props[count_name] = d(json!({"type": "integer", "minimum": 1}), count_text);
+    json!({"type": "object", "required": required, "properties": props})
+}
+
 pub fn schema() -> Value {
-    let duration = json!({"oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": "^([0-9.]+[smhd])+$"}],
-        "description": "seconds, or \"90s\", \"30m\", \"2h\", \"1h30m\""});
     let safe_id = json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"});
     let count = json!({"type": "integer", "minimum": 1});
-    let pool = |required: Vec<&str>, count_name: &str| {
-        let mut props = json!({
-            "instance_type": {"type": "string", "description": "EC2 instance type, e.g. g5.12xlarge"},
-            "market": {"enum": ["spot", "on-demand"], "default": "on-demand"},
-            "efa": {"type": "boolean", "default": false},
-            "placement": {"enum": ["cluster", "spread", "partition"]},
-            "ami": {"type": "string", "description": "an AMI id or an SSM parameter path"},
-            "volume_gb": {"type": "integer", "minimum": 1, "maximum": 16384, "default": 100},
-            "slots": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 1, "description": "concurrent tasks per node"},
-            "max_lifetime_hours": {"type": "number", "exclusiveMinimum": 0},
-            "idle_shutdown_minutes": {"type": "integer", "minimum": 1, "maximum": 1440, "default": 20, "description": "minutes a node that runs no step and sees no live controller waits before it terminates itself (and stops its fleet's replacements)"},
-            "workers_per_slot": {"type": "integer", "minimum": 1}
-        });
-        props[count_name] = json!({"type": "integer", "minimum": 1});
-        json!({"type": "object", "required": required, "properties": props})
-    };
-    let mut infra = pool(vec!["instance_type", "node_count"], "node_count");
+    let mut infra = node_pool(
+        vec!["instance_type", "node_count"],
+        "node_count",
+        "How many nodes.",
+    );
     for (k, v) in [
         (
             "gpu_count_per_node",
-            json!({"type": "integer", "minimum": 0}),
+            d(
+                json!({"type": "integer", "minimum": 0}),
+                "GPUs per node, as the plan states it (checked against the catalog).",
+            ),
         ),
-        ("tp_size", json!({"type": "integer", "minimum": 1})),
-        ("model", json!({"type": "string"})),
-        ("vllm_version", json!({"type": "string"})),
-        ("venv_path", json!({"type": "string"})),
+        (
+            "tp_size",
+            d(
+                json!({"type": "integer", "minimum": 1}),
+                "Tensor-parallel size: a template variable.",
+            ),
+        ),
+        (
+            "model",
+            d(json!({"type": "string"}), "The model: a template variable."),
+        ),
+        (
+            "vllm_version",
+            d(
+                json!({"type": "string"}),
+                "vLLM version: a template variable.",
+            ),
+        ),
+        (
+            "venv_path",
+            d(
+                json!({"type": "string"}),
+                "Virtual environment path: a template variable.",
+            ),
+        ),
     ] {
         infra["properties"][k] = v;
     }
     infra["additionalProperties"] = json!(false);
-    let mut group = pool(vec!["instance_type", "count"], "count");
-    group["properties"]["gpus"] = json!({"type": "integer", "minimum": 0});
-    group["properties"]["availability_zone"] = json!({"type": "string"});
+    let infra = d(infra, "The phase format's single node group (named after its instance type's family); also template variables. Use either this or node_groups.");
+    let mut group = node_pool(vec!["instance_type", "count"], "count", "How many nodes.");
+    group["properties"]["gpus"] = d(
+        json!({"type": "integer", "minimum": 0}),
+        "GPUs per node, as the plan states it (checked against the catalog).",
+    );
+    group["properties"]["availability_zone"] = d(
+        json!({"type": "string"}),
+        "The zone of this group's nodes (default: the plan's, else any).",
+    );
     group["additionalProperties"] = json!(false);
+    let group = d(group, "A pool of identical nodes.");
+    let pattern_id = d(
+        safe_id.clone(),
+        "The task's id: unique, starting with the phase prefix (p<phase>- or <phase>-); letters, digits, '.', '_', '-'.",
+    );
+    let backend = d(
+        safe_id.clone(),
+        "The template that renders the task: plans/templates/<backend>.json.hbs unless `templates` says otherwise.",
+    );
+    let pattern_group = d(
+        json!({"type": "string"}),
+        "The node group the task runs on (default: the layer's, else the first group).",
+    );
+    let settings = d(
+        json!({"type": "object"}),
+        "Template variables for the layer's patterns (over common_settings).",
+    );
 
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://infra.invalid/plan.schema.json",
         "title": "infra experiment plan",
+        "description": "A campaign: the machines, the budget and the work (layers of patterns, each rendered into a task by its backend's template).",
         "type": "object",
         "required": ["phase", "name", "layers"],
         "additionalProperties": false,
         "properties": {
-            "phase": {"oneOf": [{"type": "integer", "minimum": 0}, safe_id.clone()], "description": "pattern ids start with p<phase>- (or <phase>- for a named phase)"},
-            "name": {"type": "string"},
-            "description": {"type": "string"},
-            "project": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"},
-            "provider": {"enum": ["local", "aws"], "default": "local"},
-            "region": {"type": "string", "default": "us-east-1"},
-            "availability_zone": {"type": "string"},
+            "$schema": d(json!({"type": "string"}), "The schema this plan follows, for editors (e.g. the file `infra schema` writes); ignored by infra."),
+            "phase": d(json!({"oneOf": [{"type": "integer", "minimum": 0}, safe_id.clone()]}), "The phase: a number (pattern ids start with p<phase>-) or a name (ids start with <phase>-)."),
+            "name": d(json!({"type": "string"}), "A human name for the phase."),
+            "description": d(json!({"type": "string"}), "What the phase is for."),
+            "project": d(json!({"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"}), "The project: names the bucket and stacks shared by its phases (default: from the folder's name)."),
+            "provider": d(json!({"enum": ["local", "aws"], "default": "local"}), "Where the nodes are: this machine (free) or AWS; `--provider` overrides it."),
+            "region": d(json!({"type": "string", "default": "us-east-1"}), "AWS region; `--region` overrides it."),
+            "availability_zone": d(json!({"type": "string"}), "One zone for every node group (default: any)."),
             "infrastructure": infra,
-            "node_groups": {"type": "object", "additionalProperties": group, "minProperties": 1},
-            "common_settings": {"type": "object", "description": "template variables every pattern inherits"},
-            "budget": {"type": "object", "required": ["usd"], "additionalProperties": false, "properties": {
-                "usd": {"type": "number", "exclusiveMinimum": 0},
-                "max_hourly_usd": {"type": "number", "exclusiveMinimum": 0},
-                "hard_stop": {"type": "boolean", "default": true},
-                "accept_unpriced": {"type": "boolean", "default": false, "description": "Run node groups the catalog has no price for, counting them as $0 (otherwise the budget refuses them)."}}},
-            "setup": {"type": "array", "items": {"type": "string"}},
-            "templates": {"type": "object", "additionalProperties": {"type": "string"}},
-            "estimate": {"type": "object", "additionalProperties": false, "properties": {
-                "default": duration.clone(), "provisioning": duration.clone(), "setup": duration.clone(), "duration": duration.clone(),
-                "patterns": {"type": "object", "additionalProperties": duration.clone()},
-                "layers": {"type": "object", "additionalProperties": duration.clone()}}},
-            "retry": {"type": "object", "additionalProperties": false, "properties": {
-                "attempts": {"type": "integer", "minimum": 1, "maximum": 20},
-                "backoff_seconds": duration.clone(), "backoff_max_seconds": duration.clone()}},
-            "checkpoint_interval": duration.clone(),
-            "stop_grace_seconds": duration.clone(),
-            "layers": {"type": "array", "minItems": 1, "items": {
+            "node_groups": d(json!({"type": "object", "additionalProperties": group, "minProperties": 1}), "Named pools of nodes; a layer or pattern picks one with node_group."),
+            "common_settings": d(json!({"type": "object"}), "Template variables every pattern inherits (a layer's settings, a grid cell and a pattern's own fields override them)."),
+            "budget": d(json!({"type": "object", "required": ["usd"], "additionalProperties": false, "properties": {
+                "usd": d(json!({"type": "number", "exclusiveMinimum": 0}), "The most the campaign may cost, in US dollars: plan/apply/run refuse an estimate above it, and a run stops before it is spent."),
+                "max_hourly_usd": d(json!({"type": "number", "exclusiveMinimum": 0}), "The most the nodes may cost per hour together."),
+                "hard_stop": d(json!({"type": "boolean", "default": true}), "Stop the run (running tasks re-queued) when the spend would pass the budget; false: warn only."),
+                "accept_unpriced": d(json!({"type": "boolean", "default": false}), "Run node groups the catalog has no price for, counting them as $0 (otherwise the budget refuses them).")}}),
+                "The money the campaign may spend."),
+            "setup": d(json!({"type": "array", "items": {"type": "string"}}), "Commands run once per node before its first task (again when they change)."),
+            "templates": d(json!({"type": "object", "additionalProperties": {"type": "string"}}), "Backend name → template path (relative to the project folder), where the default plans/templates/<backend>.json.hbs does not fit."),
+            "estimate": d(json!({"type": "object", "additionalProperties": false, "properties": {
+                "default": duration("A task's run time when nothing else says."),
+                "provisioning": duration("Time until the nodes are up (billed, no task runs)."),
+                "setup": duration("Time the setup commands take on each node."),
+                "duration": duration("The campaign's duration, replacing the scheduled makespan in the estimate."),
+                "patterns": d(json!({"type": "object", "additionalProperties": duration("The pattern's run time.")}), "Run times by pattern id."),
+                "layers": d(json!({"type": "object", "additionalProperties": duration("The layer's task run time.")}), "Run times by layer id.")}}),
+                "Run-time estimates: they size the schedule and the cost."),
+            "retry": d(json!({"type": "object", "additionalProperties": false, "properties": {
+                "attempts": d(json!({"type": "integer", "minimum": 1, "maximum": 20, "default": 1}), "Attempts per task, the first included."),
+                "backoff_seconds": duration("The wait before the second attempt; it doubles with each attempt."),
+                "backoff_max_seconds": duration("The longest wait between attempts.")}}),
+                "How failed tasks are tried again."),
+            "checkpoint_interval": duration("How often a running task's $INFRA_CHECKPOINT_DIR is synced to the bucket (AWS), 10 s to a day; default 5 min."),
+            "stop_grace_seconds": duration("Between SIGTERM and SIGKILL when a task is stopped (at most 90 s after a spot notice); default 30."),
+            "layers": d(json!({"type": "array", "minItems": 1, "items": d(json!({
                 "type": "object", "required": ["id"], "additionalProperties": false,
                 "properties": {
-                    "id": safe_id.clone(), "name": {"type": "string"}, "priority": {"type": "string"},
-                    "description": {"type": "string"}, "node_group": {"type": "string"}, "partitions": count.clone(),
-                    "settings": {"type": "object"}, "estimate": duration.clone(),
-                    "patterns": {"type": "array", "items": {
+                    "id": d(safe_id.clone(), "The layer's id: `infra run <phase> <layer id>` runs its tasks."),
+                    "name": d(json!({"type": "string"}), "A human name."),
+                    "priority": d(json!({"type": "string"}), "A note on the layer's priority (shown by `infra list`)."),
+                    "description": d(json!({"type": "string"}), "What the layer measures."),
+                    "node_group": d(json!({"type": "string"}), "The node group of the layer's tasks."),
+                    "partitions": d(count.clone(), "Split each pattern into this many tasks (`partition`/`n_partitions` in the template, `INFRA_PARTITION` at run time)."),
+                    "settings": settings.clone(),
+                    "estimate": duration("The run time of the layer's tasks."),
+                    "patterns": d(json!({"type": "array", "items": d(json!({
                         "type": "object", "required": ["id", "backend"],
-                        "properties": {"id": safe_id.clone(), "backend": safe_id.clone(), "estimate": duration.clone(),
-                            "node_group": {"type": "string"}, "prompt_tokens": count.clone(), "concurrency": count.clone()},
-                        "additionalProperties": {"description": "any other field overrides common_settings"}}},
-                    "grid": {"type": "object", "required": ["backend", "id", "factors"], "additionalProperties": false,
+                        "properties": {"id": pattern_id, "backend": backend.clone(), "estimate": duration("The task's run time."),
+                            "node_group": pattern_group,
+                            "prompt_tokens": d(count.clone(), "Prompt tokens: a template variable."),
+                            "concurrency": d(count.clone(), "Concurrent requests: a template variable.")},
+                        "additionalProperties": {"description": "any other field is a template variable, over common_settings"}}),
+                        "One task, written by hand.")}), "Tasks written one by one."),
+                    "grid": d(json!({"type": "object", "required": ["backend", "id", "factors"], "additionalProperties": false,
                         "properties": {
-                            "backend": safe_id.clone(),
-                            "id": {"type": "string", "description": "id template with {factor} placeholders"},
-                            "factors": {"type": "object", "additionalProperties": {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean"]}}},
-                            "exclude": {"type": "array", "items": {"type": "object"}},
-                            "include": {"type": "array", "items": {"type": "object"}},
-                            "repetitions": count.clone(),
-                            "settings": {"type": "object"},
-                            "estimate": duration.clone(),
-                            "estimate_by": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": duration}}}}
-                }}}
+                            "backend": backend,
+                            "id": d(json!({"type": "string"}), "The tasks' id template with {factor} placeholders, e.g. sweep-{variant}-s{seed}."),
+                            "factors": d(json!({"type": "object", "additionalProperties": {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean"]}}}), "Factor name → its values: one task per combination."),
+                            "exclude": d(json!({"type": "array", "items": {"type": "object"}}), "Combinations left out: each object matches the cells whose factors have those values."),
+                            "include": d(json!({"type": "array", "items": {"type": "object"}}), "Extra cells, each a full combination."),
+                            "repetitions": d(count.clone(), "Each cell this many times (a `rep` factor)."),
+                            "settings": settings,
+                            "estimate": duration("The run time of each cell."),
+                            "estimate_by": d(json!({"type": "object", "additionalProperties": {"type": "object", "additionalProperties": duration("The run time of the cells with that factor value.")}}), "Run times by factor value: factor → value → duration.")}}),
+                        "Tasks as the cross product of factors.")
+                }}), "A group of patterns (hand-written, or a grid).")}), "The work, in layers.")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every property (and every item of `oneOf`-free values) has a
+    /// description, at any depth.
+    fn undocumented(v: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (k, p) in props {
+                let here = format!("{path}.{k}");
+                if p.get("description").and_then(Value::as_str).is_none() {
+                    out.push(here.clone());
+                }
+                undocumented(p, &here, out);
+            }
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(inner) = v.get(k).filter(|i| i.is_object()) {
+                undocumented(inner, &format!("{path}[{k}]"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_property_has_a_description() {
+        let mut out = Vec::new();
+        undocumented(&schema(), "", &mut out);
+        assert!(out.is_empty(), "no description: {out:?}");
+    }
+
+    #[test]
+    fn durations_agree_between_the_schema_and_infra() {
+        let re = regex_lite::Regex::new(DURATION_PATTERN).unwrap();
+        for s in [
+            "90", "1.5", "90s", "30m", "2h", "1h30m", "2d", "0.5h", "1d12h", "1.2.3s", "1.2.3", "",
+            "s", "1x", "h1", "1e3", "inf", "NaN", " 90", "90 ", "-5", "1h 30m", ".5s", "5.s",
+        ] {
+            let by_infra = crate::plan::fields::parse_duration(s).is_some();
+            assert_eq!(
+                re.is_match(s),
+                by_infra,
+                "{s:?}: the schema says {}, infra says {by_infra}",
+                re.is_match(s)
+            );
+        }
+    }
 }

@@ -191,3 +191,22 @@ fn negative_zero_shows_nowhere_in_plan_status_and_budget() {
         assert!(!r.stdout.contains("$-0"), "{args:?}: {}", r.stdout);
     }
 }
+
+/// The schema the example plans name (`"$schema": "../docs/plan.schema.json"`,
+/// for editors) is the one `infra schema` prints, and a plan naming its
+/// schema loads.
+#[test]
+fn the_checked_in_schema_is_what_infra_schema_prints() {
+    let p = Project::with_examples();
+    let r = p.infra(&["schema"]);
+    r.ok();
+    let checked_in = std::fs::read_to_string(repo().join("docs/plan.schema.json")).unwrap();
+    assert_eq!(
+        r.stdout.trim_end(),
+        checked_in.trim_end(),
+        "docs/plan.schema.json is stale: `infra schema > docs/plan.schema.json`"
+    );
+    let plan = p.read("plans/quickstart.json");
+    assert!(plan.contains("\"$schema\": \"../docs/plan.schema.json\""));
+    p.infra(&["plan", "quickstart"]).ok();
+}

@@ -13,6 +13,7 @@ use super::source::Source;
 use super::{budget, estimate, header, layers, machines, names, settings, templates};
 
 const TOP_FIELDS: &[&str] = &[
+    "$schema",
     "phase",
     "name",
     "description",
