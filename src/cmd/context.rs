@@ -38,6 +38,7 @@ impl Env {
             "XDG_CACHE_HOME",
             "HOME",
             "INFRA_WATCHDOG_SECONDS",
+            "INFRA_PROGRESS_SECONDS",
             "AWS_ENDPOINT_URL",
             "AWS_MAX_ATTEMPTS",
             "INFRA_POLL_SECONDS",
@@ -92,6 +93,9 @@ pub struct Ctx {
     pub watchdog_interval: Duration,
     /// Draw a progress bar (stderr is a terminal, not in CI).
     pub progress_bar: bool,
+    /// Without a terminal, a progress line at least this often
+    /// (`INFRA_PROGRESS_SECONDS`, default 30 s).
+    pub progress_interval: Duration,
     /// How long `infra stop` waits for the controller
     /// (`INFRA_STOP_WAIT_SECONDS`, default 600 s).
     pub stop_wait: Duration,
@@ -155,6 +159,7 @@ impl Ctx {
                 .and_then(|p| p.name().parse::<ProviderKind>().ok()),
             provider_settings,
             progress_bar: env.stderr_tty && !env.vars.contains_key("CI"),
+            progress_interval: secs("INFRA_PROGRESS_SECONDS").unwrap_or(Duration::from_secs(30)),
             lease_renew: secs("INFRA_LEASE_RENEW_SECONDS")
                 .unwrap_or(Duration::from_secs(crate::campaign::lease::RENEW_SECONDS)),
             holder: crate::campaign::Holder {

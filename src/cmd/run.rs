@@ -11,7 +11,7 @@ use crate::campaign::keeper::Keeper;
 use crate::cli::{OrderArg, RunArgs};
 use crate::plan;
 use crate::provider::{DestroyOpts, Finished, ProviderError};
-use crate::report::progress::{human_duration, Reporter};
+use crate::report::progress::{human_duration, Outlook, Reporter};
 use crate::runner::journal::{self, Status};
 use crate::runner::run::{self as runner, Paths, RunOptions, RunSummary};
 use crate::runner::scheduler::Policy;
@@ -135,12 +135,22 @@ async fn run_leased(
     }
     let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
-    let adopted = {
+    let (adopted, open) = {
         let (state, _) = journal::read(&journal_path(plan))?;
         let keys: HashSet<String> = tasks.iter().map(|t| t.key.clone()).collect();
         let keep = journal::adoptable(&state, &keys);
         session.keep(keep.clone());
-        keep
+        // what this run will run (for the progress's ETA)
+        let open: Vec<String> = tasks
+            .iter()
+            .filter(|t| match state.status_of(&t.key) {
+                Status::Succeeded => false,
+                Status::Failed => args.retry_failed,
+                _ => true,
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        (keep, open)
     };
     if args.fresh {
         fresh_checkpoints(ctx, plan, provider, &tasks, &adopted).await?;
@@ -189,7 +199,17 @@ async fn run_leased(
         requested: stop_rx,
         signals: Some(signals),
     };
-    let mut rep = Reporter::new(ctx.progress_bar);
+    let outlook = Outlook {
+        estimates: tasks
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.estimate_seconds?)))
+            .collect(),
+        hourly_usd: started.hourly_usd,
+        spent_before_usd: started.spent_before_usd,
+        heartbeat: ctx.progress_interval,
+    };
+    let mut rep = Reporter::with_outlook(ctx.progress_bar, outlook);
+    rep.queued(open);
     let summary = runner::run(
         tasks,
         started.executor,

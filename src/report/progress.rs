@@ -1,32 +1,70 @@
 //! Progress of a run on stderr: an indicatif bar on a terminal, plain lines
 //! otherwise. The runner only emits events; this draws them.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::runner::run::RunEvent;
 
-pub struct Reporter {
-    bar: Option<ProgressBar>,
-    start: Instant,
+/// What the ETA and the money are computed from (the command layer knows
+/// the plan and the nodes).
+#[derive(Debug, Clone, Default)]
+pub struct Outlook {
+    /// Each task's estimated run time (seconds), by id; tasks without one
+    /// count as the mean of those that ended.
+    pub estimates: HashMap<String, f64>,
+    /// What the nodes cost per hour, and what was spent before this run.
+    pub hourly_usd: f64,
+    pub spent_before_usd: f64,
+    /// Without a terminal, a progress line at least this often.
+    pub heartbeat: Duration,
+}
+
+/// The counts the lines and the heartbeat show.
+#[derive(Debug, Default)]
+struct Counts {
     total: usize,
     done: usize,
     failed: usize,
-    running: usize,
+    slots: usize,
+    /// Running tasks and when they were dispatched.
+    running: HashMap<String, Instant>,
+    /// Tasks not ended yet (queued or running).
+    open: Vec<String>,
+    /// Sum and count of the wall times of tasks that ended.
+    ended_wall: (f64, usize),
+    last_line: Option<Instant>,
+}
+
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+    start: Instant,
+    outlook: Outlook,
+    counts: Arc<Mutex<Counts>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Reporter {
     /// `bar`: draw a bar (stderr is a terminal and not CI: the command
     /// layer decides), else print plain lines.
     pub fn new(bar: bool) -> Reporter {
-        let tty = bar;
-        let bar = tty.then(|| {
+        Reporter::with_outlook(bar, Outlook::default())
+    }
+
+    /// With the plan's estimates and the nodes' price: the ETA and the
+    /// money in the bar and the lines; without a terminal a progress line
+    /// at least every `outlook.heartbeat`.
+    pub fn with_outlook(bar: bool, outlook: Outlook) -> Reporter {
+        let bar = bar.then(|| {
             let b = ProgressBar::new(0);
             b.set_style(
                 ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -34,14 +72,50 @@ impl Reporter {
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        Reporter {
+        let r = Reporter {
             bar,
             start: Instant::now(),
-            total: 0,
-            done: 0,
-            failed: 0,
-            running: 0,
+            outlook,
+            counts: Arc::new(Mutex::new(Counts::default())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        if r.bar.is_none() && !r.outlook.heartbeat.is_zero() {
+            r.spawn_heartbeat();
         }
+        r
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A line when nothing was said for `heartbeat` (a long quiet run in a
+    /// log file still shows it is alive, how far, the money and the ETA).
+    fn spawn_heartbeat(&self) {
+        let counts = self.counts.clone();
+        let stop = self.stop.clone();
+        let outlook = self.outlook.clone();
+        let start = self.start;
+        let every = self.outlook.heartbeat;
+        let _ = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200).min(every));
+                    let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+                    let quiet = c.last_line.map_or(start.elapsed(), |t| t.elapsed());
+                    if c.total == 0 || quiet < every || stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let text = status_text(&c, &outlook, start);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "[{:>7.1}s] progress {text}",
+                        start.elapsed().as_secs_f64()
+                    );
+                    c.last_line = Some(Instant::now());
+                }
+            });
     }
 
     fn line(&self, s: &str) {
@@ -53,22 +127,27 @@ impl Reporter {
                     "[{:>7.1}s] {s}",
                     self.start.elapsed().as_secs_f64()
                 );
+                self.counts().last_line = Some(Instant::now());
             }
         }
     }
 
     fn refresh(&self) {
         if let Some(b) = &self.bar {
-            b.set_length(self.total as u64);
-            b.set_position((self.done + self.failed) as u64);
-            b.set_message(format!(
-                "ok {} failed {} running {}",
-                self.done, self.failed, self.running
-            ));
+            let c = self.counts();
+            b.set_length(c.total as u64);
+            b.set_position((c.done + c.failed) as u64);
+            b.set_message(status_text(&c, &self.outlook, self.start));
         }
     }
 
+    /// The bar's message and the heartbeat's line, as they are now.
+    pub fn status_line(&self) -> String {
+        status_text(&self.counts(), &self.outlook, self.start)
+    }
+
     pub fn event(&mut self, e: &RunEvent) {
+        let quiet = self.bar.is_none() && self.counts().total > 200;
         match e {
             RunEvent::Start {
                 selected,
@@ -76,7 +155,11 @@ impl Reporter {
                 to_run,
                 slots,
             } => {
-                self.total = *to_run;
+                {
+                    let mut c = self.counts();
+                    c.total = *to_run;
+                    c.slots = *slots;
+                }
                 self.line(&format_start(*selected, *already_done, *to_run, *slots));
             }
             RunEvent::Dispatched {
@@ -84,8 +167,8 @@ impl Reporter {
                 attempt,
                 nodes,
             } => {
-                self.running += 1;
-                if self.bar.is_none() && self.total <= 200 {
+                self.started(task);
+                if !quiet {
                     self.line(&format!(
                         "start  {task} on {}{}",
                         nodes.join("+"),
@@ -102,7 +185,7 @@ impl Reporter {
                 attempt,
                 nodes,
             } => {
-                self.running += 1;
+                self.started(task);
                 self.line(&format!(
                     "adopt  {task} on {} (attempt {attempt}, still running from an earlier controller)",
                     nodes.join("+")
@@ -111,13 +194,20 @@ impl Reporter {
             RunEvent::Succeeded {
                 task, wall_seconds, ..
             } => {
-                self.running = self.running.saturating_sub(1);
-                self.done += 1;
-                if self.bar.is_some() || self.total <= 200 || self.done.is_multiple_of(100) {
+                let (n, total) = {
+                    let mut c = self.counts();
+                    c.running.remove(task);
+                    c.open.retain(|t| t != task);
+                    c.done += 1;
+                    c.ended_wall.0 += wall_seconds;
+                    c.ended_wall.1 += 1;
+                    (c.done + c.failed, c.total)
+                };
+                // a long run without a terminal: every 100th, and the
+                // heartbeat in between
+                if !quiet || n.is_multiple_of(100) {
                     self.line(&format!(
-                        "ok     {task} ({wall_seconds:.1}s) [{}/{}]",
-                        self.done + self.failed,
-                        self.total
+                        "ok     {task} ({wall_seconds:.1}s) [{n}/{total}]"
                     ));
                 }
             }
@@ -127,7 +217,7 @@ impl Reporter {
                 error,
                 delay_seconds,
             } => {
-                self.running = self.running.saturating_sub(1);
+                self.counts().running.remove(task);
                 self.line(&format!(
                     "retry  {task}: attempt {attempt} failed: {error}; next in {delay_seconds:.0}s"
                 ));
@@ -137,14 +227,18 @@ impl Reporter {
                 attempt,
                 error,
             } => {
-                self.running = self.running.saturating_sub(1);
-                self.failed += 1;
+                {
+                    let mut c = self.counts();
+                    c.running.remove(task);
+                    c.open.retain(|t| t != task);
+                    c.failed += 1;
+                }
                 self.line(&format!(
                     "FAILED {task} after {attempt} attempt(s): {error}"
                 ));
             }
             RunEvent::Requeued { task, reason } => {
-                self.running = self.running.saturating_sub(1);
+                self.counts().running.remove(task);
                 self.line(&format!("requeued {task}: {reason}"));
             }
             RunEvent::Stopping { reason } => self.line(&format!(
@@ -163,11 +257,78 @@ impl Reporter {
         self.refresh();
     }
 
+    fn started(&self, task: &str) {
+        let mut c = self.counts();
+        c.running.insert(task.to_string(), Instant::now());
+        if !c.open.iter().any(|t| t == task) {
+            c.open.push(task.to_string());
+        }
+    }
+
+    /// Tasks the run will dispatch (the queue), for the ETA: those not
+    /// seen yet count from here.
+    pub fn queued(&mut self, tasks: impl IntoIterator<Item = String>) {
+        let mut c = self.counts();
+        for t in tasks {
+            if !c.open.contains(&t) {
+                c.open.push(t);
+            }
+        }
+    }
+
     pub fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
     }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `ok 12 failed 1 running 4 · $3.21 spent · ETA 1h02m`.
+fn status_text(c: &Counts, o: &Outlook, start: Instant) -> String {
+    let mut s = format!(
+        "ok {} failed {} running {}",
+        c.done,
+        c.failed,
+        c.running.len()
+    );
+    if o.hourly_usd > 0.0 || o.spent_before_usd > 0.0 {
+        let spent = o.spent_before_usd + o.hourly_usd * start.elapsed().as_secs_f64() / 3600.0;
+        s.push_str(&format!(" · ${:.2} spent", spent + 0.0));
+    }
+    s.push_str(&format!(
+        " · ETA {}",
+        eta(c, o).map_or("?".to_string(), human_duration)
+    ));
+    s
+}
+
+/// Seconds until the last task ends, from the plan's estimates (else the
+/// mean run time of the tasks that ended): what is left of each running
+/// task and the whole of each queued one, spread over the slots. None
+/// while nothing is known.
+fn eta(c: &Counts, o: &Outlook) -> Option<f64> {
+    if c.open.is_empty() {
+        return (c.total > 0).then_some(0.0);
+    }
+    let mean = (c.ended_wall.1 > 0).then(|| c.ended_wall.0 / c.ended_wall.1 as f64);
+    let mut work = 0.0;
+    for t in &c.open {
+        let est = o.estimates.get(t).copied().or(mean)?;
+        let done = c
+            .running
+            .get(t)
+            .map_or(0.0, |at| at.elapsed().as_secs_f64());
+        // a task past its estimate has at least a little left
+        work += (est - done).max(est.min(1.0));
+    }
+    Some(work / c.slots.max(1) as f64)
 }
 
 impl Default for Reporter {
@@ -194,5 +355,53 @@ pub fn human_duration(secs: f64) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     } else {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_comes_from_the_estimates_and_the_slots_then_from_what_ended() {
+        let mut c = Counts {
+            total: 4,
+            slots: 2,
+            open: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            ..Default::default()
+        };
+        let mut o = Outlook::default();
+        // nothing known: no ETA, not "0s"
+        assert_eq!(eta(&c, &o), None);
+        o.estimates = [("a", 60.0), ("b", 60.0), ("c", 120.0), ("d", 120.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(eta(&c, &o), Some(180.0));
+        // without estimates: the mean of what ended
+        o.estimates.clear();
+        c.ended_wall = (100.0, 2);
+        assert_eq!(eta(&c, &o), Some(100.0));
+        c.open.clear();
+        assert_eq!(eta(&c, &o), Some(0.0));
+    }
+
+    #[test]
+    fn the_status_shows_the_money_only_when_there_is_a_price() {
+        let c = Counts {
+            total: 1,
+            slots: 1,
+            open: vec!["a".into()],
+            ..Default::default()
+        };
+        let mut o = Outlook {
+            estimates: [("a".to_string(), 90.0)].into_iter().collect(),
+            ..Default::default()
+        };
+        let t = status_text(&c, &o, Instant::now());
+        assert_eq!(t, "ok 0 failed 0 running 0 · ETA 1m30s");
+        o.spent_before_usd = 1.5;
+        let t = status_text(&c, &o, Instant::now());
+        assert_eq!(t, "ok 0 failed 0 running 0 · $1.50 spent · ETA 1m30s");
     }
 }

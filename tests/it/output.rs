@@ -210,3 +210,42 @@ fn the_checked_in_schema_is_what_infra_schema_prints() {
     assert!(plan.contains("\"$schema\": \"../docs/plan.schema.json\""));
     p.infra(&["plan", "quickstart"]).ok();
 }
+
+/// Without a terminal a quiet run still says how far it is, what it has
+/// spent and when it will end (from the plan's estimates, not "ETA 0s"),
+/// at least every `INFRA_PROGRESS_SECONDS` (30 by default).
+#[test]
+fn a_quiet_run_prints_progress_with_money_and_an_eta_from_the_estimates() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/nap.json.hbs",
+        &one_step_template("sleep 3", ""),
+    );
+    p.write(
+        "plans/nap.json",
+        r#"{"phase": "nap", "name": "nap", "estimate": {"default": "40s"},
+      "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1, "slots": 1}},
+      "layers": [{"id": "L0", "patterns": [{"id": "nap-0", "backend": "nap"}, {"id": "nap-1", "backend": "nap"}]}]}"#,
+    );
+    let out = p
+        .cmd(&["run", "nap", "all"])
+        .env("INFRA_PROGRESS_SECONDS", "1")
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    r.ok();
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("] progress "))
+        .collect();
+    assert!(lines.len() >= 2, "{}", r.stderr);
+    // the first: nothing ended yet, the estimates say 2 × 40 s on one slot
+    let first = lines[0];
+    assert!(first.contains("ok 0 failed 0 running 1"), "{first}");
+    assert!(first.contains(" spent · ETA 1m"), "{first}");
+    assert!(
+        !first.contains("ETA 0s") && !first.contains("ETA ?"),
+        "{first}"
+    );
+}
