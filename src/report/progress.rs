@@ -38,6 +38,9 @@ struct Counts {
     open: Vec<String>,
     /// Sum and count of the wall times of tasks that ended.
     ended_wall: (f64, usize),
+    /// Of the tasks that ended and had an estimate: their wall times and
+    /// their estimates, summed (how far off the estimates are).
+    calibration: (f64, f64),
     last_line: Option<Instant>,
 }
 
@@ -201,6 +204,10 @@ impl Reporter {
                     c.done += 1;
                     c.ended_wall.0 += wall_seconds;
                     c.ended_wall.1 += 1;
+                    if let Some(est) = self.outlook.estimates.get(task).filter(|e| **e > 0.0) {
+                        c.calibration.0 += wall_seconds;
+                        c.calibration.1 += est;
+                    }
                     (c.done + c.failed, c.total)
                 };
                 // a long run without a terminal: every 100th, and the
@@ -309,18 +316,23 @@ fn status_text(c: &Counts, o: &Outlook, start: Instant) -> String {
     s
 }
 
-/// Seconds until the last task ends, from the plan's estimates (else the
-/// mean run time of the tasks that ended): what is left of each running
-/// task and the whole of each queued one, spread over the slots. None
-/// while nothing is known.
+/// Seconds until the last task ends, from the plan's estimates (scaled by
+/// how the tasks that ended compared with theirs; else the mean run time of
+/// the tasks that ended): what is left of each running task and the whole
+/// of each queued one, spread over the slots. None while nothing is known.
 fn eta(c: &Counts, o: &Outlook) -> Option<f64> {
     if c.open.is_empty() {
         return (c.total > 0).then_some(0.0);
     }
     let mean = (c.ended_wall.1 > 0).then(|| c.ended_wall.0 / c.ended_wall.1 as f64);
+    let scale = if c.calibration.1 > 0.0 {
+        c.calibration.0 / c.calibration.1
+    } else {
+        1.0
+    };
     let mut work = 0.0;
     for t in &c.open {
-        let est = o.estimates.get(t).copied().or(mean)?;
+        let est = o.estimates.get(t).map(|e| e * scale).or(mean)?;
         let done = c
             .running
             .get(t)
@@ -382,6 +394,13 @@ mod tests {
         o.estimates.clear();
         c.ended_wall = (100.0, 2);
         assert_eq!(eta(&c, &o), Some(100.0));
+        // estimates twice too long so far: halved
+        o.estimates = [("a", 60.0), ("b", 60.0), ("c", 120.0), ("d", 120.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        c.calibration = (50.0, 100.0);
+        assert_eq!(eta(&c, &o), Some(90.0));
         c.open.clear();
         assert_eq!(eta(&c, &o), Some(0.0));
     }
