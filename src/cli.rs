@@ -54,9 +54,13 @@ impl ProviderArg {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Validate a plan, render its tasks and stacks, estimate, and show the verdict. Changes nothing.
-    Plan { phase: String },
+    Plan {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        phase: String,
+    },
     /// Deploy the phase's nodes (stacks on AWS, folders locally).
     Apply {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -66,14 +70,20 @@ pub enum Cmd {
     Run(RunArgs),
     /// plan + apply + run all + destroy.
     Up {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
         /// Leave the nodes up afterwards.
         #[arg(long)]
         keep: bool,
+        /// Create the nodes without asking (needed without a terminal).
         #[arg(long)]
         yes: bool,
+        /// Run failed tasks again (the others that completed are not).
         #[arg(long)]
         retry_failed: bool,
+        /// Queue order (longest estimate first by default).
+        #[arg(long, value_enum, default_value = "longest-first")]
+        order: OrderArg,
         /// Hand the campaign to a controller that runs without this
         /// process (AWS: a small instance in the cloud; local: a background
         /// daemon) and return at once.
@@ -82,21 +92,33 @@ pub enum Cmd {
     },
     /// Follow a detached campaign's controller: its output from where it
     /// is, until it ends (Ctrl-C leaves the view, not the campaign).
-    Attach { phase: String },
+    Attach {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        phase: String,
+    },
     /// Ask the campaign's controller to stop (running tasks are re-queued).
     Stop {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
         /// Do not wait until the controller has stopped.
         #[arg(long)]
         no_wait: bool,
     },
     /// Nodes, tasks (queued, running, done, failed) and missing cells.
-    Status { phase: String },
+    Status {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        phase: String,
+    },
     /// Plans, or the layers and patterns of one plan.
-    List { phase: Option<String> },
+    List {
+        /// A plan (its name in plans/ or a path); without one, every plan in plans/.
+        phase: Option<String>,
+    },
     /// A task's stdout and stderr.
     Logs {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
+        /// A pattern id (a task).
         pattern: String,
         /// Only stderr.
         #[arg(long)]
@@ -104,7 +126,9 @@ pub enum Cmd {
     },
     /// Aggregate the per-task outputs into one table.
     Results {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
+        /// csv: results/<phase>/table.csv (and its metadata, failed.csv); json: the rows on stdout.
         #[arg(long, value_enum, default_value = "csv")]
         format: TableFormat,
         /// Write cells exactly as the tasks produced them: no quote before
@@ -114,10 +138,12 @@ pub enum Cmd {
     },
     /// Remove the phase's nodes (results stay).
     Destroy {
-        phase: Option<String>,
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        phase: String,
         /// Also the project's base stack.
         #[arg(long)]
         all: bool,
+        /// Accepted for scripts: destroy asks nothing (results are kept; see --delete-results).
         #[arg(long)]
         yes: bool,
         /// Also delete the phase's results from the bucket (only once they are all downloaded).
@@ -129,6 +155,7 @@ pub enum Cmd {
     },
     /// The budget report.
     Budget {
+        /// A plan (its name in plans/ or a path); without one, every phase's spend.
         phase: Option<String>,
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
@@ -182,11 +209,15 @@ pub enum NodeMode {
 pub enum JournalCmd {
     /// Keep every valid line of a damaged journal, drop the others (listed),
     /// and keep the original beside it.
-    Repair { phase: String },
+    Repair {
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        phase: String,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
     pub phase: String,
     /// all | <layer id> | <pattern id>...
     #[arg(default_value = "all")]
@@ -237,7 +268,10 @@ pub enum ReportFormat {
 #[derive(Debug, Subcommand)]
 pub enum CatalogCmd {
     /// Print the catalog, or one instance type.
-    Show { instance_type: Option<String> },
+    Show {
+        /// One instance type (e.g. g5.12xlarge); without one, every type of the catalog.
+        instance_type: Option<String>,
+    },
     /// Rebuild the catalog for a region from the AWS APIs.
     Refresh,
 }

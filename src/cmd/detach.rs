@@ -25,6 +25,7 @@ pub enum Campaign<'a> {
         phase: &'a str,
         keep: bool,
         retry_failed: bool,
+        order: OrderArg,
     },
 }
 
@@ -65,6 +66,7 @@ impl Campaign<'_> {
                 phase,
                 keep,
                 retry_failed,
+                order,
             } => {
                 let mut c = vec![s("up"), s(phase), s("--yes")];
                 if *keep {
@@ -72,6 +74,10 @@ impl Campaign<'_> {
                 }
                 if *retry_failed {
                     c.push(s("--retry-failed"));
+                }
+                if *order == OrderArg::Fifo {
+                    c.push(s("--order"));
+                    c.push(s("fifo"));
                 }
                 vec![c]
             }
@@ -334,8 +340,19 @@ mod tests {
             phase: "p",
             keep: true,
             retry_failed: false,
+            order: OrderArg::LongestFirst,
         };
         assert_eq!(up.commands(), vec![vec!["up", "p", "--yes", "--keep"]]);
+        let fifo = Campaign::Up {
+            phase: "p",
+            keep: false,
+            retry_failed: false,
+            order: OrderArg::Fifo,
+        };
+        assert_eq!(
+            fifo.commands(),
+            vec![vec!["up", "p", "--yes", "--order", "fifo"]]
+        );
         // every command line parses as the CLI's own
         for c in Campaign::Run(&a)
             .commands()

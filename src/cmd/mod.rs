@@ -95,6 +95,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             keep,
             retry_failed,
+            order,
             detach: true,
             ..
         } => {
@@ -102,6 +103,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
                 phase: &phase,
                 keep,
                 retry_failed,
+                order,
             };
             detach::detach(ctx, what).await
         }
@@ -110,8 +112,9 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             keep,
             yes,
             retry_failed,
+            order,
             detach: false,
-        } => run::up(ctx, &phase, keep, yes, retry_failed).await,
+        } => run::up(ctx, &phase, keep, yes, retry_failed, order).await,
         Cmd::Attach { phase } => detach::attach(ctx, &phase).await,
         Cmd::Stop { phase, no_wait } => detach::stop(ctx, &phase, no_wait).await,
         Cmd::Status { phase } => status::status(ctx, &phase).await,
@@ -141,7 +144,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
                 delete_results,
                 force,
             };
-            destroy::destroy(ctx, phase.as_deref(), opts).await
+            destroy::destroy(ctx, Some(phase.as_str()), opts).await
         }
         Cmd::Budget {
             phase,

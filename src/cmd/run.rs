@@ -348,6 +348,7 @@ pub async fn up(
     keep: bool,
     yes: bool,
     retry_failed: bool,
+    order: OrderArg,
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
@@ -356,7 +357,7 @@ pub async fn up(
         phase: phase.to_string(),
         select: vec!["all".into()],
         retry_failed,
-        order: OrderArg::LongestFirst,
+        order,
         take_over: false,
         fresh: false,
         detach: false,

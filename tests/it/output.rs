@@ -249,3 +249,55 @@ fn a_quiet_run_prints_progress_with_money_and_an_eta_from_the_estimates() {
         "{first}"
     );
 }
+
+/// Every argument and option of every command says what it is, and `up`
+/// takes `--order` like `run`.
+#[test]
+fn every_argument_of_every_command_has_a_help_text() {
+    let p = Project::new();
+    let top = p.infra(&["--help"]);
+    top.ok();
+    let commands: Vec<String> = top
+        .stdout
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .chain(["catalog show", "catalog refresh", "journal repair"].map(String::from))
+        .collect();
+    assert!(commands.len() >= 15, "{commands:?}");
+    let mut bare = Vec::new();
+    for c in &commands {
+        let mut args: Vec<&str> = c.split(' ').collect();
+        args.push("--help");
+        let r = p.infra(&args);
+        r.ok();
+        let mut in_list = false;
+        for l in r.stdout.lines() {
+            if l.starts_with("Arguments:") || l.starts_with("Options:") {
+                in_list = true;
+                continue;
+            }
+            if l.trim().is_empty() || !l.starts_with("  ") {
+                in_list = l.starts_with("  ") && in_list;
+                continue;
+            }
+            // "  -C, --dir <DIR>  Work in ..." or "  <PHASE>  The plan ..."
+            let body = l.trim_start();
+            if in_list && (body.starts_with('-') || body.starts_with('<') || body.starts_with('['))
+            {
+                let described = body.split("  ").filter(|s| !s.trim().is_empty()).count() > 1;
+                if !described {
+                    bare.push(format!("{c}: {body}"));
+                }
+            }
+        }
+    }
+    assert!(bare.is_empty(), "without a help text: {bare:#?}");
+    let up = p.infra(&["up", "--help"]);
+    assert!(up.stdout.contains("--order <ORDER>"), "{}", up.stdout);
+}
