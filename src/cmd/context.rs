@@ -320,6 +320,18 @@ pub fn spent(plan: &Plan) -> Result<f64, AppError> {
 
 /// The budget gate of `apply` and `run`: exit 3 with the numbers; its
 /// warnings on stderr when `warn`.
+/// Remember that warning `w` was shown in this process; true the first
+/// time (`up` checks the budget in plan, apply and run: one warning each).
+pub fn said(w: &str) -> bool {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SAID: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    SAID.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(w.to_string())
+}
+
 pub fn gate(
     plan: &Plan,
     tasks: &[TaskDef],
@@ -331,7 +343,9 @@ pub fn gate(
     let e = est::estimate(plan, &left, catalog, from);
     let v = est::verdict(plan, &e, spent(plan)?);
     for w in v.warnings.iter().filter(|_| warn) {
-        eprintln!("warning: {w}");
+        if said(w) {
+            eprintln!("warning: {w}");
+        }
     }
     if !v.ok {
         return Err(AppError::Budget(format!(

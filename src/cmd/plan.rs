@@ -145,6 +145,10 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
         verdict,
     };
     ctx.emit(&text(&view), &view);
+    // `up` goes on to apply and run: what the plan said is not said again
+    for w in &view.verdict.warnings {
+        super::context::said(w);
+    }
     Ok(view)
 }
 
@@ -195,7 +199,15 @@ pub fn text(v: &PlanView) -> String {
             human_duration(s.lower_bound_seconds)
         ));
     }
-    if let Some(st) = &v.stacks {
+    if let (Some(st), "local") = (&v.stacks, v.provider.as_str()) {
+        // the stacks are for `--provider aws`; this machine uses none
+        let names: Vec<&str> = st.list.iter().map(|s| s.name.as_str()).collect();
+        h.push_str(&format!(
+            "  stacks: none on the local provider ({} for --provider aws written to {})\n",
+            names.join(", "),
+            st.dir
+        ));
+    } else if let Some(st) = &v.stacks {
         h.push_str(&format!("  stacks (written to {}):\n", st.dir));
         for stack in &st.list {
             h.push_str(&format!(

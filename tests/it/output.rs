@@ -301,3 +301,30 @@ fn every_argument_of_every_command_has_a_help_text() {
     let up = p.infra(&["up", "--help"]);
     assert!(up.stdout.contains("--order <ORDER>"), "{}", up.stdout);
 }
+
+/// `up` checks the budget in plan, apply and run: a warning is said once,
+/// and a local plan lists no CloudFormation resources.
+#[test]
+fn up_says_each_warning_once_and_a_local_plan_lists_no_stacks() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/one.json.hbs",
+        &one_step_template("true", ""),
+    );
+    p.write(
+        "plans/once.json",
+        r#"{"phase": "once", "name": "once",
+      "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
+      "layers": [{"id": "L0", "patterns": [{"id": "once-0", "backend": "one"}]}]}"#,
+    );
+    let r = p.infra(&["up", "once"]);
+    r.ok();
+    let both = format!("{}{}", r.stdout, r.stderr);
+    assert_eq!(both.matches("the plan has no budget").count(), 1, "{both}");
+    assert!(
+        r.stdout.contains("stacks: none on the local provider"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("AWS::EC2::VPC"), "{}", r.stdout);
+}
