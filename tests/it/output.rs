@@ -313,7 +313,7 @@ fn up_says_each_warning_once_and_a_local_plan_lists_no_stacks() {
     );
     p.write(
         "plans/once.json",
-        r#"{"phase": "once", "name": "once",
+        r#"{"phase": "once", "name": "once", "estimate": {"default": "10s"},
       "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 1}},
       "layers": [{"id": "L0", "patterns": [{"id": "once-0", "backend": "one"}]}]}"#,
     );
