@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::context::{gate, journal_path, render_tasks, Ctx};
+use super::context::{gate_with, journal_path, render_tasks, Ctx};
 use super::error::{exit, AppError};
 use crate::campaign::{control, StopRequest};
-use crate::cli::{OrderArg, RunArgs};
+use crate::cli::{OrderArg, RerunArgs, RunArgs};
 use crate::plan;
 use crate::provider::{DetachRequest, Detached, ProviderError};
 use crate::runner::journal::{self, Status};
@@ -25,6 +25,7 @@ pub enum Campaign<'a> {
         phase: &'a str,
         keep: bool,
         retry_failed: bool,
+        again: RerunArgs,
     },
 }
 
@@ -48,6 +49,7 @@ impl Campaign<'_> {
                 if a.retry_failed {
                     c.push(s("--retry-failed"));
                 }
+                c.extend(super::rerun::forward(&a.again));
                 if a.take_over {
                     c.push(s("--take-over"));
                 }
@@ -62,6 +64,7 @@ impl Campaign<'_> {
                 phase,
                 keep,
                 retry_failed,
+                again,
             } => {
                 let mut c = vec![s("up"), s(phase), s("--yes")];
                 if *keep {
@@ -70,6 +73,7 @@ impl Campaign<'_> {
                 if *retry_failed {
                     c.push(s("--retry-failed"));
                 }
+                c.extend(super::rerun::forward(again));
                 vec![c]
             }
         }
@@ -106,8 +110,16 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
         }
         Campaign::Up { .. } => all.clone(),
     };
-    let estimate = gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
+    // completed tasks the controller will run again cost as much
+    let again = match &what {
+        Campaign::Run(a) => &a.again,
+        Campaign::Up { again, .. } => again,
+    };
+    let prints = crate::tasks::fingerprint::all(&plan, &all);
+    let again = super::rerun::reruns(&plan, &tasks, again, provider.results_are_local(), &prints)?
+        .keys();
+    let estimate = gate_with(&plan, &tasks, &again, &catalog, &from, true)?;
     if let Some(l) = provider.lease(&plan).await? {
         if !l.expired(chrono::Utc::now()) {
             return Err(ProviderError::Failed(format!(
@@ -309,6 +321,7 @@ mod tests {
             phase: "p".into(),
             select: vec!["L0".into(), "p-x".into()],
             retry_failed: true,
+            again: RerunArgs::default(),
             order: OrderArg::Fifo,
             detach: true,
             take_over: false,
@@ -329,13 +342,33 @@ mod tests {
             phase: "p",
             keep: true,
             retry_failed: false,
+            again: RerunArgs::default(),
         };
         assert_eq!(up.commands(), vec![vec!["up", "p", "--yes", "--keep"]]);
+        // a re-run goes with the time it was asked for: a controller
+        // started again by its supervisor runs nothing twice
+        let again = RerunArgs {
+            rerun: true,
+            changed: true,
+            rerun_asked_at: None,
+        };
+        let up_again = Campaign::Up {
+            phase: "p",
+            keep: false,
+            retry_failed: false,
+            again: again.clone(),
+        };
+        let c = &up_again.commands()[0];
+        assert_eq!(&c[..4], ["up", "p", "--yes", "--rerun"]);
+        assert_eq!(c[4], "--rerun-asked-at");
+        assert!(chrono::DateTime::parse_from_rfc3339(&c[5]).is_ok(), "{c:?}");
+        assert_eq!(c[6], "--changed");
         // every command line parses as the CLI's own
         for c in Campaign::Run(&a)
             .commands()
             .into_iter()
             .chain(up.commands())
+            .chain(up_again.commands())
         {
             use clap::Parser;
             let cli =

@@ -17,6 +17,7 @@ pub mod list;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod rerun;
 pub mod results;
 pub mod run;
 pub mod status;
@@ -95,6 +96,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             keep,
             retry_failed,
+            again,
             detach: true,
             ..
         } => {
@@ -102,6 +104,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
                 phase: &phase,
                 keep,
                 retry_failed,
+                again,
             };
             detach::detach(ctx, what).await
         }
@@ -110,8 +113,9 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             keep,
             yes,
             retry_failed,
+            again,
             detach: false,
-        } => run::up(ctx, &phase, keep, yes, retry_failed).await,
+        } => run::up(ctx, &phase, keep, yes, retry_failed, again).await,
         Cmd::Attach { phase } => detach::attach(ctx, &phase).await,
         Cmd::Stop { phase, no_wait } => detach::stop(ctx, &phase, no_wait).await,
         Cmd::Status { phase } => status::status(ctx, &phase).await,

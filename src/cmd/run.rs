@@ -5,10 +5,10 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::context::{gate, journal_path, render_tasks, Ctx};
+use super::context::{gate_with, journal_path, render_tasks, Ctx};
 use super::error::{exit, run_exit_code, AppError};
 use crate::campaign::keeper::Keeper;
-use crate::cli::{OrderArg, RunArgs};
+use crate::cli::{OrderArg, RerunArgs, RunArgs};
 use crate::plan;
 use crate::provider::{DestroyOpts, Finished, ProviderError};
 use crate::report::progress::{human_duration, Reporter};
@@ -124,14 +124,19 @@ async fn run_leased(
         .filter(|t| selected.contains(&t.id))
         .cloned()
         .collect();
-    gate(plan, &tasks, catalog, from, true)?;
+    // completed tasks that run again (`--rerun`, `--changed`, a result gone)
+    let prints = crate::tasks::fingerprint::all(plan, &all);
+    let reruns =
+        super::rerun::reruns(plan, &tasks, &args.again, provider.results_are_local(), &prints)?;
+    let again = reruns.keys();
+    gate_with(plan, &tasks, &again, catalog, from, true)?;
     if provider.recorded_nodes(plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)
-        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name())? {
+        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name(), &again)? {
             return Ok(code);
         }
-        gate(plan, &all, catalog, from, false)?;
+        gate_with(plan, &all, &again, catalog, from, false)?;
     }
     let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
@@ -142,7 +147,7 @@ async fn run_leased(
     }
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
-    gate(plan, &tasks, catalog, from, false)?;
+    gate_with(plan, &tasks, &again, catalog, from, false)?;
     // from here a signal stops the work instead of killing infra: the
     // setup (dropped with `start`, which stops it) or the run
     let mut signals =
@@ -176,6 +181,8 @@ async fn run_leased(
         }),
         retry: plan.retry.clone(),
         watchdog,
+        reruns,
+        fingerprints: prints,
     };
     // `infra stop` (through the lease keeper) pauses the campaign like a
     // Ctrl-C: the run ends as interrupted
@@ -214,7 +221,8 @@ async fn run_leased(
     Ok(code)
 }
 
-/// When every selected task is done (or failed, without `--retry-failed`):
+/// When every selected task is done (or failed, without `--retry-failed`)
+/// and none runs again:
 /// the summary of a run that starts nothing, and its exit code.
 fn nothing_to_run(
     ctx: &Ctx,
@@ -222,6 +230,7 @@ fn nothing_to_run(
     tasks: &[TaskDef],
     args: &RunArgs,
     provider: &str,
+    again: &HashSet<String>,
 ) -> Result<Option<i32>, AppError> {
     let (state, _) = journal::read(&journal_path(plan))?;
     let mut summary = RunSummary {
@@ -230,7 +239,7 @@ fn nothing_to_run(
     };
     for t in tasks {
         match state.status_of(&t.key) {
-            Status::Succeeded => summary.already_done += 1,
+            Status::Succeeded if !again.contains(&t.key) => summary.already_done += 1,
             Status::Failed if !args.retry_failed => summary.skipped_failed += 1,
             _ => return Ok(None),
         }
@@ -290,6 +299,7 @@ pub async fn up(
     keep: bool,
     yes: bool,
     retry_failed: bool,
+    again: RerunArgs,
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
@@ -298,6 +308,7 @@ pub async fn up(
         phase: phase.to_string(),
         select: vec!["all".into()],
         retry_failed,
+        again,
         order: OrderArg::LongestFirst,
         take_over: false,
         detach: false,

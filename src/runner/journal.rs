@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::tasks::fingerprint::Fingerprint;
+
 mod repair;
 
 pub use repair::{repair, Repaired};
@@ -69,6 +71,9 @@ pub enum Entry {
         attempt: u32,
         wall_seconds: f64,
         cost_usd: f64,
+        /// The definition that ran (journals before `--changed` lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        definition: Option<Fingerprint>,
     },
     Failed {
         task: String,
@@ -82,6 +87,14 @@ pub enum Entry {
         task: String,
         key: String,
         attempt: u32,
+        reason: String,
+    },
+    /// A completed task runs again deliberately (`--rerun`, `--changed`,
+    /// its result folder gone): its success no longer counts, it gets a
+    /// fresh attempt budget, and its attempts go on numbering.
+    Rerun {
+        task: String,
+        key: String,
         reason: String,
     },
     RunFinished {
@@ -144,7 +157,14 @@ pub struct TaskState {
     pub failures: u32,
     pub last_error: Option<String>,
     pub wall_seconds: Option<f64>,
+    /// What its successes cost, all runs together.
     pub cost_usd: Option<f64>,
+    /// When it last succeeded (the journal line's time).
+    #[serde(skip)]
+    pub succeeded_at: Option<String>,
+    /// The definition of its last success, when the journal has it.
+    #[serde(skip)]
+    pub ran: Option<Fingerprint>,
     /// The attempt that runs (or ran when its controller was lost), with
     /// what a controller needs to adopt it.
     #[serde(skip)]
@@ -221,6 +241,8 @@ impl State {
             last_error: None,
             wall_seconds: None,
             cost_usd: None,
+            succeeded_at: None,
+            ran: None,
             in_flight: None,
         };
         match e {
@@ -288,14 +310,17 @@ impl State {
                 key,
                 wall_seconds,
                 cost_usd,
+                definition,
                 ..
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.in_flight = None;
                 t.status = Status::Succeeded;
                 t.wall_seconds = Some(*wall_seconds);
-                t.cost_usd = Some(*cost_usd);
+                t.cost_usd = Some(t.cost_usd.unwrap_or(0.0) + *cost_usd);
                 t.last_error = None;
+                t.succeeded_at = Some(ts.to_string());
+                t.ran = definition.clone();
             }
             Entry::Failed {
                 task, key, error, ..
@@ -310,6 +335,13 @@ impl State {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.in_flight = None;
                 t.status = Status::Pending;
+            }
+            Entry::Rerun { task, key, .. } => {
+                let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
+                t.status = Status::Pending;
+                t.failures = 0;
+                t.last_error = None;
             }
             Entry::RunFinished { reason, .. } => {
                 self.last_stop = Some(reason.clone());
@@ -624,6 +656,7 @@ mod tests {
             attempt: 1,
             wall_seconds: 1.0,
             cost_usd: 0.0,
+            definition: None,
         });
         text += &line(Entry::Dispatched {
             task: "b".into(),

@@ -199,10 +199,15 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
 fn outcomes(records: &[Record]) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
     for r in records {
-        if let Entry::Succeeded { task, attempt, .. } | Entry::Failed { task, attempt, .. } =
-            &r.entry
-        {
-            m.insert(task.clone(), *attempt);
+        match &r.entry {
+            Entry::Succeeded { task, attempt, .. } | Entry::Failed { task, attempt, .. } => {
+                m.insert(task.clone(), *attempt);
+            }
+            // run again deliberately: its earlier result is history
+            Entry::Rerun { task, .. } => {
+                m.remove(task);
+            }
+            _ => {}
         }
     }
     m
