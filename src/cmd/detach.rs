@@ -117,8 +117,8 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
         Campaign::Up { again, .. } => again,
     };
     let prints = crate::tasks::fingerprint::all(&plan, &all);
-    let again = super::rerun::reruns(&plan, &tasks, again, provider.results_are_local(), &prints)?
-        .keys();
+    let again =
+        super::rerun::reruns(&plan, &tasks, again, provider.results_are_local(), &prints)?.keys();
     let estimate = gate_with(&plan, &tasks, &again, &catalog, &from, true)?;
     if let Some(l) = provider.lease(&plan).await? {
         if !l.expired(chrono::Utc::now()) {

@@ -25,7 +25,11 @@ fn asked_at(again: &RerunArgs) -> Result<DateTime<Utc>, AppError> {
         None => Ok(Utc::now()),
         Some(t) => DateTime::parse_from_rfc3339(t)
             .map(|d| d.with_timezone(&Utc))
-            .map_err(|e| AppError::Usage(format!("--rerun-asked-at {t:?} is not an RFC 3339 time: {e}"))),
+            .map_err(|e| {
+                AppError::Usage(format!(
+                    "--rerun-asked-at {t:?} is not an RFC 3339 time: {e}"
+                ))
+            }),
     }
 }
 
@@ -36,9 +40,12 @@ pub fn forward(again: &RerunArgs) -> Vec<String> {
     if again.rerun {
         c.push("--rerun".to_string());
         c.push("--rerun-asked-at".to_string());
-        c.push(again.rerun_asked_at.clone().unwrap_or_else(|| {
-            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        }));
+        c.push(
+            again
+                .rerun_asked_at
+                .clone()
+                .unwrap_or_else(|| Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
     }
     if again.changed {
         c.push("--changed".to_string());

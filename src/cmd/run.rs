@@ -126,8 +126,13 @@ async fn run_leased(
         .collect();
     // completed tasks that run again (`--rerun`, `--changed`, a result gone)
     let prints = crate::tasks::fingerprint::all(plan, &all);
-    let reruns =
-        super::rerun::reruns(plan, &tasks, &args.again, provider.results_are_local(), &prints)?;
+    let reruns = super::rerun::reruns(
+        plan,
+        &tasks,
+        &args.again,
+        provider.results_are_local(),
+        &prints,
+    )?;
     let again = reruns.keys();
     gate_with(plan, &tasks, &again, catalog, from, true)?;
     if provider.recorded_nodes(plan) == 0 {

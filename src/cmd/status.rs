@@ -74,10 +74,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     for t in &tasks {
         let mut s = state.status_of(&t.key);
         // what `infra run` and `infra results` count as done: a result
-        if s == Status::Succeeded
-            && results_local
-            && !result_present(&plan.results_dir(), &t.id)
-        {
+        if s == Status::Succeeded && results_local && !result_present(&plan.results_dir(), &t.id) {
             s = Status::Pending;
             results_gone.push(t.id.clone());
         }

@@ -112,7 +112,9 @@ mod tests {
     #[test]
     fn the_history_stamp_sorts_as_time_does() {
         use chrono::TimeZone;
-        let a = chrono::Utc.with_ymd_and_hms(2026, 11, 28, 1, 34, 9).unwrap();
+        let a = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 28, 1, 34, 9)
+            .unwrap();
         let b = a + chrono::Duration::milliseconds(1500);
         assert_eq!(stamp(a), "20261128T013409.000Z");
         assert!(stamp(a) < stamp(b));

@@ -58,9 +58,9 @@ pub fn all(plan: &Plan, tasks: &[TaskDef]) -> HashMap<String, Fingerprint> {
     tasks
         .iter()
         .map(|t| {
-            let text = texts
-                .entry(t.backend.as_str())
-                .or_insert_with(|| std::fs::read(plan.template_path(&t.backend)).unwrap_or_default());
+            let text = texts.entry(t.backend.as_str()).or_insert_with(|| {
+                std::fs::read(plan.template_path(&t.backend)).unwrap_or_default()
+            });
             (t.key.clone(), of(t, text))
         })
         .collect()
