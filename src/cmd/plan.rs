@@ -1,9 +1,9 @@
 //! `infra plan`: validate, render tasks (and stacks), schedule, estimate,
 //! and the budget's verdict. Changes nothing but the rendered files.
 
-use serde::Serialize;
-
 use std::collections::HashSet;
+
+use serde::Serialize;
 
 use super::context::{journal_path, remaining_with, render_tasks, spent, Ctx};
 use super::error::AppError;

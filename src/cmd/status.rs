@@ -207,8 +207,18 @@ pub fn text(v: &StatusView) -> String {
     }
     if !v.results_gone.is_empty() {
         h.push_str(&format!(
-            "  result folder gone: {} (`infra run {}` runs them again)\n",
-            v.results_gone.join(", "),
+            "  result folder gone: {}{} (`infra run {}` runs them again)\n",
+            v.results_gone
+                .iter()
+                .take(20)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if v.results_gone.len() > 20 {
+                format!(" ... and {} more", v.results_gone.len() - 20)
+            } else {
+                String::new()
+            },
             v.plan
         ));
     }

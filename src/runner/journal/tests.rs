@@ -138,9 +138,16 @@ fn a_rerun_makes_a_completed_task_pending_with_a_fresh_budget_and_its_attempts_g
         template: "t".into(),
         command: "c".into(),
     };
-    at(&mut st, ok(2, Some(print.clone())), "2026-11-28T01:00:00.000Z");
+    at(
+        &mut st,
+        ok(2, Some(print.clone())),
+        "2026-11-28T01:00:00.000Z",
+    );
     let t = &st.tasks["ka"];
-    assert_eq!((t.status, t.attempts, t.failures), (Status::Succeeded, 2, 1));
+    assert_eq!(
+        (t.status, t.attempts, t.failures),
+        (Status::Succeeded, 2, 1)
+    );
     assert_eq!(t.ran.as_ref(), Some(&print));
     assert_eq!(t.succeeded_at.as_deref(), Some("2026-11-28T01:00:00.000Z"));
     at(
