@@ -84,6 +84,8 @@ pub enum Cmd {
         /// Queue order (longest estimate first by default).
         #[arg(long, value_enum, default_value = "longest-first")]
         order: OrderArg,
+        #[command(flatten)]
+        again: RerunArgs,
         /// Hand the campaign to a controller that runs without this
         /// process (AWS: a small instance in the cloud; local: a background
         /// daemon) and return at once.
@@ -225,6 +227,8 @@ pub struct RunArgs {
     /// Run failed tasks again (only those).
     #[arg(long)]
     pub retry_failed: bool,
+    #[command(flatten)]
+    pub again: RerunArgs,
     /// Queue order (longest estimate first by default).
     #[arg(long, value_enum, default_value = "longest-first")]
     pub order: OrderArg,
@@ -243,6 +247,24 @@ pub struct RunArgs {
     /// at once.
     #[arg(long)]
     pub detach: bool,
+}
+
+/// Running completed tasks again (`run` and `up`).
+#[derive(Debug, Args, Clone, Default, PartialEq, Eq)]
+pub struct RerunArgs {
+    /// Run the selection's completed tasks again; their results move to
+    /// results/<phase>/.history/<time>/ first.
+    #[arg(long)]
+    pub rerun: bool,
+    /// Run again the completed tasks whose definition changed since they
+    /// ran (`infra plan` counts them), saying what changed.
+    #[arg(long)]
+    pub changed: bool,
+    /// When `--rerun` was asked for (RFC 3339): only tasks completed
+    /// before then run again (a detached controller started again by its
+    /// supervisor runs nothing twice).
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub rerun_asked_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

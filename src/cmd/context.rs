@@ -2,6 +2,7 @@
 //! arguments and the environment, and the writer its output goes to.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -300,12 +301,22 @@ pub fn journal_path(plan: &Plan) -> PathBuf {
 
 /// Tasks not yet completed according to the journal.
 pub fn remaining<'a>(plan: &Plan, tasks: &'a [TaskDef]) -> Vec<&'a TaskDef> {
+    remaining_with(plan, tasks, &HashSet::new())
+}
+
+/// Tasks not yet completed according to the journal, and those of `again`
+/// (content keys of completed tasks that run again).
+pub fn remaining_with<'a>(
+    plan: &Plan,
+    tasks: &'a [TaskDef],
+    again: &HashSet<String>,
+) -> Vec<&'a TaskDef> {
     let state = journal::read(&journal_path(plan))
         .map(|(s, _)| s)
         .unwrap_or_default();
     tasks
         .iter()
-        .filter(|t| state.status_of(&t.key) != Status::Succeeded)
+        .filter(|t| state.status_of(&t.key) != Status::Succeeded || again.contains(&t.key))
         .collect()
 }
 
@@ -339,7 +350,20 @@ pub fn gate(
     from: &str,
     warn: bool,
 ) -> Result<est::Estimate, AppError> {
-    let left = remaining(plan, tasks);
+    gate_with(plan, tasks, &HashSet::new(), catalog, from, warn)
+}
+
+/// [`gate`], counting the completed tasks of `again` (content keys) as
+/// still to run.
+pub fn gate_with(
+    plan: &Plan,
+    tasks: &[TaskDef],
+    again: &HashSet<String>,
+    catalog: &Catalog,
+    from: &str,
+    warn: bool,
+) -> Result<est::Estimate, AppError> {
+    let left = remaining_with(plan, tasks, again);
     let e = est::estimate(plan, &left, catalog, from);
     let v = est::verdict(plan, &e, spent(plan)?);
     for w in v.warnings.iter().filter(|_| warn) {

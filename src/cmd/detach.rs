@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::context::{gate, journal_path, render_tasks, Ctx};
+use super::context::{gate_with, journal_path, render_tasks, Ctx};
 use super::error::{exit, AppError};
 use crate::campaign::{control, StopRequest};
-use crate::cli::{OrderArg, RunArgs};
+use crate::cli::{OrderArg, RerunArgs, RunArgs};
 use crate::plan;
 use crate::provider::{DetachRequest, Detached, ProviderError};
 use crate::runner::journal::{self, Status};
@@ -26,6 +26,7 @@ pub enum Campaign<'a> {
         keep: bool,
         retry_failed: bool,
         order: OrderArg,
+        again: RerunArgs,
     },
 }
 
@@ -49,6 +50,7 @@ impl Campaign<'_> {
                 if a.retry_failed {
                     c.push(s("--retry-failed"));
                 }
+                c.extend(super::rerun::forward(&a.again));
                 if a.take_over {
                     c.push(s("--take-over"));
                 }
@@ -67,6 +69,7 @@ impl Campaign<'_> {
                 keep,
                 retry_failed,
                 order,
+                again,
             } => {
                 let mut c = vec![s("up"), s(phase), s("--yes")];
                 if *keep {
@@ -79,6 +82,7 @@ impl Campaign<'_> {
                     c.push(s("--order"));
                     c.push(s("fifo"));
                 }
+                c.extend(super::rerun::forward(again));
                 vec![c]
             }
         }
@@ -115,8 +119,16 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
         }
         Campaign::Up { .. } => all.clone(),
     };
-    let estimate = gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
+    // completed tasks the controller will run again cost as much
+    let again = match &what {
+        Campaign::Run(a) => &a.again,
+        Campaign::Up { again, .. } => again,
+    };
+    let prints = crate::tasks::fingerprint::all(&plan, &all);
+    let again =
+        super::rerun::reruns(&plan, &tasks, again, provider.results_are_local(), &prints)?.keys();
+    let estimate = gate_with(&plan, &tasks, &again, &catalog, &from, true)?;
     if let Some(l) = provider.lease(&plan).await? {
         if !l.expired(chrono::Utc::now()) {
             return Err(ProviderError::Failed(format!(
@@ -318,6 +330,7 @@ mod tests {
             phase: "p".into(),
             select: vec!["L0".into(), "p-x".into()],
             retry_failed: true,
+            again: RerunArgs::default(),
             order: OrderArg::Fifo,
             detach: true,
             take_over: false,
@@ -341,6 +354,7 @@ mod tests {
             keep: true,
             retry_failed: false,
             order: OrderArg::LongestFirst,
+            again: RerunArgs::default(),
         };
         assert_eq!(up.commands(), vec![vec!["up", "p", "--yes", "--keep"]]);
         let fifo = Campaign::Up {
@@ -348,16 +362,37 @@ mod tests {
             keep: false,
             retry_failed: false,
             order: OrderArg::Fifo,
+            again: RerunArgs::default(),
         };
         assert_eq!(
             fifo.commands(),
             vec![vec!["up", "p", "--yes", "--order", "fifo"]]
         );
+        // a re-run goes with the time it was asked for: a controller
+        // started again by its supervisor runs nothing twice
+        let again = RerunArgs {
+            rerun: true,
+            changed: true,
+            rerun_asked_at: None,
+        };
+        let up_again = Campaign::Up {
+            phase: "p",
+            keep: false,
+            retry_failed: false,
+            order: OrderArg::LongestFirst,
+            again: again.clone(),
+        };
+        let c = &up_again.commands()[0];
+        assert_eq!(&c[..4], ["up", "p", "--yes", "--rerun"]);
+        assert_eq!(c[4], "--rerun-asked-at");
+        assert!(chrono::DateTime::parse_from_rfc3339(&c[5]).is_ok(), "{c:?}");
+        assert_eq!(c[6], "--changed");
         // every command line parses as the CLI's own
         for c in Campaign::Run(&a)
             .commands()
             .into_iter()
             .chain(up.commands())
+            .chain(up_again.commands())
         {
             use clap::Parser;
             let cli =

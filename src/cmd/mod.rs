@@ -17,6 +17,7 @@ pub mod list;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod rerun;
 pub mod results;
 pub mod run;
 pub mod status;
@@ -96,6 +97,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             keep,
             retry_failed,
             order,
+            again,
             detach: true,
             ..
         } => {
@@ -104,6 +106,7 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
                 keep,
                 retry_failed,
                 order,
+                again,
             };
             detach::detach(ctx, what).await
         }
@@ -113,8 +116,9 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             yes,
             retry_failed,
             order,
+            again,
             detach: false,
-        } => run::up(ctx, &phase, keep, yes, retry_failed, order).await,
+        } => run::up(ctx, &phase, keep, yes, retry_failed, order, again).await,
         Cmd::Attach { phase } => detach::attach(ctx, &phase).await,
         Cmd::Stop { phase, no_wait } => detach::stop(ctx, &phase, no_wait).await,
         Cmd::Status { phase } => status::status(ctx, &phase).await,

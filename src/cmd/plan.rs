@@ -1,13 +1,16 @@
 //! `infra plan`: validate, render tasks (and stacks), schedule, estimate,
 //! and the budget's verdict. Changes nothing but the rendered files.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
-use super::context::{remaining, render_tasks, spent, Ctx};
+use super::context::{journal_path, remaining_with, render_tasks, spent, Ctx};
 use super::error::AppError;
 use crate::cost::estimate as est;
 use crate::plan::NodeGroup;
 use crate::report::progress::human_duration;
+use crate::runner::journal;
 use crate::stacks;
 use crate::tasks::TaskDef;
 
@@ -22,9 +25,12 @@ pub struct PlanView {
     pub provider: String,
     pub region: String,
     pub tasks: usize,
-    /// Task definitions written (changed) this time.
+    /// Task definition files written (new or different) this time.
     pub written: usize,
     pub remaining: usize,
+    /// Completed tasks whose definition changed since they ran
+    /// (`infra run --changed` runs them again).
+    pub changed: usize,
     /// Where the task definitions are.
     pub tasks_dir: String,
     pub layers: Vec<LayerRow>,
@@ -80,7 +86,18 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
     let (tasks, written) = render_tasks(&plan)?;
     let all: Vec<&TaskDef> = tasks.iter().collect();
     let sim = est::schedule(&plan, &all);
-    let left = remaining(&plan, &tasks);
+    // completed tasks whose result is gone run again: still to run
+    let state = journal::read(&journal_path(&plan))
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    let results_local = ctx.provider(&plan).results_are_local();
+    let done = super::rerun::completed_tasks(&plan, &state, &tasks, results_local);
+    let gone: HashSet<String> = tasks
+        .iter()
+        .filter(|t| done.gone.contains(&t.id))
+        .map(|t| t.key.clone())
+        .collect();
+    let left = remaining_with(&plan, &tasks, &gone);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
     let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
@@ -122,6 +139,7 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
         tasks: tasks.len(),
         written,
         remaining: left.len(),
+        changed: done.changed.len(),
         tasks_dir: ctx.rel(&plan.state_dir().join("tasks")),
         layers: plan
             .layers
@@ -189,9 +207,15 @@ pub fn text(v: &PlanView) -> String {
         ));
     }
     h.push_str(&format!(
-        "  tasks: {} rendered into {} ({} changed), {} still to run\n",
+        "  tasks: {} rendered into {} ({} written), {} still to run\n",
         v.tasks, v.tasks_dir, v.written, v.remaining
     ));
+    if v.changed > 0 {
+        h.push_str(&format!(
+            "  {} completed task(s) changed since they ran: `infra run {} --changed` re-runs them\n",
+            v.changed, v.plan
+        ));
+    }
     if let Some(s) = &v.schedule {
         h.push_str(&format!(
             "  schedule: makespan {} (lower bound {}), longest estimate first\n",

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::context::{gate, journal_path, render_tasks, Ctx};
+use super::context::{gate_with, journal_path, render_tasks, Ctx};
 use super::error::{exit, run_exit_code, AppError};
 use crate::campaign::keeper::Keeper;
-use crate::cli::{OrderArg, RunArgs};
+use crate::cli::{OrderArg, RerunArgs, RunArgs};
 use crate::plan;
 use crate::provider::{DestroyOpts, Finished, ProviderError};
 use crate::report::progress::{human_duration, Outlook, Reporter};
@@ -124,14 +124,24 @@ async fn run_leased(
         .filter(|t| selected.contains(&t.id))
         .cloned()
         .collect();
-    gate(plan, &tasks, catalog, from, true)?;
+    // completed tasks that run again (`--rerun`, `--changed`, a result gone)
+    let prints = crate::tasks::fingerprint::all(plan, &all);
+    let reruns = super::rerun::reruns(
+        plan,
+        &tasks,
+        &args.again,
+        provider.results_are_local(),
+        &prints,
+    )?;
+    let again = reruns.keys();
+    gate_with(plan, &tasks, &again, catalog, from, true)?;
     if provider.recorded_nodes(plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)
-        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name())? {
+        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name(), &again)? {
             return Ok(code);
         }
-        gate(plan, &all, catalog, from, false)?;
+        gate_with(plan, &all, &again, catalog, from, false)?;
     }
     let mut session = provider.open_run(plan, catalog).await?;
     // attempts an earlier controller left running: adopted, not stopped
@@ -144,7 +154,7 @@ async fn run_leased(
         let open: Vec<String> = tasks
             .iter()
             .filter(|t| match state.status_of(&t.key) {
-                Status::Succeeded => false,
+                Status::Succeeded => again.contains(&t.key),
                 Status::Failed => args.retry_failed,
                 _ => true,
             })
@@ -154,10 +164,27 @@ async fn run_leased(
     };
     if args.fresh {
         fresh_checkpoints(ctx, plan, provider, &tasks, &adopted).await?;
+    } else if args.again.rerun || args.again.changed {
+        // a completed task run again on purpose starts from scratch: its
+        // checkpoint is that of the run that completed (a task re-run
+        // because its result folder is gone keeps it)
+        let again_tasks: Vec<TaskDef> = tasks
+            .iter()
+            .filter(|t| again.contains(&t.key))
+            .cloned()
+            .collect();
+        let ids: Vec<String> = again_tasks.iter().map(|t| t.id.clone()).collect();
+        let n = provider.clear_checkpoints(plan, &ids).await?;
+        if n > 0 {
+            ctx.provider_settings.log(&format!(
+                "removed {n} checkpoint folder(s) of the {} task(s) run again",
+                ids.len()
+            ));
+        }
     }
     // the provider merged what other machines spent and metered the nodes'
     // idle time: the budget looks again (its warnings were said)
-    gate(plan, &tasks, catalog, from, false)?;
+    gate_with(plan, &tasks, &again, catalog, from, false)?;
     // from here a signal stops the work instead of killing infra: the
     // setup (dropped with `start`, which stops it) or the run
     let mut signals =
@@ -191,6 +218,8 @@ async fn run_leased(
         }),
         retry: plan.retry.clone(),
         watchdog,
+        reruns,
+        fingerprints: prints,
     };
     // `infra stop` (through the lease keeper) pauses the campaign like a
     // Ctrl-C: the run ends as interrupted
@@ -239,7 +268,8 @@ async fn run_leased(
     Ok(code)
 }
 
-/// When every selected task is done (or failed, without `--retry-failed`):
+/// When every selected task is done (or failed, without `--retry-failed`)
+/// and none runs again:
 /// the summary of a run that starts nothing, and its exit code.
 fn nothing_to_run(
     ctx: &Ctx,
@@ -247,6 +277,7 @@ fn nothing_to_run(
     tasks: &[TaskDef],
     args: &RunArgs,
     provider: &str,
+    again: &HashSet<String>,
 ) -> Result<Option<i32>, AppError> {
     let (state, _) = journal::read(&journal_path(plan))?;
     let mut summary = RunSummary {
@@ -255,7 +286,7 @@ fn nothing_to_run(
     };
     for t in tasks {
         match state.status_of(&t.key) {
-            Status::Succeeded => summary.already_done += 1,
+            Status::Succeeded if !again.contains(&t.key) => summary.already_done += 1,
             Status::Failed if !args.retry_failed => summary.skipped_failed += 1,
             _ => return Ok(None),
         }
@@ -349,6 +380,7 @@ pub async fn up(
     yes: bool,
     retry_failed: bool,
     order: OrderArg,
+    again: RerunArgs,
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
@@ -358,6 +390,7 @@ pub async fn up(
         select: vec!["all".into()],
         retry_failed,
         order,
+        again,
         take_over: false,
         fresh: false,
         detach: false,

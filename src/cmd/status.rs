@@ -11,6 +11,7 @@ use crate::campaign::control::ControllerView;
 use crate::provider::Infra;
 use crate::runner::journal::{self, Damage, Status};
 use crate::runner::lock;
+use crate::runner::rerun::result_present;
 
 #[derive(Debug, Serialize)]
 pub struct StatusView {
@@ -22,6 +23,10 @@ pub struct StatusView {
     pub counts: BTreeMap<String, usize>,
     /// Tasks nobody runs now and that have not succeeded, sorted.
     pub missing: Vec<String>,
+    /// Completed tasks whose result folder is gone (deleted by hand): they
+    /// count as missing, and `infra run` runs them again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub results_gone: Vec<String>,
     /// Tasks a run on this machine is running now.
     pub running: Vec<String>,
     pub failed: Vec<FailedRow>,
@@ -70,8 +75,15 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let mut missing = Vec::new();
     let mut failed = Vec::new();
     let mut running = Vec::new();
+    let mut results_gone = Vec::new();
+    let results_local = provider.results_are_local();
     for t in &tasks {
-        let s = state.status_of(&t.key);
+        let mut s = state.status_of(&t.key);
+        // what `infra run` and `infra results` count as done: a result
+        if s == Status::Succeeded && results_local && !result_present(&plan.results_dir(), &t.id) {
+            s = Status::Pending;
+            results_gone.push(t.id.clone());
+        }
         *counts
             .entry(format!("{s:?}").to_lowercase())
             .or_insert(0usize) += 1;
@@ -94,6 +106,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         tasks: tasks.len(),
         counts,
         missing,
+        results_gone,
         running,
         failed,
         run_in_progress,
@@ -216,6 +229,23 @@ pub fn text(v: &StatusView) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    if !v.results_gone.is_empty() {
+        h.push_str(&format!(
+            "  result folder gone: {}{} (`infra run {}` runs them again)\n",
+            v.results_gone
+                .iter()
+                .take(20)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if v.results_gone.len() > 20 {
+                format!(" ... and {} more", v.results_gone.len() - 20)
+            } else {
+                String::new()
+            },
+            v.plan
         ));
     }
     for d in &v.journal_damage {

@@ -212,6 +212,11 @@ fn signal(pids: &[i32], group: Option<i32>, sig: i32) {
             libc::killpg(g, sig);
         }
         for p in pids {
+            // one signal per process: a second SIGTERM would run a
+            // task's TERM trap twice
+            if group.is_some_and(|g| libc::getpgid(*p) == g) {
+                continue;
+            }
             libc::kill(*p, sig);
         }
     }

@@ -245,6 +245,14 @@ pub trait Provider {
         })
     }
 
+    /// Whether `results/<phase>/` on this machine is the only place the
+    /// results are (local): a result folder missing there is then a result
+    /// missing, and its task runs again. False where `fetch_results`
+    /// brings a missing folder back (AWS: the bucket).
+    fn results_are_local(&self) -> bool {
+        true
+    }
+
     /// The nodes this machine's state says are up (no cloud call): a
     /// finished campaign whose nodes are gone burns nothing.
     fn recorded_nodes(&self, plan: &Plan) -> usize;

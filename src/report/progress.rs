@@ -254,6 +254,7 @@ impl Reporter {
             RunEvent::NodeLost { node, reason } => {
                 self.line(&format!("node {node} lost: {reason}"))
             }
+            RunEvent::Rerun { task, reason } => self.line(&format!("rerun  {task}: {reason}")),
             RunEvent::NodeAdded { node, group } => {
                 self.line(&format!("node {node} joined group {group}"))
             }

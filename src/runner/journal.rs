@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::tasks::fingerprint::Fingerprint;
+
 mod repair;
 
 pub use repair::{repair, Repaired};
@@ -69,6 +71,9 @@ pub enum Entry {
         attempt: u32,
         wall_seconds: f64,
         cost_usd: f64,
+        /// The definition that ran (journals before `--changed` lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        definition: Option<Fingerprint>,
     },
     Failed {
         task: String,
@@ -82,6 +87,14 @@ pub enum Entry {
         task: String,
         key: String,
         attempt: u32,
+        reason: String,
+    },
+    /// A completed task runs again deliberately (`--rerun`, `--changed`,
+    /// its result folder gone): its success no longer counts, it gets a
+    /// fresh attempt budget, and its attempts go on numbering.
+    Rerun {
+        task: String,
+        key: String,
         reason: String,
     },
     RunFinished {
@@ -144,7 +157,14 @@ pub struct TaskState {
     pub failures: u32,
     pub last_error: Option<String>,
     pub wall_seconds: Option<f64>,
+    /// What its successes cost, all runs together.
     pub cost_usd: Option<f64>,
+    /// When it last succeeded (the journal line's time).
+    #[serde(skip)]
+    pub succeeded_at: Option<String>,
+    /// The definition of its last success, when the journal has it.
+    #[serde(skip)]
+    pub ran: Option<Fingerprint>,
     /// The attempt that runs (or ran when its controller was lost), with
     /// what a controller needs to adopt it.
     #[serde(skip)]
@@ -221,6 +241,8 @@ impl State {
             last_error: None,
             wall_seconds: None,
             cost_usd: None,
+            succeeded_at: None,
+            ran: None,
             in_flight: None,
         };
         match e {
@@ -288,14 +310,17 @@ impl State {
                 key,
                 wall_seconds,
                 cost_usd,
+                definition,
                 ..
             } => {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.in_flight = None;
                 t.status = Status::Succeeded;
                 t.wall_seconds = Some(*wall_seconds);
-                t.cost_usd = Some(*cost_usd);
+                t.cost_usd = Some(t.cost_usd.unwrap_or(0.0) + *cost_usd);
                 t.last_error = None;
+                t.succeeded_at = Some(ts.to_string());
+                t.ran = definition.clone();
             }
             Entry::Failed {
                 task, key, error, ..
@@ -310,6 +335,13 @@ impl State {
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
                 t.in_flight = None;
                 t.status = Status::Pending;
+            }
+            Entry::Rerun { task, key, .. } => {
+                let t = self.tasks.entry(key.clone()).or_insert_with(|| blank(task));
+                t.in_flight = None;
+                t.status = Status::Pending;
+                t.failures = 0;
+                t.last_error = None;
             }
             Entry::RunFinished { reason, .. } => {
                 self.last_stop = Some(reason.clone());
@@ -589,104 +621,4 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line(e: Entry) -> String {
-        let mut s = serde_json::to_string(&Record {
-            v: 1,
-            ts: "t".into(),
-            entry: e,
-        })
-        .unwrap();
-        s.push('\n');
-        s
-    }
-
-    #[test]
-    fn torn_last_line_is_ignored_and_running_becomes_pending() {
-        let mut text = line(Entry::RunStarted {
-            run: 1,
-            pid: 1,
-            provider: "local".into(),
-            selected: 2,
-        });
-        text += &line(Entry::Dispatched {
-            task: "a".into(),
-            key: "ka".into(),
-            attempt: 1,
-            nodes: vec![],
-            slots: vec![],
-        });
-        text += &line(Entry::Succeeded {
-            task: "a".into(),
-            key: "ka".into(),
-            attempt: 1,
-            wall_seconds: 1.0,
-            cost_usd: 0.0,
-        });
-        text += &line(Entry::Dispatched {
-            task: "b".into(),
-            key: "kb".into(),
-            attempt: 1,
-            nodes: vec![],
-            slots: vec![],
-        });
-        text += "{\"v\":1,\"ts\":\"t\",\"event\":\"succ";
-        let (mut st, recs) = parse(&text, Path::new("j")).unwrap();
-        assert_eq!(recs.len(), 4);
-        assert_eq!(st.status_of("ka"), Status::Succeeded);
-        assert_eq!(st.status_of("kb"), Status::Running);
-        st.apply(&Entry::RunStarted {
-            run: 2,
-            pid: 2,
-            provider: "local".into(),
-            selected: 2,
-        });
-        assert_eq!(st.status_of("kb"), Status::Pending);
-    }
-
-    #[test]
-    fn damage_before_the_last_line_is_an_error() {
-        let text = format!(
-            "garbage\n{}",
-            line(Entry::RunStarted {
-                run: 1,
-                pid: 1,
-                provider: "local".into(),
-                selected: 0
-            })
-        );
-        assert!(matches!(
-            parse(&text, Path::new("j")),
-            Err(JournalError::Corrupt { line: 1, .. })
-        ));
-    }
-
-    #[test]
-    fn open_cuts_a_torn_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("j.jsonl");
-        std::fs::write(
-            &p,
-            line(Entry::RunStarted {
-                run: 1,
-                pid: 1,
-                provider: "local".into(),
-                selected: 0,
-            }) + "{\"v\":1,",
-        )
-        .unwrap();
-        let mut j = Journal::open(&p).unwrap();
-        j.append(Entry::RunFinished {
-            run: 1,
-            succeeded: 0,
-            failed: 0,
-            pending: 0,
-            reason: "done".into(),
-        })
-        .unwrap();
-        let (_, recs) = read(&p).unwrap();
-        assert_eq!(recs.len(), 2);
-    }
-}
+mod tests;

@@ -4,6 +4,7 @@ pub mod exec;
 mod finalize;
 pub mod journal;
 pub mod lock;
+pub mod rerun;
 pub mod run;
 pub mod scheduler;
 pub mod signals;

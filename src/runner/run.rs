@@ -90,6 +90,12 @@ pub enum RunEvent {
         attempt: u32,
         nodes: Vec<String>,
     },
+    /// A completed task runs again: why (`--rerun`, `--changed`, its
+    /// result folder gone).
+    Rerun {
+        task: String,
+        reason: String,
+    },
     /// A node joined (a fleet's replacement).
     NodeAdded {
         node: String,
@@ -109,6 +115,11 @@ pub struct RunOptions {
     pub policy: Option<Policy>,
     pub retry: crate::plan::RetryPolicy,
     pub watchdog: Option<Watchdog>,
+    /// Completed tasks to run again, and where their results go.
+    pub reruns: super::rerun::Reruns,
+    /// The tasks' definitions by content key, journaled with each success
+    /// (`infra plan` and `--changed` compare them with the current ones).
+    pub fingerprints: std::collections::HashMap<String, crate::tasks::fingerprint::Fingerprint>,
 }
 
 /// Stops the run before the budget is spent: metered spend is what the

@@ -1,5 +1,6 @@
 //! Task templates → task definitions.
 
+pub mod fingerprint;
 pub mod lint;
 pub mod marks;
 pub mod model;

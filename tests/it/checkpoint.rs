@@ -98,6 +98,19 @@ fn the_next_attempt_goes_on_from_the_checkpoint_the_failed_one_left() {
     let st = p.infra(&["status", "ck", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(v["checkpoints"]["ck-0"], 51, "{v}");
+    // run again on purpose: from scratch, not from the completed run's
+    // checkpoint (which would skip every line)
+    let r = p.infra(&["run", "ck", "all", "--rerun"]);
+    r.ok();
+    assert!(
+        r.stderr
+            .contains("removed 1 checkpoint folder(s) of the 1 task(s) run again"),
+        "{}",
+        r.stderr
+    );
+    let log = p.read("results/ck/ck-0/stdout.log");
+    assert!(log.contains("resumed with 0 lines"), "{log}");
+    assert_eq!(p.read("results/ck/ck-0/out.txt"), counted(20));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod local_journal;
 mod node_agent;
 mod output;
 mod output_hostile;
+mod rerun;
 mod stacks;
 mod sweep;
 mod templates;

@@ -141,7 +141,7 @@ fn the_command_layer_writes_its_output_to_the_writer_it_is_given() {
         "the same text in-process and from the binary"
     );
     assert!(
-        captured.contains("5 rendered into .infra/quickstart/tasks (0 changed)"),
+        captured.contains("5 rendered into .infra/quickstart/tasks (0 written)"),
         "{captured}"
     );
 }

@@ -199,10 +199,15 @@ pub async fn pull(c: &Clients, plan: &Plan, log: &dyn Fn(&str)) -> Result<(), Aw
 fn outcomes(records: &[Record]) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
     for r in records {
-        if let Entry::Succeeded { task, attempt, .. } | Entry::Failed { task, attempt, .. } =
-            &r.entry
-        {
-            m.insert(task.clone(), *attempt);
+        match &r.entry {
+            Entry::Succeeded { task, attempt, .. } | Entry::Failed { task, attempt, .. } => {
+                m.insert(task.clone(), *attempt);
+            }
+            // run again deliberately: its earlier result is history
+            Entry::Rerun { task, .. } => {
+                m.remove(task);
+            }
+            _ => {}
         }
     }
     m
@@ -288,4 +293,40 @@ async fn fetch_one(
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest).map_err(AwsError::io(&dest))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(entry: Entry) -> Record {
+        Record {
+            v: journal::JOURNAL_VERSION,
+            ts: "t".into(),
+            entry,
+        }
+    }
+
+    #[test]
+    fn a_task_run_again_has_no_result_to_fetch_until_its_new_attempt_ends() {
+        let ok = |attempt| {
+            rec(Entry::Succeeded {
+                task: "a".into(),
+                key: "k".into(),
+                attempt,
+                wall_seconds: 1.0,
+                cost_usd: 0.0,
+                definition: None,
+            })
+        };
+        let rerun = rec(Entry::Rerun {
+            task: "a".into(),
+            key: "k".into(),
+            reason: "asked for with --rerun".into(),
+        });
+        assert_eq!(outcomes(&[ok(1)]).get("a"), Some(&1));
+        // its earlier result is history: not fetched back into results/
+        assert_eq!(outcomes(&[ok(1), rerun.clone()]).get("a"), None);
+        assert_eq!(outcomes(&[ok(1), rerun, ok(2)]).get("a"), Some(&2));
+    }
 }

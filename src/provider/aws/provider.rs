@@ -762,6 +762,10 @@ impl Provider for AwsProvider {
         })
     }
 
+    fn results_are_local(&self) -> bool {
+        false
+    }
+
     fn recorded_nodes(&self, plan: &Plan) -> usize {
         state::load(plan)
             .map(|s| s.nodes.iter().filter(|n| n.alive()).count())

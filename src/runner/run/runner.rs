@@ -111,6 +111,8 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             ..Default::default()
         };
         let tasks: Vec<Arc<TaskDef>> = tasks.into_iter().map(Arc::new).collect();
+        // completed tasks run again deliberately: results to the history
+        crate::runner::rerun::mark(&opts.reruns, &mut journal, &mut state, paths, report)?;
         // attempts whose controller was lost: adopted, not run again
         let in_flight: Vec<(usize, InFlight)> = tasks
             .iter()
@@ -433,6 +435,7 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
                     attempt: a.number,
                     wall_seconds: m.wall_seconds,
                     cost_usd,
+                    definition: self.opts.fingerprints.get(&t.key).cloned(),
                 })?;
                 self.summary.succeeded += 1;
                 (self.report)(&RunEvent::Succeeded {
