@@ -1633,6 +1633,24 @@ fn missing_credentials_are_a_clear_error() {
         "{}",
         r.stderr
     );
+    // the reasons in words, not the SDK's debug structure
+    assert!(
+        !r.stderr.contains("CredentialsNotLoaded(") && !r.stderr.contains("ProviderAttempt {"),
+        "{}",
+        r.stderr
+    );
+    // the same from `catalog refresh`, which needs no plan
+    let mut c = a.cmd(&["catalog", "refresh", "--region", "us-east-1"]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let r = Run::from(c.output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no AWS credentials found")
+            && !r.stderr.contains("CredentialsNotLoaded("),
+        "{}",
+        r.stderr
+    );
 }
 
 /// API calls per task dispatched and per polling round, from the emulator's

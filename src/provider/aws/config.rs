@@ -117,13 +117,29 @@ async fn check_credentials(
     match provider.provide_credentials().await {
         Ok(_) => Ok(()),
         Err(e) => {
-            let why = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+            let why = error_chain(&e);
             Err(AwsError::NoCredentials {
                 profile,
                 tried: format!("{tried}\n  last error: {why}"),
             })
         }
     }
+}
+
+/// An error and its sources as text, each message once (the SDK's
+/// `DisplayErrorContext` ends with the error's debug structure, which is
+/// not for people).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !t.is_empty() && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
 }
 
 /// The URL CloudFormation reads a template from (`TemplateURL`): the
