@@ -74,7 +74,7 @@ pub async fn budget(
     use crate::cost::report;
     let names: Vec<String> = match phase {
         Some(p) => vec![p.to_string()],
-        None => plan::load::list_plans(&ctx.cwd.join("plans")),
+        None => plan::load::list_plans(&plan::load::project_dir(&ctx.cwd).join("plans")),
     };
     // what other machines recorded (AWS: in the bucket)
     for n in &names {

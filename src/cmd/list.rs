@@ -57,9 +57,10 @@ pub struct PatternView {
 pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
     match name {
         None => {
-            let plans = plan::load::list_plans(&ctx.cwd.join("plans"))
+            let project = plan::load::project_dir(&ctx.cwd);
+            let plans = plan::load::list_plans(&project.join("plans"))
                 .into_iter()
-                .map(|n| match plan::load(&n, &ctx.cwd) {
+                .map(|n| match plan::load(&n, &project) {
                     Ok(p) => PlanRow {
                         valid: true,
                         phase: Some(p.phase.clone()),
@@ -120,22 +121,38 @@ pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
 /// The project's plans, one line each.
 pub fn plans_text(v: &PlansView) -> String {
     let mut h = String::new();
+    // columns as wide as their longest value
+    let wplan = v
+        .plans
+        .iter()
+        .map(|p| p.plan.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let wphase = v
+        .plans
+        .iter()
+        .filter_map(|p| p.phase.as_ref().map(String::len))
+        .max()
+        .unwrap_or(0);
     for p in &v.plans {
         match (&p.phase, p.layers, p.tasks, &p.name) {
             (Some(phase), Some(layers), Some(tasks), Some(name)) if p.valid => {
                 h.push_str(&format!(
-                    "{:<16} phase {:<8} {:>3} layer(s) {:>6} task(s)  {}\n",
+                    "{:<wplan$}  phase {:<wphase$}  {:>3} layer(s) {:>6} task(s)  {}\n",
                     p.plan, phase, layers, tasks, name
                 ))
             }
             _ => h.push_str(&format!(
-                "{:<16} (invalid: run `infra plan {}`)\n",
+                "{:<wplan$}  (invalid: run `infra plan {}`)\n",
                 p.plan, p.plan
             )),
         }
     }
     if v.plans.is_empty() {
-        h.push_str("no plans in plans/\n");
+        h.push_str(
+            "no plans in plans/ (run infra in the project folder, the one that holds plans/)\n",
+        );
     }
     h
 }

@@ -49,11 +49,11 @@ pub fn resolve(name: &str, cwd: &Path) -> Result<PathBuf, LoadError> {
             hint: "check the path".into(),
         });
     }
-    let candidate = cwd.join("plans").join(format!("{name}.json"));
+    let candidate = project_dir(cwd).join("plans").join(format!("{name}.json"));
     if candidate.is_file() {
         return Ok(candidate);
     }
-    let known = list_plans(&cwd.join("plans"));
+    let known = list_plans(&project_dir(cwd).join("plans"));
     let near = closest(name, known.iter().map(String::as_str), 3);
     let hint = if let Some(n) = near.first() {
         format!("did you mean \"{n}\"? plans here: {}", known.join(", "))
@@ -67,6 +67,17 @@ pub fn resolve(name: &str, cwd: &Path) -> Result<PathBuf, LoadError> {
         looked: format!("plans/{name}.json"),
         hint,
     })
+}
+
+/// The project folder for a command run in `cwd`: the nearest of `cwd`
+/// and its parents that holds `plans/` (so `infra` works from inside
+/// `plans/` or `scripts/` too, as git does from a subfolder); `cwd` when
+/// none does.
+pub fn project_dir(cwd: &Path) -> PathBuf {
+    cwd.ancestors()
+        .find(|d| d.join("plans").is_dir())
+        .unwrap_or(cwd)
+        .to_path_buf()
 }
 
 pub fn list_plans(dir: &Path) -> Vec<String> {

@@ -328,3 +328,34 @@ fn up_says_each_warning_once_and_a_local_plan_lists_no_stacks() {
     );
     assert!(!r.stdout.contains("AWS::EC2::VPC"), "{}", r.stdout);
 }
+
+/// `infra list` (and a plan by name) works from inside `plans/` as from the
+/// project folder, and its columns line up whatever the phase names' widths.
+#[test]
+fn list_from_inside_plans_finds_the_plans_and_its_columns_align() {
+    let p = Project::with_examples();
+    let here = p.infra(&["list"]);
+    here.ok();
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_infra"));
+    c.current_dir(p.path().join("plans"))
+        .arg("list")
+        .env_remove("CI");
+    let inside = Run::from(c.output().unwrap());
+    inside.ok();
+    assert_eq!(inside.stdout, here.stdout);
+    let cols: Vec<usize> = here
+        .stdout
+        .lines()
+        .map(|l| l.find(" layer(s)").unwrap_or_else(|| panic!("{l}")))
+        .collect();
+    assert!(
+        cols.len() >= 4 && cols.iter().all(|c| *c == cols[0]),
+        "{}",
+        here.stdout
+    );
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_infra"));
+    c.current_dir(p.path().join("plans"))
+        .args(["plan", "quickstart"])
+        .env_remove("CI");
+    Run::from(c.output().unwrap()).ok();
+}
