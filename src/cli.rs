@@ -94,13 +94,22 @@ pub enum Cmd {
     Status { phase: String },
     /// Plans, or the layers and patterns of one plan.
     List { phase: Option<String> },
-    /// A task's stdout and stderr.
+    /// A task's stdout and stderr (finished, or running: what it wrote so far).
     Logs {
         phase: String,
         pattern: String,
         /// Only stderr.
         #[arg(long)]
         stderr: bool,
+        /// Keep printing new lines as the task writes them, until it ends
+        /// (exit 0) or Ctrl-C; waits for a task that has not started yet
+        /// and goes on with its next attempt after a retry.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each stream (with --follow: of what
+        /// was there when it started).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
     },
     /// Aggregate the per-task outputs into one table.
     Results {

@@ -31,6 +31,7 @@
 pub mod bundle;
 pub mod fsio;
 pub mod health;
+pub mod live;
 pub mod proc;
 pub mod setup;
 pub mod spec;

@@ -166,6 +166,11 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         return Err(f);
     }
 
+    // what is new in the logs goes up every few seconds (`infra logs --follow`)
+    let live = s.live.as_deref().and_then(|d| {
+        let every = Duration::from_secs_f64(s.live_seconds.clamp(0.2, 600.0));
+        super::live::start(d, &s.key, &p.step_dir, every)
+    });
     let stop_file = p.run.join("stop");
     let deadline = (s.timeout_seconds > 0)
         .then(|| tokio::time::Instant::from_std(started) + Duration::from_secs(s.timeout_seconds));
@@ -217,6 +222,9 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         proc::kill_tree(&tree, Some(pid), grace, &mut reaper).await;
     }
     reaper.wait_leader();
+    if let Some(l) = live {
+        l.finish().await;
+    }
     let waited = reaper.code();
     let rc_file = p.run.join("rc");
     if why == Some(Why::Signalled) {

@@ -735,6 +735,25 @@ impl Provider for AwsProvider {
         })
     }
 
+    fn live_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        task: &'a str,
+        attempt: u32,
+        cursor: &'a mut crate::provider::live_log::LiveCursor,
+    ) -> Fut<'a, Result<Vec<crate::provider::live_log::LogChunk>, ProviderError>> {
+        Box::pin(async move {
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(Vec::new());
+            };
+            let Some(bucket) = campaign_sync::find_bucket(&c, plan).await? else {
+                return Ok(Vec::new());
+            };
+            let (phase, a) = (&plan.name_key, attempt);
+            Ok(super::live_log::read(&c, &bucket, phase, task, a, cursor).await?)
+        })
+    }
+
     fn controller_log<'a>(
         &'a self,
         plan: &'a Plan,

@@ -111,6 +111,7 @@ pub fn step_spec(a: &StepArgs, bundle: &BundleRef) -> Value {
         "command": a.command,
         "grace_seconds": a.grace_seconds,
         "bundle": bundle.spec(),
+        "live": super::layout::live_dest(a.dest),
     })
 }
 
