@@ -1809,6 +1809,7 @@ mod budget;
 mod campaign;
 mod detach;
 mod idle;
+mod live_logs;
 mod node;
 mod trust;
 
