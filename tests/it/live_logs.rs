@@ -176,7 +176,7 @@ fn logs_follow_goes_on_with_the_next_attempt_after_a_retry() {
 #[test]
 fn status_lists_running_tasks_with_node_attempt_and_elapsed_time() {
     let p = Project::new();
-    live_plan(&p, "st", &["st-a"], "echo started; sleep 30", 1);
+    live_plan(&p, "st", &["st-a"], "echo started; sleep 41.5", 1);
     let mut run = p
         .cmd(&["run", "st", "all"])
         .stdout(Stdio::null())
@@ -212,8 +212,16 @@ fn status_lists_running_tasks_with_node_attempt_and_elapsed_time() {
     let r = p.infra(&["logs", "st", "st-a"]);
     r.ok();
     assert!(r.stdout.contains("started"), "{}", r.stdout);
-    run.kill().unwrap();
-    let _ = run.wait();
+    // Ctrl-C: the run stops its step (a kill -9 would leave it running)
+    // SAFETY: a signal to our own child
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(30)), 130);
+    // and then nothing runs
+    let r = p.infra(&["status", "st"]);
+    r.ok();
+    assert!(!r.stdout.contains("running: st-a"), "{}", r.stdout);
 }
 
 #[test]

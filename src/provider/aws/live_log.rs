@@ -23,6 +23,20 @@ pub fn parse_chunk(name: &str) -> Option<(u64, &str, Stream, u64)> {
     Some((ms, key, Stream::parse(stream)?, offset.parse().ok()?))
 }
 
+/// [`read`] in the plan's bucket (none yet: nothing).
+pub async fn read_plan(
+    c: &Clients,
+    plan: &crate::plan::Plan,
+    task: &str,
+    attempt: u32,
+    cursor: &mut LiveCursor,
+) -> Result<Vec<LogChunk>, AwsError> {
+    match super::campaign_sync::find_bucket(c, plan).await? {
+        Some(b) => read(c, &b, &plan.name_key, task, attempt, cursor).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// What is new in the attempt's live logs since `cursor` (which moves on).
 pub async fn read(
     c: &Clients,

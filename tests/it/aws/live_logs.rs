@@ -71,9 +71,9 @@ fn logs_follow_shows_a_running_tasks_new_lines_on_the_emulator_within_10_s() {
     let r = a.infra(&["status", "lv"]);
     ok(&r, "status");
     assert!(
-        r.stdout
-            .lines()
-            .any(|l| l.trim_start().starts_with("running: lv-t1 attempt 1 on cpu-0 for ")),
+        r.stdout.lines().any(|l| l
+            .trim_start()
+            .starts_with("running: lv-t1 attempt 1 on cpu-0 for ")),
         "{}",
         r.stdout
     );
@@ -96,13 +96,19 @@ fn logs_follow_shows_a_running_tasks_new_lines_on_the_emulator_within_10_s() {
     let text: Vec<&str> = seen.iter().map(|(_, l)| l.as_str()).collect();
     for i in 1..=20 {
         let prefix = format!("line {i} at ");
-        let got: Vec<&(f64, String)> = seen.iter().filter(|(_, l)| l.starts_with(&prefix)).collect();
+        let got: Vec<&(f64, String)> = seen
+            .iter()
+            .filter(|(_, l)| l.starts_with(&prefix))
+            .collect();
         assert_eq!(got.len(), 1, "line {i} once: {text:?}");
         assert!(has(&format!("err {i}")), "stderr line {i}: {text:?}");
         // each line on the user's screen within 10 s of the task writing it
         let written: f64 = got[0].1[prefix.len()..].parse().unwrap();
         let late = got[0].0 - written;
-        assert!(late < 10.0, "line {i} came {late:.1} s after it was written");
+        assert!(
+            late < 10.0,
+            "line {i} came {late:.1} s after it was written"
+        );
     }
     // the chunks went to the live prefix, beside the logs
     let keys = a.boto("b = [b['Name'] for b in s3.list_buckets()['Buckets']][0]\nprint(json.dumps([o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='lv/logs/live/lv-t1/attempt-1/').get('Contents', [])]))");
