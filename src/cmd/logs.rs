@@ -32,10 +32,17 @@ const POLL_REMOTE: Duration = Duration::from_millis(1000);
 const SYNC_EVERY: Duration = Duration::from_secs(4);
 
 /// The newest running attempt's folder of `pattern` in `staging`: exactly
-/// `<pattern>.<attempt>`, never a longer id that starts the same.
+/// `<pattern>.<attempt>`, never a longer id that starts the same, and one
+/// its logs are written to (an AWS attempt's folder stays empty until it
+/// ends: its logs are on its node).
 fn running_attempt(staging: &Path, pattern: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir(staging).ok().and_then(|rd| {
         rd.flatten()
+            .filter(|e| {
+                ["stdout.log", "stderr.log"]
+                    .iter()
+                    .any(|f| e.path().join(f).exists())
+            })
             .filter(|e| {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -125,6 +132,9 @@ pub async fn logs(ctx: &Ctx, name: &str, pattern: &str, opts: &LogsOpts) -> Resu
     if show_finished(ctx, &plan, pattern, opts).await? {
         return Ok(exit::OK);
     }
+    if show_running_elsewhere(ctx, &plan, pattern, opts).await? {
+        return Ok(exit::OK);
+    }
     Err(AppError::Usage(format!("no logs for \"{pattern}\" yet\n  (hint: it has not run; `infra status {name}` shows what has; `infra logs {name} {pattern} --follow` waits for it)")))
 }
 
@@ -176,6 +186,46 @@ async fn show_finished(
     Ok(true)
 }
 
+/// A running attempt whose logs are not on this machine (AWS: on its
+/// node): what it uploaded so far. False: the journal knows none.
+async fn show_running_elsewhere(
+    ctx: &Ctx,
+    plan: &Plan,
+    pattern: &str,
+    opts: &LogsOpts,
+) -> Result<bool, AppError> {
+    let (tasks, _) = render_tasks(plan)?;
+    let key = tasks
+        .iter()
+        .find(|t| t.id == pattern)
+        .map(|t| t.key.as_str());
+    let state = journal::read_lenient(&journal_path(plan))?.state;
+    let Some(attempt) = task_now(&state, pattern, key).running else {
+        return Ok(false);
+    };
+    let mut cursor = LiveCursor::default();
+    let chunks = ctx
+        .provider(plan)
+        .live_log(plan, pattern, attempt, &mut cursor)
+        .await?;
+    if ctx.json {
+        let text = |s: Stream| {
+            let b: Vec<u8> = chunks
+                .iter()
+                .filter(|c| c.stream == s)
+                .flat_map(|c| c.bytes.iter().copied())
+                .collect();
+            let at = opts.lines.map_or(0, |n| tail_start(&b, n));
+            String::from_utf8_lossy(&b[at..]).into_owned()
+        };
+        ctx.out("", json!({"task": pattern, "attempt": attempt, "stdout": text(Stream::Stdout), "stderr": text(Stream::Stderr)}));
+    } else {
+        let mut out = Printer::new(ctx, pattern, opts.only_stderr);
+        out.print_all(attempt, chunks, Some(opts.lines.unwrap_or(usize::MAX)));
+    }
+    Ok(true)
+}
+
 /// Writes followed chunks: a `== stderr ==` / `== stdout ==` line where
 /// the stream changes (human form), a JSON object per chunk (`--json`).
 struct Printer<'a> {
@@ -188,7 +238,18 @@ struct Printer<'a> {
     printed: bool,
 }
 
-impl Printer<'_> {
+impl<'a> Printer<'a> {
+    fn new(ctx: &'a Ctx, task: &'a str, only_stderr: bool) -> Printer<'a> {
+        Printer {
+            ctx,
+            task,
+            only_stderr,
+            current: Stream::Stdout,
+            at_line_start: true,
+            printed: false,
+        }
+    }
+
     fn print(&mut self, attempt: u32, c: &LogChunk) {
         if c.bytes.is_empty() || (self.only_stderr && c.stream != Stream::Stderr) {
             return;
@@ -269,14 +330,7 @@ async fn follow(ctx: &Ctx, plan: &Plan, pattern: &str, opts: &LogsOpts) -> Resul
     } else {
         POLL_REMOTE
     };
-    let mut out = Printer {
-        ctx,
-        task: pattern,
-        only_stderr: opts.only_stderr,
-        current: Stream::Stdout,
-        at_line_start: true,
-        printed: false,
-    };
+    let mut out = Printer::new(ctx, pattern, opts.only_stderr);
     // the attempt followed, and the last one followed
     let mut following: Option<(u32, LiveCursor)> = None;
     let mut last: Option<u32> = None;

@@ -67,6 +67,11 @@ fn logs_follow_shows_a_running_tasks_new_lines_on_the_emulator_within_10_s() {
         !a.p.exists("results/lv/lv-t1/runtime.json"),
         "the lines came while the task ran"
     );
+    // without --follow: what its node uploaded so far
+    let r = a.infra(&["logs", "lv", "lv-t1"]);
+    ok(&r, "logs of the running task");
+    assert!(r.stdout.starts_with("line 1 at "), "{}", r.stdout);
+    assert!(r.stdout.contains("== stderr ==\nerr 1\n"), "{}", r.stdout);
     // status lists it while it runs
     let r = a.infra(&["status", "lv"]);
     ok(&r, "status");
