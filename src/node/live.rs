@@ -134,7 +134,7 @@ impl Live {
     pub async fn finish(self) {
         let _ = self.done.send(());
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(20), &mut task)
+        if tokio::time::timeout(Duration::from_secs(10), &mut task)
             .await
             .is_err()
         {

@@ -222,9 +222,6 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         proc::kill_tree(&tree, Some(pid), grace, &mut reaper).await;
     }
     reaper.wait_leader();
-    if let Some(l) = live {
-        l.finish().await;
-    }
     let waited = reaper.code();
     let rc_file = p.run.join("rc");
     if why == Some(Why::Signalled) {
@@ -274,6 +271,11 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     text.push(b'\n');
     fsio::write(&p.step_dir.join("runtime.json"), &text)?;
 
+    // the last of the live logs before the result (a signalled agent does
+    // not wait for them)
+    if let Some(l) = live {
+        l.finish().await;
+    }
     let files = upload_list(&s, &p);
     // a cancel during the upload still ends the agent (as the wrapper's trap did)
     let uploaded = tokio::select! {
