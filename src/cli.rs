@@ -116,7 +116,7 @@ pub enum Cmd {
         /// A plan (its name in plans/ or a path); without one, every plan in plans/.
         phase: Option<String>,
     },
-    /// A task's stdout and stderr.
+    /// A task's stdout and stderr (finished, or running: what it wrote so far).
     Logs {
         /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
@@ -125,6 +125,15 @@ pub enum Cmd {
         /// Only stderr.
         #[arg(long)]
         stderr: bool,
+        /// Keep printing new lines as the task writes them, until it ends
+        /// (exit 0) or Ctrl-C; waits for a task that has not started yet
+        /// and goes on with its next attempt after a retry.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each stream (with --follow: of what
+        /// was there when it started).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
     },
     /// Aggregate the per-task outputs into one table.
     Results {

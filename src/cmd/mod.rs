@@ -127,7 +127,16 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             pattern,
             stderr,
-        } => logs::logs(ctx, &phase, &pattern, stderr).await,
+            follow,
+            lines,
+        } => {
+            let opts = logs::LogsOpts {
+                only_stderr: stderr,
+                follow,
+                lines,
+            };
+            logs::logs(ctx, &phase, &pattern, &opts).await
+        }
         Cmd::Results {
             phase,
             format,

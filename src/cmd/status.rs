@@ -9,7 +9,7 @@ use super::context::{journal_path, render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::campaign::control::ControllerView;
 use crate::provider::Infra;
-use crate::runner::journal::{self, Damage, Status};
+use crate::runner::journal::{self, Damage, InFlight, Status};
 use crate::runner::lock;
 use crate::runner::rerun::result_present;
 
@@ -27,8 +27,11 @@ pub struct StatusView {
     /// count as missing, and `infra run` runs them again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub results_gone: Vec<String>,
-    /// Tasks a run on this machine is running now.
+    /// Tasks a run on this machine (or the campaign's live controller) is
+    /// running now.
     pub running: Vec<String>,
+    /// The attempts running now: task, attempt, nodes, since when.
+    pub running_tasks: Vec<RunningRow>,
     pub failed: Vec<FailedRow>,
     /// Whether an `infra run` of the phase holds its lock on this machine.
     pub run_in_progress: bool,
@@ -45,6 +48,47 @@ pub struct StatusView {
     pub journal_damage: Vec<Damage>,
     #[serde(flatten)]
     pub infra: Infra,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunningRow {
+    pub task: String,
+    pub attempt: u32,
+    pub nodes: Vec<String>,
+    /// When it was dispatched (the journal's time), and the seconds since.
+    pub since: String,
+    pub elapsed_seconds: Option<f64>,
+}
+
+impl RunningRow {
+    fn of(id: &str, f: &InFlight, now: chrono::DateTime<chrono::Utc>) -> RunningRow {
+        let elapsed = chrono::DateTime::parse_from_rfc3339(&f.dispatched)
+            .ok()
+            .map(|t| {
+                ((now - t.with_timezone(&chrono::Utc))
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0)
+                    .round()
+            });
+        RunningRow {
+            task: id.to_string(),
+            attempt: f.attempt,
+            nodes: f.nodes.clone(),
+            since: f.dispatched.clone(),
+            elapsed_seconds: elapsed,
+        }
+    }
+}
+
+/// `1h02m`, `3m05s`, `42s`.
+fn duration_text(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +115,10 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         eprintln!("warning: the checkpoints' sizes were not read: {e}");
         BTreeMap::new()
     });
+    // a run elsewhere (a detached controller) runs while its lease lives
+    let active = run_in_progress || controller.as_ref().is_some_and(|c| c.alive);
+    let now = chrono::Utc::now();
+    let mut running_tasks = Vec::new();
     let mut counts = BTreeMap::new();
     let mut missing = Vec::new();
     let mut failed = Vec::new();
@@ -94,7 +142,11 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
                 error: state.tasks.get(&t.key).and_then(|x| x.last_error.clone()),
             }),
             // what a run that is gone left as running is missing
-            Status::Running if run_in_progress => running.push(t.id.clone()),
+            Status::Running if active => {
+                running.push(t.id.clone());
+                let f = state.tasks.get(&t.key).and_then(|x| x.in_flight.as_ref());
+                running_tasks.extend(f.map(|f| RunningRow::of(&t.id, f, now)));
+            }
             Status::Running | Status::Pending => missing.push(t.id.clone()),
         }
     }
@@ -108,6 +160,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         missing,
         results_gone,
         running,
+        running_tasks,
         failed,
         run_in_progress,
         controller,
@@ -212,6 +265,23 @@ pub fn text(v: &StatusView) -> String {
         "  spend so far (finished tasks): ${:.2}\n",
         v.spend_usd
     ));
+    for r in v.running_tasks.iter().take(50) {
+        h.push_str(&format!(
+            "  running: {} attempt {} on {}{}\n",
+            r.task,
+            r.attempt,
+            r.nodes.join(", "),
+            r.elapsed_seconds
+                .map(|s| format!(" for {}", duration_text(s)))
+                .unwrap_or_default()
+        ));
+    }
+    if v.running_tasks.len() > 50 {
+        h.push_str(&format!(
+            "  running: ... and {} more\n",
+            v.running_tasks.len() - 50
+        ));
+    }
     if !v.checkpoints.is_empty() {
         h.push_str(&format!("  {}\n", checkpoints_line(&v.checkpoints)));
     }

@@ -32,6 +32,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod fsio;
 pub mod health;
+pub mod live;
 pub mod proc;
 pub mod setup;
 pub mod spec;

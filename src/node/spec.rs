@@ -55,6 +55,17 @@ pub struct StepSpec {
     /// The task's `$INFRA_CHECKPOINT_DIR` and where it is mirrored.
     #[serde(default)]
     pub checkpoint: Option<super::checkpoint::CheckpointSpec>,
+    /// `s3://bucket/prefix` where what is new in the step's logs goes
+    /// every `live_seconds` while it runs (`node::live`); None: only at
+    /// the end.
+    #[serde(default)]
+    pub live: Option<String>,
+    #[serde(default = "three")]
+    pub live_seconds: f64,
+}
+
+fn three() -> f64 {
+    3.0
 }
 
 fn one() -> f64 {

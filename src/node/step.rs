@@ -194,6 +194,11 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
         return Err(f);
     }
 
+    // what is new in the logs goes up every few seconds (`infra logs --follow`)
+    let live = s.live.as_deref().and_then(|d| {
+        let every = Duration::from_secs_f64(s.live_seconds.clamp(0.2, 600.0));
+        super::live::start(d, &s.key, &p.step_dir, every)
+    });
     let stop_file = p.run.join("stop");
     let deadline = (s.timeout_seconds > 0)
         .then(|| tokio::time::Instant::from_std(started) + Duration::from_secs(s.timeout_seconds));
@@ -342,6 +347,11 @@ pub async fn step(root: &Path, s: StepSpec) -> Result<i32, Fail> {
     text.push(b'\n');
     fsio::write(&p.step_dir.join("runtime.json"), &text)?;
 
+    // the last of the live logs before the result (a signalled agent does
+    // not wait for them)
+    if let Some(l) = live {
+        l.finish().await;
+    }
     let files = upload_list(&s, &p);
     // a cancel during the upload still ends the agent (as the wrapper's trap did)
     let uploaded = tokio::select! {

@@ -9,6 +9,7 @@
 
 pub mod aws;
 pub mod env;
+pub mod live_log;
 pub mod local;
 pub mod local_detach;
 pub mod local_provider;
@@ -251,6 +252,19 @@ pub trait Provider {
     /// brings a missing folder back (AWS: the bucket).
     fn results_are_local(&self) -> bool {
         true
+    }
+
+    /// What is new in the logs of attempt `attempt` of `task` since
+    /// `cursor`, which moves on (`infra logs --follow`). Default: the
+    /// attempt's folder on this machine (`live_log::read_local`).
+    fn live_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        task: &'a str,
+        attempt: u32,
+        cursor: &'a mut live_log::LiveCursor,
+    ) -> Fut<'a, Result<Vec<live_log::LogChunk>, ProviderError>> {
+        Box::pin(async move { Ok(live_log::read_local(plan, task, attempt, cursor)) })
     }
 
     /// The nodes this machine's state says are up (no cloud call): a

@@ -275,6 +275,10 @@ where
             }
         }
     };
+    // a step's failure ends with the last thing the task said on stderr
+    if let Some(e) = error.as_mut() {
+        super::live_log::append_last_stderr(e, &req.staging);
+    }
     if error.is_none() {
         for o in &task.outputs {
             if let Err(detail) = t.output(o) {

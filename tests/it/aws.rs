@@ -1828,6 +1828,7 @@ mod campaign;
 mod checkpoint;
 mod detach;
 mod idle;
+mod live_logs;
 mod node;
 mod trust;
 

@@ -9,6 +9,7 @@ mod common;
 mod cost;
 mod faults;
 mod fuzz;
+mod live_logs;
 mod local;
 mod local_detach;
 mod local_journal;

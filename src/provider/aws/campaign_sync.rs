@@ -295,6 +295,23 @@ async fn fetch_one(
     Ok(true)
 }
 
+/// Succeeded tasks of the journal whose results are not on this machine.
+pub(super) fn missing_results(plan: &Plan) -> Result<Vec<String>, crate::provider::ProviderError> {
+    let (js, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
+    let mut missing: Vec<String> = js
+        .tasks
+        .values()
+        .filter(|t| t.status == journal::Status::Succeeded)
+        .filter(|t| {
+            let d = plan.results_dir().join(&t.id);
+            !(d.join("runtime.json").is_file() && d.join("stdout.log").is_file())
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    missing.sort();
+    Ok(missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -467,3 +467,45 @@ pub(super) async fn online(
     }
     Ok(ec2::ssm_online(c, &ids).await?)
 }
+
+/// Create or update the project's base stack (network, role, bucket).
+pub(super) async fn deploy_base(
+    c: &Clients,
+    log: &dyn Fn(&str),
+    confirm: &Confirm,
+    plan: &Plan,
+    rendered: &crate::stacks::Stacks,
+) -> Result<StackInfo, ProviderError> {
+    // base: the bucket survives a deleted base stack; then it is not created again
+    let prefix = names::bucket_prefix(&plan.project);
+    // (an existing stack keeps its parameters' values: see `deploy`)
+    let create_bucket = if s3::find_bucket(c, &prefix, &c.settings.region)
+        .await?
+        .is_some()
+        && cfn::describe(c, &rendered.base.name)
+            .await?
+            .is_none_or(|s| s.dead())
+    {
+        "false"
+    } else {
+        "true"
+    };
+    let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
+    if rendered.base.needs_upload {
+        return Err(ProviderError::Failed(format!(
+            "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
+            rendered.base.name
+        )));
+    }
+    let base = deploy(
+        c,
+        log,
+        confirm,
+        &rendered.base.name,
+        Source::Body(rendered.base.body.clone()),
+        &base_params,
+        &stack_tags(plan, true),
+    )
+    .await?;
+    Ok(base)
+}

@@ -84,6 +84,25 @@ pub fn setup_log_prefix(phase: &str) -> String {
     format!("{}/setup", logs_prefix(phase))
 }
 
+/// `<phase>/logs/live/<task>/attempt-<n>` — what the node agent uploads
+/// of a running attempt's logs every few seconds (`node::live`'s chunks),
+/// for `infra logs --follow`.
+pub fn live_prefix(phase: &str, task: &str, attempt: u32) -> String {
+    format!("{}/live/{task}/attempt-{attempt}", logs_prefix(phase))
+}
+
+/// The live logs' destination of a step whose uploads go to `dest`
+/// (`s3://<bucket>/<phase>/results/<task>/attempt-<n>`); None for any
+/// other form.
+pub fn live_dest(dest: &str) -> Option<String> {
+    let (bucket, key) = dest.strip_prefix("s3://")?.split_once('/')?;
+    let (phase, rest) = key.split_once(&format!("/{RESULTS}/"))?;
+    let (task, n) = rest.rsplit_once("/attempt-")?;
+    let n: u32 = n.parse().ok()?;
+    (!phase.is_empty() && !task.is_empty() && !task.contains('/'))
+        .then(|| format!("s3://{bucket}/{}", live_prefix(phase, task, n)))
+}
+
 /// `<phase>/logs/ssm` — Run Command output (OutputS3KeyPrefix).
 pub fn ssm_output_prefix(phase: &str) -> String {
     format!("{}/ssm", logs_prefix(phase))
@@ -214,6 +233,13 @@ mod tests {
             final_prefix(p, "t", 2),
             "train.v2/results/t/attempt-2/_final"
         );
+        assert_eq!(live_prefix(p, "t", 2), "train.v2/logs/live/t/attempt-2");
+        assert!(live_prefix(p, "t", 2).starts_with(&format!("{}/", logs_prefix(p))));
+        assert_eq!(
+            live_dest(&format!("s3://b/{}", attempt_prefix(p, "t-1", 3))).as_deref(),
+            Some("s3://b/train.v2/logs/live/t-1/attempt-3")
+        );
+        assert_eq!(live_dest("s3://b/train.v2/other/t/attempt-1"), None);
         let k = journal_segment_key(p, 42);
         assert_eq!(k, "train.v2/_state/journal/0000000042.jsonl");
         assert_eq!(journal_segment_seq(p, &k), Some(42));

@@ -17,6 +17,7 @@ pub mod executor;
 pub mod fleet_restore;
 pub mod layout;
 pub mod lease;
+pub mod live_log;
 pub mod meter;
 pub mod node_commands;
 pub mod pricing;

@@ -11,6 +11,7 @@ use super::campaign_sync;
 use super::cfn::{self, Source, StackInfo};
 use super::config::{self, AwsSettings, Clients};
 use super::controller;
+pub(super) use super::deploy::deploy_base;
 use super::deploy::{self, Looked};
 use super::ec2;
 use super::error::AwsError;
@@ -31,7 +32,6 @@ use crate::provider::{
     Applied, Confirm, ControllerLog, DestroyOpts, Destroyed, DetachRequest, Detached, Fut, Infra,
     NodeRow, Provider, ProviderError, Resource, RunSession, Settings, StackRow,
 };
-use crate::runner::journal::{self, Status};
 use crate::stacks::{self, names};
 
 pub struct AwsProvider {
@@ -169,65 +169,6 @@ async fn deployed(c: &Clients, plan: &Plan) -> Result<(AwsState, Looked), Provid
     let mut st = deploy::new_state(plan, &looked, (&base_name, &compute_name), nodes);
     state::merge(&mut st.nodes, &seen);
     Ok((st, looked))
-}
-
-/// Succeeded tasks of the journal whose results are not on this machine.
-fn missing_results(plan: &Plan) -> Result<Vec<String>, ProviderError> {
-    let (js, _) = journal::read(&plan.state_dir().join("journal.jsonl"))?;
-    let mut missing: Vec<String> = js
-        .tasks
-        .values()
-        .filter(|t| t.status == Status::Succeeded)
-        .filter(|t| {
-            let d = plan.results_dir().join(&t.id);
-            !(d.join("runtime.json").is_file() && d.join("stdout.log").is_file())
-        })
-        .map(|t| t.id.clone())
-        .collect();
-    missing.sort();
-    Ok(missing)
-}
-
-/// Create or update the project's base stack (network, role, bucket).
-pub(super) async fn deploy_base(
-    c: &Clients,
-    log: &dyn Fn(&str),
-    confirm: &Confirm,
-    plan: &Plan,
-    rendered: &stacks::Stacks,
-) -> Result<StackInfo, ProviderError> {
-    // base: the bucket survives a deleted base stack; then it is not created again
-    let prefix = names::bucket_prefix(&plan.project);
-    // (an existing stack keeps its parameters' values: see `deploy`)
-    let create_bucket = if s3::find_bucket(c, &prefix, &c.settings.region)
-        .await?
-        .is_some()
-        && cfn::describe(c, &rendered.base.name)
-            .await?
-            .is_none_or(|s| s.dead())
-    {
-        "false"
-    } else {
-        "true"
-    };
-    let base_params = vec![("CreateBucket".to_string(), create_bucket.to_string())];
-    if rendered.base.needs_upload {
-        return Err(ProviderError::Failed(format!(
-            "the base stack {} is over 51,200 bytes and cannot go through the bucket it creates",
-            rendered.base.name
-        )));
-    }
-    let base = deploy::deploy(
-        c,
-        log,
-        confirm,
-        &rendered.base.name,
-        Source::Body(rendered.base.body.clone()),
-        &base_params,
-        &deploy::stack_tags(plan, true),
-    )
-    .await?;
-    Ok(base)
 }
 
 impl AwsProvider {
@@ -428,7 +369,7 @@ impl AwsProvider {
                     "--delete-results refused: the campaign's journal in the bucket was not read ({e})\n  (hint: nothing was deleted)"
                 ))
             })?;
-            let missing = missing_results(plan)?;
+            let missing = campaign_sync::missing_results(plan)?;
             if !missing.is_empty() {
                 return Err(ProviderError::Failed(format!(
                     "--delete-results refused: {} finished task(s) have no results in {}: {}{}\n  (hint: nothing was deleted; fetch them first, or destroy without --delete-results)",
@@ -789,6 +730,21 @@ impl Provider for AwsProvider {
             let c = self.connect(plan).await?;
             let log = |l: &str| self.log(l);
             controller::detach(&c, &log, plan, catalog, req, &self.settings.node_binaries).await
+        })
+    }
+
+    fn live_log<'a>(
+        &'a self,
+        plan: &'a Plan,
+        task: &'a str,
+        attempt: u32,
+        cursor: &'a mut crate::provider::live_log::LiveCursor,
+    ) -> Fut<'a, Result<Vec<crate::provider::live_log::LogChunk>, ProviderError>> {
+        Box::pin(async move {
+            let Some(c) = self.connect_to_share(plan).await? else {
+                return Ok(Vec::new());
+            };
+            Ok(super::live_log::read_plan(&c, plan, task, attempt, cursor).await?)
         })
     }
 

@@ -109,6 +109,16 @@ pub async fn get(c: &Clients, bucket: &str, key: &str) -> Result<Option<Vec<u8>>
 
 /// Keys (and sizes) under `prefix`.
 pub async fn list(c: &Clients, bucket: &str, prefix: &str) -> Result<Vec<(String, i64)>, AwsError> {
+    list_after(c, bucket, prefix, None).await
+}
+
+/// Keys (and sizes) under `prefix` that sort after `start_after`.
+pub async fn list_after(
+    c: &Clients,
+    bucket: &str,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<Vec<(String, i64)>, AwsError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -116,6 +126,7 @@ pub async fn list(c: &Clients, bucket: &str, prefix: &str) -> Result<Vec<(String
             c.s3.list_objects_v2()
                 .bucket(bucket)
                 .prefix(prefix)
+                .set_start_after(start_after.map(str::to_string))
                 .set_continuation_token(token.clone())
                 .send()
                 .await

@@ -121,6 +121,7 @@ pub fn step_spec(a: &StepArgs, bundle: &BundleRef) -> Value {
             "dest": dest, "name": name, "interval_seconds": every,
         })),
         "bundle": bundle.spec(),
+        "live": super::layout::live_dest(a.dest),
     })
 }
 
