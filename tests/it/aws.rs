@@ -836,8 +836,14 @@ impl Aws {
 
     /// `infra` in the background, its stderr collected as it comes.
     fn spawn(&self, args: &[&str]) -> Bg {
+        self.spawn_with(args, &[])
+    }
+
+    /// [`Aws::spawn`] with more environment variables.
+    fn spawn_with(&self, args: &[&str], env: &[(&str, &str)]) -> Bg {
         let mut child = self
             .cmd(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -82,46 +82,6 @@ fn fleet_states(sdk: &Sdk) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A stand-in controller: writes the phase's lease every 3 s (a new
-/// `renewed_at` each time) until dropped.
-struct LeaseWriter {
-    child: Child,
-}
-
-impl LeaseWriter {
-    fn start(a: &Aws, phase: &str) -> LeaseWriter {
-        let bucket = a.state(phase)["bucket"].as_str().unwrap().to_string();
-        let script = format!(
-            "import boto3, json, time, datetime\n\
-             s3 = boto3.client('s3', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key='testing')\n\
-             since = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')\n\
-             while True:\n\
-             \x20   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')\n\
-             \x20   doc = {{'v': 1, 'token': 'stand-in', 'holder': {{'host': 'test', 'user': 'test', 'pid': 1, 'where': 'this machine'}}, 'since': since, 'renewed_at': now, 'ttl_seconds': 90}}\n\
-             \x20   s3.put_object(Bucket={bucket:?}, Key={:?}, Body=json.dumps(doc).encode())\n\
-             \x20   time.sleep(3)\n",
-            emulator().url(),
-            a.acct,
-            format!("{phase}/_state/lease.json"),
-        );
-        let child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3");
-        LeaseWriter { child }
-    }
-}
-
-impl Drop for LeaseWriter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Which instance ran `task` (its run folder is in that instance's sandbox).
 fn ran_on(ids: &[String], task: &str) -> Option<String> {
     ids.iter()
@@ -223,9 +183,10 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
     idle_plan(&a, "ic", "idlecontrol", &[200, 1]);
     ok(&a.infra(&["apply", "ic", "--yes"]), "apply");
     let ids: Vec<String> = node_ids(&a, "ic").into_iter().map(|n| n.1).collect();
-    let lease = LeaseWriter::start(&a, "ic");
     let started = Instant::now();
-    let bg = a.spawn(&["run", "ic", "all"]);
+    // the controller renews its lease every 3 s (as a real one every 30 s;
+    // the idle time here is 60 s)
+    let bg = a.spawn_with(&["run", "ic", "all"], &[("INFRA_LEASE_RENEW_SECONDS", "3")]);
     wait_for("both steps started", Duration::from_secs(120), || {
         ran_on(&ids, "ic-s200").is_some() && ran_on(&ids, "ic-s1").is_some()
     });
@@ -243,7 +204,6 @@ fn renewals_keep_idle_nodes_up_and_a_long_step_is_never_stopped_by_idleness() {
         "an idle node with a live controller stays up"
     );
     // the controller goes for good: no more renewals, no run
-    drop(lease);
     let gone = Instant::now();
     bg.kill9();
     wait_for("the idle node terminated", STOPS_WITHIN, || {
