@@ -123,7 +123,21 @@ fn stream(ctx: &Ctx, path: &Path, lines: Option<usize>) -> Result<bool, AppError
 
 pub async fn logs(ctx: &Ctx, name: &str, pattern: &str, opts: &LogsOpts) -> Result<i32, AppError> {
     let plan = ctx.load(name)?;
-    plan::select::select(&plan, &[pattern.to_string()])?;
+    let selected = plan::select::select(&plan, &[pattern.to_string()])?;
+    if !selected.iter().any(|p| p.id == pattern) {
+        // a layer, or "all": the logs are a task's
+        let ids: Vec<&str> = selected.iter().take(5).map(|p| p.id.as_str()).collect();
+        return Err(AppError::Usage(format!(
+            "\"{pattern}\" selects {} task(s); infra logs shows one task's logs\n  (hint: name one of them, e.g. `infra logs {name} {}`{}; `infra status {name}` shows which ran)",
+            selected.len(),
+            ids.first().copied().unwrap_or("<pattern id>"),
+            if selected.len() > 1 {
+                format!(" (its tasks: {}{})", ids.join(", "), if selected.len() > 5 { ", ..." } else { "" })
+            } else {
+                String::new()
+            }
+        )));
+    }
     if opts.follow {
         return follow(ctx, &plan, pattern, opts).await;
     }

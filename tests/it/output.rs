@@ -359,3 +359,19 @@ fn list_from_inside_plans_finds_the_plans_and_its_columns_align() {
         .env_remove("CI");
     Run::from(c.output().unwrap()).ok();
 }
+
+/// `infra logs <phase> <layer>` says a layer is several tasks and names
+/// them, instead of "it has not run".
+#[test]
+fn logs_of_a_layer_names_its_tasks() {
+    let p = Project::with_examples();
+    let r = p.infra(&["logs", "quickstart", "L0"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\"L0\" selects 3 task(s)")
+            && r.stderr.contains("quickstart-L0-sum-1e5")
+            && !r.stderr.contains("has not run"),
+        "{}",
+        r.stderr
+    );
+}
