@@ -329,8 +329,6 @@ pub fn spent(plan: &Plan) -> Result<f64, AppError> {
     ))
 }
 
-/// The budget gate of `apply` and `run`: exit 3 with the numbers; its
-/// warnings on stderr when `warn`.
 /// Remember that warning `w` was shown in this process; true the first
 /// time (`up` checks the budget in plan, apply and run: one warning each).
 pub fn said(w: &str) -> bool {
@@ -343,6 +341,8 @@ pub fn said(w: &str) -> bool {
         .insert(w.to_string())
 }
 
+/// The budget gate of `apply` and `run`: exit 3 with the numbers; its
+/// warnings on stderr when `warn`.
 pub fn gate(
     plan: &Plan,
     tasks: &[TaskDef],

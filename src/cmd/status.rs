@@ -40,6 +40,9 @@ pub struct StatusView {
     pub controller: Option<ControllerView>,
     /// What the finished tasks cost (the journal's per-task costs).
     pub spend_usd: f64,
+    /// What the phase has spent as the ledger says (`infra budget`'s
+    /// figure: metered node time on AWS, idle time included).
+    pub metered_usd: f64,
     /// Bytes of each task's checkpoint (`$INFRA_CHECKPOINT_DIR`), by task.
     pub checkpoints: BTreeMap<String, u64>,
     pub last_stop: Option<String>,
@@ -111,6 +114,11 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
     let journal_damage = scan.damaged.clone();
     let state = scan.state;
     let run_in_progress = lock::is_held(&plan.state_dir().join("run.lock"));
+    // the spend `infra budget` shows (AWS: the bucket's ledger merged first)
+    if let Err(e) = provider.sync_ledger(&plan).await {
+        eprintln!("warning: the shared ledger was not read: {e}");
+    }
+    let metered = super::context::spent(&plan)?;
     let checkpoints = provider.checkpoint_sizes(&plan).await.unwrap_or_else(|e| {
         eprintln!("warning: the checkpoints' sizes were not read: {e}");
         BTreeMap::new()
@@ -166,6 +174,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         controller,
         // + 0.0: an empty f64 sum is -0.0, shown as "$-0.00"
         spend_usd: state.tasks.values().filter_map(|t| t.cost_usd).sum::<f64>() + 0.0,
+        metered_usd: metered + 0.0,
         checkpoints,
         last_stop: state.last_stop.clone(),
         journal_damage,
@@ -262,8 +271,8 @@ pub fn text(v: &StatusView) -> String {
         v.missing.len()
     ));
     h.push_str(&format!(
-        "  spend so far (finished tasks): ${:.2}\n",
-        v.spend_usd
+        "  spend so far: ${:.2} (as `infra budget` counts it; finished tasks: ${:.2})\n",
+        v.metered_usd, v.spend_usd
     ));
     for r in v.running_tasks.iter().take(50) {
         h.push_str(&format!(

@@ -98,6 +98,20 @@ fn a_second_checkout_sees_the_same_campaign_fetches_every_result_and_runs_nothin
     let (usd, done) = spend(&a);
     assert!(usd > 0.0);
     assert_eq!(done, 5);
+    // status shows that spend too (on AWS it used to show none)
+    for x in [&a, &b] {
+        let r = x.infra(&["--json", "status", "camp"]);
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        let m = v["metered_usd"].as_f64().unwrap();
+        // budget rounds to 6 decimals
+        assert!((m - usd).abs() < 1e-6, "status {m} vs budget {usd}");
+        let r = x.infra(&["status", "camp"]);
+        assert!(
+            r.stdout.contains(&format!("spend so far: ${usd:.2}")),
+            "{}",
+            r.stdout
+        );
+    }
     let (their_usd, their_done) = spend(&b);
     assert!((their_usd - usd).abs() < 1e-9, "{their_usd} vs {usd}");
     assert_eq!(their_done, done);
