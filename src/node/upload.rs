@@ -37,16 +37,25 @@ impl S3 {
             .await
     }
 
-    /// The object's bytes.
-    pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-        let c = self.client().await;
-        let out = c
+    /// The object, its body not read yet.
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, String> {
+        self.client()
+            .await
             .get_object()
             .bucket(bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| format!("s3://{bucket}/{key}: {}", err_text(&e)))?;
+            .map_err(|e| format!("s3://{bucket}/{key}: {}", err_text(&e)))
+    }
+
+    /// The object's bytes.
+    pub async fn get(&self, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+        let out = self.get_object(bucket, key).await?;
         let body = out
             .body
             .collect()
@@ -58,14 +67,7 @@ impl S3 {
     /// Download an object into `path` (streamed; a temporary file renamed
     /// into place).
     pub async fn get_to_file(&self, bucket: &str, key: &str, path: &Path) -> Result<(), String> {
-        let c = self.client().await;
-        let out = c
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| format!("s3://{bucket}/{key}: {}", err_text(&e)))?;
+        let out = self.get_object(bucket, key).await?;
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".part");
         let tmp = path.with_file_name(tmp_name);

@@ -35,6 +35,19 @@ cp "$c/progress.txt" out.txt
 echo "counted to $n"
 "#;
 
+/// How many lines the task found in its checkpoint when it started (the
+/// `resumed with N lines` it printed).
+pub(crate) fn resumed_lines(log: &str) -> usize {
+    log.lines()
+        .find_map(|l| {
+            l.strip_prefix("resumed with ")?
+                .strip_suffix(" lines")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{log}"))
+}
+
 /// The whole count, once each.
 pub(crate) fn counted(n: usize) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
@@ -147,15 +160,7 @@ fn a_crash_of_the_run_and_its_steps_loses_no_checkpointed_work() {
     r.ok();
     assert_eq!(p.read("results/cr/cr-0/out.txt"), counted(20));
     let log = p.read("results/cr/cr-0/stdout.log");
-    let resumed: usize = log
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("resumed with ")?
-                .strip_suffix(" lines")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{log}"));
+    let resumed = resumed_lines(&log);
     assert!(
         resumed >= before,
         "the new attempt started from the {before} lines counted before the crash, not from {resumed}:\n{log}"

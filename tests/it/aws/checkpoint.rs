@@ -4,7 +4,7 @@
 //! is over, and the next attempt, on another node, starts from it.
 
 use super::*;
-use crate::checkpoint::{counted, PROGRESS_SH};
+use crate::checkpoint::{counted, resumed_lines, PROGRESS_SH};
 
 /// One task counting to `n`, a line a second, on two spot nodes.
 fn progress_plan(a: &Aws, phase: &str, n: usize) {
@@ -100,15 +100,7 @@ fn a_spot_reclaim_midway_the_next_attempt_goes_on_from_the_synced_checkpoint() {
     // the next attempt, on the other node, started where the reclaimed one
     // stopped (the sync after its TERM), not from the periodic sync alone
     let log = a.p.read("results/cks/cks-0/stdout.log");
-    let resumed: usize = log
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("resumed with ")?
-                .strip_suffix(" lines")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{log}"));
+    let resumed = resumed_lines(&log);
     let ck = bucket_checkpoint(&a, "cks");
     let term = ck["events.txt"].as_str().unwrap_or_else(|| panic!("{ck}"));
     let at_term: usize = term
