@@ -39,6 +39,7 @@ pub struct Global {
 pub enum ProviderArg {
     Local,
     Aws,
+    Slurm,
 }
 
 impl ProviderArg {
@@ -47,6 +48,7 @@ impl ProviderArg {
         match self {
             ProviderArg::Local => "local",
             ProviderArg::Aws => "aws",
+            ProviderArg::Slurm => "slurm",
         }
     }
 }

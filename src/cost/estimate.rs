@@ -126,7 +126,8 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
     let mut groups = Vec::new();
     let mut unpriced = Vec::new();
     for g in &plan.node_groups {
-        let local = g.instance_type == "local";
+        // a Slurm cluster has no dollar price: its allocations cost $0 here
+        let local = g.instance_type == "local" || plan.provider == crate::plan::ProviderKind::Slurm;
         let price = catalog.price(&g.instance_type, &plan.region, g.market);
         let od = catalog
             .price(&g.instance_type, &plan.region, Market::OnDemand)

@@ -9,6 +9,7 @@ pub mod load;
 pub mod model;
 pub mod schema;
 pub mod select;
+pub mod slurm;
 
 pub use diag::PlanErrors;
 pub use load::{load, LoadError};

@@ -15,6 +15,7 @@ use super::json::Pos;
 pub enum ProviderKind {
     Local,
     Aws,
+    Slurm,
 }
 
 impl ProviderKind {
@@ -22,6 +23,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Local => "local",
             ProviderKind::Aws => "aws",
+            ProviderKind::Slurm => "slurm",
         }
     }
 
@@ -36,10 +38,10 @@ impl std::str::FromStr for ProviderKind {
     type Err = String;
 
     fn from_str(name: &str) -> Result<ProviderKind, String> {
-        [ProviderKind::Local, ProviderKind::Aws]
+        [ProviderKind::Local, ProviderKind::Aws, ProviderKind::Slurm]
             .into_iter()
             .find(|k| k.as_str() == name)
-            .ok_or_else(|| format!("unknown provider \"{name}\" (local or aws)"))
+            .ok_or_else(|| format!("unknown provider \"{name}\" (local, aws or slurm)"))
     }
 }
 
@@ -199,6 +201,9 @@ pub struct Plan {
     pub common_settings: Map<String, Value>,
     pub budget: Option<Budget>,
     pub node_groups: Vec<NodeGroup>,
+    /// `slurm`: the allocations of the Slurm provider (`None`: Slurm's
+    /// defaults).
+    pub slurm: Option<super::slurm::SlurmSection>,
     pub setup: Vec<String>,
     pub templates: BTreeMap<String, PathBuf>,
     pub estimate: Estimates,

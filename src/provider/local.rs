@@ -230,6 +230,8 @@ pub struct LocalExecutor {
     pub phase_name: String,
     pub pid_log: PidLog,
     pub node_dirs: Vec<PathBuf>,
+    /// How steps reach their node when it is not this machine (Slurm).
+    pub launcher: Option<Arc<dyn super::launch::Launcher>>,
 }
 
 impl LocalExecutor {
@@ -249,6 +251,7 @@ impl LocalExecutor {
             phase: plan.phase.clone(),
             phase_name: plan.name_key.clone(),
             pid_log,
+            launcher: None,
         }
     }
 
@@ -277,7 +280,7 @@ impl LocalExecutor {
         let phase = Phase {
             phase: &self.phase,
             name: &self.phase_name,
-            provider: "local",
+            provider: self.launcher.as_ref().map_or("local", |l| l.provider()),
         };
         let path = |p: &Path| p.display().to_string();
         let extra = vec![
@@ -535,16 +538,29 @@ impl StepTransport for LocalAttempt {
         if let Some(d) = exit.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        let sp = super::process::spawn_with(
-            &step.command,
-            &self.works[rank],
-            env,
-            out,
-            err,
-            Some(&self.ex.pid_log),
-            Some(&exit),
-        )
-        .map_err(|e| StartError::Failed(format!("step \"{}\" could not start: {e}", step.name)))?;
+        let spawned = match &self.ex.launcher {
+            Some(l) => super::process::spawn_argv(
+                &l.argv(self.nodes[rank], &self.works[rank], &step.command, env),
+                &self.works[rank],
+                env,
+                out,
+                err,
+                Some(&self.ex.pid_log),
+                &exit,
+            ),
+            None => super::process::spawn_with(
+                &step.command,
+                &self.works[rank],
+                env,
+                out,
+                err,
+                Some(&self.ex.pid_log),
+                Some(&exit),
+            ),
+        };
+        let sp = spawned.map_err(|e| {
+            StartError::Failed(format!("step \"{}\" could not start: {e}", step.name))
+        })?;
         Ok(LocalStep {
             proc: Some(sp),
             name: step.name.clone(),
@@ -688,7 +704,7 @@ impl StepTransport for LocalAttempt {
     }
 
     fn node_gone(&self) -> Option<String> {
-        None
+        self.ex.launcher.as_ref()?.node_gone(&self.nodes)
     }
 
     async fn collect(&mut self) -> Result<Usage, String> {

@@ -1,4 +1,4 @@
-//! Where tasks run: this machine (`local`) or AWS.
+//! Where tasks run: this machine (`local`), AWS, or a Slurm cluster.
 //!
 //! Every command that needs "where things run" goes through one trait,
 //! [`Provider`]: apply, a run (its executor, and what happens before and
@@ -9,12 +9,14 @@
 
 pub mod aws;
 pub mod env;
+pub mod launch;
 pub mod live_log;
 pub mod local;
 pub mod local_detach;
 pub mod local_provider;
 pub mod process;
 pub mod sequence;
+pub mod slurm;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -139,6 +141,7 @@ pub fn for_plan(plan: &Plan, settings: &Settings) -> Box<dyn Provider> {
     match plan.provider {
         ProviderKind::Local => Box::new(local_provider::LocalProvider::new(settings.clone())),
         ProviderKind::Aws => Box::new(aws::provider::AwsProvider::new(settings.clone())),
+        ProviderKind::Slurm => Box::new(slurm::SlurmProvider::new(settings.clone())),
     }
 }
 

@@ -49,6 +49,34 @@ pub fn spawn(
 const EXIT_WRAPPER: &str = r#"trap : TERM; f=$1; shift; "$@"; c=$?; printf '%s
 ' "$c" >"$f"; exit "$c""#;
 
+/// `argv` (no shell: each element one argument) in its own process group,
+/// its exit code left in `exit_file` (see `EXIT_WRAPPER`). The Slurm
+/// provider's steps (`srun ... bash -c <command>`) start this way.
+pub fn spawn_argv(
+    argv: &[std::ffi::OsString],
+    cwd: &Path,
+    env: &[(String, String)],
+    stdout: File,
+    stderr: File,
+    pid_log: Option<&PidLog>,
+    exit_file: &Path,
+) -> std::io::Result<Spawned> {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(EXIT_WRAPPER)
+        .arg("infra-step")
+        .arg(exit_file)
+        .args(argv);
+    let child = start(c, cwd, env, &stdout, &stderr)?;
+    let pid = child.id() as i32;
+    drop(child);
+    leaders().insert(pid);
+    if let Some(log) = pid_log {
+        log.record(pid);
+    }
+    Ok(Spawned { pid })
+}
+
 /// [`spawn`], and when `exit_file` is given, the command's exit code is
 /// written there when it ends (see `EXIT_WRAPPER`).
 pub fn spawn_with(
@@ -73,21 +101,10 @@ pub fn spawn_with(
                 vec!["-c".to_string(), command.to_string()],
             )
         });
-        let mut c = Command::new("bash");
-        c.arg("-c")
-            .arg(EXIT_WRAPPER)
-            .arg("infra-step")
-            .arg(f)
-            .arg(program)
-            .args(args);
-        let child = start(c, cwd, env, &stdout, &stderr)?;
-        let pid = child.id() as i32;
-        drop(child);
-        leaders().insert(pid);
-        if let Some(log) = pid_log {
-            log.record(pid);
-        }
-        return Ok(Spawned { pid });
+        let argv: Vec<std::ffi::OsString> = std::iter::once(program.into_os_string())
+            .chain(args.into_iter().map(Into::into))
+            .collect();
+        return spawn_argv(&argv, cwd, env, stdout, stderr, pid_log, f);
     }
     let path_var = env
         .iter()

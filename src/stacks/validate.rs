@@ -65,6 +65,11 @@ pub fn validate(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
 
 fn group(plan: &Plan, catalog: &Catalog, g: &NodeGroup, d: &mut Diags) {
     let it = g.instance_type.as_str();
+    // Slurm allocations are no instances: their `slurm` section is checked
+    // when the plan is decoded
+    if plan.provider == crate::plan::ProviderKind::Slurm {
+        return;
+    }
     if it == "local" {
         if !plan.provider.is_local() {
             d.hint(&field(g, "instance_type"), g.pos, "instance type \"local\" exists only on the local provider", "set \"instance_type\" to an EC2 type such as \"c6i.xlarge\", or run with --provider local");
@@ -289,6 +294,9 @@ fn sizes(plan: &Plan, d: &mut Diags) {
 fn budget(plan: &Plan, catalog: &Catalog, d: &mut Diags) {
     let Some(b) = &plan.budget else { return };
     let Some(cap) = b.max_hourly_usd else { return };
+    if plan.provider == crate::plan::ProviderKind::Slurm {
+        return;
+    }
     let cheapest = plan
         .node_groups
         .iter()

@@ -96,12 +96,13 @@ fn provider(d: &mut Diags, top: &Obj) -> ProviderKind {
         Some(v) => match string(d, v, "provider").as_deref() {
             Some("local") => ProviderKind::Local,
             Some("aws") => ProviderKind::Aws,
+            Some("slurm") => ProviderKind::Slurm,
             Some(other) => {
                 d.hint(
                     "provider",
                     v.pos,
                     format!("unknown provider \"{other}\""),
-                    "use \"local\" (this machine, $0) or \"aws\"",
+                    "use \"local\" (this machine, $0), \"aws\" or \"slurm\" (a cluster you can sbatch to)",
                 );
                 ProviderKind::Local
             }

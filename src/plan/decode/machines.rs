@@ -61,7 +61,7 @@ pub(super) fn machines(d: &mut Diags, top: &Obj, provider: ProviderKind) -> Mach
         groups.push(g);
     }
     if let Some(v) = top.get("node_groups") {
-        node_groups(d, v, &mut groups);
+        node_groups(d, v, &mut groups, provider);
     }
     if groups.is_empty() && top.get("infrastructure").is_none() && top.get("node_groups").is_none()
     {
@@ -108,7 +108,7 @@ fn pool(d: &mut Diags, v: &Spanned) -> Option<(Map<String, Value>, NodeGroup)> {
 }
 
 /// `node_groups`: one group per field, after those already in `groups`.
-fn node_groups(d: &mut Diags, v: &Spanned, groups: &mut Vec<NodeGroup>) {
+fn node_groups(d: &mut Diags, v: &Spanned, groups: &mut Vec<NodeGroup>, provider: ProviderKind) {
     let Some(o) = obj(d, v, "node_groups") else {
         return;
     };
@@ -137,9 +137,13 @@ fn node_groups(d: &mut Diags, v: &Spanned, groups: &mut Vec<NodeGroup>) {
             continue;
         };
         go.known(d, GROUP_FIELDS);
-        let it = go
-            .required(d, "instance_type", "\"c6i.4xlarge\"")
-            .and_then(|v| string(d, v, &child(&path, "instance_type")));
+        // a Slurm allocation has no instance type (its `slurm` section says what it asks for)
+        let it = if provider == ProviderKind::Slurm && go.get("instance_type").is_none() {
+            Some("slurm".to_string())
+        } else {
+            go.required(d, "instance_type", "\"c6i.4xlarge\"")
+                .and_then(|v| string(d, v, &child(&path, "instance_type")))
+        };
         let n = go
             .required(d, "count", "1")
             .and_then(|v| count(d, v, &child(&path, "count"), 10_000));
@@ -155,7 +159,7 @@ fn node_groups(d: &mut Diags, v: &Spanned, groups: &mut Vec<NodeGroup>) {
 }
 
 /// The one node of a plan without machines: this machine, one slot.
-fn local_node(pos: Pos) -> NodeGroup {
+pub(super) fn local_node(pos: Pos) -> NodeGroup {
     NodeGroup {
         name: "default".into(),
         instance_type: "local".into(),

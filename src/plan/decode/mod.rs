@@ -13,6 +13,7 @@ mod machines;
 mod names;
 mod patterns;
 mod settings;
+mod slurm;
 mod source;
 mod templates;
 #[cfg(test)]

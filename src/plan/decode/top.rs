@@ -10,7 +10,7 @@ use crate::plan::model::Plan;
 
 use super::layers::Scope;
 use super::source::Source;
-use super::{budget, estimate, header, layers, machines, names, settings, templates};
+use super::{budget, estimate, header, layers, machines, names, settings, slurm, templates};
 
 const TOP_FIELDS: &[&str] = &[
     "$schema",
@@ -25,6 +25,7 @@ const TOP_FIELDS: &[&str] = &[
     "common_settings",
     "budget",
     "node_groups",
+    "slurm",
     "setup",
     "templates",
     "estimate",
@@ -46,6 +47,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let machines = machines::machines(&mut d, &top, head.provider);
     let common_settings = settings::common_settings(&mut d, &top);
     let budget = budget::budget(&mut d, &top);
+    let slurm = slurm::slurm(&mut d, &top, &machines.groups);
     let setup = settings::setup(&mut d, &top);
     let templates = templates::templates(&mut d, &top, src.plan_dir, src.root);
     let estimates = estimate::estimates(&mut d, &top);
@@ -94,6 +96,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         common_settings,
         budget,
         node_groups: machines.groups,
+        slurm,
         setup,
         templates,
         estimate: estimates.plan,
