@@ -37,6 +37,9 @@ pub struct PlanView {
     pub node_groups: Vec<NodeGroup>,
     pub schedule: Option<Schedule>,
     pub stacks: Option<StacksView>,
+    /// Slurm: the holder job each node group submits per allocation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<crate::provider::slurm::argv::AllocLine>,
     pub estimate: est::Estimate,
     pub verdict: est::Verdict,
 }
@@ -100,7 +103,8 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
     let left = remaining_with(&plan, &tasks, &gone);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
     let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
-    let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
+    let slurm = plan.provider == crate::plan::ProviderKind::Slurm;
+    let deployable = !slurm && plan.node_groups.iter().all(|g| g.instance_type != "local");
     let stacks = if deployable {
         let st = stacks::render(&plan, &catalog)?;
         // `write` puts the files under `<dir>/stacks/`
@@ -159,6 +163,11 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
             lower_bound_seconds: s.lower_bound,
         }),
         stacks,
+        allocations: if slurm {
+            crate::provider::slurm::argv::plan_lines(&plan)
+        } else {
+            Vec::new()
+        },
         estimate,
         verdict,
     };
@@ -254,6 +263,12 @@ pub fn text(v: &PlanView) -> String {
             if stack.resources.len() > 40 {
                 h.push_str(&format!("      ... {} more\n", stack.resources.len() - 40));
             }
+        }
+    }
+    if !v.allocations.is_empty() {
+        h.push_str("  allocations (a holder job per node, steps run in it with srun --overlap):\n");
+        for a in &v.allocations {
+            h.push_str(&format!("    {} × {}: {}\n", a.group, a.count, a.sbatch));
         }
     }
     h.push_str(&estimate_text(&v.estimate, &v.verdict));

@@ -128,7 +128,11 @@ pub fn estimate(plan: &Plan, tasks: &[&TaskDef], catalog: &Catalog, prices_from:
     for g in &plan.node_groups {
         // a Slurm cluster has no dollar price: its allocations cost $0 here
         let local = g.instance_type == "local" || plan.provider == crate::plan::ProviderKind::Slurm;
-        let price = catalog.price(&g.instance_type, &plan.region, g.market);
+        let price = if plan.provider == crate::plan::ProviderKind::Slurm {
+            None
+        } else {
+            catalog.price(&g.instance_type, &plan.region, g.market)
+        };
         let od = catalog
             .price(&g.instance_type, &plan.region, Market::OnDemand)
             .map(|p| p.usd_per_hour);

@@ -39,6 +39,41 @@ fn node_pool(required: Vec<&str>, count_name: &str, count_text: &str) -> Value {
     json!({"type": "object", "required": required, "properties": props})
 }
 
+/// The `slurm` section (`plan::slurm`).
+fn slurm_schema() -> Value {
+    let word = json!({"type": "string", "pattern": "^[^\\s]+$"});
+    let options = json!({"type": "array", "items": {"type": "string", "pattern": "^-"}});
+    let container = d(json!({"type": "object", "required": ["image"], "additionalProperties": false, "properties": {
+        "runtime": d(json!({"enum": ["apptainer", "singularity"], "default": "apptainer"}), "The container runtime on the cluster's nodes."),
+        "image": d(json!({"type": "string"}), "The image: a .sif file on the shared file system, or docker://..."),
+        "binds": d(json!({"type": "array", "items": {"type": "string"}}), "--bind values (\"/data:/data\")."),
+        "overlay": d(json!({"type": "string"}), "--overlay: a writable overlay image."),
+        "nv": d(json!({"type": "boolean", "default": true}), "--nv: the node's GPUs in the container.")}}),
+        "Every step runs in `<runtime> exec [--nv] [--bind ...] [--overlay ...] <image> bash -c <command>`.");
+    let time = duration("Time limit of each allocation (sbatch --time, rounded up to minutes).");
+    d(json!({"type": "object", "additionalProperties": false, "properties": {
+        "partition": d(word.clone(), "sbatch --partition."),
+        "account": d(word.clone(), "sbatch --account."),
+        "qos": d(word, "sbatch --qos."),
+        "constraint": d(json!({"type": "string"}), "sbatch --constraint (node features)."),
+        "time_limit": time.clone(),
+        "sbatch_options": d(options.clone(), "More sbatch options, one per string (\"--exclusive\", \"--mail-type=END\")."),
+        "srun_options": d(options, "More srun options for every step, one per string."),
+        "dispatch_margin": duration("No task starts on an allocation with less time left than its estimate plus this margin (default 0)."),
+        "container": container.clone(),
+        "mps": d(json!({"type": "boolean", "default": false}), "Start CUDA MPS in each allocation, so that the workers sharing a GPU (slots above gpus) run side by side."),
+        "node_groups": d(json!({"type": "object", "additionalProperties": d(json!({"type": "object", "additionalProperties": false, "properties": {
+            "gres": d(json!({"type": "string"}), "sbatch --gres (default gpu:<gpus> when the group has GPUs), e.g. gpu:rtx8000:8."),
+            "cpus_per_task": d(json!({"type": "integer", "minimum": 1}), "sbatch --cpus-per-task."),
+            "mem": d(json!({"type": "string", "pattern": "^[0-9]+[KMGT]?$"}), "sbatch --mem, e.g. 160G."),
+            "time_limit": time,
+            "partition": d(json!({"type": "string"}), "This group's partition."),
+            "constraint": d(json!({"type": "string"}), "This group's constraint."),
+            "container": container,
+            "mps": d(json!({"type": "boolean"}), "This group's MPS setting.")}}), "What each allocation of the node group asks for.")}), "Per node group (by name).")}}),
+        "The Slurm provider's allocations: one holder job per node (sbatch), steps run in it with srun --overlap.")
+}
+
 pub fn schema() -> Value {
     let safe_id = json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"});
     let count = json!({"type": "integer", "minimum": 1});
@@ -85,7 +120,12 @@ pub fn schema() -> Value {
     }
     infra["additionalProperties"] = json!(false);
     let infra = d(infra, "The phase format's single node group (named after its instance type's family); also template variables. Use either this or node_groups.");
-    let mut group = node_pool(vec!["instance_type", "count"], "count", "How many nodes.");
+    // instance_type: required but on Slurm (checked when the plan is decoded)
+    let mut group = node_pool(
+        vec!["count"],
+        "count",
+        "How many nodes (Slurm: allocations).",
+    );
     group["properties"]["gpus"] = d(
         json!({"type": "integer", "minimum": 0}),
         "GPUs per node, as the plan states it (checked against the catalog).",
@@ -127,7 +167,8 @@ pub fn schema() -> Value {
             "name": d(json!({"type": "string"}), "A human name for the phase."),
             "description": d(json!({"type": "string"}), "What the phase is for."),
             "project": d(json!({"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"}), "The project: names the bucket and stacks shared by its phases (default: from the folder's name)."),
-            "provider": d(json!({"enum": ["local", "aws"], "default": "local"}), "Where the nodes are: this machine (free) or AWS; `--provider` overrides it."),
+            "provider": d(json!({"enum": ["local", "aws", "slurm"], "default": "local"}), "Where the nodes are: this machine (free), AWS, or a Slurm cluster (allocations submitted with sbatch from where infra runs); `--provider` overrides it."),
+            "slurm": slurm_schema(),
             "region": d(json!({"type": "string", "default": "us-east-1"}), "AWS region; `--region` overrides it."),
             "availability_zone": d(json!({"type": "string"}), "One zone for every node group (default: any)."),
             "infrastructure": infra,

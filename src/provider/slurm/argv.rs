@@ -191,6 +191,50 @@ pub fn container(c: &Container, cwd: &Path) -> Vec<OsString> {
     a
 }
 
+/// A node group's allocations as `infra plan` shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AllocLine {
+    pub group: String,
+    pub count: u32,
+    /// The sbatch command line, quoted for reading.
+    pub sbatch: String,
+}
+
+/// What each node group of a Slurm plan submits.
+pub fn plan_lines(plan: &Plan) -> Vec<AllocLine> {
+    plan.node_groups
+        .iter()
+        .map(|g| {
+            let spec = AllocSpec::of(plan, g);
+            let dir = super::state::alloc_dir(&plan.state_dir(), &format!("{}-N", g.name));
+            let args = sbatch(
+                &spec,
+                &format!("{}{}-N", job_prefix(plan), g.name),
+                &dir.join("holder.out"),
+                &plan.root,
+            );
+            let words: Vec<String> = std::iter::once("sbatch".to_string())
+                .chain(args.iter().map(|a| quote(&a.to_string_lossy())))
+                .collect();
+            AllocLine {
+                group: g.name.clone(),
+                count: g.count,
+                sbatch: words.join(" "),
+            }
+        })
+        .collect()
+}
+
+/// `s` as a shell would read it back (for display only: nothing runs it).
+pub fn quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
