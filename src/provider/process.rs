@@ -77,6 +77,26 @@ pub fn spawn_argv(
     Ok(Spawned { pid })
 }
 
+/// Run `program args` to its end, its output captured. The child counts
+/// as one of ours meanwhile, so that `stop_adopted` (which reaps the
+/// orphans a subreaper inherits) does not reap it before it is waited for.
+pub fn output_of(
+    program: &str,
+    args: &[std::ffi::OsString],
+) -> std::io::Result<std::process::Output> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    leaders().insert(pid);
+    let out = child.wait_with_output();
+    leaders().remove(&pid);
+    out
+}
+
 /// [`spawn`], and when `exit_file` is given, the command's exit code is
 /// written there when it ends (see `EXIT_WRAPPER`).
 pub fn spawn_with(

@@ -17,6 +17,7 @@ mod node_agent;
 mod output;
 mod output_hostile;
 mod rerun;
+mod slurm;
 mod stacks;
 mod sweep;
 mod templates;

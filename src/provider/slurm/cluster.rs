@@ -41,31 +41,17 @@ fn failure(program: &str, e: std::io::Error) -> String {
 
 /// Run `program args` to its end; its stdout, or its stderr as the error.
 pub async fn run(program: &str, args: &[OsString]) -> Result<String, String> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
+    let (p, a) = (program.to_string(), args.to_vec());
+    tokio::task::spawn_blocking(move || run_blocking(&p, &a))
         .await
-        .map_err(|e| failure(program, e))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{program}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+        .unwrap_or_else(|e| Err(format!("`{program}` did not end: {e}")))
 }
 
-/// [`run`] without a runtime (a step's failure is looked at from sync code).
+/// [`run`] on this thread (a step's failure is looked at from sync code).
 pub fn run_blocking(program: &str, args: &[OsString]) -> Result<String, String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| failure(program, e))?;
+    // not std's Command::output: the run's subreaper must not reap it
+    let out =
+        crate::provider::process::output_of(program, args).map_err(|e| failure(program, e))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -149,13 +149,17 @@ impl SlurmExecutor {
     pub(super) fn new(
         plan: &Plan,
         allocations: &[Allocation],
+        left: &std::collections::BTreeMap<String, Duration>,
         poll: Duration,
         replacement_wait: Duration,
         log: Log,
     ) -> SlurmExecutor {
         crate::provider::process::become_subreaper();
         let (tx, rx) = mpsc::unbounded_channel();
-        let nodes: Vec<Node> = allocations.iter().map(|a| node_of(plan, a, None)).collect();
+        let nodes: Vec<Node> = allocations
+            .iter()
+            .map(|a| node_of(plan, a, left.get(&a.job_id).copied()))
+            .collect();
         let allocs = Arc::new(Allocs {
             nodes: Mutex::new(nodes),
             tx,

@@ -6,7 +6,6 @@
 //! controller and a stop request are those of the local provider: the
 //! controller runs on the machine infra is started on (a login node).
 
-use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,21 +120,21 @@ pub(super) async fn setup(plan: &Plan, a: &mut Allocation) -> Result<(), String>
         ("INFRA_ROOT".to_string(), plan.root.display().to_string()),
     ];
     let argv = argv::srun(&spec, &a.job_id, &dir, &script, &env);
-    let out =
-        std::fs::File::create(&log).map_err(|e| format!("cannot write {}: {e}", log.display()))?;
-    let status = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().map_err(|e| e.to_string())?)
-        .stderr(out)
-        .kill_on_drop(true)
-        .status()
-        .await
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot write {}: {e}", log.display()))
+    };
+    let _ = std::fs::remove_file(&log);
+    let exit = dir.join("setup.exit");
+    let sp = crate::provider::process::spawn_argv(&argv, &dir, &env, open()?, open()?, None, &exit)
         .map_err(|e| format!("setup could not start in {}: {e}", a.name))?;
-    if !status.success() {
+    let code = sp.wait().await.code;
+    if code != 0 {
         return Err(format!(
-            "setup failed in allocation {} (job {}) with {status} (log: {})",
+            "setup failed in allocation {} (job {}) with exit code {code} (log: {})",
             a.name,
             a.job_id,
             log.display()
@@ -508,9 +507,17 @@ impl RunSession for SlurmRun<'_> {
                 }
             }
             let live: Vec<Allocation> = self.state.live().cloned().collect();
+            // the time each has left, before the first task is placed
+            let left = cluster::list(&argv::job_prefix(plan))
+                .await
+                .map_err(ProviderError::Failed)?
+                .into_values()
+                .filter_map(|r| Some((r.id, r.left?)))
+                .collect();
             let executor = Arc::new(SlurmExecutor::new(
                 plan,
                 &live,
+                &left,
                 self.provider.poll(),
                 self.provider.settings.replacement_wait,
                 self.provider.settings.log.clone(),
@@ -542,6 +549,3 @@ impl RunSession for SlurmRun<'_> {
         })
     }
 }
-
-#[allow(dead_code)]
-fn _argv_type_check(_: &[OsString]) {}

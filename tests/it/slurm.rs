@@ -1,0 +1,312 @@
+//! The Slurm provider on a real one-host cluster
+//! (`scripts/slurm-test-cluster.sh start`; `scripts/test.sh` starts it and
+//! sets INFRA_REQUIRE_SLURM, so that CI fails rather than skips): holder
+//! allocations submitted with sbatch, steps in them with srun --overlap,
+//! an allocation cancelled midway, and nothing left in squeue afterwards.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{journal, one_step_template, Project, Run};
+
+/// Whether a Slurm cluster answers here; without one the test is skipped,
+/// unless INFRA_REQUIRE_SLURM is set (then it fails).
+fn cluster() -> bool {
+    let ok = Command::new("squeue")
+        .args(["--me", "--noheader"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("INFRA_REQUIRE_SLURM").is_some() {
+            panic!("INFRA_REQUIRE_SLURM is set but no Slurm cluster answers (`squeue` fails): start one with `scripts/slurm-test-cluster.sh start`");
+        }
+        eprintln!("skipped: no Slurm cluster answers (`squeue` fails); `scripts/slurm-test-cluster.sh start` starts one, INFRA_REQUIRE_SLURM=1 makes this a failure");
+    }
+    ok
+}
+
+/// The jobs of `project`'s phase `phase` still in squeue.
+fn jobs_of(p: &Project, phase: &str) -> Vec<String> {
+    let project = p
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase();
+    let out = Command::new("squeue")
+        .args(["--me", "--noheader", "--format", "%i %j"])
+        .output()
+        .expect("squeue");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(".{phase}.")) && l.contains(&project))
+        .map(str::to_string)
+        .collect()
+}
+
+fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
+    let mut c = p.cmd(args);
+    c.env("INFRA_POLL_SECONDS", "0.5")
+        .env("INFRA_NODES_TIMEOUT_SECONDS", "120")
+        .env("INFRA_REPLACEMENT_WAIT_SECONDS", "60");
+    c
+}
+
+fn slurm(p: &Project, args: &[&str]) -> Run {
+    Run::from(slurm_cmd(p, args).output().expect("run infra"))
+}
+
+#[test]
+fn slurm_quickstart_up_runs_in_allocations_and_leaves_squeue_empty() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::with_examples();
+    let r = slurm(&p, &["--provider", "slurm", "up", "quickstart", "--yes"]);
+    r.ok();
+    assert!(r.stderr.contains("submitted cpu-0 (job "), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("5 succeeded") || r.stderr.contains("5 succeeded"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    for t in ["quickstart-L0-sum-1e5", "quickstart-L1-echo-c4"] {
+        assert!(
+            p.exists(&format!("results/quickstart/{t}/runtime.json")),
+            "{t}"
+        );
+    }
+    assert!(
+        jobs_of(&p, "quickstart").is_empty(),
+        "{:?}",
+        jobs_of(&p, "quickstart")
+    );
+}
+
+/// A 30-task sweep given `--provider slurm`: each task's step ran inside
+/// one of the two allocations (srun sets SLURM_JOB_ID and SLURM_STEP_ID),
+/// its output came back into results/ from the shared file system.
+#[test]
+fn slurm_sweep_of_30_tasks_runs_every_step_inside_an_allocation() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "plans/templates/where.json.hbs",
+        &one_step_template(
+            "echo job=$SLURM_JOB_ID step=$SLURM_STEP_ID provider=$INFRA_PROVIDER seed={{seed}} > where.txt",
+            "\"outputs\": [\"where.txt\"],",
+        ),
+    );
+    p.write(
+        "plans/sw.json",
+        r#"{"phase": "sw", "name": "sweep on slurm",
+          "node_groups": {"cpu": {"instance_type": "c6i.xlarge", "count": 2, "slots": 3}},
+          "slurm": {"time_limit": "30m", "node_groups": {"cpu": {"cpus_per_task": 1}}},
+          "estimate": {"default": "5s"},
+          "layers": [{"id": "L0", "grid": {"backend": "where", "id": "sw-{lr}-s{seed}",
+             "factors": {"lr": [1, 2, 3], "seed": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}}}]}"#,
+    );
+    let t0 = Instant::now();
+    let r = slurm(&p, &["--provider", "slurm", "up", "sw", "--yes"]);
+    r.ok();
+    eprintln!("30-task sweep on slurm: {:.1}s", t0.elapsed().as_secs_f64());
+    let mut jobs = std::collections::BTreeSet::new();
+    for lr in 1..=3 {
+        for seed in 0..10 {
+            let w = p.read(&format!("results/sw/sw-{lr}-s{seed}/where.txt"));
+            assert!(w.contains("provider=slurm"), "{w}");
+            assert!(w.contains(&format!("seed={seed}")), "{w}");
+            let job = w
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("job=")
+                .to_string();
+            assert!(
+                !job.is_empty() && !w.contains("step= "),
+                "not in a Slurm step: {w}"
+            );
+            jobs.insert(job);
+        }
+    }
+    assert_eq!(
+        jobs.len(),
+        2,
+        "the two allocations share the work: {jobs:?}"
+    );
+    assert!(jobs_of(&p, "sw").is_empty());
+}
+
+/// An allocation cancelled while its tasks run (as a time limit, a
+/// preemption or a node failure would end it): the runner sees it go, its
+/// tasks are queued again and finish on a replacement allocation, each
+/// resuming from its checkpoint on the shared file system.
+#[test]
+fn slurm_allocation_killed_midway_requeues_its_tasks_on_a_replacement() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "plans/templates/ck.json.hbs",
+        &one_step_template(
+            "n=$(cat $INFRA_CHECKPOINT_DIR/n 2>/dev/null || echo 0); echo $((n+1)) > $INFRA_CHECKPOINT_DIR/n; sleep 6; echo starts=$(cat $INFRA_CHECKPOINT_DIR/n) job=$SLURM_JOB_ID > out.txt",
+            "\"outputs\": [\"out.txt\"],",
+        ),
+    );
+    p.write(
+        "plans/kill.json",
+        r#"{"phase": "kill", "name": "an allocation lost", "provider": "slurm",
+          "node_groups": {"cpu": {"count": 2, "slots": 2}},
+          "estimate": {"default": "6s"},
+          "layers": [{"id": "L0", "grid": {"backend": "ck", "id": "kill-{i}",
+             "factors": {"i": [0, 1, 2, 3, 4, 5]}}}]}"#,
+    );
+    let t0 = Instant::now();
+    let child = slurm_cmd(&p, &["up", "kill", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until cpu-0 runs a step, then cancel its allocation
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let victim = loop {
+        assert!(Instant::now() < deadline, "no step started on cpu-0");
+        if p.exists(".infra/kill/journal.jsonl") && p.exists(".infra/kill/slurm-state.json") {
+            let on_cpu0 = journal(&p, "kill")
+                .iter()
+                .any(|e| e["event"] == "dispatched" && e["nodes"][0] == "cpu-0");
+            let st: serde_json::Value =
+                serde_json::from_str(&p.read(".infra/kill/slurm-state.json")).unwrap();
+            let job = st["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == "cpu-0")
+                .map(|a| a["job_id"].as_str().unwrap().to_string());
+            if let (true, Some(job)) = (on_cpu0, job) {
+                break job;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let s = Command::new("scancel").arg(&victim).status().unwrap();
+    assert!(s.success());
+    let r = Run::from(child.wait_with_output().unwrap());
+    eprintln!(
+        "allocation-killed run on slurm: {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    r.ok();
+    assert!(
+        r.stderr.contains("cpu-0") && r.stderr.contains(&format!("job {victim}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("submitted cpu-2"),
+        "a replacement: {}",
+        r.stderr
+    );
+    let j = journal(&p, "kill");
+    let requeued: Vec<&serde_json::Value> = j.iter().filter(|e| e["event"] == "requeued").collect();
+    assert!(!requeued.is_empty(), "tasks of cpu-0 queued again");
+    assert!(requeued
+        .iter()
+        .all(|e| e["reason"].as_str().unwrap().contains("cpu-0")));
+    let mut resumed = 0;
+    for i in 0..6 {
+        let out = p.read(&format!("results/kill/kill-{i}/out.txt"));
+        assert!(
+            !out.contains(&format!("job={victim}")),
+            "kill-{i} finished on the cancelled allocation: {out}"
+        );
+        if out.contains("starts=2") {
+            resumed += 1;
+        }
+    }
+    assert!(resumed >= 1, "a re-queued task found its checkpoint");
+    assert!(jobs_of(&p, "kill").is_empty(), "{:?}", jobs_of(&p, "kill"));
+}
+
+/// An allocation whose time left is shorter than a task's estimate starts
+/// no task: the task waits for one that has the time (here none comes,
+/// every allocation has 2 minutes; the run ends with the task not run).
+#[test]
+fn slurm_no_task_starts_on_an_allocation_with_less_time_left_than_its_estimate() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "plans/templates/long.json.hbs",
+        &one_step_template("touch started.txt", "\"outputs\": [\"started.txt\"],"),
+    );
+    p.write(
+        "plans/short.json",
+        r#"{"phase": "short", "name": "too little time", "provider": "slurm",
+          "node_groups": {"cpu": {"count": 1}},
+          "slurm": {"time_limit": "2m"},
+          "layers": [{"id": "L0", "patterns": [{"id": "short-0", "backend": "long", "estimate": "10m"}]}]}"#,
+    );
+    let r = Run::from(
+        slurm_cmd(&p, &["up", "short", "--yes"])
+            .env("INFRA_REPLACEMENT_WAIT_SECONDS", "3")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("less than short-0's estimate"),
+        "{}",
+        r.stderr
+    );
+    assert!(!p.exists("results/short/short-0/started.txt"));
+    let j = journal(&p, "short");
+    assert!(
+        !j.iter().any(|e| e["event"] == "step_started"),
+        "no step started"
+    );
+    assert!(
+        jobs_of(&p, "short").is_empty(),
+        "{:?}",
+        jobs_of(&p, "short")
+    );
+}
+
+/// Bad `slurm` input: exit 2 before anything is submitted, each problem
+/// with its place in the file and a fix. Needs no cluster.
+#[test]
+fn slurm_bad_plan_input_exits_2_with_the_field_its_place_and_a_fix() {
+    let p = Project::new();
+    p.write("plans/templates/x.json.hbs", &one_step_template("true", ""));
+    p.write(
+        "plans/bad.json",
+        r#"{"phase": "bad", "name": "bad", "provider": "slurm",
+  "node_groups": {"gpu": {"count": 1, "gpus": 8}},
+  "slurm": {"account": "dl lab", "sbatch_options": ["exclusive"],
+            "node_groups": {"gpus": {"mem": "lots"}},
+            "container": {"runtime": "docker", "image": "x.sif"}},
+  "layers": [{"id": "L0", "patterns": [{"id": "bad-0", "backend": "x"}]}]}"#,
+    );
+    let r = p.infra(&["plan", "bad"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "plans/bad.json:3:24 slurm.account",
+        "slurm.account: invalid account \"dl lab\"",
+        "slurm.sbatch_options[0]: \"exclusive\" is not an option",
+        "slurm.node_groups.gpus: \"gpus\" is not a node group of the plan",
+        "use the name of a group in \"node_groups\" (gpu)",
+        "slurm.node_groups.gpus.mem: invalid memory \"lots\"",
+        "slurm.container.runtime: unknown container runtime \"docker\"",
+        "use \"apptainer\" or \"singularity\"",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?} in\n{}", r.stderr);
+    }
+}
