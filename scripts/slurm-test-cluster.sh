@@ -46,9 +46,10 @@ start_munge() {
   chown munge:munge /etc/munge/munge.key && chmod 600 /etc/munge/munge.key
   mkdir -p /run/munge /var/lib/munge /var/log/munge
   chown munge:munge /run/munge /var/lib/munge /var/log/munge
-  runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munged.pid.tmp" 2>/dev/null ||
-    /usr/sbin/munged --force
-  cp "$DIR/munged.pid.tmp" "$DIR/munged.pid" 2>/dev/null || true
+  # its pid file where the munge user may write it
+  mkdir -p "$DIR/munge" && chown munge:munge "$DIR/munge"
+  runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munge/munged.pid" 2>/dev/null ||
+    /usr/sbin/munged --force --pid-file="$DIR/munge/munged.pid"
   for _ in $(seq 50); do
     munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
     sleep 0.1
@@ -149,7 +150,7 @@ stop() {
   fi
   stop_pid "$DIR/slurmd.pid"
   stop_pid "$DIR/slurmctld.pid"
-  stop_pid "$DIR/munged.pid"
+  stop_pid "$DIR/munge/munged.pid"
   if ours_conf; then rm -f "$CONF"; fi
   log "stopped"
 }
