@@ -337,7 +337,23 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
                 .unwrap_or_default(),
             if v.ok { "OK" } else { "REFUSED" }
         )),
+        _ if v.hours.is_some() => {}
         _ => h.push_str("  budget: none set\n"),
+    }
+    if let Some(a) = &v.hours {
+        let n = |x: Option<f64>| x.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into());
+        h.push_str(&format!(
+            "  budget: {} GPU-h, {} node-h estimated; allowed {} GPU-h, {} node-h -> {}\n",
+            n(a.gpu_hours),
+            n(a.node_hours),
+            a.budget_gpu_hours
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "any".into()),
+            a.budget_node_hours
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_else(|| "any".into()),
+            if v.ok { "OK" } else { "REFUSED" }
+        ));
     }
     for r in &v.reasons {
         h.push_str(&format!("    refused: {r}\n"));

@@ -255,6 +255,31 @@ pub struct Verdict {
     pub max_hourly_usd: Option<f64>,
     pub reasons: Vec<String>,
     pub warnings: Vec<String>,
+    /// Slurm: the allocation hours the estimate holds, against the
+    /// budget's `gpu_hours`/`node_hours`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hours: Option<AllocHours>,
+}
+
+/// Allocation hours (Slurm's budget): estimated, and what the budget allows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllocHours {
+    pub node_hours: Option<f64>,
+    pub gpu_hours: Option<f64>,
+    pub budget_node_hours: Option<f64>,
+    pub budget_gpu_hours: Option<f64>,
+}
+
+/// The node-hours and GPU-hours the plan's nodes are held for `hours`.
+pub fn alloc_hours(plan: &Plan, hours: Option<f64>) -> (Option<f64>, Option<f64>) {
+    let Some(h) = hours else { return (None, None) };
+    let nodes: f64 = plan.node_groups.iter().map(|g| g.count as f64).sum();
+    let gpus: f64 = plan
+        .node_groups
+        .iter()
+        .map(|g| g.count as f64 * g.gpus.unwrap_or(0) as f64)
+        .sum();
+    (Some(nodes * h), Some(gpus * h))
 }
 
 /// Does the budget pay for the estimate? `spent` is what the ledger holds.
@@ -311,11 +336,38 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
             ));
         }
     }
+    let hours = budget
+        .filter(|b| b.gpu_hours.is_some() || b.node_hours.is_some())
+        .map(|b| {
+            let (node_hours, gpu_hours) = alloc_hours(plan, est.hours);
+            let mut over = |what: &str, field: &str, est: Option<f64>, cap: Option<f64>| {
+                if let (Some(e), Some(c)) = (est, cap) {
+                    if e > c + 1e-9 {
+                        reasons.push(format!(
+                            "the estimate of {e:.1} {what} exceeds \"budget.{field}\" {c:.1}\n  (hint: raise \"budget.{field}\", run fewer patterns, or ask for fewer or smaller allocations)"
+                        ));
+                    }
+                }
+            };
+            over("GPU-hours", "gpu_hours", gpu_hours, b.gpu_hours);
+            over("node-hours", "node_hours", node_hours, b.node_hours);
+            if est.hours.is_none() && est.tasks > 0 {
+                warnings.push("no task has a duration estimate, so the allocation hours are unknown (hint: add \"estimate\": {\"default\": \"30m\"} to the plan)".into());
+            }
+            AllocHours {
+                node_hours,
+                gpu_hours,
+                budget_node_hours: b.node_hours,
+                budget_gpu_hours: b.gpu_hours,
+            }
+        });
+    let finite = |x: f64| Some(x).filter(|x| x.is_finite());
     Verdict {
         ok: reasons.is_empty(),
-        budget_usd: budget.map(|b| b.usd),
+        budget_usd: budget.and_then(|b| finite(b.usd)),
         spent_usd: spent,
-        remaining_usd: remaining,
+        remaining_usd: remaining.and_then(finite),
+        hours,
         max_hourly_usd: budget.and_then(|b| b.max_hourly_usd),
         reasons,
         warnings,

@@ -69,6 +69,10 @@ pub struct Budget {
     /// Node groups the catalog has no price for count as $0 instead of
     /// being refused.
     pub accept_unpriced: bool,
+    /// Slurm: the most GPU-hours / node-hours the allocations may hold
+    /// (a cluster has no dollar price; `usd` is then unlimited unless set).
+    pub gpu_hours: Option<f64>,
+    pub node_hours: Option<f64>,
 }
 
 /// `checkpoint_interval` when neither the plan nor the template gives one.

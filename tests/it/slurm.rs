@@ -310,3 +310,85 @@ fn slurm_bad_plan_input_exits_2_with_the_field_its_place_and_a_fix() {
         assert!(r.stderr.contains(want), "missing {want:?} in\n{}", r.stderr);
     }
 }
+
+/// `budget.gpu_hours`: the allocations' GPU-hours (count × gpus × the
+/// scheduled hours) are estimated and shown, and a plan above the budget
+/// is refused with exit 3 before anything is submitted. Needs no cluster.
+#[test]
+fn slurm_budget_in_gpu_hours_is_estimated_and_refuses_a_plan_above_it() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/nap.json.hbs",
+        &one_step_template("sleep 1", ""),
+    );
+    let plan = |cap: u32| {
+        format!(
+            r#"{{"phase": "gh", "name": "gpu hours", "provider": "slurm",
+          "node_groups": {{"gpu": {{"count": 1, "gpus": 8, "slots": 1}}}},
+          "budget": {{"gpu_hours": {cap}}},
+          "estimate": {{"default": "30m"}},
+          "layers": [{{"id": "L0", "grid": {{"backend": "nap", "id": "gh-{{i}}", "factors": {{"i": [0, 1, 2, 3]}}}}}}]}}"#
+        )
+    };
+    p.write("plans/gh.json", &plan(10));
+    let r = p.infra(&["plan", "gh"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("16.0 GPU-h, 2.0 node-h estimated; allowed 10.0 GPU-h"),
+        "{all}"
+    );
+    assert!(all.contains("exceeds \"budget.gpu_hours\" 10.0"), "{all}");
+    let r = p.infra(&["apply", "gh", "--yes"]);
+    assert_eq!(r.code, 3, "apply is gated too: {}", r.stderr);
+    p.write("plans/gh.json", &plan(20));
+    let r = p.infra(&["plan", "gh"]);
+    r.ok();
+    assert!(
+        r.stdout.contains("allowed 20.0 GPU-h, any node-h -> OK"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// The budget's hours are watched while the run goes on: once the
+/// allocations have held `node_hours`, every allocation is cancelled and
+/// nothing more starts; the run says what was held.
+#[test]
+fn slurm_budget_in_node_hours_stops_the_run_when_the_allocations_have_held_it() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "plans/templates/nap.json.hbs",
+        &one_step_template("sleep 3", ""),
+    );
+    // 6 tasks of 3 s on one slot: 18 s; the budget holds 0.002 h = 7.2 s
+    p.write(
+        "plans/nh.json",
+        r#"{"phase": "nh", "name": "node hours", "provider": "slurm",
+          "node_groups": {"cpu": {"count": 1, "slots": 1}},
+          "budget": {"node_hours": 0.002},
+          "estimate": {"default": "1s"},
+          "layers": [{"id": "L0", "grid": {"backend": "nap", "id": "nh-{i}", "factors": {"i": [0, 1, 2, 3, 4, 5]}}}]}"#,
+    );
+    let r = slurm(&p, &["up", "nh", "--yes"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("budget reached: the allocations held"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("in this run (budget: 0.002 node-hours)"),
+        "{}",
+        r.stderr
+    );
+    let done = (0..6)
+        .filter(|i| p.exists(&format!("results/nh/nh-{i}/runtime.json")))
+        .count();
+    assert!(done < 6, "the run stopped before the end");
+    p.infra(&["destroy", "nh"]).ok();
+    assert!(jobs_of(&p, "nh").is_empty(), "{:?}", jobs_of(&p, "nh"));
+}

@@ -10,11 +10,29 @@ pub(super) fn budget(d: &mut Diags, top: &Obj) -> Option<Budget> {
     let o = obj(d, v, "budget")?;
     o.known(
         d,
-        &["usd", "max_hourly_usd", "hard_stop", "accept_unpriced"],
+        &[
+            "usd",
+            "max_hourly_usd",
+            "hard_stop",
+            "accept_unpriced",
+            "gpu_hours",
+            "node_hours",
+        ],
     );
-    let usd = o
-        .required(d, "usd", "1000")
-        .and_then(|v| positive(d, v, "budget.usd", 10_000_000.0));
+    let gpu_hours = o
+        .get("gpu_hours")
+        .and_then(|v| positive(d, v, "budget.gpu_hours", 100_000_000.0));
+    let node_hours = o
+        .get("node_hours")
+        .and_then(|v| positive(d, v, "budget.node_hours", 100_000_000.0));
+    // a budget in allocation hours (Slurm) needs no dollars
+    let hours = o.get("gpu_hours").is_some() || o.get("node_hours").is_some();
+    let usd = if hours && o.get("usd").is_none() {
+        Some(f64::INFINITY)
+    } else {
+        o.required(d, "usd", "1000")
+            .and_then(|v| positive(d, v, "budget.usd", 10_000_000.0))
+    };
     let max_hourly_usd = o
         .get("max_hourly_usd")
         .and_then(|v| positive(d, v, "budget.max_hourly_usd", 100_000.0));
@@ -31,6 +49,8 @@ pub(super) fn budget(d: &mut Diags, top: &Obj) -> Option<Budget> {
         max_hourly_usd,
         hard_stop,
         accept_unpriced,
+        gpu_hours,
+        node_hours,
     })
 }
 
@@ -56,7 +76,9 @@ mod tests {
                 usd: 100.0,
                 max_hourly_usd: Some(2.5),
                 hard_stop: true,
-                accept_unpriced: false
+                accept_unpriced: false,
+                gpu_hours: None,
+                node_hours: None,
             })
         );
         let (b, _) = decode(r#"{"budget": {"usd": 1, "hard_stop": false}}"#);

@@ -122,6 +122,10 @@ struct Shared {
     poll: Duration,
     replacement_wait: Duration,
     log: Log,
+    /// Node-hours and GPU-hours the run's allocations held so far.
+    used: Mutex<(f64, f64)>,
+    /// The budget's hours are spent: no replacement is waited for.
+    exhausted: std::sync::atomic::AtomicBool,
 }
 
 /// The executor's view of an allocation that runs.
@@ -201,6 +205,8 @@ impl SlurmExecutor {
                 poll,
                 replacement_wait,
                 log,
+                used: Mutex::new((0.0, 0.0)),
+                exhausted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -228,6 +234,68 @@ fn mins(d: Duration) -> String {
     } else {
         format!("{m:.0} min")
     }
+}
+
+impl SlurmExecutor {
+    /// Node-hours and GPU-hours the run's allocations held so far.
+    pub fn used_hours(&self) -> (f64, f64) {
+        *self.shared.used.lock().unwrap()
+    }
+}
+
+/// Hours with the digits that matter (0.0021, 12.5).
+pub(super) fn hours(h: f64) -> String {
+    if h >= 10.0 {
+        format!("{h:.1}")
+    } else if h >= 0.1 {
+        format!("{h:.2}")
+    } else {
+        format!("{h:.4}")
+    }
+}
+
+/// Count `dt` of the allocations that run against the budget's hours;
+/// past them (with `hard_stop`), every allocation is retired and
+/// cancelled: the run stops placing tasks. True once exhausted.
+async fn meter(sh: &Shared, dt: Duration) -> bool {
+    let nodes = sh.allocs.nodes.lock().unwrap().clone();
+    let h = dt.as_secs_f64() / 3600.0;
+    let (mut nh, mut gh) = (0.0, 0.0);
+    for n in nodes.iter().filter(|n| !n.lost) {
+        nh += h;
+        gh += h * n.spec.gpus as f64;
+    }
+    let (node_h, gpu_h) = {
+        let mut u = sh.used.lock().unwrap();
+        u.0 += nh;
+        u.1 += gh;
+        *u
+    };
+    let Some(b) = sh.plan.budget.as_ref().filter(|b| b.hard_stop) else {
+        return false;
+    };
+    let over = match (b.gpu_hours, b.node_hours) {
+        (Some(c), _) if gpu_h >= c => {
+            Some(format!("{} GPU-hours of the budget's {c}", hours(gpu_h)))
+        }
+        (_, Some(c)) if node_h >= c => {
+            Some(format!("{} node-hours of the budget's {c}", hours(node_h)))
+        }
+        _ => None,
+    };
+    let Some(what) = over else { return false };
+    let reason = format!("budget reached: the allocations held {what}");
+    sh.exhausted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    (sh.log)(&format!("{reason}: every allocation is cancelled"));
+    let mut jobs = Vec::new();
+    for (i, n) in nodes.iter().enumerate().filter(|(_, n)| !n.lost) {
+        jobs.push(n.job.clone());
+        sh.allocs.retire(i, reason.clone());
+    }
+    sh.allocs.replace.lock().unwrap().clear();
+    let _ = cluster::cancel(&jobs).await;
+    true
 }
 
 impl Executor for SlurmExecutor {
@@ -274,6 +342,13 @@ impl Executor for SlurmExecutor {
     }
 
     fn replacement_wait(&self) -> Duration {
+        if self
+            .shared
+            .exhausted
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Duration::ZERO;
+        }
         self.shared.replacement_wait
     }
 }
@@ -290,6 +365,8 @@ struct Pending {
 async fn monitor(weak: Weak<Shared>) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut submitted = 0usize;
+    let mut last = Instant::now();
+    let mut exhausted = false;
     loop {
         let Some(sh) = weak.upgrade() else { return };
         let poll = sh.poll;
@@ -303,6 +380,15 @@ async fn monitor(weak: Weak<Shared>) {
                 continue;
             }
         };
+        if !exhausted {
+            exhausted = meter(&sh, last.elapsed()).await;
+        }
+        last = Instant::now();
+        if exhausted {
+            // nothing is replaced after the budget is spent
+            sh.allocs.replace.lock().unwrap().clear();
+            continue;
+        }
         // losses and time left
         let nodes = sh.allocs.nodes.lock().unwrap().clone();
         for (i, n) in nodes.iter().enumerate().filter(|(_, n)| !n.lost) {

@@ -345,6 +345,7 @@ impl Provider for SlurmProvider {
                 plan,
                 state: st,
                 keep: Vec::new(),
+                executor: None,
             });
             Ok(session)
         })
@@ -486,6 +487,7 @@ struct SlurmRun<'a> {
     plan: &'a Plan,
     state: SlurmState,
     keep: Vec<(String, u32)>,
+    executor: Option<Arc<SlurmExecutor>>,
 }
 
 impl RunSession for SlurmRun<'_> {
@@ -522,6 +524,7 @@ impl RunSession for SlurmRun<'_> {
                 self.provider.settings.replacement_wait,
                 self.provider.settings.log.clone(),
             ));
+            self.executor = Some(executor.clone());
             Ok(Started {
                 executor,
                 hourly_usd: 0.0,
@@ -536,6 +539,25 @@ impl RunSession for SlurmRun<'_> {
     ) -> Fut<'s, Result<Finished, ProviderError>> {
         Box::pin(async move {
             let plan = self.plan;
+            if let Some(ex) = &self.executor {
+                // what the run held, as the budget counts it
+                let (node_h, gpu_h) = ex.used_hours();
+                let cap = plan
+                    .budget
+                    .as_ref()
+                    .map(|b| {
+                        [("GPU-hours", b.gpu_hours), ("node-hours", b.node_hours)]
+                            .iter()
+                            .filter_map(|(w, c)| c.map(|c| format!(" (budget: {c} {w})")))
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default();
+                self.provider.settings.log(&format!(
+                    "allocations held {} node-hours, {} GPU-hours in this run{cap}",
+                    super::executor::hours(node_h),
+                    super::executor::hours(gpu_h)
+                ));
+            }
             if summary.budget_stop {
                 let st = state::load(plan).unwrap_or_default();
                 let ids: Vec<String> = st.live().map(|a| a.job_id.clone()).collect();
