@@ -1,6 +1,9 @@
 //! Child processes in their own process groups: spawn, wait with rusage,
 //! kill the whole group. Shared by the local provider's steps and health
 //! checks.
+//!
+//! Over 700 lines: every spawner here shares the private set of process
+//! group leaders (`leaders`) and `start`; split, those would be public.
 
 use std::fs::File;
 use std::io::Write;
