@@ -392,3 +392,40 @@ fn slurm_budget_in_node_hours_stops_the_run_when_the_allocations_have_held_it() 
     p.infra(&["destroy", "nh"]).ok();
     assert!(jobs_of(&p, "nh").is_empty(), "{:?}", jobs_of(&p, "nh"));
 }
+
+/// An allocation the cluster does not start in time: `apply` names it and
+/// squeue's reason, exits 4 and leaves it for `destroy`, which cancels it.
+#[test]
+fn slurm_apply_names_allocations_still_pending_with_squeue_s_reason() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write("plans/templates/x.json.hbs", &one_step_template("true", ""));
+    p.write(
+        "plans/pend.json",
+        r#"{"phase": "pend", "name": "pending", "provider": "slurm",
+          "node_groups": {"cpu": {"count": 1}},
+          "slurm": {"sbatch_options": ["--begin=now+1hour"]},
+          "layers": [{"id": "L0", "patterns": [{"id": "pend-0", "backend": "x"}]}]}"#,
+    );
+    let r = Run::from(
+        slurm_cmd(&p, &["apply", "pend", "--yes"])
+            .env("INFRA_NODES_TIMEOUT_SECONDS", "2")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("1 allocation(s) still pending after 2 s: cpu-0 (job "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("): BeginTime"), "{}", r.stderr);
+    let s = p.infra(&["status", "pend"]);
+    assert!(s.stdout.contains("pending (BeginTime)"), "{}", s.stdout);
+    assert_eq!(jobs_of(&p, "pend").len(), 1);
+    p.infra(&["destroy", "pend"]).ok();
+    assert!(jobs_of(&p, "pend").is_empty(), "{:?}", jobs_of(&p, "pend"));
+}

@@ -287,9 +287,11 @@ fn rows(
                 instance_type: "slurm allocation".into(),
                 market: "allocation".into(),
                 zone: None,
-                state: r
-                    .map(|r| r.state.to_lowercase())
-                    .unwrap_or_else(|| "gone".into()),
+                state: match r {
+                    Some(r) if r.state == "PENDING" => format!("pending ({})", r.reason),
+                    Some(r) => r.state.to_lowercase(),
+                    None => "gone".into(),
+                },
                 address: if a.node.is_empty() {
                     "-".into()
                 } else {
@@ -421,7 +423,7 @@ impl Provider for SlurmProvider {
                         String::new()
                     }
                 ),
-                checked: Some(format!("squeue --me, jobs named {prefix}*")),
+                checked: Some(format!("in squeue --me (jobs named {prefix}*)")),
                 leftover_hint: format!(
                     "`squeue --me` shows them; `scancel {}` cancels them",
                     left.keys().cloned().collect::<Vec<_>>().join(" ")
