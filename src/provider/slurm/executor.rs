@@ -37,6 +37,8 @@ pub(super) struct Node {
     pub ends: Option<Instant>,
     /// Gone, or taking no more tasks.
     pub lost: bool,
+    /// Attempts running on it.
+    pub active: usize,
 }
 
 /// What the launcher and the monitor share.
@@ -224,6 +226,7 @@ fn node_of(plan: &Plan, a: &Allocation, left: Option<Duration>) -> Node {
         spec,
         ends: left.map(|l| Instant::now() + l),
         lost: false,
+        active: 0,
     }
 }
 
@@ -332,7 +335,27 @@ impl Executor for SlurmExecutor {
             }
         }
         let inner = sh.inner.read().unwrap().clone();
-        inner.run_attempt(req)
+        let nodes: Vec<usize> = req.seats.iter().map(|s| s.node).collect();
+        let count = move |allocs: &Allocs, up: bool| {
+            let mut all = allocs.nodes.lock().unwrap();
+            for &i in &nodes {
+                if let Some(n) = all.get_mut(i) {
+                    n.active = if up {
+                        n.active + 1
+                    } else {
+                        n.active.saturating_sub(1)
+                    };
+                }
+            }
+        };
+        count(&sh.allocs, true);
+        let allocs = sh.allocs.clone();
+        let attempt = inner.run_attempt(req);
+        Box::pin(async move {
+            let out = attempt.await;
+            count(&allocs, false);
+            out
+        })
     }
 
     fn node_changes(&self) -> Option<mpsc::UnboundedReceiver<NodeChange>> {
@@ -410,6 +433,26 @@ async fn monitor(weak: Weak<Shared>) {
                     mark_ended(&sh.plan, &n.job, &reason);
                     sh.allocs.retire(i, reason);
                 }
+            }
+        }
+        // a retired allocation (too little time left) whose last attempt
+        // ended gives its resources back
+        let idle: Vec<(String, String)> = sh
+            .allocs
+            .nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.lost && n.active == 0)
+            .filter(|n| rows.get(&n.job).is_some_and(|r| r.running()))
+            .map(|n| (n.name.clone(), n.job.clone()))
+            .collect();
+        for (name, job) in idle {
+            if cluster::cancel(std::slice::from_ref(&job)).await.is_ok() {
+                (sh.log)(&format!(
+                    "cancelled {name} (job {job}): it takes no more tasks and runs none"
+                ));
+                mark_ended(&sh.plan, &job, "released: too little time left");
             }
         }
         // replacements: at most twice the allocations the plan asks for
