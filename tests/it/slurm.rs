@@ -429,3 +429,23 @@ fn slurm_apply_names_allocations_still_pending_with_squeue_s_reason() {
     p.infra(&["destroy", "pend"]).ok();
     assert!(jobs_of(&p, "pend").is_empty(), "{:?}", jobs_of(&p, "pend"));
 }
+
+/// The deep-learning team's sweep with their sbatch settings renders:
+/// `infra plan` shows the holder job's sbatch line (8 GPUs, 12 h, their
+/// account, MPS) and no stacks. Needs no cluster.
+#[test]
+fn slurm_sweep_plan_of_the_deep_learning_team_renders_its_sbatch_line() {
+    let p = Project::with_examples();
+    let r = p.infra(&["plan", "sweep-slurm"]);
+    r.ok();
+    for want in [
+        "provider slurm",
+        "216 task(s)",
+        "gpu × 1: sbatch --parsable --job-name=infra.",
+        "--partition=gpu --account=dl-lab --gres=gpu:rtx8000:8 --mem=160G --cpus-per-task=48 --time=720",
+        "nvidia-cuda-mps-control -d",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
+    }
+    assert!(!r.stdout.contains("stacks"), "{}", r.stdout);
+}
