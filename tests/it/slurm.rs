@@ -449,3 +449,30 @@ fn slurm_sweep_plan_of_the_deep_learning_team_renders_its_sbatch_line() {
     }
     assert!(!r.stdout.contains("stacks"), "{}", r.stdout);
 }
+
+/// A value the cluster refuses (a partition it does not have): exit 2,
+/// naming the field of the plan's `slurm` section to fix; nothing left.
+#[test]
+fn slurm_a_partition_the_cluster_refuses_exits_2_naming_the_field() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write("plans/templates/x.json.hbs", &one_step_template("true", ""));
+    p.write(
+        "plans/nopart.json",
+        r#"{"phase": "nopart", "name": "no such partition", "provider": "slurm",
+          "node_groups": {"cpu": {"count": 1}},
+          "slurm": {"partition": "no-such-partition"},
+          "layers": [{"id": "L0", "patterns": [{"id": "nopart-0", "backend": "x"}]}]}"#,
+    );
+    let r = slurm(&p, &["apply", "nopart", "--yes"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("Invalid partition name"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("fix \"slurm.partition\" in the plan"),
+        "{}",
+        r.stderr
+    );
+    assert!(jobs_of(&p, "nopart").is_empty());
+}

@@ -168,12 +168,9 @@ async fn bring_up(p: &SlurmProvider, plan: &Plan) -> Result<SlurmState, Provider
             .filter(|a| a.group == g.name)
             .count();
         for _ in live..g.count as usize {
-            let a = submit(plan, &g.name).await.map_err(|e| {
-                ProviderError::Failed(format!(
-                    "cannot submit an allocation of node group {}: {e}\n  (hint: check the plan's \"slurm\" section against `sinfo` and `sacctmgr show assoc user=$USER`)",
-                    g.name
-                ))
-            })?;
+            let a = submit(plan, &g.name)
+                .await
+                .map_err(|e| refused(&g.name, e))?;
             p.settings
                 .log(&format!("submitted {} (job {})", a.name, a.job_id));
         }
@@ -196,6 +193,39 @@ async fn bring_up(p: &SlurmProvider, plan: &Plan) -> Result<SlurmState, Provider
         }
     })
     .map_err(ProviderError::io(state::path(plan)))
+}
+
+/// What sbatch refused: the plan's fault (exit 2, with the field of the
+/// `slurm` section to fix) when sbatch says a value is invalid, else the
+/// cluster's (exit 4).
+fn refused(group: &str, e: String) -> ProviderError {
+    let lower = e.to_lowercase();
+    let field = [
+        ("invalid partition", "partition"),
+        ("invalid account", "account"),
+        ("invalid qos", "qos"),
+        ("invalid feature", "constraint"),
+        (
+            "invalid generic resource",
+            "node_groups.<group>.gres (or the group's gpus)",
+        ),
+        ("memory specification", "node_groups.<group>.mem"),
+        (
+            "requested node configuration is not available",
+            "node_groups.<group> (cpus_per_task, mem, gres)",
+        ),
+    ]
+    .iter()
+    .find(|(k, _)| lower.contains(k))
+    .map(|(_, f)| f.replace("<group>", group));
+    match field {
+        Some(f) => ProviderError::Usage(format!(
+            "the cluster refused an allocation of node group {group}: {e}\n  (hint: fix \"slurm.{f}\" in the plan; `sinfo` lists partitions and features, `sacctmgr show assoc user=$USER` your accounts and qos)"
+        )),
+        None => ProviderError::Failed(format!(
+            "cannot submit an allocation of node group {group}: {e}\n  (hint: check the plan's \"slurm\" section against `sinfo` and `sacctmgr show assoc user=$USER`)"
+        )),
+    }
 }
 
 /// Wait until every live allocation runs; record its node.
