@@ -235,9 +235,10 @@ fn slurm_allocation_killed_midway_requeues_its_tasks_on_a_replacement() {
     assert!(jobs_of(&p, "kill").is_empty(), "{:?}", jobs_of(&p, "kill"));
 }
 
-/// An allocation whose time left is shorter than a task's estimate starts
-/// no task: the task waits for one that has the time (here none comes,
-/// every allocation has 2 minutes; the run ends with the task not run).
+/// An allocation whose time left is shorter than a task's estimate (plus
+/// the plan's margin) starts no task: the task waits for one that has the
+/// time (here none comes: every allocation has 3 minutes, the task needs
+/// 2 plus a margin of 1.5; the run ends with the task not run).
 #[test]
 fn slurm_no_task_starts_on_an_allocation_with_less_time_left_than_its_estimate() {
     if !cluster() {
@@ -252,8 +253,8 @@ fn slurm_no_task_starts_on_an_allocation_with_less_time_left_than_its_estimate()
         "plans/short.json",
         r#"{"phase": "short", "name": "too little time", "provider": "slurm",
           "node_groups": {"cpu": {"count": 1}},
-          "slurm": {"time_limit": "2m"},
-          "layers": [{"id": "L0", "patterns": [{"id": "short-0", "backend": "long", "estimate": "10m"}]}]}"#,
+          "slurm": {"time_limit": "3m", "dispatch_margin": "90s"},
+          "layers": [{"id": "L0", "patterns": [{"id": "short-0", "backend": "long", "estimate": "2m"}]}]}"#,
     );
     let r = Run::from(
         slurm_cmd(&p, &["up", "short", "--yes"])
@@ -475,4 +476,35 @@ fn slurm_a_partition_the_cluster_refuses_exits_2_naming_the_field() {
         r.stderr
     );
     assert!(jobs_of(&p, "nopart").is_empty());
+}
+
+/// A task longer than its allocations' time limit could never start: the
+/// plan is refused (exit 2) at the task, naming the field to raise.
+#[test]
+fn slurm_a_task_longer_than_the_time_limit_is_refused_with_the_field_to_raise() {
+    let p = Project::new();
+    p.write("plans/templates/x.json.hbs", &one_step_template("true", ""));
+    p.write(
+        "plans/long.json",
+        r#"{"phase": "long", "name": "too long", "provider": "slurm",
+  "node_groups": {"gpu": {"count": 1}},
+  "slurm": {"time_limit": "12h"},
+  "layers": [{"id": "L0", "patterns": [
+    {"id": "long-0", "backend": "x", "estimate": "13h"},
+    {"id": "long-1", "backend": "x", "estimate": "1h"}]}]}"#,
+    );
+    let r = p.infra(&["plan", "long"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("plans/long.json:5:12 layers[0] (long-0): "),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("1 task(s) of node group gpu take longer than its allocations' time limit 12h (13h estimated for long-0)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("raise \"slurm.time_limit\""),
+        "{}",
+        r.stderr
+    );
 }

@@ -92,6 +92,65 @@ pub(super) fn slurm(d: &mut Diags, top: &Obj, groups: &[NodeGroup]) -> Option<Sl
     Some(s)
 }
 
+/// On Slurm, a task whose estimate is longer than its allocations' time
+/// limit would never start (no allocation ever has the time): one problem
+/// per node group, at its longest task.
+pub(super) fn check_time_limits(d: &mut Diags, plan: &crate::plan::Plan) {
+    if plan.provider != crate::plan::ProviderKind::Slurm {
+        return;
+    }
+    let s = plan.slurm.clone().unwrap_or_default();
+    for g in &plan.node_groups {
+        let Some(limit) = s
+            .groups
+            .get(&g.name)
+            .and_then(|x| x.time_limit)
+            .or(s.time_limit)
+        else {
+            continue;
+        };
+        let longest = plan
+            .patterns()
+            .filter(|p| p.node_group == g.name)
+            .filter_map(|p| Some((p.estimate?, p)))
+            .max_by_key(|(e, _)| *e);
+        if let Some((e, p)) = longest.filter(|(e, _)| *e > limit) {
+            let n = plan
+                .patterns()
+                .filter(|q| q.node_group == g.name && q.estimate.is_some_and(|x| x > limit))
+                .count();
+            let h = |d: std::time::Duration| {
+                let s = d.as_secs();
+                match (s % 3600, s % 60) {
+                    (0, _) => format!("{}h", s / 3600),
+                    (_, 0) => format!("{}m", s / 60),
+                    _ => format!("{s}s"),
+                }
+            };
+            let li = plan
+                .layers
+                .iter()
+                .position(|l| l.id == p.layer)
+                .unwrap_or(0);
+            d.hint(
+                &format!("layers[{li}] ({})", p.id),
+                p.pos,
+                format!(
+                    "{n} task(s) of node group {} take longer than its allocations' time limit {} ({} estimated for {}): they would never start",
+                    g.name,
+                    h(limit),
+                    h(e),
+                    p.id
+                ),
+                format!(
+                    "raise \"slurm.time_limit\" (or \"slurm.node_groups.{}.time_limit\"), or split the work so that a task fits",
+                    g.name
+                ),
+            );
+        }
+    }
+}
+
 /// A partition, account or qos name: one word.
 fn name(d: &mut Diags, o: &Obj, key: &str) -> Option<String> {
     let v = o.get(key)?;

@@ -107,6 +107,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         positions: value_positions(root_node),
     };
     templates::check_backends(&mut d, &plan, src);
+    slurm::check_time_limits(&mut d, &plan);
     if d.is_empty() {
         plan.layers.shrink_to_fit();
         Ok(plan)
