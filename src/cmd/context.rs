@@ -200,7 +200,14 @@ impl Ctx {
     pub fn load(&self, name: &str) -> Result<Plan, AppError> {
         let mut p = plan::load(name, &self.cwd)?;
         if let Some(pk) = self.provider {
-            p.provider = pk;
+            if pk != p.provider {
+                // A run on another provider than the plan's (a local trial
+                // of an AWS plan, the quickstart tried on AWS) is its own
+                // campaign: its own journal, results and ledger entries, so
+                // it never counts against, or skips work of, the plan's own.
+                p.name_key = format!("{}@{}", p.name_key, pk.as_str());
+                p.provider = pk;
+            }
         }
         if let Some(r) = &self.region {
             p.region = r.clone();

@@ -182,6 +182,8 @@ pub struct Pattern {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// The name users type: the plan file's stem (`phase15`).
+    /// The phase: the plan file's stem, with `@<provider>` appended when
+    /// `--provider` runs it elsewhere than the plan says (`phase15@local`).
     pub name_key: String,
     pub source: PathBuf,
     /// The folder holding `plans/`, `scripts/`, `.infra/`, `results/`.
@@ -237,6 +239,12 @@ impl Plan {
 
     pub fn node_group(&self, name: &str) -> Option<&NodeGroup> {
         self.node_groups.iter().find(|g| g.name == name)
+    }
+
+    /// The phase as the plan's file names it: `name_key` without the
+    /// `@<provider>` a run on another provider than the plan's appends.
+    pub fn phase_name(&self) -> &str {
+        self.name_key.split('@').next().unwrap_or(&self.name_key)
     }
 
     pub fn state_dir(&self) -> PathBuf {

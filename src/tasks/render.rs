@@ -91,7 +91,10 @@ fn json_param(h: &handlebars::Helper) -> Result<String, RenderErrorReason> {
 pub fn context(plan: &Plan, p: &Pattern) -> Value {
     let mut ctx: Map<String, Value> = p.vars.clone();
     ctx.insert("phase".into(), Value::String(plan.phase.clone()));
-    ctx.insert("phase_name".into(), Value::String(plan.name_key.clone()));
+    ctx.insert(
+        "phase_name".into(),
+        Value::String(plan.phase_name().to_string()),
+    );
     ctx.insert("pattern_id".into(), Value::String(p.id.clone()));
     ctx.insert("layer_id".into(), Value::String(p.layer.clone()));
     ctx.insert("backend".into(), Value::String(p.backend.clone()));

@@ -20,3 +20,4 @@ mod rerun;
 mod stacks;
 mod sweep;
 mod templates;
+mod trial;
