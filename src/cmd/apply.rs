@@ -50,7 +50,7 @@ pub async fn apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
         plan: plan.name_key.clone(),
         applied,
     };
-    ctx.emit(&text(&view, &ctx.rel(&view.applied.state)), &view);
+    ctx.emit("apply", &text(&view, &ctx.rel(&view.applied.state)), &view);
     Ok(exit::OK)
 }
 

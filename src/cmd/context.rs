@@ -106,6 +106,10 @@ pub struct Ctx {
     pub lease_renew: Duration,
     /// Who this controller is, for the lease.
     holder: crate::campaign::Holder,
+    /// With `--json`: the command streams (`run`, `up`, `attach`), so each
+    /// document is one line with an `"event"` (JSON Lines); otherwise the
+    /// command writes one document.
+    stream: std::cell::Cell<bool>,
     out: RefCell<Box<dyn Write>>,
 }
 
@@ -178,6 +182,7 @@ impl Ctx {
                     .to_string(),
             },
             stop_wait: secs("INFRA_STOP_WAIT_SECONDS").unwrap_or(Duration::from_secs(600)),
+            stream: std::cell::Cell::new(false),
             out: RefCell::new(out),
         })
     }
@@ -250,20 +255,44 @@ impl Ctx {
         Ok((plan, catalog, from))
     }
 
-    /// Write the command's output: the human text, or the view as one JSON
-    /// document with `--json`.
-    pub fn emit<V: Serialize + ?Sized>(&self, human: &str, view: &V) {
+    /// Make `--json` output JSON Lines: for the commands that stream
+    /// (`run`, `up`, `attach`).
+    pub fn streaming(&self) {
+        self.stream.set(true);
+    }
+
+    /// Whether `--json` output is JSON Lines.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.get()
+    }
+
+    /// Write the command's output: the human text, or with `--json` the
+    /// view: one pretty document, or in a stream one line whose `"event"`
+    /// is `kind` (`plan`, `apply`, `summary`, `destroy`...).
+    pub fn emit<V: Serialize + ?Sized>(&self, kind: &str, human: &str, view: &V) {
         if self.json {
-            let text = serde_json::to_string_pretty(view).unwrap_or_default();
-            self.write(&format!("{text}\n"));
+            self.json_doc(kind, &serde_json::to_value(view).unwrap_or_default());
         } else if !human.is_empty() {
             self.write(&format!("{}\n", human.trim_end()));
         }
     }
 
     /// `emit` for a view built as a JSON value.
-    pub fn out(&self, human: &str, view: serde_json::Value) {
-        self.emit(human, &view)
+    pub fn out(&self, kind: &str, human: &str, view: serde_json::Value) {
+        self.emit(kind, human, &view)
+    }
+
+    /// One JSON document: pretty, or in a stream one line led by
+    /// `"event": kind`.
+    pub fn json_doc(&self, kind: &str, v: &serde_json::Value) {
+        if self.stream.get() {
+            self.write(&format!("{}\n", json_line(kind, v)));
+        } else {
+            self.write(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            ));
+        }
     }
 
     /// Write text as it is.
@@ -279,6 +308,26 @@ impl Ctx {
         let _ = o.write_all(bytes);
         let _ = o.flush();
     }
+}
+
+/// `v` as one JSON Lines line: an object gets `"event": kind` first (unless
+/// it has an `event` of its own), anything else is wrapped in
+/// `{"event": kind, "value": v}`.
+pub fn json_line(kind: &str, v: &serde_json::Value) -> String {
+    let mut m = serde_json::Map::new();
+    match v {
+        serde_json::Value::Object(o) => {
+            if !o.contains_key("event") {
+                m.insert("event".into(), kind.into());
+            }
+            m.extend(o.clone());
+        }
+        other => {
+            m.insert("event".into(), kind.into());
+            m.insert("value".into(), other.clone());
+        }
+    }
+    serde_json::Value::Object(m).to_string()
 }
 
 /// Render every task definition of the plan into `.infra/<phase>/tasks/`.

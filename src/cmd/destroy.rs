@@ -53,7 +53,7 @@ pub async fn destroy(ctx: &Ctx, name: Option<&str>, opts: DestroyOpts) -> Result
         destroyed,
         results: ctx.rel(&plan.results_dir()),
     };
-    ctx.emit(&text(&view), &view);
+    ctx.emit("destroy", &text(&view), &view);
     if view.destroyed.leftovers.is_empty() {
         Ok(exit::OK)
     } else {

@@ -63,6 +63,12 @@ pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
         Ok(c) => c,
         Err(e) => return report_error(None, &e, cli.global.json),
     };
+    if matches!(
+        cli.command,
+        Cmd::Run(_) | Cmd::Up { .. } | Cmd::Attach { .. }
+    ) {
+        ctx.streaming();
+    }
     match rt.block_on(dispatch(&ctx, cli.command)) {
         Ok(code) => code,
         Err(e) => report_error(Some(&ctx), &e, ctx.json),
@@ -71,16 +77,51 @@ pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
 
 fn report_error(ctx: Option<&Ctx>, e: &AppError, json_mode: bool) -> i32 {
     if json_mode {
-        let doc = json!({"error": e.to_string(), "exit_code": e.exit_code()});
+        let doc = error_doc(e);
         match ctx {
-            Some(c) => c.write(&format!("{doc}\n")),
+            Some(c) => c.json_doc("error", &doc),
             None => {
-                let _ = writeln!(std::io::stdout(), "{doc}");
+                let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{text}");
             }
         }
     }
     eprintln!("error: {e}");
     e.exit_code()
+}
+
+/// An error as `--json` writes it: `{"error": {"message", "problems":
+/// [{"file", "path", "line", "column", "message", "hint"}]}, "exit_code"}`;
+/// `problems` lists each problem of an invalid plan (empty otherwise).
+pub fn error_doc(e: &AppError) -> serde_json::Value {
+    use crate::plan::load::LoadError;
+    let (message, problems) = match e {
+        AppError::Load(LoadError::Invalid(pe)) => {
+            let problems: Vec<serde_json::Value> = pe
+                .diags
+                .iter()
+                .map(|d| {
+                    json!({
+                        "file": pe.file.display().to_string(),
+                        "path": d.path,
+                        "line": d.pos.line,
+                        "column": d.pos.col,
+                        "message": d.message,
+                        "hint": d.hint,
+                    })
+                })
+                .collect();
+            let n = pe.diags.len();
+            let head = format!(
+                "invalid plan {}: {n} problem{}",
+                pe.file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            (head, problems)
+        }
+        other => (other.to_string(), Vec::new()),
+    };
+    json!({"error": {"message": message, "problems": problems}, "exit_code": e.exit_code()})
 }
 
 async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {

@@ -162,7 +162,7 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
         estimate,
         verdict,
     };
-    ctx.emit(&text(&view), &view);
+    ctx.emit("plan", &text(&view), &view);
     // `up` goes on to apply and run: what the plan said is not said again
     for w in &view.verdict.warnings {
         super::context::said(w);

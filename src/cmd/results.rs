@@ -118,6 +118,6 @@ pub async fn results(
     for p in &table.problems {
         h.push_str(&format!("\n  warning: {p}"));
     }
-    ctx.out(&h, meta);
+    ctx.out("results", &h, meta);
     Ok(exit::OK)
 }

@@ -246,7 +246,12 @@ async fn run_leased(
         provider.name(),
         &opts,
         stops,
-        &mut |e| rep.event(e),
+        &mut |e| {
+            rep.event(e);
+            if ctx.json {
+                ctx.json_doc("run", &serde_json::to_value(e).unwrap_or_default());
+            }
+        },
     )
     .await;
     rep.finish();
@@ -264,7 +269,7 @@ async fn run_leased(
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
         finished,
     };
-    ctx.emit(&summary_text(&view), &view);
+    ctx.emit("summary", &summary_text(&view), &view);
     Ok(code)
 }
 
@@ -299,7 +304,7 @@ fn nothing_to_run(
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
         finished: Finished::default(),
     };
-    ctx.emit(&summary_text(&view), &view);
+    ctx.emit("summary", &summary_text(&view), &view);
     Ok(Some(run_exit_code(&view.summary)))
 }
 

@@ -1672,7 +1672,7 @@ fn api_calls_per_task_and_per_polling_round() {
     let r = a.infra(&["run", "calls", "all", "--json"]);
     ok(&r, "run");
     let calls = a.calls();
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = json_event(&r.stdout, "summary");
     let rounds = out["api_calls"]["poll_rounds"].as_u64().unwrap() as f64;
     let get = |k: &str| *calls.get(k).unwrap_or(&0) as f64;
     let n = tasks as f64;
@@ -1750,7 +1750,7 @@ fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_
     let took = started.elapsed().as_secs_f64();
     ok(&r, "run");
     let calls = a.calls();
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = json_event(&r.stdout, "summary");
     let c = &out["api_calls"];
     let rounds = c["poll_rounds"].as_u64().unwrap();
     let lists = *calls.get("ssm:ListCommandInvocations").unwrap_or(&0);

@@ -295,7 +295,7 @@ pub fn crash_resume(n: usize, kills: usize) {
     assert_eq!(j.iter().filter(|e| e["event"] == "succeeded").count(), n);
     // a final run does nothing
     let r = p.infra(&["--json", "run", "crash", "all"]);
-    let s: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    let s = json_event(&r.ok().stdout, "summary");
     assert_eq!(s["summary"]["already_done"], n);
     assert_eq!(s["summary"]["succeeded"], 0);
 }

@@ -375,3 +375,58 @@ fn logs_of_a_layer_names_its_tasks() {
         r.stderr
     );
 }
+
+#[test]
+fn up_json_is_json_lines_with_an_event_each_and_errors_are_structured() {
+    let p = Project::with_examples();
+    let r = p.infra(&["up", "quickstart", "--json", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(events.first(), Some(&"plan"), "{events:?}");
+    assert_eq!(events.last(), Some(&"destroy"), "{events:?}");
+    for e in ["apply", "dispatched", "succeeded", "summary"] {
+        assert!(events.contains(&e), "{e} in {events:?}");
+    }
+    let summary = crate::common::json_event(&r.stdout, "summary");
+    assert_eq!(summary["summary"]["succeeded"], 5, "{summary}");
+    // a single-document command stays one (pretty) document
+    let s = p.infra(&["--json", "status", "quickstart"]);
+    let v: Value = serde_json::from_str(&s.stdout).unwrap();
+    assert!(v.get("event").is_none(), "{v}");
+
+    // an invalid plan: the error as one document naming each problem
+    p.write(
+        "plans/bad.json",
+        "{\"phase\": \"bad\", \"name\": \"b\",\n  \"budget\": {\"usd\": \"ten\"},\n  \"colour\": 1,\n  \"layers\": []}",
+    );
+    let e = p.infra(&["--json", "plan", "bad"]);
+    assert_eq!(e.code, 2);
+    let v: Value = serde_json::from_str(&e.stdout).unwrap();
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid plan plans/bad.json"),
+        "{v}"
+    );
+    let problems = v["error"]["problems"].as_array().unwrap();
+    assert!(problems.len() >= 2, "{v}");
+    let colour = problems
+        .iter()
+        .find(|p| p["path"] == "colour")
+        .expect("colour");
+    assert_eq!(colour["line"], 3);
+    assert_eq!(colour["column"], 13, "the value's column");
+    assert!(colour["hint"].is_string() || colour["hint"].is_null());
+    // in a stream, the error is a line of its own
+    let e = p.infra(&["--json", "up", "bad", "--yes"]);
+    assert_eq!(e.code, 2);
+    let line = crate::common::json_event(&e.stdout, "error");
+    assert_eq!(line["exit_code"], 2, "{line}");
+}
