@@ -32,7 +32,21 @@ pub async fn results(
         path: dir.clone(),
         source,
     })?;
-    let table = build(&dir, &tasks);
+    let settings: crate::results::table::Settings = plan
+        .layers
+        .iter()
+        .map(|l| {
+            let mut keys: Vec<String> = plan.common_settings.keys().cloned().collect();
+            keys.extend(
+                l.settings
+                    .keys()
+                    .filter(|k| !plan.common_settings.contains_key(*k))
+                    .cloned(),
+            );
+            (l.id.clone(), keys)
+        })
+        .collect();
+    let table = build(&dir, &tasks, &settings);
     let io = |source| AppError::Io {
         path: dir.clone(),
         source,

@@ -430,3 +430,65 @@ fn up_json_is_json_lines_with_an_event_each_and_errors_are_structured() {
     let line = crate::common::json_event(&e.stdout, "error");
     assert_eq!(line["exit_code"], 2, "{line}");
 }
+
+#[test]
+fn results_show_common_settings_and_layer_settings_as_columns() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/m.json.hbs",
+        &one_step_template(
+            "printf '{\\\"value\\\": %s}' {{x}} > m.json; [ {{x}} != 3 ]",
+            r#""outputs": ["m.json"], "table": ["m.json"],"#,
+        ),
+    );
+    p.write(
+        "plans/st.json",
+        r#"{"phase": "st", "name": "settings",
+      "common_settings": {"dgp": "normal", "S": 100},
+      "layers": [
+        {"id": "L0", "settings": {"table": "t1"}, "patterns": [
+          {"id": "st-a", "backend": "m", "x": 1},
+          {"id": "st-b", "backend": "m", "x": 2, "S": 500}]},
+        {"id": "L1", "settings": {"table": "t2", "dgp": "t"}, "patterns": [
+          {"id": "st-c", "backend": "m", "x": 3}]}]}"#,
+    );
+    let run = p.infra(&["run", "st"]);
+    assert_eq!(run.code, 1, "st-c fails: {}\n{}", run.stdout, run.stderr);
+    let r = p.infra(&["results", "st"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut rd = csv::Reader::from_path(p.path().join("results/st/table.csv")).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    for c in ["dgp", "S", "table", "x", "value"] {
+        assert!(header.contains(&c.to_string()), "{c} in {header:?}");
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+    let row = |task: &str| rows.iter().find(|r| &r[0] == task).unwrap().clone();
+    assert_eq!(&row("st-a")[col("dgp")], "normal");
+    assert_eq!(&row("st-a")[col("S")], "100");
+    assert_eq!(&row("st-a")[col("table")], "t1");
+    assert_eq!(
+        &row("st-b")[col("S")],
+        "500",
+        "the pattern's own value wins"
+    );
+    // the failed task's settings are in failed.csv too
+    let failed = p.read("results/st/failed.csv");
+    let head = failed.lines().next().unwrap();
+    assert!(head.contains("dgp") && head.contains("table"), "{failed}");
+    assert!(
+        failed.lines().nth(1).unwrap().contains(",t,") || failed.contains("t2"),
+        "{failed}"
+    );
+    let meta: Value = serde_json::from_str(&p.read("results/st/table.metadata.json")).unwrap();
+    let dgp = meta["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dgp")
+        .unwrap();
+    assert!(
+        dgp["description"].as_str().unwrap().contains("setting"),
+        "{dgp}"
+    );
+}
