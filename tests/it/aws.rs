@@ -234,8 +234,8 @@ fn succeeded_counts(p: &Project, phase: &str) -> HashMap<String, usize> {
 /// The inference team's phase format, on AWS, two nodes: a producer server
 /// in the background with a health check on node 0, a consumer on node 1,
 /// and single-node tasks. On the emulator all "nodes" share this machine,
-/// so the server binds the loopback twin of its private IP (10.a.b.c →
-/// 127.a.b.c) and the client reaches it there.
+/// and each has a loopback private address (127.x.y.z): the server binds
+/// its node's address as on AWS, and the client reaches it there.
 fn phase_plan(a: &Aws, project: &str) {
     a.p.write(
         "plans/phase15.json",
@@ -274,10 +274,10 @@ fn phase_plan(a: &Aws, project: &str) {
   "table": ["result.json"],
   "steps": [
     {"name": "producer", "node": "producer", "background": true,
-     "command": "exec python3 \"$INFRA_SCRIPTS/echo_server.py\" --host \"127.${INFRA_NODE_ADDR#10.}\" --port \"$INFRA_PORT\"",
-     "health": {"command": "curl -sf \"http://127.${INFRA_NODE_0_ADDR#10.}:${INFRA_NODE_0_PORT}/health\"", "timeout_seconds": 60, "interval_seconds": 0.3}},
+     "command": "exec python3 \"$INFRA_SCRIPTS/echo_server.py\" --host \"$INFRA_NODE_ADDR\" --port \"$INFRA_PORT\"",
+     "health": {"command": "curl -sf \"http://$INFRA_NODE_0_ADDR:${INFRA_NODE_0_PORT}/health\"", "timeout_seconds": 60, "interval_seconds": 0.3}},
     {"name": "consumer", "node": "consumer", "timeout_seconds": 120,
-     "command": "python3 \"$INFRA_SCRIPTS/echo_client.py\" --url \"http://127.${INFRA_NODE_0_ADDR#10.}:$INFRA_NODE_0_PORT\" --requests {{requests}} --concurrency {{concurrency}} --payload {{prompt_tokens}} --out result.json && echo \"rank $INFRA_NODE_RANK of $INFRA_NODES on $INFRA_NODE_NAME ($INFRA_NODE_ADDR) used producer $INFRA_NODE_0_ADDR\""}
+     "command": "python3 \"$INFRA_SCRIPTS/echo_client.py\" --url \"http://$INFRA_NODE_0_ADDR:$INFRA_NODE_0_PORT\" --requests {{requests}} --concurrency {{concurrency}} --payload {{prompt_tokens}} --out result.json && echo \"rank $INFRA_NODE_RANK of $INFRA_NODES on $INFRA_NODE_NAME ($INFRA_NODE_ADDR) used producer $INFRA_NODE_0_ADDR\""}
   ]
 }"#,
     );
@@ -1837,6 +1837,37 @@ mod idle;
 mod live_logs;
 mod node;
 mod trust;
+
+/// The README's way to try the AWS path: the quickstart, unchanged, with
+/// `--provider aws` on the emulator. Its server binds `$INFRA_NODE_ADDR`,
+/// which the emulator makes a loopback address this machine can bind.
+#[test]
+fn the_quickstart_runs_unchanged_on_the_emulator_with_provider_aws() {
+    let a = Aws::new("quickstart_on_aws");
+    let examples = Project::with_examples();
+    for sub in ["plans", "plans/templates", "scripts"] {
+        for e in std::fs::read_dir(examples.path().join(sub)).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), a.p.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let r = a.infra(&["--provider", "aws", "up", "quickstart", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("quickstart@aws: 5 succeeded"), "{}", r.stdout);
+    let res: Value = serde_json::from_str(
+        &a.p.read("results/quickstart@aws/quickstart-L1-echo-c4/result.json"),
+    )
+    .unwrap();
+    let url = res["url"].as_str().unwrap();
+    assert!(url.starts_with("http://127.") && !url.starts_with("http://127.0."), "{url}");
+    // the AWS trial kept apart from the plan's own (local) campaign
+    assert!(!a.p.exists(".infra/quickstart/journal.jsonl"));
+    let left = a.infra(&["--provider", "aws", "--json", "status", "quickstart"]);
+    let v: Value = serde_json::from_str(&left.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert!(nodes.iter().all(|n| n["state"] == "terminated"), "destroyed: {v}");
+}
 
 #[test]
 fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
