@@ -1846,7 +1846,10 @@ fn the_quickstart_runs_unchanged_on_the_emulator_with_provider_aws() {
     let a = Aws::new("quickstart_on_aws");
     let examples = Project::with_examples();
     for sub in ["plans", "plans/templates", "scripts"] {
-        for e in std::fs::read_dir(examples.path().join(sub)).unwrap().flatten() {
+        for e in std::fs::read_dir(examples.path().join(sub))
+            .unwrap()
+            .flatten()
+        {
             if e.path().is_file() {
                 std::fs::copy(e.path(), a.p.path().join(sub).join(e.file_name())).unwrap();
             }
@@ -1854,19 +1857,28 @@ fn the_quickstart_runs_unchanged_on_the_emulator_with_provider_aws() {
     }
     let r = a.infra(&["--provider", "aws", "up", "quickstart", "--yes"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("quickstart@aws: 5 succeeded"), "{}", r.stdout);
-    let res: Value = serde_json::from_str(
-        &a.p.read("results/quickstart@aws/quickstart-L1-echo-c4/result.json"),
-    )
-    .unwrap();
+    assert!(
+        r.stdout.contains("quickstart@aws: 5 succeeded"),
+        "{}",
+        r.stdout
+    );
+    let res: Value =
+        serde_json::from_str(&a.p.read("results/quickstart@aws/quickstart-L1-echo-c4/result.json"))
+            .unwrap();
     let url = res["url"].as_str().unwrap();
-    assert!(url.starts_with("http://127.") && !url.starts_with("http://127.0."), "{url}");
+    assert!(
+        url.starts_with("http://127.") && !url.starts_with("http://127.0."),
+        "{url}"
+    );
     // the AWS trial kept apart from the plan's own (local) campaign
     assert!(!a.p.exists(".infra/quickstart/journal.jsonl"));
     let left = a.infra(&["--provider", "aws", "--json", "status", "quickstart"]);
     let v: Value = serde_json::from_str(&left.stdout).unwrap();
     let nodes = v["nodes"].as_array().unwrap();
-    assert!(nodes.iter().all(|n| n["state"] == "terminated"), "destroyed: {v}");
+    assert!(
+        nodes.iter().all(|n| n["state"] == "terminated"),
+        "destroyed: {v}"
+    );
 }
 
 #[test]

@@ -127,3 +127,34 @@ fn object_and_array_values_render_as_json_text() {
         "{\"a\":[1,\"x y\"]}\n[1,2]\n"
     );
 }
+
+#[test]
+fn a_plan_copied_out_of_the_project_uses_the_projects_templates_scripts_and_state() {
+    let p = Project::with_examples();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("qs-copy.json");
+    std::fs::copy(p.path().join("plans/quickstart.json"), &copy).unwrap();
+    let copy = copy.display().to_string();
+    let plan = p.infra(&["plan", &copy]);
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    let run = p.infra(&["run", &copy]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(p.exists("results/qs-copy/quickstart-L0-sum-1e5/result.json"));
+    assert!(p.exists(".infra/qs-copy/journal.jsonl"));
+    assert!(
+        !elsewhere.path().join(".infra").exists(),
+        "nothing written beside the copy"
+    );
+    // a template beside the copy still wins
+    std::fs::create_dir_all(elsewhere.path().join("templates")).unwrap();
+    std::fs::write(
+        elsewhere.path().join("templates/compute.json.hbs"),
+        r#"{"steps": [{"name": "mine", "command": "echo beside the copy"}]}"#,
+    )
+    .unwrap();
+    let plan = p.infra(&["--json", "list", &copy]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    p.infra(&["plan", &copy]).ok();
+    let task = p.read(".infra/qs-copy/tasks/quickstart-L0-sum-1e5.json");
+    assert!(task.contains("beside the copy"), "{task}");
+}

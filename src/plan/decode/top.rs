@@ -103,6 +103,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         layers: decoded.layers,
         positions: value_positions(root_node),
     };
+    templates::project_templates(&mut plan, src);
     templates::check_backends(&mut d, &plan, src);
     if d.is_empty() {
         plan.layers.shrink_to_fit();
