@@ -16,6 +16,35 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// The options that mean nothing to a command: hidden from its help
+/// (clap gives every global option to every command).
+const NOT_FOR: &[(&str, &[&str])] = &[("schema", &["provider", "region", "profile"])];
+
+/// The command line's definition, with [`NOT_FOR`] applied: the command
+/// gets hidden options of its own under those names, so the global ones
+/// are not given to it (clap propagates a global option only to commands
+/// without one of that name); they are accepted and ignored.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut c = Cli::command();
+    for (sub, hidden) in NOT_FOR {
+        c = c.mut_subcommand(*sub, |mut s| {
+            for a in *hidden {
+                s = s.arg(clap::Arg::new(*a).long(*a).num_args(1).hide(true));
+            }
+            s
+        });
+    }
+    c
+}
+
+/// Parse the process's command line (clap's errors and help exit here).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let m = command().get_matches();
+    Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Machine-readable output on stdout (progress and logs go to stderr).
@@ -305,4 +334,37 @@ pub enum CatalogCmd {
     },
     /// Rebuild the catalog for a region from the AWS APIs.
     Refresh,
+}
+#[cfg(test)]
+mod tests {
+    use clap::FromArgMatches;
+
+    fn help(args: &[&str]) -> String {
+        match super::command().try_get_matches_from(args) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schema_lists_no_aws_options_and_other_commands_keep_them() {
+        let h = help(&["infra", "schema", "--help"]);
+        for o in ["--provider", "--region", "--profile"] {
+            assert!(!h.contains(o), "{o} in\n{h}");
+        }
+        assert!(h.contains("--json") && h.contains("--dir"), "{h}");
+        let h = help(&["infra", "plan", "--help"]);
+        assert!(h.contains("--region") && h.contains("--profile"), "{h}");
+        // given anyway, they are accepted (and mean nothing)
+        let m = super::command()
+            .try_get_matches_from(["infra", "schema", "--region", "eu-west-1"])
+            .unwrap();
+        assert!(super::Cli::from_arg_matches(&m).is_ok());
+        // elsewhere they still reach the global options
+        let m = super::command()
+            .try_get_matches_from(["infra", "plan", "x", "--region", "eu-west-1"])
+            .unwrap();
+        let cli = super::Cli::from_arg_matches(&m).unwrap();
+        assert_eq!(cli.global.region.as_deref(), Some("eu-west-1"));
+    }
 }
