@@ -7,7 +7,7 @@ use super::context::{render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::cli::TableFormat;
 use crate::results::csv;
-use crate::results::table::{build, typed, RUNTIME};
+use crate::results::table::{build, typed};
 
 /// `raw_csv`: cells exactly as the tasks wrote them (no quote before
 /// formula-looking cells). The campaign's state and the results this
@@ -32,20 +32,7 @@ pub async fn results(
         path: dir.clone(),
         source,
     })?;
-    let settings: crate::results::table::Settings = plan
-        .layers
-        .iter()
-        .map(|l| {
-            let mut keys: Vec<String> = plan.common_settings.keys().cloned().collect();
-            keys.extend(
-                l.settings
-                    .keys()
-                    .filter(|k| !plan.common_settings.contains_key(*k))
-                    .cloned(),
-            );
-            (l.id.clone(), keys)
-        })
-        .collect();
+    let settings = crate::results::failed::settings_of_plan(&plan);
     let table = build(&dir, &tasks, &settings);
     let io = |source| AppError::Io {
         path: dir.clone(),
@@ -78,27 +65,9 @@ pub async fn results(
             p
         }
     };
-    let mut fcols: Vec<String> = vec!["task".into(), "layer".into()];
-    for (c, _, _) in &table.columns {
-        if table.failed.iter().any(|f| f.contains_key(c))
-            && !fcols.contains(c)
-            && !RUNTIME.iter().any(|(r, _)| r == c)
-        {
-            fcols.push(c.clone());
-        }
-    }
-    fcols.extend([
-        "attempts".to_string(),
-        "error".to_string(),
-        "ended".to_string(),
-    ]);
-    csv::write(
-        &dir.join("failed.csv"),
-        &fcols,
-        table.failed.iter().map(|f| fcols.iter().map(|c| f.get(c))),
-        raw_csv,
-    )
-    .map_err(io)?;
+    // the failed tasks: the file the run writes, written the same way
+    super::run::failed_csv(&plan, &tasks, &settings, raw_csv);
+    let _ = std::fs::remove_file(dir.join("failed.csv"));
     let meta = json!({
         "phase": plan.name_key,
         "plan": plan.name,
@@ -116,7 +85,7 @@ pub async fn results(
     mb.push(b'\n');
     std::fs::write(dir.join("table.metadata.json"), mb).map_err(io)?;
     let mut h = format!(
-        "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed.csv",
+        "{}: {} row(s) from {} of {} task(s) into {}{}; {} failed in failed-tasks.csv",
         plan.name_key,
         table.rows.len(),
         table.done - table.failed.len(),

@@ -237,6 +237,7 @@ async fn run_leased(
         spent_before_usd: started.spent_before_usd,
         heartbeat: ctx.progress_interval,
     };
+    let settings = crate::results::failed::settings_of_plan(plan);
     let mut rep = Reporter::with_outlook(ctx.progress_bar, outlook);
     rep.queued(open);
     let summary = runner::run(
@@ -248,6 +249,9 @@ async fn run_leased(
         stops,
         &mut |e| {
             rep.event(e);
+            if matches!(e, crate::runner::run::RunEvent::Failed { .. }) {
+                failed_csv(plan, &all, &settings, false);
+            }
             if ctx.json {
                 ctx.json_doc("run", &serde_json::to_value(e).unwrap_or_default());
             }
@@ -255,6 +259,8 @@ async fn run_leased(
     )
     .await;
     rep.finish();
+    // also the failures of earlier runs, and without those run again
+    failed_csv(plan, &all, &settings, false);
     let mut summary = summary?;
     if stop_seen.borrow().is_some() {
         summary.interrupted = true;
@@ -374,6 +380,39 @@ async fn fresh_checkpoints(
         ));
     }
     Ok(())
+}
+
+/// Rewrite `results/<phase>/failed-tasks.csv`: the tasks the journal says
+/// failed for good, from their results (a failed write is said, and the
+/// run goes on: the journal has every failure).
+pub fn failed_csv(
+    plan: &plan::Plan,
+    all: &[TaskDef],
+    settings: &crate::results::table::Settings,
+    raw_csv: bool,
+) -> usize {
+    let failed: crate::results::failed::Journaled = match journal::read(&journal_path(plan)) {
+        Ok((state, _)) => all
+            .iter()
+            .filter(|t| state.status_of(&t.key) == Status::Failed)
+            .filter_map(|t| {
+                let st = state.tasks.get(&t.key)?;
+                Some((t.id.clone(), (st.attempts, st.last_error.clone())))
+            })
+            .collect(),
+        Err(_) => return 0,
+    };
+    let dir = plan.results_dir();
+    match crate::results::failed::rewrite(&dir, all, settings, &failed, raw_csv) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "warning: {} not written: {e}",
+                dir.join(crate::results::failed::FILE).display()
+            );
+            0
+        }
+    }
 }
 
 /// `infra up`: plan, apply, run all, destroy (unless `--keep` or the run

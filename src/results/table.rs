@@ -278,7 +278,10 @@ fn set(row: &mut Vec<Value>, i: usize, v: Value) {
 pub type Settings = HashMap<String, Vec<String>>;
 
 /// The columns `settings` gives a task: those its factors do not already.
-fn settings_of<'a>(t: &'a TaskDef, settings: &'a Settings) -> impl Iterator<Item = &'a String> {
+pub(super) fn settings_of<'a>(
+    t: &'a TaskDef,
+    settings: &'a Settings,
+) -> impl Iterator<Item = &'a String> {
     settings
         .get(&t.layer)
         .into_iter()
@@ -325,19 +328,7 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef], settings: &Settings) -> Tabl
         };
         done += 1;
         if rt["status"] == "failed" {
-            let mut f = Map::new();
-            f.insert("task".into(), Value::String(t.id.clone()));
-            f.insert("layer".into(), Value::String(t.layer.clone()));
-            for (k, v) in &t.factors {
-                f.insert(k.clone(), v.clone());
-            }
-            for k in settings_of(t, settings) {
-                f.insert(k.clone(), t.vars[k.as_str()].clone());
-            }
-            for k in ["attempts", "error", "ended"] {
-                f.insert(k.into(), rt[k].clone());
-            }
-            failed.push(f);
+            failed.push(super::failed::row(t, &rt, settings));
             continue;
         }
         let mut base = vec![Value::Null; n_base];

@@ -23,7 +23,6 @@ use super::scheduler::Policy;
 pub use super::signals::Interrupts;
 use crate::tasks::TaskDef;
 
-pub use super::finalize::csv_field;
 pub use super::lock::Lock;
 
 #[derive(Debug, Error)]

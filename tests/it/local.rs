@@ -90,11 +90,19 @@ fn a_failing_task_is_retried_with_backoff_then_recorded_while_others_succeed() {
     assert_eq!(rt["exit_code"], 3);
     assert_eq!(rt["attempts"], 3);
     let csv = p.read("results/retry/failed-tasks.csv");
-    assert!(csv.starts_with("time,pattern,attempt,error\n"));
+    assert!(csv.starts_with("task,layer,"), "{csv}");
     assert!(
-        csv.contains(",r-bad,3,\"step \"\"main\"\" exited with code 3\""),
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",attempts,error,ended"),
         "{csv}"
     );
+    assert!(
+        csv.contains(",3,\"step \"\"main\"\" exited with code 3"),
+        "{csv}"
+    );
+    assert!(csv.lines().nth(1).unwrap().starts_with("r-bad,"), "{csv}");
     let j = journal(&p, "retry");
     assert_eq!(
         j.iter().filter(|e| e["event"] == "attempt_failed").count(),

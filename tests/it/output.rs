@@ -454,6 +454,7 @@ fn results_show_common_settings_and_layer_settings_as_columns() {
     );
     let run = p.infra(&["run", "st"]);
     assert_eq!(run.code, 1, "st-c fails: {}\n{}", run.stdout, run.stderr);
+    let by_run = p.read("results/st/failed-tasks.csv");
     let r = p.infra(&["results", "st"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let mut rd = csv::Reader::from_path(p.path().join("results/st/table.csv")).unwrap();
@@ -472,8 +473,15 @@ fn results_show_common_settings_and_layer_settings_as_columns() {
         "500",
         "the pattern's own value wins"
     );
-    // the failed task's settings are in failed.csv too
-    let failed = p.read("results/st/failed.csv");
+    // the failed task's settings are in failed-tasks.csv too: one file,
+    // the same whether the run or `infra results` wrote it
+    assert!(!p.exists("results/st/failed.csv"));
+    let failed = p.read("results/st/failed-tasks.csv");
+    assert_eq!(
+        by_run.lines().next(),
+        failed.lines().next(),
+        "the same columns"
+    );
     let head = failed.lines().next().unwrap();
     assert!(head.contains("dgp") && head.contains("table"), "{failed}");
     assert!(
