@@ -26,6 +26,8 @@ pub struct SummaryView {
     pub results: String,
     /// The failed tasks' file, as the user sees it.
     pub failed_file: String,
+    /// The phase's tasks this run did not select (`infra run <phase> L0`).
+    pub not_selected: usize,
     #[serde(flatten)]
     pub finished: Finished,
 }
@@ -124,6 +126,7 @@ async fn run_leased(
         .filter(|t| selected.contains(&t.id))
         .cloned()
         .collect();
+    let selected_count = tasks.len();
     // completed tasks that run again (`--rerun`, `--changed`, a result gone)
     let prints = crate::tasks::fingerprint::all(plan, &all);
     let reruns = super::rerun::reruns(
@@ -138,7 +141,16 @@ async fn run_leased(
     if provider.recorded_nodes(plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)
-        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name(), &again)? {
+        let not_selected = all.len() - tasks.len();
+        if let Some(code) = nothing_to_run(
+            ctx,
+            plan,
+            &tasks,
+            not_selected,
+            args,
+            provider.name(),
+            &again,
+        )? {
             return Ok(code);
         }
         gate_with(plan, &all, &again, catalog, from, false)?;
@@ -273,6 +285,7 @@ async fn run_leased(
         summary,
         results: ctx.rel(&plan.results_dir()),
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
+        not_selected: all.len().saturating_sub(selected_count),
         finished,
     };
     ctx.emit("summary", &summary_text(&view), &view);
@@ -286,6 +299,7 @@ fn nothing_to_run(
     ctx: &Ctx,
     plan: &plan::Plan,
     tasks: &[TaskDef],
+    not_selected: usize,
     args: &RunArgs,
     provider: &str,
     again: &HashSet<String>,
@@ -308,6 +322,7 @@ fn nothing_to_run(
         summary,
         results: ctx.rel(&plan.results_dir()),
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
+        not_selected,
         finished: Finished::default(),
     };
     ctx.emit("summary", &summary_text(&view), &view);
@@ -318,7 +333,7 @@ fn nothing_to_run(
 pub fn summary_text(v: &SummaryView) -> String {
     let s = &v.summary;
     let mut h = format!(
-        "{}: {} succeeded, {} failed, {} already done{}{} in {}\nresults in {}",
+        "{}: {} succeeded, {} failed, {} already done{}{}{} in {}\nresults in {}",
         v.plan,
         s.succeeded,
         s.failed,
@@ -333,6 +348,14 @@ pub fn summary_text(v: &SummaryView) -> String {
         },
         if s.pending > 0 {
             format!(", {} not run ({})", s.pending, s.reason)
+        } else {
+            String::new()
+        },
+        if v.not_selected > 0 {
+            format!(
+                ", {} other task(s) of the phase not selected",
+                v.not_selected
+            )
         } else {
             String::new()
         },
@@ -473,6 +496,7 @@ mod tests {
             summary,
             results: "results/demo".into(),
             failed_file: "results/demo/failed-tasks.csv".into(),
+            not_selected: 0,
             finished: Finished::default(),
         }
     }

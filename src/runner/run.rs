@@ -76,6 +76,8 @@ pub enum RunEvent {
     },
     Stopping {
         reason: String,
+        /// The running attempts are cancelled (else they finish).
+        cancel_running: bool,
     },
     /// A node went away (spot interruption, termination); nothing more runs on it.
     NodeLost {

@@ -444,3 +444,67 @@ fn run_with_nothing_left_to_run_brings_up_no_nodes() {
     );
     assert!(!r.stderr.contains("applying"), "{}", r.stderr);
 }
+
+/// A budget stop's summary adds up with what `status` says afterwards, and
+/// a soft stop says the running tasks finish (not that they are stopped).
+#[test]
+fn a_budget_stops_summary_adds_up_with_status() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/s.json.hbs",
+        r#"{"steps": [{"name": "main", "command": "sleep 2"}]}"#,
+    );
+    p.write(
+        "plans/bs.json",
+        r#"{"phase": "bs", "name": "budget stop", "provider": "local",
+ "budget": {"usd": 0.03, "hard_stop": false},
+ "node_groups": {"gpu": {"instance_type": "p4d.24xlarge", "count": 1, "slots": 1}},
+ "layers": [{"id": "L0", "grid": {"backend": "s", "id": "bs-{n}", "factors": {"n": [1, 2, 3, 4, 5]}}}]}"#,
+    );
+    let r = Run::from(
+        p.cmd(&["run", "bs", "bs-1", "bs-2", "bs-3", "bs-4"])
+            .env("INFRA_WATCHDOG_SECONDS", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 3, "a budget stop: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("nothing more starts, running tasks finish"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("running tasks are being stopped"),
+        "{}",
+        r.stderr
+    );
+    let num = |after: &str| -> usize {
+        let i = r
+            .stdout
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {}", r.stdout));
+        r.stdout[..i]
+            .rsplit([' ', ','])
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (ok, not_run) = (num(" succeeded"), num(" not run"));
+    assert_eq!(ok + not_run, 4, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("1 other task(s) of the phase not selected"),
+        "{}",
+        r.stdout
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&p.infra(&["--json", "status", "bs"]).stdout).unwrap();
+    assert_eq!(s["counts"]["succeeded"], ok, "{s}");
+    assert_eq!(
+        s["counts"]["pending"],
+        not_run + 1,
+        "the one not selected too: {s}"
+    );
+}

@@ -713,6 +713,7 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             }
             (self.report)(&RunEvent::Stopping {
                 reason: why.to_string(),
+                cancel_running,
             });
         }
     }
