@@ -86,10 +86,13 @@ pub enum Cmd {
     Plan {
         /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
+        /// Save the reviewed plan to this file: `infra apply FILE` applies exactly it, and refuses if what is deployed changed since.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
     /// Deploy the phase's nodes (stacks on AWS, folders locally).
     Apply {
-        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json), a path to a plan file, or a plan saved by `infra plan -o FILE`.
         phase: String,
         /// Do not ask for confirmation.
         #[arg(long)]

@@ -40,7 +40,11 @@ pub fn confirmer(yes: bool) -> impl Fn(&str, &str) -> Result<(), ProviderError> 
 }
 
 pub async fn apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
-    let (plan, catalog, from) = ctx.prepare(name)?;
+    let (plan, catalog, from) = match super::saved_plan::read(ctx, name)? {
+        // a plan saved by `infra plan -o`: exactly what was reviewed
+        Some(saved) => super::saved_plan::load(ctx, &saved, name)?,
+        None => ctx.prepare(name)?,
+    };
     let (tasks, _) = render_tasks(&plan)?;
     gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);

@@ -203,8 +203,18 @@ impl Ctx {
     }
 
     pub fn load(&self, name: &str) -> Result<Plan, AppError> {
-        let mut p = plan::load(name, &self.cwd)?;
-        if let Some(pk) = self.provider {
+        let p = plan::load(name, &self.cwd)?;
+        Ok(self.overridden(p, self.provider, self.region.as_deref()))
+    }
+
+    /// `--provider` and `--region` applied to a loaded plan.
+    pub fn overridden(
+        &self,
+        mut p: Plan,
+        provider: Option<ProviderKind>,
+        region: Option<&str>,
+    ) -> Plan {
+        if let Some(pk) = provider {
             if pk != p.provider {
                 // A run on another provider than the plan's (a local trial
                 // of an AWS plan, the quickstart tried on AWS) is its own
@@ -214,10 +224,10 @@ impl Ctx {
                 p.provider = pk;
             }
         }
-        if let Some(r) = &self.region {
-            p.region = r.clone();
+        if let Some(r) = region {
+            p.region = r.to_string();
         }
-        Ok(p)
+        p
     }
 
     pub fn catalog(&self) -> Result<(Catalog, String), AppError> {
@@ -234,7 +244,11 @@ impl Ctx {
     /// Load the plan and check it against the catalog and AWS's limits:
     /// every problem at once, before anything is rendered.
     pub fn prepare(&self, name: &str) -> Result<(Plan, Catalog, String), AppError> {
-        let plan = self.load(name)?;
+        self.prepare_loaded(self.load(name)?)
+    }
+
+    /// `prepare` for a plan already loaded.
+    pub fn prepare_loaded(&self, plan: Plan) -> Result<(Plan, Catalog, String), AppError> {
         let (catalog, from) = self.catalog()?;
         let mut d = plan::diag::Diags::default();
         stacks::validate(&plan, &catalog, &mut d);

@@ -17,9 +17,11 @@ pub mod list;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod plan_changes;
 pub mod rerun;
 pub mod results;
 pub mod run;
+pub mod saved_plan;
 pub mod status;
 
 use std::io::Write;
@@ -127,9 +129,13 @@ pub fn error_doc(e: &AppError) -> serde_json::Value {
 async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
     match command {
         // a plan the budget refuses is shown whole, and exits 3
-        Cmd::Plan { phase } => {
-            plan::plan(ctx, &phase).map(|v| if v.verdict.ok { exit::OK } else { exit::BUDGET })
-        }
+        Cmd::Plan { phase, out } => plan::plan(ctx, &phase, out.as_deref()).map(|v| {
+            if v.verdict.ok {
+                exit::OK
+            } else {
+                exit::BUDGET
+            }
+        }),
         Cmd::Apply { phase, yes } => apply::apply(ctx, &phase, yes).await,
         Cmd::Run(args) if args.detach => detach::detach(ctx, detach::Campaign::Run(&args)).await,
         Cmd::Run(args) => run::run(ctx, &args).await,

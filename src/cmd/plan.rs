@@ -37,6 +37,8 @@ pub struct PlanView {
     pub node_groups: Vec<NodeGroup>,
     pub schedule: Option<Schedule>,
     pub stacks: Option<StacksView>,
+    /// What `infra apply` would change of what is deployed (AWS).
+    pub changes: Option<super::plan_changes::ChangesView>,
     pub estimate: est::Estimate,
     pub verdict: est::Verdict,
 }
@@ -81,7 +83,7 @@ pub struct ResourceRow {
     pub properties: String,
 }
 
-pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
+pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<PlanView, AppError> {
     let (plan, catalog, prices_from) = ctx.prepare(name)?;
     let (tasks, written) = render_tasks(&plan)?;
     let all: Vec<&TaskDef> = tasks.iter().collect();
@@ -101,10 +103,15 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
     let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
+    let mut changes = None;
     let stacks = if deployable {
         let st = stacks::render(&plan, &catalog)?;
         // `write` puts the files under `<dir>/stacks/`
         stacks::write(&plan.state_dir(), &st)?;
+        if plan.provider == crate::plan::ProviderKind::Aws {
+            let hourly = est::estimate(&plan, &[], &catalog, &prices_from).hourly_usd;
+            changes = super::plan_changes::changes(&plan, &st, hourly);
+        }
         Some(StacksView {
             dir: ctx.rel(&plan.state_dir().join("stacks")),
             list: [&st.base, &st.compute]
@@ -159,9 +166,13 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
             lower_bound_seconds: s.lower_bound,
         }),
         stacks,
+        changes,
         estimate,
         verdict,
     };
+    if let Some(out) = out {
+        super::saved_plan::save(ctx, &plan, &catalog, view.estimate.total_usd, out)?;
+    }
     ctx.emit("plan", &text(&view), &view);
     // `up` goes on to apply and run: what the plan said is not said again
     for w in &view.verdict.warnings {
@@ -255,6 +266,9 @@ pub fn text(v: &PlanView) -> String {
                 h.push_str(&format!("      ... {} more\n", stack.resources.len() - 40));
             }
         }
+    }
+    if let Some(c) = &v.changes {
+        h.push_str(&super::plan_changes::text(c));
     }
     h.push_str(&estimate_text(&v.estimate, &v.verdict));
     h

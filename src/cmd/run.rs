@@ -449,7 +449,7 @@ pub async fn up(
     order: OrderArg,
     again: RerunArgs,
 ) -> Result<i32, AppError> {
-    super::plan::plan(ctx, phase)?;
+    super::plan::plan(ctx, phase, None)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
     super::apply::apply(ctx, phase, yes).await?;
     let args = RunArgs {

@@ -234,6 +234,12 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
             }));
         }
     };
+    load_text(&text, &path, cwd)
+}
+
+/// A plan's text as if read from `path` (a saved plan carries the text it
+/// was reviewed with: `infra apply FILE`).
+pub fn load_text(text: &str, path: &Path, cwd: &Path) -> Result<Plan, LoadError> {
     // a plan outside any plans/ folder, loaded from inside a project,
     // belongs to that project (`infra plan /tmp/copy.json`)
     let in_plans = path
@@ -242,7 +248,7 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
         .is_some_and(|n| n == "plans");
     let project = project_dir(cwd);
     let root = (!in_plans && project.join("plans").is_dir()).then_some(project.as_path());
-    parse_plan_in(&text, &path, root, &|p: &Path| p.is_file()).map_err(|mut e| {
+    parse_plan_in(text, path, root, &|p: &Path| p.is_file()).map_err(|mut e| {
         e.file = display_path(&e.file, cwd);
         LoadError::Invalid(e)
     })

@@ -1838,6 +1838,92 @@ mod live_logs;
 mod node;
 mod trust;
 
+/// `infra plan` of a deployed phase shows what `apply` would change and
+/// the cost difference; `plan -o FILE` saves the reviewed plan and `apply
+/// FILE` applies exactly it, refusing once what is deployed changed since.
+#[test]
+fn plan_shows_the_changes_to_what_is_deployed_and_apply_file_applies_exactly_the_reviewed_plan() {
+    let a = Aws::new("plan_diff");
+    sleeper_plan(&a, "pd", "plandiff", 2, 0.1, 1, 1);
+    let first = a.infra(&["plan", "pd"]);
+    ok(&first, "plan");
+    assert!(
+        !first.stdout.contains("deployed (applied"),
+        "{}",
+        first.stdout
+    );
+    ok(&a.infra(&["apply", "pd", "--yes"]), "apply");
+    let same = a.infra(&["plan", "pd"]);
+    ok(&same, "plan");
+    assert!(
+        same.stdout
+            .contains("no change; `infra apply` changes nothing"),
+        "{}",
+        same.stdout
+    );
+
+    // two nodes instead of one, and a second group
+    let text = a.p.read("plans/pd.json").replace(
+        r#""cpu": { "instance_type": "c6i.xlarge", "count": 1, "market": "spot", "slots": 1 }"#,
+        r#""cpu": { "instance_type": "c6i.xlarge", "count": 2, "market": "spot", "slots": 1 },
+     "big": { "instance_type": "c6i.2xlarge", "count": 1, "market": "spot", "slots": 1 }"#,
+    );
+    assert!(text.contains("\"big\""), "{text}");
+    a.p.write("plans/pd.json", &text);
+    let changed = a.infra(&["plan", "pd", "-o", "reviewed.plan"]);
+    ok(&changed, "plan -o");
+    let out = &changed.stdout;
+    assert!(out.contains("`infra apply` would change"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("+ ") && l.contains("AWS::EC2::LaunchTemplate")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("~ ") && l.contains("TargetCapacitySpecification")),
+        "{out}"
+    );
+    assert!(out.contains("to add,") && out.contains("nodes $"), "{out}");
+    let v: Value = serde_json::from_str(&a.infra(&["--json", "plan", "pd"]).stdout).unwrap();
+    let c = &v["changes"];
+    assert!(c["add"].as_u64().unwrap() >= 2, "{c}");
+    assert!(
+        c["hourly_usd_planned"].as_f64().unwrap() > c["hourly_usd_deployed"].as_f64().unwrap(),
+        "{c}"
+    );
+    assert!(
+        changed
+            .stderr
+            .contains("saved the reviewed plan to reviewed.plan"),
+        "{}",
+        changed.stderr
+    );
+
+    // edits after the review do not count: the saved text is applied
+    a.p.write(
+        "plans/pd.json",
+        &text.replace(r#""count": 2"#, r#""count": 3"#),
+    );
+    let applied = a.infra(&["--json", "apply", "reviewed.plan", "--yes"]);
+    ok(&applied, "apply FILE");
+    let nodes = serde_json::from_str::<Value>(&applied.stdout).unwrap()["nodes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(nodes, 3, "2 cpu + 1 big, as reviewed: {}", applied.stdout);
+    // what is deployed changed since it was saved: refused, nothing changed
+    let again = a.infra(&["apply", "reviewed.plan", "--yes"]);
+    assert_eq!(again.code, 2, "{}\n{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("changed since the plan was saved"),
+        "{}",
+        again.stderr
+    );
+    ok(&a.infra(&["destroy", "pd", "--all"]), "destroy");
+    assert!(!a.p.exists(".infra/pd/deployed.json"));
+}
+
 /// The README's way to try the AWS path: the quickstart, unchanged, with
 /// `--provider aws` on the emulator. Its server binds `$INFRA_NODE_ADDR`,
 /// which the emulator makes a loopback address this machine can bind.
