@@ -158,3 +158,41 @@ fn a_plan_copied_out_of_the_project_uses_the_projects_templates_scripts_and_stat
     let task = p.read(".infra/qs-copy/tasks/quickstart-L0-sum-1e5.json");
     assert!(task.contains("beside the copy"), "{task}");
 }
+
+#[test]
+fn a_misspelt_pattern_field_is_an_error_naming_the_field_it_looks_like() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/c.json.hbs",
+        &one_step_template("echo {{concurrency}}", ""),
+    );
+    for (field, like) in [
+        (r#""concurrency": 1, "concurency": 3"#, "concurrency"),
+        (r#""concurrency": 1, "estimat": "5s""#, "estimate"),
+        (r#""concurrency": 1, "node_grop": "gpu""#, "node_group"),
+    ] {
+        p.write(
+            "plans/ty.json",
+            &format!(
+                r#"{{"phase": "ty", "name": "typos", "node_groups": {{"cpu": {{"instance_type": "local", "count": 1}}, "gpu": {{"instance_type": "local", "count": 1}}}},
+  "layers": [{{"id": "L0", "node_group": "cpu", "patterns": [{{"id": "ty-a", "backend": "c", {field}}}]}}]}}"#
+            ),
+        );
+        let r = p.infra(&["plan", "ty"]);
+        assert_eq!(r.code, 2, "{field}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!("looks like \"{like}\"")),
+            "{field}: {}",
+            r.stderr
+        );
+        assert!(!p.exists(".infra/ty/tasks/ty-a.json"), "nothing rendered");
+    }
+    // a field for the results only (not like any name) stays fine
+    p.write(
+        "plans/ty.json",
+        r#"{"phase": "ty", "name": "typos", "node_groups": {"cpu": {"instance_type": "local", "count": 1}},
+  "layers": [{"id": "L0", "patterns": [{"id": "ty-a", "backend": "c", "concurrency": 1, "label": "baseline"}]}]}"#,
+    );
+    let r = p.infra(&["plan", "ty"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
