@@ -171,13 +171,16 @@ pub enum Cmd {
     Results {
         /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
-        /// csv: results/<phase>/table.csv (and its metadata, failed.csv); json: the rows on stdout.
+        /// csv: results/<phase>/table.csv (and its metadata, failed-tasks.csv); json: results/<phase>/table.json.
         #[arg(long, value_enum, default_value = "csv")]
         format: TableFormat,
         /// Write cells exactly as the tasks produced them: no quote before
         /// cells a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab, CR).
         #[arg(long)]
         raw_csv: bool,
+        /// How float columns are written in table.csv: `%.6f` (fixed, N decimals) or `shortest` (the default: the shortest exact form, never an exponent).
+        #[arg(long, value_name = "FORMAT", default_value = "shortest")]
+        float_format: String,
     },
     /// Remove the phase's nodes (results stay).
     Destroy {

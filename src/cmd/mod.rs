@@ -188,7 +188,11 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             format,
             raw_csv,
-        } => results::results(ctx, &phase, format, raw_csv).await,
+            float_format,
+        } => {
+            let floats = results::float_format(&float_format)?;
+            results::results(ctx, &phase, format, raw_csv, floats).await
+        }
         Cmd::Journal {
             action: JournalCmd::Repair { phase },
         } => journal::repair(ctx, &phase),

@@ -7,16 +7,34 @@ use super::context::{render_tasks, sync_campaign, Ctx};
 use super::error::{exit, AppError};
 use crate::cli::TableFormat;
 use crate::results::csv;
-use crate::results::table::{build, typed};
+use crate::results::table::{build, typed, ColType};
 
 /// `raw_csv`: cells exactly as the tasks wrote them (no quote before
 /// formula-looking cells). The campaign's state and the results this
 /// machine lacks are fetched first (AWS: from the bucket).
+/// `--float-format`: `shortest` (None) or `%.Nf` (N decimals, at most 17).
+pub fn float_format(s: &str) -> Result<Option<usize>, AppError> {
+    if s == "shortest" {
+        return Ok(None);
+    }
+    s.strip_prefix("%.")
+        .and_then(|r| r.strip_suffix('f'))
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n <= 17)
+        .map(Some)
+        .ok_or_else(|| {
+            AppError::Usage(format!(
+                "--float-format {s:?}: not a float format\n  (hint: `%.6f` for six decimals, or `shortest`)"
+            ))
+        })
+}
+
 pub async fn results(
     ctx: &Ctx,
     phase: &str,
     format: TableFormat,
     raw_csv: bool,
+    float_decimals: Option<usize>,
 ) -> Result<i32, AppError> {
     let plan = ctx.load(phase)?;
     let (tasks, _) = render_tasks(&plan)?;
@@ -52,7 +70,22 @@ pub async fn results(
     let out_file = match format {
         TableFormat::Csv => {
             let p = dir.join("table.csv");
-            csv::write(&p, &names, typed_rows().map(|r| r.map(Some)), raw_csv).map_err(io)?;
+            // a float column's cells with the decimals asked for
+            let fixed = |v: Value, t: ColType| match (float_decimals, t, v.as_f64()) {
+                (Some(d), ColType::Float, Some(f)) if f.is_finite() => {
+                    Value::String(format!("{f:.d$}"))
+                }
+                _ => v,
+            };
+            let rows = table.rows.iter().map(|r| {
+                table
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, t, _))| Some(fixed(typed(r.get(i), *t), *t)))
+                    .collect::<Vec<_>>()
+            });
+            csv::write(&p, &names, rows, raw_csv).map_err(io)?;
             p
         }
         TableFormat::Json => {
@@ -74,6 +107,11 @@ pub async fn results(
         "file": out_file.file_name().map(|f| f.to_string_lossy().to_string()),
         "exported_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "row_count": table.rows.len(),
+        // the names the deep-learning team's export used
+        "total_runs": table.rows.len(),
+        "export_date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "column_types": table.columns.iter().map(|(n, t, _)| (n.clone(), Value::from(t.name()))).collect::<Map<String, Value>>(),
+        "float_format": float_decimals.map(|d| format!("%.{d}f")).unwrap_or_else(|| "shortest".into()),
         "tasks": table.tasks,
         "tasks_finished": table.done,
         "tasks_failed": table.failed.len(),
