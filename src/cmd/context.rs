@@ -442,8 +442,19 @@ pub fn gate_with(
         }
     }
     if !v.ok {
+        let fits = v
+            .remaining_usd
+            .map(|rem| crate::cost::fit::what_fits(plan, &left, catalog, from, &e, rem))
+            .unwrap_or_default();
+        let fits = match fits.split_first() {
+            Some((over, rest)) if !rest.is_empty() => {
+                format!("\n  {over}; what would fit: {}", rest.join("; "))
+            }
+            Some((over, _)) => format!("\n  {over}"),
+            None => String::new(),
+        };
         return Err(AppError::Budget(format!(
-            "the budget refuses {}:\n  {}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
+            "the budget refuses {}:\n  {}{fits}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
             plan.name_key,
             v.reasons.join("\n  ")
         )));

@@ -101,7 +101,11 @@ pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<Plan
         .collect();
     let left = remaining_with(&plan, &tasks, &gone);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
-    let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
+    let mut verdict = est::verdict(&plan, &estimate, spent(&plan)?);
+    if let Some(rem) = verdict.remaining_usd {
+        verdict.fits =
+            crate::cost::fit::what_fits(&plan, &left, &catalog, &prices_from, &estimate, rem);
+    }
     let deployable = plan.node_groups.iter().all(|g| g.instance_type != "local");
     let mut changes = None;
     let stacks = if deployable {
@@ -340,6 +344,15 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
     }
     for r in &v.reasons {
         h.push_str(&format!("    refused: {r}\n"));
+    }
+    if let Some((over, fits)) = v.fits.split_first() {
+        h.push_str(&format!("    {over}\n"));
+        if !fits.is_empty() {
+            h.push_str("    what would fit:\n");
+            for f in fits {
+                h.push_str(&format!("      - {f}\n"));
+            }
+        }
     }
     for w in &v.warnings {
         h.push_str(&format!("    warning: {w}\n"));

@@ -250,6 +250,9 @@ pub struct Verdict {
     pub max_hourly_usd: Option<f64>,
     pub reasons: Vec<String>,
     pub warnings: Vec<String>,
+    /// When the estimate is over the budget: by how much, and what would
+    /// fit (`fit::what_fits`; the command layer fills it in).
+    pub fits: Vec<String>,
 }
 
 /// Does the budget pay for the estimate? `spent` is what the ledger holds.
@@ -314,5 +317,6 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
         max_hourly_usd: budget.and_then(|b| b.max_hourly_usd),
         reasons,
         warnings,
+        fits: Vec::new(),
     }
 }
