@@ -1,8 +1,8 @@
 //! `results/<phase>/failed-tasks.csv`: the tasks that failed for good, one
 //! row each, from their `runtime.json`: `task`, `layer`, the task's
 //! parameters and settings (the columns `table.csv` gives them), then
-//! `attempts`, `error` (which ends with the task's last stderr line) and
-//! `ended`. The run rewrites it whenever a task fails for good and at its
+//! `attempts`, `error` (which ends with the task's last stderr line),
+//! `stderr_tail` (the last lines of its stderr) and `ended`. The run rewrites it whenever a task fails for good and at its
 //! end; `infra results` writes the same file the same way. A task run
 //! again with success leaves it.
 
@@ -17,10 +17,38 @@ use crate::tasks::TaskDef;
 pub const FILE: &str = "failed-tasks.csv";
 
 /// The columns after the parameters.
-const TAIL: [&str; 3] = ["attempts", "error", "ended"];
+const TAIL: [&str; 4] = ["attempts", "error", "stderr_tail", "ended"];
 
-/// A failed task's row: its cells by column name.
-pub fn row(t: &TaskDef, rt: &Value, settings: &Settings) -> Map<String, Value> {
+/// How many of the last lines of a failed task's stderr its row carries.
+pub const STDERR_LINES: usize = 5;
+
+/// The last [`STDERR_LINES`] non-empty lines of `<dir>/stderr.log`
+/// (the last attempt's), joined with newlines; at most 2,000 bytes.
+pub fn stderr_tail(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join("stderr.log")).ok()?;
+    let start = bytes.len().saturating_sub(64 * 1024);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+    let mut tail = tail.as_str();
+    while tail.len() > 2000 {
+        let cut = tail
+            .char_indices()
+            .nth(1)
+            .map(|(i, _)| i)
+            .unwrap_or(tail.len());
+        tail = &tail[cut..];
+    }
+    (!tail.is_empty()).then(|| tail.to_string())
+}
+
+/// A failed task's row: its cells by column name (`dir`: its results
+/// folder, for the stderr's last lines).
+pub fn row(t: &TaskDef, rt: &Value, settings: &Settings, dir: &Path) -> Map<String, Value> {
     let mut f = Map::new();
     f.insert("task".into(), Value::String(t.id.clone()));
     f.insert("layer".into(), Value::String(t.layer.clone()));
@@ -31,7 +59,12 @@ pub fn row(t: &TaskDef, rt: &Value, settings: &Settings) -> Map<String, Value> {
         f.insert(k.clone(), t.vars[k.as_str()].clone());
     }
     for k in TAIL {
-        f.insert(k.into(), rt[k].clone());
+        let v = if k == "stderr_tail" {
+            stderr_tail(dir).map(Value::String).unwrap_or(Value::Null)
+        } else {
+            rt[k].clone()
+        };
+        f.insert(k.into(), v);
     }
     f
 }
@@ -100,7 +133,7 @@ pub fn rewrite(
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())
             .filter(|rt| rt["status"] == "failed")
             .unwrap_or_else(|| serde_json::json!({"attempts": attempts, "error": error}));
-        rows.push(row(t, &rt, settings));
+        rows.push(row(t, &rt, settings, &results_dir.join(&t.id)));
     }
     if rows.is_empty() {
         return match std::fs::remove_file(results_dir.join(FILE)) {

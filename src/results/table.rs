@@ -328,7 +328,7 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef], settings: &Settings) -> Tabl
         };
         done += 1;
         if rt["status"] == "failed" {
-            failed.push(super::failed::row(t, &rt, settings));
+            failed.push(super::failed::row(t, &rt, settings, &dir));
             continue;
         }
         let mut base = vec![Value::Null; n_base];

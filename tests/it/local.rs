@@ -497,3 +497,63 @@ fn slots_get_distinct_gpus_and_partitions_reach_the_task() {
         "each concurrent slot has its own GPU"
     );
 }
+
+/// The energy team's suite as shipped (plans/energy.json), with its flaky
+/// configuration made to fail every attempt: the 12 configurations each
+/// give 3 rows (2 warm-ups and the measured run); the failing one is tried
+/// 4 times, after 2, 4 and 8 s, then lands in failed-tasks.csv with the
+/// last lines of its stderr, and the suite goes on.
+#[test]
+fn the_energy_suite_retries_with_backoff_and_records_the_oom_after_the_last_attempt() {
+    let p = Project::with_examples();
+    let plan = p.read("plans/energy.json");
+    assert!(plan.contains(r#""fail_first": 2"#));
+    p.write(
+        "plans/energy.json",
+        &plan.replace(r#""fail_first": 2"#, r#""fail_first": 9"#),
+    );
+    let r = p.infra(&["up", "energy", "--yes"]);
+    assert_eq!(r.code, 1, "one task fails: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("energy: 12 succeeded, 1 failed"),
+        "{}",
+        r.stdout
+    );
+    let j = journal(&p, "energy");
+    let delays: Vec<f64> = j
+        .iter()
+        .filter(|e| e["event"] == "attempt_failed")
+        .map(|e| e["retry_in_seconds"].as_f64().unwrap())
+        .collect();
+    assert_eq!(delays, [2.0, 4.0, 8.0]);
+    let failed = p.read("results/energy/failed-tasks.csv");
+    let mut rd = csv::Reader::from_reader(failed.as_bytes());
+    let head: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    let row = rd.records().next().unwrap().unwrap();
+    let cell = |c: &str| row[head.iter().position(|h| h == c).unwrap()].to_string();
+    assert_eq!(cell("task"), "energy-large-b128-flaky");
+    assert_eq!(cell("attempts"), "4");
+    assert_eq!(cell("batch"), "128");
+    assert!(
+        cell("stderr_tail").contains("loading large with batch 128\ntorch.OutOfMemoryError"),
+        "{failed}"
+    );
+    assert!(cell("error").contains("OutOfMemoryError"), "{failed}");
+    // every run of every configuration is a row
+    p.infra(&["results", "energy"]).ok();
+    let mut t = csv::Reader::from_path(p.path().join("results/energy/table.csv")).unwrap();
+    let th: Vec<String> = t.headers().unwrap().iter().map(String::from).collect();
+    let kind = th.iter().position(|h| h == "kind").unwrap();
+    let rows: Vec<csv::StringRecord> = t.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 36, "12 configurations x 3 runs");
+    assert_eq!(rows.iter().filter(|r| &r[kind] == "measured").count(), 12);
+    for c in [
+        "energy_j",
+        "tokens_per_joule",
+        "model",
+        "batch",
+        "warmup_runs",
+    ] {
+        assert!(th.contains(&c.to_string()), "{c} in {th:?}");
+    }
+}
