@@ -45,6 +45,7 @@ fn registry() -> (Handlebars<'static>, Marking) {
     hb.set_strict_mode(true);
     let marking = Marking::install(&mut hb);
     hb.register_helper("json", Box::new(task_json_helper));
+    super::arith::register(&mut hb);
     (hb, marking)
 }
 

@@ -196,3 +196,52 @@ fn a_misspelt_pattern_field_is_an_error_naming_the_field_it_looks_like() {
     let r = p.infra(&["plan", "ty"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn templates_compute_values_such_as_max_model_len() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/srv.json.hbs",
+        &one_step_template(
+            "serve --max-model-len {{add prompt_tokens max_tokens 64}} --util {{default gpu_memory_utilization 0.9}} --per-gpu {{div concurrency 2}}{{#if (gt (add prompt_tokens max_tokens) 8192)}} --long{{/if}}",
+            "",
+        ),
+    );
+    p.write(
+        "plans/mm.json",
+        r#"{"phase": "mm", "name": "model len",
+  "common_settings": {"max_tokens": 256, "concurrency": 3, "gpu_memory_utilization": null},
+  "layers": [{"id": "L0", "patterns": [
+    {"id": "mm-4k", "backend": "srv", "prompt_tokens": 4000},
+    {"id": "mm-16k", "backend": "srv", "prompt_tokens": 16000, "gpu_memory_utilization": 0.85}]}]}"#,
+    );
+    let r = p.infra(&["plan", "mm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let cmd = |id: &str| -> String {
+        let t: serde_json::Value =
+            serde_json::from_str(&p.read(&format!(".infra/mm/tasks/{id}.json"))).unwrap();
+        t["steps"][0]["command"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        cmd("mm-4k"),
+        "serve --max-model-len 4320 --util 0.9 --per-gpu 1.5"
+    );
+    assert_eq!(
+        cmd("mm-16k"),
+        "serve --max-model-len 16320 --util 0.85 --per-gpu 1.5 --long"
+    );
+    // a helper given text is an error naming it
+    p.write(
+        "plans/mm.json",
+        r#"{"phase": "mm", "name": "model len", "common_settings": {"max_tokens": "many", "concurrency": 3},
+  "layers": [{"id": "L0", "patterns": [{"id": "mm-4k", "backend": "srv", "prompt_tokens": 4000}]}]}"#,
+    );
+    let r = p.infra(&["plan", "mm"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("{{add ...}}: parameter 2 is \"many\", not a number"),
+        "{}",
+        r.stderr
+    );
+}
