@@ -16,6 +16,35 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// The options that mean nothing to a command: hidden from its help
+/// (clap gives every global option to every command).
+const NOT_FOR: &[(&str, &[&str])] = &[("schema", &["provider", "region", "profile"])];
+
+/// The command line's definition, with [`NOT_FOR`] applied: the command
+/// gets hidden options of its own under those names, so the global ones
+/// are not given to it (clap propagates a global option only to commands
+/// without one of that name); they are accepted and ignored.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut c = Cli::command();
+    for (sub, hidden) in NOT_FOR {
+        c = c.mut_subcommand(*sub, |mut s| {
+            for a in *hidden {
+                s = s.arg(clap::Arg::new(*a).long(*a).num_args(1).hide(true));
+            }
+            s
+        });
+    }
+    c
+}
+
+/// Parse the process's command line (clap's errors and help exit here).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let m = command().get_matches();
+    Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Machine-readable output on stdout (progress and logs go to stderr).
@@ -59,10 +88,13 @@ pub enum Cmd {
     Plan {
         /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
+        /// Save the reviewed plan to this file: `infra apply FILE` applies exactly it, and refuses if what is deployed changed since.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
     /// Deploy the phase's nodes (stacks on AWS, folders locally).
     Apply {
-        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
+        /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json), a path to a plan file, or a plan saved by `infra plan -o FILE`.
         phase: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -141,13 +173,16 @@ pub enum Cmd {
     Results {
         /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
         phase: String,
-        /// csv: results/<phase>/table.csv (and its metadata, failed.csv); json: the rows on stdout.
+        /// csv: results/<phase>/table.csv (and its metadata, failed-tasks.csv); json: results/<phase>/table.json.
         #[arg(long, value_enum, default_value = "csv")]
         format: TableFormat,
         /// Write cells exactly as the tasks produced them: no quote before
         /// cells a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab, CR).
         #[arg(long)]
         raw_csv: bool,
+        /// How float columns are written in table.csv: `%.6f` (fixed, N decimals) or `shortest` (the default: the shortest exact form, never an exponent).
+        #[arg(long, value_name = "FORMAT", default_value = "shortest")]
+        float_format: String,
     },
     /// Remove the phase's nodes (results stay).
     Destroy {
@@ -307,4 +342,37 @@ pub enum CatalogCmd {
     },
     /// Rebuild the catalog for a region from the AWS APIs.
     Refresh,
+}
+#[cfg(test)]
+mod tests {
+    use clap::FromArgMatches;
+
+    fn help(args: &[&str]) -> String {
+        match super::command().try_get_matches_from(args) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn schema_lists_no_aws_options_and_other_commands_keep_them() {
+        let h = help(&["infra", "schema", "--help"]);
+        for o in ["--provider", "--region", "--profile"] {
+            assert!(!h.contains(o), "{o} in\n{h}");
+        }
+        assert!(h.contains("--json") && h.contains("--dir"), "{h}");
+        let h = help(&["infra", "plan", "--help"]);
+        assert!(h.contains("--region") && h.contains("--profile"), "{h}");
+        // given anyway, they are accepted (and mean nothing)
+        let m = super::command()
+            .try_get_matches_from(["infra", "schema", "--region", "eu-west-1"])
+            .unwrap();
+        assert!(super::Cli::from_arg_matches(&m).is_ok());
+        // elsewhere they still reach the global options
+        let m = super::command()
+            .try_get_matches_from(["infra", "plan", "x", "--region", "eu-west-1"])
+            .unwrap();
+        let cli = super::Cli::from_arg_matches(&m).unwrap();
+        assert_eq!(cli.global.region.as_deref(), Some("eu-west-1"));
+    }
 }

@@ -1,9 +1,7 @@
 //! Argument parsing → command → exit code.
 
-use clap::Parser;
-
 fn main() {
-    let cli = infra::cli::Cli::parse();
+    let cli = infra::cli::parse();
     let code = infra::cmd::main(cli);
     std::process::exit(code);
 }

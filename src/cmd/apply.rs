@@ -40,7 +40,11 @@ pub fn confirmer(yes: bool) -> impl Fn(&str, &str) -> Result<(), ProviderError> 
 }
 
 pub async fn apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
-    let (plan, catalog, from) = ctx.prepare(name)?;
+    let (plan, catalog, from) = match super::saved_plan::read(ctx, name)? {
+        // a plan saved by `infra plan -o`: exactly what was reviewed
+        Some(saved) => super::saved_plan::load(ctx, &saved, name)?,
+        None => ctx.prepare(name)?,
+    };
     let (tasks, _) = render_tasks(&plan)?;
     gate(&plan, &tasks, &catalog, &from, true)?;
     let provider = ctx.provider(&plan);
@@ -50,7 +54,7 @@ pub async fn apply(ctx: &Ctx, name: &str, yes: bool) -> Result<i32, AppError> {
         plan: plan.name_key.clone(),
         applied,
     };
-    ctx.emit(&text(&view, &ctx.rel(&view.applied.state)), &view);
+    ctx.emit("apply", &text(&view, &ctx.rel(&view.applied.state)), &view);
     Ok(exit::OK)
 }
 

@@ -64,7 +64,7 @@ pub fn show(ctx: &Ctx, instance_type: Option<&str>) -> Result<i32, AppError> {
         region,
         instance_types: rows,
     };
-    ctx.emit(&text(&view), &view);
+    ctx.emit("catalog", &text(&view), &view);
     Ok(exit::OK)
 }
 
@@ -129,6 +129,7 @@ pub async fn refresh(ctx: &Ctx) -> Result<i32, AppError> {
     std::fs::write(&tmp, cat.to_json()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     ctx.out(
+        "catalog",
         &format!(
             "catalog for {region} refreshed into {}: {} types, {} on-demand prices, {} spot prices, {} hardware records{}",
             path.display(), report.types, report.on_demand, report.spot, report.hardware,

@@ -106,6 +106,10 @@ pub struct Ctx {
     pub lease_renew: Duration,
     /// Who this controller is, for the lease.
     holder: crate::campaign::Holder,
+    /// With `--json`: the command streams (`run`, `up`, `attach`), so each
+    /// document is one line with an `"event"` (JSON Lines); otherwise the
+    /// command writes one document.
+    stream: std::cell::Cell<bool>,
     out: RefCell<Box<dyn Write>>,
 }
 
@@ -178,6 +182,7 @@ impl Ctx {
                     .to_string(),
             },
             stop_wait: secs("INFRA_STOP_WAIT_SECONDS").unwrap_or(Duration::from_secs(600)),
+            stream: std::cell::Cell::new(false),
             out: RefCell::new(out),
         })
     }
@@ -198,14 +203,31 @@ impl Ctx {
     }
 
     pub fn load(&self, name: &str) -> Result<Plan, AppError> {
-        let mut p = plan::load(name, &self.cwd)?;
-        if let Some(pk) = self.provider {
-            p.provider = pk;
+        let p = plan::load(name, &self.cwd)?;
+        Ok(self.overridden(p, self.provider, self.region.as_deref()))
+    }
+
+    /// `--provider` and `--region` applied to a loaded plan.
+    pub fn overridden(
+        &self,
+        mut p: Plan,
+        provider: Option<ProviderKind>,
+        region: Option<&str>,
+    ) -> Plan {
+        if let Some(pk) = provider {
+            if pk != p.provider {
+                // A run on another provider than the plan's (a local trial
+                // of an AWS plan, the quickstart tried on AWS) is its own
+                // campaign: its own journal, results and ledger entries, so
+                // it never counts against, or skips work of, the plan's own.
+                p.name_key = format!("{}@{}", p.name_key, pk.as_str());
+                p.provider = pk;
+            }
         }
-        if let Some(r) = &self.region {
-            p.region = r.clone();
+        if let Some(r) = region {
+            p.region = r.to_string();
         }
-        Ok(p)
+        p
     }
 
     pub fn catalog(&self) -> Result<(Catalog, String), AppError> {
@@ -222,7 +244,11 @@ impl Ctx {
     /// Load the plan and check it against the catalog and AWS's limits:
     /// every problem at once, before anything is rendered.
     pub fn prepare(&self, name: &str) -> Result<(Plan, Catalog, String), AppError> {
-        let plan = self.load(name)?;
+        self.prepare_loaded(self.load(name)?)
+    }
+
+    /// `prepare` for a plan already loaded.
+    pub fn prepare_loaded(&self, plan: Plan) -> Result<(Plan, Catalog, String), AppError> {
         let (catalog, from) = self.catalog()?;
         let mut d = plan::diag::Diags::default();
         stacks::validate(&plan, &catalog, &mut d);
@@ -243,20 +269,44 @@ impl Ctx {
         Ok((plan, catalog, from))
     }
 
-    /// Write the command's output: the human text, or the view as one JSON
-    /// document with `--json`.
-    pub fn emit<V: Serialize + ?Sized>(&self, human: &str, view: &V) {
+    /// Make `--json` output JSON Lines: for the commands that stream
+    /// (`run`, `up`, `attach`).
+    pub fn streaming(&self) {
+        self.stream.set(true);
+    }
+
+    /// Whether `--json` output is JSON Lines.
+    pub fn is_streaming(&self) -> bool {
+        self.stream.get()
+    }
+
+    /// Write the command's output: the human text, or with `--json` the
+    /// view: one pretty document, or in a stream one line whose `"event"`
+    /// is `kind` (`plan`, `apply`, `summary`, `destroy`...).
+    pub fn emit<V: Serialize + ?Sized>(&self, kind: &str, human: &str, view: &V) {
         if self.json {
-            let text = serde_json::to_string_pretty(view).unwrap_or_default();
-            self.write(&format!("{text}\n"));
+            self.json_doc(kind, &serde_json::to_value(view).unwrap_or_default());
         } else if !human.is_empty() {
             self.write(&format!("{}\n", human.trim_end()));
         }
     }
 
     /// `emit` for a view built as a JSON value.
-    pub fn out(&self, human: &str, view: serde_json::Value) {
-        self.emit(human, &view)
+    pub fn out(&self, kind: &str, human: &str, view: serde_json::Value) {
+        self.emit(kind, human, &view)
+    }
+
+    /// One JSON document: pretty, or in a stream one line led by
+    /// `"event": kind`.
+    pub fn json_doc(&self, kind: &str, v: &serde_json::Value) {
+        if self.stream.get() {
+            self.write(&format!("{}\n", json_line(kind, v)));
+        } else {
+            self.write(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            ));
+        }
     }
 
     /// Write text as it is.
@@ -272,6 +322,26 @@ impl Ctx {
         let _ = o.write_all(bytes);
         let _ = o.flush();
     }
+}
+
+/// `v` as one JSON Lines line: an object gets `"event": kind` first (unless
+/// it has an `event` of its own), anything else is wrapped in
+/// `{"event": kind, "value": v}`.
+pub fn json_line(kind: &str, v: &serde_json::Value) -> String {
+    let mut m = serde_json::Map::new();
+    match v {
+        serde_json::Value::Object(o) => {
+            if !o.contains_key("event") {
+                m.insert("event".into(), kind.into());
+            }
+            m.extend(o.clone());
+        }
+        other => {
+            m.insert("event".into(), kind.into());
+            m.insert("value".into(), other.clone());
+        }
+    }
+    serde_json::Value::Object(m).to_string()
 }
 
 /// Render every task definition of the plan into `.infra/<phase>/tasks/`.
@@ -372,8 +442,19 @@ pub fn gate_with(
         }
     }
     if !v.ok {
+        let fits = v
+            .remaining_usd
+            .map(|rem| crate::cost::fit::what_fits(plan, &left, catalog, from, &e, rem))
+            .unwrap_or_default();
+        let fits = match fits.split_first() {
+            Some((over, rest)) if !rest.is_empty() => {
+                format!("\n  {over}; what would fit: {}", rest.join("; "))
+            }
+            Some((over, _)) => format!("\n  {over}"),
+            None => String::new(),
+        };
         return Err(AppError::Budget(format!(
-            "the budget refuses {}:\n  {}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
+            "the budget refuses {}:\n  {}{fits}\n  (nothing was started; no flag overrides the budget, edit the plan to change it)",
             plan.name_key,
             v.reasons.join("\n  ")
         )));

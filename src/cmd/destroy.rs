@@ -46,14 +46,21 @@ pub async fn destroy(ctx: &Ctx, name: Option<&str>, opts: DestroyOpts) -> Result
             }
         }
     }
+    let all = opts.all;
     let destroyed = provider.destroy(&plan, &catalog, opts).await?;
+    if let Err(e) = crate::stacks::deployed::forget(&plan.state_dir(), all) {
+        eprintln!(
+            "warning: {} not updated: {e}",
+            crate::stacks::deployed::path(&plan.state_dir()).display()
+        );
+    }
     let view = DestroyView {
         plan: plan.name_key.clone(),
         provider: provider.name().to_string(),
         destroyed,
         results: ctx.rel(&plan.results_dir()),
     };
-    ctx.emit(&text(&view), &view);
+    ctx.emit("destroy", &text(&view), &view);
     if view.destroyed.leftovers.is_empty() {
         Ok(exit::OK)
     } else {

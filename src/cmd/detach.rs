@@ -162,7 +162,7 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
         ],
         detached,
     };
-    ctx.emit(&text(ctx, &view), &view);
+    ctx.emit("detach", &text(ctx, &view), &view);
     Ok(exit::OK)
 }
 
@@ -225,6 +225,25 @@ pub async fn attach(ctx: &Ctx, phase: &str) -> Result<i32, AppError> {
     let provider = ctx.provider(&plan);
     let mut offset = 0u64;
     let mut seen_running = false;
+    // with --json: each line of the controller's output as {"event": "log"}
+    let mut partial: Vec<u8> = Vec::new();
+    let relay = |bytes: &[u8], partial: &mut Vec<u8>, end: bool| {
+        if !ctx.json {
+            ctx.write_bytes(bytes);
+            return;
+        }
+        partial.extend_from_slice(bytes);
+        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            ctx.json_doc("log", &serde_json::json!({ "line": text }));
+        }
+        if end && !partial.is_empty() {
+            let text = String::from_utf8_lossy(partial).into_owned();
+            partial.clear();
+            ctx.json_doc("log", &serde_json::json!({ "line": text }));
+        }
+    };
     let poll = ctx
         .provider_settings
         .poll
@@ -234,7 +253,7 @@ pub async fn attach(ctx: &Ctx, phase: &str) -> Result<i32, AppError> {
         let log = provider.controller_log(&plan, offset).await?;
         if !log.bytes.is_empty() {
             offset += log.bytes.len() as u64;
-            ctx.write_bytes(&log.bytes);
+            relay(&log.bytes, &mut partial, false);
         }
         if !log.running {
             if !seen_running && offset == 0 {
@@ -246,7 +265,12 @@ pub async fn attach(ctx: &Ctx, phase: &str) -> Result<i32, AppError> {
             }
             // its last lines, written as it ended
             let last = provider.controller_log(&plan, offset).await?;
-            ctx.write_bytes(&last.bytes);
+            relay(&last.bytes, &mut partial, true);
+            ctx.out(
+                "ended",
+                "",
+                serde_json::json!({ "plan": plan.name_key, "controller": "ended" }),
+            );
             eprintln!("the controller of {} has ended", plan.name_key);
             return Ok(exit::OK);
         }
@@ -266,6 +290,7 @@ pub async fn stop(ctx: &Ctx, phase: &str, no_wait: bool) -> Result<i32, AppError
     };
     if !provider.request_stop(&plan, &req).await? {
         ctx.out(
+            "stop",
             &format!("{}: no controller runs it; nothing to stop", plan.name_key),
             serde_json::json!({"plan": plan.name_key, "stopped": false, "reason": "no controller"}),
         );
@@ -273,6 +298,7 @@ pub async fn stop(ctx: &Ctx, phase: &str, no_wait: bool) -> Result<i32, AppError
     }
     if no_wait {
         ctx.out(
+            "stop",
             &format!(
                 "{}: stop requested; `infra status {}` shows when it has stopped",
                 plan.name_key, plan.name_key
@@ -311,6 +337,7 @@ pub async fn stop(ctx: &Ctx, phase: &str, no_wait: bool) -> Result<i32, AppError
         }
     }
     ctx.out(
+            "stop",
         &format!(
             "{}: stopped; {done} done, {failed} failed, {queued} queued (`infra run {}` continues it)",
             plan.name_key, plan.name_key

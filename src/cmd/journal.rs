@@ -43,6 +43,7 @@ pub fn repair(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         ));
     }
     ctx.out(
+        "journal",
         &h,
         json!({
             "journal": path,

@@ -82,7 +82,7 @@ pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
                 })
                 .collect();
             let view = PlansView { plans };
-            ctx.emit(&plans_text(&view), &view);
+            ctx.emit("list", &plans_text(&view), &view);
         }
         Some(n) => {
             let p = ctx.load(n)?;
@@ -112,7 +112,7 @@ pub fn list(ctx: &Ctx, name: Option<&str>) -> Result<i32, AppError> {
                     })
                     .collect(),
             };
-            ctx.emit(&layers_text(&view), &view);
+            ctx.emit("list", &layers_text(&view), &view);
         }
     }
     Ok(exit::OK)

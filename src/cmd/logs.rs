@@ -184,7 +184,7 @@ async fn show_finished(
             let at = opts.lines.map_or(0, |n| tail_start(&b, n));
             String::from_utf8_lossy(&b[at..]).into_owned()
         };
-        ctx.out("", json!({"task": pattern, "dir": dir, "stdout": read("stdout.log"), "stderr": read("stderr.log")}));
+        ctx.out("logs", "", json!({"task": pattern, "dir": dir, "stdout": read("stdout.log"), "stderr": read("stderr.log")}));
     } else {
         if !opts.only_stderr {
             stream(ctx, &dir.join("stdout.log"), opts.lines)?;
@@ -232,7 +232,7 @@ async fn show_running_elsewhere(
             let at = opts.lines.map_or(0, |n| tail_start(&b, n));
             String::from_utf8_lossy(&b[at..]).into_owned()
         };
-        ctx.out("", json!({"task": pattern, "attempt": attempt, "stdout": text(Stream::Stdout), "stderr": text(Stream::Stderr)}));
+        ctx.out("logs", "", json!({"task": pattern, "attempt": attempt, "stdout": text(Stream::Stdout), "stderr": text(Stream::Stderr)}));
     } else {
         let mut out = Printer::new(ctx, pattern, opts.only_stderr);
         out.print_all(attempt, chunks, Some(opts.lines.unwrap_or(usize::MAX)));

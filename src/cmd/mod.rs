@@ -17,9 +17,11 @@ pub mod list;
 pub mod logs;
 pub mod node;
 pub mod plan;
+pub mod plan_changes;
 pub mod rerun;
 pub mod results;
 pub mod run;
+pub mod saved_plan;
 pub mod status;
 
 use std::io::Write;
@@ -63,6 +65,12 @@ pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
         Ok(c) => c,
         Err(e) => return report_error(None, &e, cli.global.json),
     };
+    if matches!(
+        cli.command,
+        Cmd::Run(_) | Cmd::Up { .. } | Cmd::Attach { .. }
+    ) {
+        ctx.streaming();
+    }
     match rt.block_on(dispatch(&ctx, cli.command)) {
         Ok(code) => code,
         Err(e) => report_error(Some(&ctx), &e, ctx.json),
@@ -71,11 +79,12 @@ pub fn execute(cli: Cli, env: &Env, out: Box<dyn Write>) -> i32 {
 
 fn report_error(ctx: Option<&Ctx>, e: &AppError, json_mode: bool) -> i32 {
     if json_mode {
-        let doc = json!({"error": e.to_string(), "exit_code": e.exit_code()});
+        let doc = error_doc(e);
         match ctx {
-            Some(c) => c.write(&format!("{doc}\n")),
+            Some(c) => c.json_doc("error", &doc),
             None => {
-                let _ = writeln!(std::io::stdout(), "{doc}");
+                let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{text}");
             }
         }
     }
@@ -83,12 +92,50 @@ fn report_error(ctx: Option<&Ctx>, e: &AppError, json_mode: bool) -> i32 {
     e.exit_code()
 }
 
+/// An error as `--json` writes it: `{"error": {"message", "problems":
+/// [{"file", "path", "line", "column", "message", "hint"}]}, "exit_code"}`;
+/// `problems` lists each problem of an invalid plan (empty otherwise).
+pub fn error_doc(e: &AppError) -> serde_json::Value {
+    use crate::plan::load::LoadError;
+    let (message, problems) = match e {
+        AppError::Load(LoadError::Invalid(pe)) => {
+            let problems: Vec<serde_json::Value> = pe
+                .diags
+                .iter()
+                .map(|d| {
+                    json!({
+                        "file": pe.file.display().to_string(),
+                        "path": d.path,
+                        "line": d.pos.line,
+                        "column": d.pos.col,
+                        "message": d.message,
+                        "hint": d.hint,
+                    })
+                })
+                .collect();
+            let n = pe.diags.len();
+            let head = format!(
+                "invalid plan {}: {n} problem{}",
+                pe.file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            (head, problems)
+        }
+        other => (other.to_string(), Vec::new()),
+    };
+    json!({"error": {"message": message, "problems": problems}, "exit_code": e.exit_code()})
+}
+
 async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
     match command {
         // a plan the budget refuses is shown whole, and exits 3
-        Cmd::Plan { phase } => {
-            plan::plan(ctx, &phase).map(|v| if v.verdict.ok { exit::OK } else { exit::BUDGET })
-        }
+        Cmd::Plan { phase, out } => plan::plan(ctx, &phase, out.as_deref()).map(|v| {
+            if v.verdict.ok {
+                exit::OK
+            } else {
+                exit::BUDGET
+            }
+        }),
         Cmd::Apply { phase, yes } => apply::apply(ctx, &phase, yes).await,
         Cmd::Run(args) if args.detach => detach::detach(ctx, detach::Campaign::Run(&args)).await,
         Cmd::Run(args) => run::run(ctx, &args).await,
@@ -141,7 +188,11 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
             phase,
             format,
             raw_csv,
-        } => results::results(ctx, &phase, format, raw_csv).await,
+            float_format,
+        } => {
+            let floats = results::float_format(&float_format)?;
+            results::results(ctx, &phase, format, raw_csv, floats).await
+        }
         Cmd::Journal {
             action: JournalCmd::Repair { phase },
         } => journal::repair(ctx, &phase),

@@ -40,6 +40,8 @@ pub struct PlanView {
     /// Slurm: the holder job each node group submits per allocation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allocations: Vec<crate::provider::slurm::argv::AllocLine>,
+    /// What `infra apply` would change of what is deployed (AWS).
+    pub changes: Option<super::plan_changes::ChangesView>,
     pub estimate: est::Estimate,
     pub verdict: est::Verdict,
 }
@@ -84,7 +86,7 @@ pub struct ResourceRow {
     pub properties: String,
 }
 
-pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
+pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<PlanView, AppError> {
     let (plan, catalog, prices_from) = ctx.prepare(name)?;
     let (tasks, written) = render_tasks(&plan)?;
     let all: Vec<&TaskDef> = tasks.iter().collect();
@@ -102,13 +104,22 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
         .collect();
     let left = remaining_with(&plan, &tasks, &gone);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
-    let verdict = est::verdict(&plan, &estimate, spent(&plan)?);
+    let mut verdict = est::verdict(&plan, &estimate, spent(&plan)?);
+    if let Some(rem) = verdict.remaining_usd {
+        verdict.fits =
+            crate::cost::fit::what_fits(&plan, &left, &catalog, &prices_from, &estimate, rem);
+    }
     let slurm = plan.provider == crate::plan::ProviderKind::Slurm;
     let deployable = !slurm && plan.node_groups.iter().all(|g| g.instance_type != "local");
+    let mut changes = None;
     let stacks = if deployable {
         let st = stacks::render(&plan, &catalog)?;
         // `write` puts the files under `<dir>/stacks/`
         stacks::write(&plan.state_dir(), &st)?;
+        if plan.provider == crate::plan::ProviderKind::Aws {
+            let hourly = est::estimate(&plan, &[], &catalog, &prices_from).hourly_usd;
+            changes = super::plan_changes::changes(&plan, &st, hourly);
+        }
         Some(StacksView {
             dir: ctx.rel(&plan.state_dir().join("stacks")),
             list: [&st.base, &st.compute]
@@ -168,10 +179,14 @@ pub fn plan(ctx: &Ctx, name: &str) -> Result<PlanView, AppError> {
         } else {
             Vec::new()
         },
+        changes,
         estimate,
         verdict,
     };
-    ctx.emit(&text(&view), &view);
+    if let Some(out) = out {
+        super::saved_plan::save(ctx, &plan, &catalog, view.estimate.total_usd, out)?;
+    }
+    ctx.emit("plan", &text(&view), &view);
     // `up` goes on to apply and run: what the plan said is not said again
     for w in &view.verdict.warnings {
         super::context::said(w);
@@ -271,6 +286,9 @@ pub fn text(v: &PlanView) -> String {
             h.push_str(&format!("    {} × {}: {}\n", a.group, a.count, a.sbatch));
         }
     }
+    if let Some(c) = &v.changes {
+        h.push_str(&super::plan_changes::text(c));
+    }
     h.push_str(&estimate_text(&v.estimate, &v.verdict));
     h
 }
@@ -357,6 +375,15 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
     }
     for r in &v.reasons {
         h.push_str(&format!("    refused: {r}\n"));
+    }
+    if let Some((over, fits)) = v.fits.split_first() {
+        h.push_str(&format!("    {over}\n"));
+        if !fits.is_empty() {
+            h.push_str("    what would fit:\n");
+            for f in fits {
+                h.push_str(&format!("      - {f}\n"));
+            }
+        }
     }
     for w in &v.warnings {
         h.push_str(&format!("    warning: {w}\n"));

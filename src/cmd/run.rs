@@ -26,6 +26,8 @@ pub struct SummaryView {
     pub results: String,
     /// The failed tasks' file, as the user sees it.
     pub failed_file: String,
+    /// The phase's tasks this run did not select (`infra run <phase> L0`).
+    pub not_selected: usize,
     #[serde(flatten)]
     pub finished: Finished,
 }
@@ -124,6 +126,7 @@ async fn run_leased(
         .filter(|t| selected.contains(&t.id))
         .cloned()
         .collect();
+    let selected_count = tasks.len();
     // completed tasks that run again (`--rerun`, `--changed`, a result gone)
     let prints = crate::tasks::fingerprint::all(plan, &all);
     let reruns = super::rerun::reruns(
@@ -138,7 +141,16 @@ async fn run_leased(
     if provider.recorded_nodes(plan) == 0 {
         // no nodes yet: nothing to run brings none up, and what is brought
         // up must be what `apply` would pay for (the whole campaign left)
-        if let Some(code) = nothing_to_run(ctx, plan, &tasks, args, provider.name(), &again)? {
+        let not_selected = all.len() - tasks.len();
+        if let Some(code) = nothing_to_run(
+            ctx,
+            plan,
+            &tasks,
+            not_selected,
+            args,
+            provider.name(),
+            &again,
+        )? {
             return Ok(code);
         }
         gate_with(plan, &all, &again, catalog, from, false)?;
@@ -237,6 +249,7 @@ async fn run_leased(
         spent_before_usd: started.spent_before_usd,
         heartbeat: ctx.progress_interval,
     };
+    let settings = crate::results::failed::settings_of_plan(plan);
     let mut rep = Reporter::with_outlook(ctx.progress_bar, outlook);
     rep.queued(open);
     let summary = runner::run(
@@ -246,10 +259,20 @@ async fn run_leased(
         provider.name(),
         &opts,
         stops,
-        &mut |e| rep.event(e),
+        &mut |e| {
+            rep.event(e);
+            if matches!(e, crate::runner::run::RunEvent::Failed { .. }) {
+                failed_csv(plan, &all, &settings, false);
+            }
+            if ctx.json {
+                ctx.json_doc("run", &serde_json::to_value(e).unwrap_or_default());
+            }
+        },
     )
     .await;
     rep.finish();
+    // also the failures of earlier runs, and without those run again
+    failed_csv(plan, &all, &settings, false);
     let mut summary = summary?;
     if stop_seen.borrow().is_some() {
         summary.interrupted = true;
@@ -262,9 +285,10 @@ async fn run_leased(
         summary,
         results: ctx.rel(&plan.results_dir()),
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
+        not_selected: all.len().saturating_sub(selected_count),
         finished,
     };
-    ctx.emit(&summary_text(&view), &view);
+    ctx.emit("summary", &summary_text(&view), &view);
     Ok(code)
 }
 
@@ -275,6 +299,7 @@ fn nothing_to_run(
     ctx: &Ctx,
     plan: &plan::Plan,
     tasks: &[TaskDef],
+    not_selected: usize,
     args: &RunArgs,
     provider: &str,
     again: &HashSet<String>,
@@ -297,9 +322,10 @@ fn nothing_to_run(
         summary,
         results: ctx.rel(&plan.results_dir()),
         failed_file: ctx.rel(&plan.results_dir().join("failed-tasks.csv")),
+        not_selected,
         finished: Finished::default(),
     };
-    ctx.emit(&summary_text(&view), &view);
+    ctx.emit("summary", &summary_text(&view), &view);
     Ok(Some(run_exit_code(&view.summary)))
 }
 
@@ -307,7 +333,7 @@ fn nothing_to_run(
 pub fn summary_text(v: &SummaryView) -> String {
     let s = &v.summary;
     let mut h = format!(
-        "{}: {} succeeded, {} failed, {} already done{}{} in {}\nresults in {}",
+        "{}: {} succeeded, {} failed, {} already done{}{}{} in {}\nresults in {}",
         v.plan,
         s.succeeded,
         s.failed,
@@ -322,6 +348,14 @@ pub fn summary_text(v: &SummaryView) -> String {
         },
         if s.pending > 0 {
             format!(", {} not run ({})", s.pending, s.reason)
+        } else {
+            String::new()
+        },
+        if v.not_selected > 0 {
+            format!(
+                ", {} other task(s) of the phase not selected",
+                v.not_selected
+            )
         } else {
             String::new()
         },
@@ -371,6 +405,39 @@ async fn fresh_checkpoints(
     Ok(())
 }
 
+/// Rewrite `results/<phase>/failed-tasks.csv`: the tasks the journal says
+/// failed for good, from their results (a failed write is said, and the
+/// run goes on: the journal has every failure).
+pub fn failed_csv(
+    plan: &plan::Plan,
+    all: &[TaskDef],
+    settings: &crate::results::table::Settings,
+    raw_csv: bool,
+) -> usize {
+    let failed: crate::results::failed::Journaled = match journal::read(&journal_path(plan)) {
+        Ok((state, _)) => all
+            .iter()
+            .filter(|t| state.status_of(&t.key) == Status::Failed)
+            .filter_map(|t| {
+                let st = state.tasks.get(&t.key)?;
+                Some((t.id.clone(), (st.attempts, st.last_error.clone())))
+            })
+            .collect(),
+        Err(_) => return 0,
+    };
+    let dir = plan.results_dir();
+    match crate::results::failed::rewrite(&dir, all, settings, &failed, raw_csv) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "warning: {} not written: {e}",
+                dir.join(crate::results::failed::FILE).display()
+            );
+            0
+        }
+    }
+}
+
 /// `infra up`: plan, apply, run all, destroy (unless `--keep` or the run
 /// was interrupted).
 pub async fn up(
@@ -382,7 +449,7 @@ pub async fn up(
     order: OrderArg,
     again: RerunArgs,
 ) -> Result<i32, AppError> {
-    super::plan::plan(ctx, phase)?;
+    super::plan::plan(ctx, phase, None)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
     super::apply::apply(ctx, phase, yes).await?;
     let args = RunArgs {
@@ -429,6 +496,7 @@ mod tests {
             summary,
             results: "results/demo".into(),
             failed_file: "results/demo/failed-tasks.csv".into(),
+            not_selected: 0,
             finished: Finished::default(),
         }
     }

@@ -180,7 +180,7 @@ pub async fn status(ctx: &Ctx, name: &str) -> Result<i32, AppError> {
         journal_damage,
         infra,
     };
-    ctx.emit(&text(&view), &view);
+    ctx.emit("status", &text(&view), &view);
     Ok(exit::OK)
 }
 

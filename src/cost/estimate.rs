@@ -259,6 +259,9 @@ pub struct Verdict {
     /// budget's `gpu_hours`/`node_hours`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hours: Option<AllocHours>,
+    /// When the estimate is over the budget: by how much, and what would
+    /// fit (`fit::what_fits`; the command layer fills it in).
+    pub fits: Vec<String>,
 }
 
 /// Allocation hours (Slurm's budget): estimated, and what the budget allows.
@@ -371,5 +374,6 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
         max_hourly_usd: budget.and_then(|b| b.max_hourly_usd),
         reasons,
         warnings,
+        fits: Vec::new(),
     }
 }

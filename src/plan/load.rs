@@ -104,7 +104,19 @@ pub fn parse_plan(
     file: &Path,
     file_exists: &dyn Fn(&Path) -> bool,
 ) -> Result<Plan, PlanErrors> {
-    let (root, plan_dir) = default_root_for(file);
+    parse_plan_in(text, file, None, file_exists)
+}
+
+/// `parse_plan` for a plan that belongs to the project `root` (its state,
+/// results, scripts and shared templates) though it lies elsewhere.
+pub fn parse_plan_in(
+    text: &str,
+    file: &Path,
+    root: Option<&Path>,
+    file_exists: &dyn Fn(&Path) -> bool,
+) -> Result<Plan, PlanErrors> {
+    let (default_root, plan_dir) = default_root_for(file);
+    let root = root.map(Path::to_path_buf).unwrap_or(default_root);
     let name_key = file
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
@@ -222,7 +234,21 @@ pub fn load(name: &str, cwd: &Path) -> Result<Plan, LoadError> {
             }));
         }
     };
-    parse_plan(&text, &path, &|p: &Path| p.is_file()).map_err(|mut e| {
+    load_text(&text, &path, cwd)
+}
+
+/// A plan's text as if read from `path` (a saved plan carries the text it
+/// was reviewed with: `infra apply FILE`).
+pub fn load_text(text: &str, path: &Path, cwd: &Path) -> Result<Plan, LoadError> {
+    // a plan outside any plans/ folder, loaded from inside a project,
+    // belongs to that project (`infra plan /tmp/copy.json`)
+    let in_plans = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "plans");
+    let project = project_dir(cwd);
+    let root = (!in_plans && project.join("plans").is_dir()).then_some(project.as_path());
+    parse_plan_in(text, path, root, &|p: &Path| p.is_file()).map_err(|mut e| {
         e.file = display_path(&e.file, cwd);
         LoadError::Invalid(e)
     })

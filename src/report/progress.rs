@@ -248,8 +248,16 @@ impl Reporter {
                 self.counts().running.remove(task);
                 self.line(&format!("requeued {task}: {reason}"));
             }
-            RunEvent::Stopping { reason } => self.line(&format!(
-                "stopping: {reason}; running tasks are being stopped"
+            RunEvent::Stopping {
+                reason,
+                cancel_running,
+            } => self.line(&format!(
+                "stopping: {reason}; {}",
+                if *cancel_running {
+                    "running tasks are being stopped"
+                } else {
+                    "nothing more starts, running tasks finish"
+                }
             )),
             RunEvent::NodeLost { node, reason } => {
                 self.line(&format!("node {node} lost: {reason}"))

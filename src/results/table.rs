@@ -272,7 +272,24 @@ fn set(row: &mut Vec<Value>, i: usize, v: Value) {
     row[i] = v;
 }
 
-pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
+/// The plan's settings a task's row shows beside its factors, by layer:
+/// `common_settings` and the layer's `settings` (their names; the values
+/// are the task's, after its own overrides).
+pub type Settings = HashMap<String, Vec<String>>;
+
+/// The columns `settings` gives a task: those its factors do not already.
+pub(super) fn settings_of<'a>(
+    t: &'a TaskDef,
+    settings: &'a Settings,
+) -> impl Iterator<Item = &'a String> {
+    settings
+        .get(&t.layer)
+        .into_iter()
+        .flatten()
+        .filter(|k| !t.factors.contains_key(k.as_str()) && t.vars.contains_key(k.as_str()))
+}
+
+pub fn build(results_dir: &Path, tasks: &[TaskDef], settings: &Settings) -> Table {
     let mut cols = Cols::default();
     for (c, d) in FIXED {
         cols.add(c, d.to_string());
@@ -280,6 +297,14 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
     for t in tasks {
         for k in t.factors.keys() {
             cols.add(k, format!("parameter \"{k}\" of the task"));
+        }
+    }
+    for t in tasks {
+        for k in settings_of(t, settings) {
+            cols.add(
+                k,
+                format!("setting \"{k}\" of the plan (common_settings or the layer's settings)"),
+            );
         }
     }
     for (c, d) in RUNTIME {
@@ -303,16 +328,7 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
         };
         done += 1;
         if rt["status"] == "failed" {
-            let mut f = Map::new();
-            f.insert("task".into(), Value::String(t.id.clone()));
-            f.insert("layer".into(), Value::String(t.layer.clone()));
-            for (k, v) in &t.factors {
-                f.insert(k.clone(), v.clone());
-            }
-            for k in ["attempts", "error", "ended"] {
-                f.insert(k.into(), rt[k].clone());
-            }
-            failed.push(f);
+            failed.push(super::failed::row(t, &rt, settings, &dir));
             continue;
         }
         let mut base = vec![Value::Null; n_base];
@@ -320,6 +336,9 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef]) -> Table {
         base[1] = Value::String(t.layer.clone());
         for (k, v) in &t.factors {
             base[cols.index[k.as_str()]] = v.clone();
+        }
+        for k in settings_of(t, settings) {
+            base[cols.index[k.as_str()]] = t.vars[k.as_str()].clone();
         }
         for (k, _) in RUNTIME {
             base[cols.index[*k]] = rt[*k].clone();

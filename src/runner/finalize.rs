@@ -1,13 +1,10 @@
-//! What an ended attempt leaves on disk: its `runtime.json`, its staging
-//! folder moved into `results/<phase>/<task>/`, and a line in
-//! `failed-tasks.csv` when the task failed for good.
+//! What an ended attempt leaves on disk: its `runtime.json` and its staging
+//! folder moved into `results/<phase>/<task>/` (`failed-tasks.csv` is
+//! rewritten from those by the command layer: `results::failed`).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 
 use super::exec::Measured;
-use crate::results::csv::neutralise;
 use crate::tasks::TaskDef;
 
 /// How an attempt ended, for its `runtime.json`.
@@ -116,65 +113,4 @@ fn copy_synced(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::File::open(to)?.sync_all()
-}
-
-/// One CSV field, quoted when it has to be.
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Add a task that failed for good to `dir/failed-tasks.csv` (with its
-/// header when the file is new); formula-looking cells neutralised for
-/// spreadsheets like `table.csv`'s.
-pub(super) fn append_failed_csv(
-    dir: &Path,
-    id: &str,
-    attempt: u32,
-    error: &str,
-) -> std::io::Result<()> {
-    let path = dir.join("failed-tasks.csv");
-    let new = !path.exists();
-    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-    if new {
-        writeln!(f, "time,pattern,attempt,error")?;
-    }
-    writeln!(
-        f,
-        "{},{},{},{}",
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        csv_field(&neutralise(id)),
-        attempt,
-        csv_field(&neutralise(error))
-    )?;
-    f.sync_data()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-    }
-
-    #[test]
-    fn the_failed_tasks_csv_gets_its_header_once() {
-        let dir = tempfile::tempdir().unwrap();
-        append_failed_csv(dir.path(), "t1", 2, "exit 1").unwrap();
-        append_failed_csv(dir.path(), "t,2", 1, "boom").unwrap();
-        let text = std::fs::read_to_string(dir.path().join("failed-tasks.csv")).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert_eq!(lines[0], "time,pattern,attempt,error");
-        assert!(lines[1].ends_with(",t1,2,exit 1"), "{}", lines[1]);
-        assert!(lines[2].ends_with(",\"t,2\",1,boom"), "{}", lines[2]);
-    }
 }

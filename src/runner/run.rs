@@ -23,7 +23,6 @@ use super::scheduler::Policy;
 pub use super::signals::Interrupts;
 use crate::tasks::TaskDef;
 
-pub use super::finalize::csv_field;
 pub use super::lock::Lock;
 
 #[derive(Debug, Error)]
@@ -77,6 +76,8 @@ pub enum RunEvent {
     },
     Stopping {
         reason: String,
+        /// The running attempts are cancelled (else they finish).
+        cancel_running: bool,
     },
     /// A node went away (spot interruption, termination); nothing more runs on it.
     NodeLost {

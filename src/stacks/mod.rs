@@ -5,6 +5,8 @@
 
 mod comment;
 pub mod controller;
+pub mod deployed;
+pub mod diff;
 pub mod limits;
 mod model;
 pub mod names;

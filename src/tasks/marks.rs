@@ -38,7 +38,8 @@ const LEAVE: &str = "__infra_partial_leave";
 /// The helpers a name-only expression (`{{name}}`) may call.
 const HELPERS: &[&str] = &[
     "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
-    "and", "or", "not", "len", "json", VALUE, TRIPLE, ENTER, LEAVE,
+    "and", "or", "not", "len", "json", "add", "sub", "mul", "div", "min", "max", "round", "ceil",
+    "floor", "default", VALUE, TRIPLE, ENTER, LEAVE,
 ];
 
 /// One value a template inserted.

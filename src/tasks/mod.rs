@@ -1,5 +1,6 @@
 //! Task templates → task definitions.
 
+pub mod arith;
 pub mod fingerprint;
 pub mod lint;
 pub mod marks;

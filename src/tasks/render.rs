@@ -45,6 +45,7 @@ fn registry() -> (Handlebars<'static>, Marking) {
     hb.set_strict_mode(true);
     let marking = Marking::install(&mut hb);
     hb.register_helper("json", Box::new(task_json_helper));
+    super::arith::register(&mut hb);
     (hb, marking)
 }
 
@@ -91,7 +92,10 @@ fn json_param(h: &handlebars::Helper) -> Result<String, RenderErrorReason> {
 pub fn context(plan: &Plan, p: &Pattern) -> Value {
     let mut ctx: Map<String, Value> = p.vars.clone();
     ctx.insert("phase".into(), Value::String(plan.phase.clone()));
-    ctx.insert("phase_name".into(), Value::String(plan.name_key.clone()));
+    ctx.insert(
+        "phase_name".into(),
+        Value::String(plan.phase_name().to_string()),
+    );
     ctx.insert("pattern_id".into(), Value::String(p.id.clone()));
     ctx.insert("layer_id".into(), Value::String(p.layer.clone()));
     ctx.insert("backend".into(), Value::String(p.backend.clone()));
@@ -111,6 +115,70 @@ pub fn context(plan: &Plan, p: &Pattern) -> Value {
     Value::Object(ctx)
 }
 
+/// The identifiers inside a template's `{{...}}` (variables, helpers,
+/// keywords): what the template may use. Partials are not followed, so
+/// this errs on the side of "used".
+fn mustache_words(text: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("{{") {
+        let after = &rest[i + 2..];
+        let end = after.find("}}").unwrap_or(after.len());
+        let inner = &after[..end];
+        for w in inner.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                out.insert(w.to_string());
+            }
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Fields of the pattern itself (the `estimate`, `node_group` it may
+/// hold, and the template's variables) a misspelling is measured against.
+const PATTERN_FIELDS: &[&str] = &["id", "backend", "estimate", "node_group"];
+
+/// A field of `p` (its own, or its grid cell's) that its template never
+/// uses and that is one or two letters away from a name it does use or
+/// from a pattern field: a typo that would otherwise pass silently (the
+/// misspelt value becomes an unused variable; `node_grop` would run the
+/// task on the default group). The problem and its hint.
+fn misspelt(p: &Pattern, used: &std::collections::HashSet<String>) -> Option<(String, String)> {
+    for k in p.factors.keys() {
+        if used.contains(k) || PATTERN_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        let near = used
+            .iter()
+            .map(String::as_str)
+            .chain(PATTERN_FIELDS.iter().copied())
+            .filter(|c| c.len() >= 4 && k.len() >= 4)
+            .map(|c| {
+                (
+                    crate::plan::diag::distance(&k.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                    c,
+                )
+            })
+            .filter(|(d, c)| *d <= if c.len().min(k.len()) >= 6 { 2 } else { 1 })
+            .min();
+        if let Some((_, c)) = near {
+            let also = if p.factors.contains_key(c) {
+                format!(" (the pattern sets \"{c}\" too)")
+            } else {
+                String::new()
+            };
+            return Some((
+                format!(
+                    "field \"{k}\" is used by no template variable, and looks like \"{c}\"{also}"
+                ),
+                format!("rename \"{k}\" to \"{c}\", or remove it"),
+            ));
+        }
+    }
+    None
+}
+
 pub struct Rendered {
     pub tasks: Vec<TaskDef>,
 }
@@ -119,6 +187,7 @@ pub struct Rendered {
 pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, RenderError> {
     let (mut hb, marking) = registry();
     let mut loaded: HashMap<String, PathBuf> = HashMap::new();
+    let mut words: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
     for p in patterns {
         if loaded.contains_key(&p.backend) {
             continue;
@@ -134,12 +203,22 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
             message,
         })?;
         hb.register_template(&p.backend, template);
+        words.insert(p.backend.clone(), mustache_words(&text));
         loaded.insert(p.backend.clone(), path);
     }
     let mut tasks = Vec::with_capacity(patterns.len());
     let mut problems: Vec<TaskProblem> = Vec::new();
     for p in patterns {
         let shown = rel(&loaded[&p.backend], &plan.root);
+        if let Some((message, hint)) = misspelt(p, &words[&p.backend]) {
+            problems.push(TaskProblem {
+                pattern: p.id.clone(),
+                template: shown,
+                message,
+                hint,
+            });
+            continue;
+        }
         let ctx = context(plan, p);
         marking.reset();
         let rendered = hb.render(&p.backend, &ctx);

@@ -234,8 +234,8 @@ fn succeeded_counts(p: &Project, phase: &str) -> HashMap<String, usize> {
 /// The inference team's phase format, on AWS, two nodes: a producer server
 /// in the background with a health check on node 0, a consumer on node 1,
 /// and single-node tasks. On the emulator all "nodes" share this machine,
-/// so the server binds the loopback twin of its private IP (10.a.b.c →
-/// 127.a.b.c) and the client reaches it there.
+/// and each has a loopback private address (127.x.y.z): the server binds
+/// its node's address as on AWS, and the client reaches it there.
 fn phase_plan(a: &Aws, project: &str) {
     a.p.write(
         "plans/phase15.json",
@@ -274,10 +274,10 @@ fn phase_plan(a: &Aws, project: &str) {
   "table": ["result.json"],
   "steps": [
     {"name": "producer", "node": "producer", "background": true,
-     "command": "exec python3 \"$INFRA_SCRIPTS/echo_server.py\" --host \"127.${INFRA_NODE_ADDR#10.}\" --port \"$INFRA_PORT\"",
-     "health": {"command": "curl -sf \"http://127.${INFRA_NODE_0_ADDR#10.}:${INFRA_NODE_0_PORT}/health\"", "timeout_seconds": 60, "interval_seconds": 0.3}},
+     "command": "exec python3 \"$INFRA_SCRIPTS/echo_server.py\" --host \"$INFRA_NODE_ADDR\" --port \"$INFRA_PORT\"",
+     "health": {"command": "curl -sf \"http://$INFRA_NODE_0_ADDR:${INFRA_NODE_0_PORT}/health\"", "timeout_seconds": 60, "interval_seconds": 0.3}},
     {"name": "consumer", "node": "consumer", "timeout_seconds": 120,
-     "command": "python3 \"$INFRA_SCRIPTS/echo_client.py\" --url \"http://127.${INFRA_NODE_0_ADDR#10.}:$INFRA_NODE_0_PORT\" --requests {{requests}} --concurrency {{concurrency}} --payload {{prompt_tokens}} --out result.json && echo \"rank $INFRA_NODE_RANK of $INFRA_NODES on $INFRA_NODE_NAME ($INFRA_NODE_ADDR) used producer $INFRA_NODE_0_ADDR\""}
+     "command": "python3 \"$INFRA_SCRIPTS/echo_client.py\" --url \"http://$INFRA_NODE_0_ADDR:$INFRA_NODE_0_PORT\" --requests {{requests}} --concurrency {{concurrency}} --payload {{prompt_tokens}} --out result.json && echo \"rank $INFRA_NODE_RANK of $INFRA_NODES on $INFRA_NODE_NAME ($INFRA_NODE_ADDR) used producer $INFRA_NODE_0_ADDR\""}
   ]
 }"#,
     );
@@ -1672,7 +1672,7 @@ fn api_calls_per_task_and_per_polling_round() {
     let r = a.infra(&["run", "calls", "all", "--json"]);
     ok(&r, "run");
     let calls = a.calls();
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = json_event(&r.stdout, "summary");
     let rounds = out["api_calls"]["poll_rounds"].as_u64().unwrap() as f64;
     let get = |k: &str| *calls.get(k).unwrap_or(&0) as f64;
     let n = tasks as f64;
@@ -1750,7 +1750,7 @@ fn status_calls_per_round_follow_the_invocations_in_flight_not_the_nodes_at_100_
     let took = started.elapsed().as_secs_f64();
     ok(&r, "run");
     let calls = a.calls();
-    let out: Value = serde_json::from_str(&r.stdout).unwrap();
+    let out = json_event(&r.stdout, "summary");
     let c = &out["api_calls"];
     let rounds = c["poll_rounds"].as_u64().unwrap();
     let lists = *calls.get("ssm:ListCommandInvocations").unwrap_or(&0);
@@ -1838,6 +1838,135 @@ mod live_logs;
 mod node;
 mod trust;
 
+/// `infra plan` of a deployed phase shows what `apply` would change and
+/// the cost difference; `plan -o FILE` saves the reviewed plan and `apply
+/// FILE` applies exactly it, refusing once what is deployed changed since.
+#[test]
+fn plan_shows_the_changes_to_what_is_deployed_and_apply_file_applies_exactly_the_reviewed_plan() {
+    let a = Aws::new("plan_diff");
+    sleeper_plan(&a, "pd", "plandiff", 2, 0.1, 1, 1);
+    let first = a.infra(&["plan", "pd"]);
+    ok(&first, "plan");
+    assert!(
+        !first.stdout.contains("deployed (applied"),
+        "{}",
+        first.stdout
+    );
+    ok(&a.infra(&["apply", "pd", "--yes"]), "apply");
+    let same = a.infra(&["plan", "pd"]);
+    ok(&same, "plan");
+    assert!(
+        same.stdout
+            .contains("no change; `infra apply` changes nothing"),
+        "{}",
+        same.stdout
+    );
+
+    // two nodes instead of one, and a second group
+    let text = a.p.read("plans/pd.json").replace(
+        r#""cpu": { "instance_type": "c6i.xlarge", "count": 1, "market": "spot", "slots": 1 }"#,
+        r#""cpu": { "instance_type": "c6i.xlarge", "count": 2, "market": "spot", "slots": 1 },
+     "big": { "instance_type": "c6i.2xlarge", "count": 1, "market": "spot", "slots": 1 }"#,
+    );
+    assert!(text.contains("\"big\""), "{text}");
+    a.p.write("plans/pd.json", &text);
+    let changed = a.infra(&["plan", "pd", "-o", "reviewed.plan"]);
+    ok(&changed, "plan -o");
+    let out = &changed.stdout;
+    assert!(out.contains("`infra apply` would change"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("+ ") && l.contains("AWS::EC2::LaunchTemplate")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("~ ") && l.contains("TargetCapacitySpecification")),
+        "{out}"
+    );
+    assert!(out.contains("to add,") && out.contains("nodes $"), "{out}");
+    let v: Value = serde_json::from_str(&a.infra(&["--json", "plan", "pd"]).stdout).unwrap();
+    let c = &v["changes"];
+    assert!(c["add"].as_u64().unwrap() >= 2, "{c}");
+    assert!(
+        c["hourly_usd_planned"].as_f64().unwrap() > c["hourly_usd_deployed"].as_f64().unwrap(),
+        "{c}"
+    );
+    assert!(
+        changed
+            .stderr
+            .contains("saved the reviewed plan to reviewed.plan"),
+        "{}",
+        changed.stderr
+    );
+
+    // edits after the review do not count: the saved text is applied
+    a.p.write(
+        "plans/pd.json",
+        &text.replace(r#""count": 2"#, r#""count": 3"#),
+    );
+    let applied = a.infra(&["--json", "apply", "reviewed.plan", "--yes"]);
+    ok(&applied, "apply FILE");
+    let nodes = serde_json::from_str::<Value>(&applied.stdout).unwrap()["nodes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(nodes, 3, "2 cpu + 1 big, as reviewed: {}", applied.stdout);
+    // what is deployed changed since it was saved: refused, nothing changed
+    let again = a.infra(&["apply", "reviewed.plan", "--yes"]);
+    assert_eq!(again.code, 2, "{}\n{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("changed since the plan was saved"),
+        "{}",
+        again.stderr
+    );
+    ok(&a.infra(&["destroy", "pd", "--all"]), "destroy");
+    assert!(!a.p.exists(".infra/pd/deployed.json"));
+}
+
+/// The README's way to try the AWS path: the quickstart, unchanged, with
+/// `--provider aws` on the emulator. Its server binds `$INFRA_NODE_ADDR`,
+/// which the emulator makes a loopback address this machine can bind.
+#[test]
+fn the_quickstart_runs_unchanged_on_the_emulator_with_provider_aws() {
+    let a = Aws::new("quickstart_on_aws");
+    let examples = Project::with_examples();
+    for sub in ["plans", "plans/templates", "scripts"] {
+        for e in std::fs::read_dir(examples.path().join(sub))
+            .unwrap()
+            .flatten()
+        {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), a.p.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let r = a.infra(&["--provider", "aws", "up", "quickstart", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("quickstart@aws: 5 succeeded"),
+        "{}",
+        r.stdout
+    );
+    let res: Value =
+        serde_json::from_str(&a.p.read("results/quickstart@aws/quickstart-L1-echo-c4/result.json"))
+            .unwrap();
+    let url = res["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://127.") && !url.starts_with("http://127.0."),
+        "{url}"
+    );
+    // the AWS trial kept apart from the plan's own (local) campaign
+    assert!(!a.p.exists(".infra/quickstart/journal.jsonl"));
+    let left = a.infra(&["--provider", "aws", "--json", "status", "quickstart"]);
+    let v: Value = serde_json::from_str(&left.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert!(
+        nodes.iter().all(|n| n["state"] == "terminated"),
+        "destroyed: {v}"
+    );
+}
+
 #[test]
 fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
     let a = Aws::new("same_summary");
@@ -1859,7 +1988,8 @@ fn local_and_aws_runs_end_with_the_same_summary_and_exit_code() {
         "{}\n{}",
         on_local.stdout, on_local.stderr
     );
-    let text = |s: &str| crate::output::without_duration(s);
+    // the local trial is its own campaign (mixed@local): the same words
+    let text = |s: &str| crate::output::without_duration(s).replace("mixed@local", "mixed");
     assert_eq!(text(&on_local.stdout), text(&on_aws.stdout));
     assert!(
         on_aws

@@ -105,3 +105,18 @@ pub fn journal(p: &Project, phase: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("journal line parses"))
         .collect()
 }
+
+/// The `--json` output of `run`/`up` (JSON Lines): every line parses and
+/// has an `"event"`; the one whose event is `kind` (the last such).
+pub fn json_event(stdout: &str, kind: &str) -> serde_json::Value {
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|v| v["event"].is_string()), "{stdout}");
+    lines
+        .into_iter()
+        .rev()
+        .find(|v| v["event"] == kind)
+        .unwrap_or_else(|| panic!("no {kind:?} line in:\n{stdout}"))
+}

@@ -26,14 +26,15 @@ fn csv_spot_median(instance_type: &str, region: &str) -> f64 {
 }
 
 #[test]
-fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
+fn the_statistics_team_estimate_matches_a_hand_computation_and_is_over_1000_usd_in_us_east_1() {
     let path = repo().join("plans/tables.json");
     let plan = parse_plan(&std::fs::read_to_string(&path).unwrap(), &path, &|_| true).unwrap();
     let cat = Catalog::builtin();
     let tasks_dir = tempfile::tempdir().unwrap();
     // estimate from the rendered tasks, as `infra plan` does
     let p = Project::with_examples();
-    p.infra(&["plan", "tables"]).ok();
+    // refused (exit 3), but the tasks are rendered
+    assert_eq!(p.infra(&["plan", "tables"]).code, 3);
     let _ = tasks_dir;
     let tasks: Vec<infra::tasks::TaskDef> = std::fs::read_dir(p.path().join(".infra/tables/tasks"))
         .unwrap()
@@ -44,8 +45,8 @@ fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
     let e = estimate(&plan, &refs, &cat, "built-in catalog");
     // by hand: 720 h x (3 c6i.4xlarge + 1 g5.xlarge) at the spot median and
     // 4 public IPv4 addresses, plus 4 x 100 GB of gp3
-    let c6i = csv_spot_median("c6i.4xlarge", "eu-north-1");
-    let g5 = csv_spot_median("g5.xlarge", "eu-north-1");
+    let c6i = csv_spot_median("c6i.4xlarge", "us-east-1");
+    let g5 = csv_spot_median("g5.xlarge", "us-east-1");
     let hourly = 3.0 * c6i + g5 + 4.0 * PUBLIC_IPV4_USD_PER_HOUR;
     let storage = 4.0 * 100.0 * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH * 720.0;
     let by_hand = 720.0 * hourly + storage;
@@ -66,16 +67,46 @@ fn the_statistics_team_estimate_matches_a_hand_computation_and_fits_1000_usd() {
         e.total_on_demand_usd.unwrap() > 2.0 * e.total_usd,
         "on-demand for comparison"
     );
+    // the seed's region: over the $1000
     let v = verdict(&plan, &e, 0.0);
-    assert!(v.ok, "{:?}", v.reasons);
-    assert_eq!(v.remaining_usd, Some(1000.0));
-    // with $300 already spent the same campaign no longer fits
-    let v = verdict(&plan, &e, 300.0);
-    assert!(!v.ok);
+    assert!(!v.ok, "{:?}", v.reasons);
+    assert!(e.total_usd > 1000.0);
     assert!(
-        v.reasons[0].contains("exceeds the remaining budget $700.00"),
+        v.reasons[0].contains("exceeds the remaining budget $1000.00"),
         "{:?}",
         v.reasons
+    );
+    // `infra plan` says by how much, and what would fit
+    let r = p.infra(&["plan", "tables"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let over = format!("over by ${:.2}", e.total_usd - 1000.0);
+    assert!(r.stdout.contains(&over), "{over} in {}", r.stdout);
+    assert!(r.stdout.contains("what would fit:"), "{}", r.stdout);
+    assert!(r.stdout.contains("region eu-north-1"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("group cpu: 2 node(s) instead of 3"),
+        "{}",
+        r.stdout
+    );
+    // each suggestion fits when applied
+    let mut north = plan.clone();
+    north.region = "eu-north-1".into();
+    let en = estimate(&north, &refs, &cat, "built-in catalog");
+    assert!(
+        en.total_usd < 1000.0 && verdict(&north, &en, 0.0).ok,
+        "{}",
+        en.total_usd
+    );
+    let mut fewer = plan.clone();
+    fewer.node_groups[0].count = 2;
+    assert!(estimate(&fewer, &refs, &cat, "built-in catalog").total_usd < 1000.0);
+    // apply is refused the same way, naming what would fit
+    let a = p.infra(&["apply", "tables", "--yes"]);
+    assert_eq!(a.code, 3);
+    assert!(
+        a.stderr.contains("what would fit: region eu-north-1"),
+        "{}",
+        a.stderr
     );
 }
 
@@ -443,4 +474,68 @@ fn run_with_nothing_left_to_run_brings_up_no_nodes() {
         "no node was brought up"
     );
     assert!(!r.stderr.contains("applying"), "{}", r.stderr);
+}
+
+/// A budget stop's summary adds up with what `status` says afterwards, and
+/// a soft stop says the running tasks finish (not that they are stopped).
+#[test]
+fn a_budget_stops_summary_adds_up_with_status() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/s.json.hbs",
+        r#"{"steps": [{"name": "main", "command": "sleep 2"}]}"#,
+    );
+    p.write(
+        "plans/bs.json",
+        r#"{"phase": "bs", "name": "budget stop", "provider": "local",
+ "budget": {"usd": 0.03, "hard_stop": false},
+ "node_groups": {"gpu": {"instance_type": "p4d.24xlarge", "count": 1, "slots": 1}},
+ "layers": [{"id": "L0", "grid": {"backend": "s", "id": "bs-{n}", "factors": {"n": [1, 2, 3, 4, 5]}}}]}"#,
+    );
+    let r = Run::from(
+        p.cmd(&["run", "bs", "bs-1", "bs-2", "bs-3", "bs-4"])
+            .env("INFRA_WATCHDOG_SECONDS", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 3, "a budget stop: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("nothing more starts, running tasks finish"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("running tasks are being stopped"),
+        "{}",
+        r.stderr
+    );
+    let num = |after: &str| -> usize {
+        let i = r
+            .stdout
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {}", r.stdout));
+        r.stdout[..i]
+            .rsplit([' ', ','])
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (ok, not_run) = (num(" succeeded"), num(" not run"));
+    assert_eq!(ok + not_run, 4, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("1 other task(s) of the phase not selected"),
+        "{}",
+        r.stdout
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&p.infra(&["--json", "status", "bs"]).stdout).unwrap();
+    assert_eq!(s["counts"]["succeeded"], ok, "{s}");
+    assert_eq!(
+        s["counts"]["pending"],
+        not_run + 1,
+        "the one not selected too: {s}"
+    );
 }

@@ -123,7 +123,7 @@ fn a_full_results_disk_fails_those_tasks_once_and_the_run_goes_on() {
         "task failures, not a provider error\n{}",
         r.stderr
     );
-    let s: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let s = json_event(&r.stdout, "summary");
     assert_eq!(s["summary"]["succeeded"], 3, "{s}");
     assert_eq!(s["summary"]["failed"], 2, "{s}");
     assert!(

@@ -90,11 +90,19 @@ fn a_failing_task_is_retried_with_backoff_then_recorded_while_others_succeed() {
     assert_eq!(rt["exit_code"], 3);
     assert_eq!(rt["attempts"], 3);
     let csv = p.read("results/retry/failed-tasks.csv");
-    assert!(csv.starts_with("time,pattern,attempt,error\n"));
+    assert!(csv.starts_with("task,layer,"), "{csv}");
     assert!(
-        csv.contains(",r-bad,3,\"step \"\"main\"\" exited with code 3\""),
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",attempts,error,ended"),
         "{csv}"
     );
+    assert!(
+        csv.contains(",3,\"step \"\"main\"\" exited with code 3"),
+        "{csv}"
+    );
+    assert!(csv.lines().nth(1).unwrap().starts_with("r-bad,"), "{csv}");
     let j = journal(&p, "retry");
     assert_eq!(
         j.iter().filter(|e| e["event"] == "attempt_failed").count(),
@@ -295,7 +303,7 @@ pub fn crash_resume(n: usize, kills: usize) {
     assert_eq!(j.iter().filter(|e| e["event"] == "succeeded").count(), n);
     // a final run does nothing
     let r = p.infra(&["--json", "run", "crash", "all"]);
-    let s: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    let s = json_event(&r.ok().stdout, "summary");
     assert_eq!(s["summary"]["already_done"], n);
     assert_eq!(s["summary"]["succeeded"], 0);
 }
@@ -488,4 +496,64 @@ fn slots_get_distinct_gpus_and_partitions_reach_the_task() {
         ["0", "1", "2", "3"],
         "each concurrent slot has its own GPU"
     );
+}
+
+/// The energy team's suite as shipped (plans/energy.json), with its flaky
+/// configuration made to fail every attempt: the 12 configurations each
+/// give 3 rows (2 warm-ups and the measured run); the failing one is tried
+/// 4 times, after 2, 4 and 8 s, then lands in failed-tasks.csv with the
+/// last lines of its stderr, and the suite goes on.
+#[test]
+fn the_energy_suite_retries_with_backoff_and_records_the_oom_after_the_last_attempt() {
+    let p = Project::with_examples();
+    let plan = p.read("plans/energy.json");
+    assert!(plan.contains(r#""fail_first": 2"#));
+    p.write(
+        "plans/energy.json",
+        &plan.replace(r#""fail_first": 2"#, r#""fail_first": 9"#),
+    );
+    let r = p.infra(&["up", "energy", "--yes"]);
+    assert_eq!(r.code, 1, "one task fails: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("energy: 12 succeeded, 1 failed"),
+        "{}",
+        r.stdout
+    );
+    let j = journal(&p, "energy");
+    let delays: Vec<f64> = j
+        .iter()
+        .filter(|e| e["event"] == "attempt_failed")
+        .map(|e| e["retry_in_seconds"].as_f64().unwrap())
+        .collect();
+    assert_eq!(delays, [2.0, 4.0, 8.0]);
+    let failed = p.read("results/energy/failed-tasks.csv");
+    let mut rd = csv::Reader::from_reader(failed.as_bytes());
+    let head: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    let row = rd.records().next().unwrap().unwrap();
+    let cell = |c: &str| row[head.iter().position(|h| h == c).unwrap()].to_string();
+    assert_eq!(cell("task"), "energy-large-b128-flaky");
+    assert_eq!(cell("attempts"), "4");
+    assert_eq!(cell("batch"), "128");
+    assert!(
+        cell("stderr_tail").contains("loading large with batch 128\ntorch.OutOfMemoryError"),
+        "{failed}"
+    );
+    assert!(cell("error").contains("OutOfMemoryError"), "{failed}");
+    // every run of every configuration is a row
+    p.infra(&["results", "energy"]).ok();
+    let mut t = csv::Reader::from_path(p.path().join("results/energy/table.csv")).unwrap();
+    let th: Vec<String> = t.headers().unwrap().iter().map(String::from).collect();
+    let kind = th.iter().position(|h| h == "kind").unwrap();
+    let rows: Vec<csv::StringRecord> = t.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 36, "12 configurations x 3 runs");
+    assert_eq!(rows.iter().filter(|r| &r[kind] == "measured").count(), 12);
+    for c in [
+        "energy_j",
+        "tokens_per_joule",
+        "model",
+        "batch",
+        "warmup_runs",
+    ] {
+        assert!(th.contains(&c.to_string()), "{c} in {th:?}");
+    }
 }

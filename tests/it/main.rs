@@ -21,3 +21,4 @@ mod slurm;
 mod stacks;
 mod sweep;
 mod templates;
+mod trial;

@@ -375,3 +375,128 @@ fn logs_of_a_layer_names_its_tasks() {
         r.stderr
     );
 }
+
+#[test]
+fn up_json_is_json_lines_with_an_event_each_and_errors_are_structured() {
+    let p = Project::with_examples();
+    let r = p.infra(&["up", "quickstart", "--json", "--yes"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(events.first(), Some(&"plan"), "{events:?}");
+    assert_eq!(events.last(), Some(&"destroy"), "{events:?}");
+    for e in ["apply", "dispatched", "succeeded", "summary"] {
+        assert!(events.contains(&e), "{e} in {events:?}");
+    }
+    let summary = crate::common::json_event(&r.stdout, "summary");
+    assert_eq!(summary["summary"]["succeeded"], 5, "{summary}");
+    // a single-document command stays one (pretty) document
+    let s = p.infra(&["--json", "status", "quickstart"]);
+    let v: Value = serde_json::from_str(&s.stdout).unwrap();
+    assert!(v.get("event").is_none(), "{v}");
+
+    // an invalid plan: the error as one document naming each problem
+    p.write(
+        "plans/bad.json",
+        "{\"phase\": \"bad\", \"name\": \"b\",\n  \"budget\": {\"usd\": \"ten\"},\n  \"colour\": 1,\n  \"layers\": []}",
+    );
+    let e = p.infra(&["--json", "plan", "bad"]);
+    assert_eq!(e.code, 2);
+    let v: Value = serde_json::from_str(&e.stdout).unwrap();
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid plan plans/bad.json"),
+        "{v}"
+    );
+    let problems = v["error"]["problems"].as_array().unwrap();
+    assert!(problems.len() >= 2, "{v}");
+    let colour = problems
+        .iter()
+        .find(|p| p["path"] == "colour")
+        .expect("colour");
+    assert_eq!(colour["line"], 3);
+    assert_eq!(colour["column"], 13, "the value's column");
+    assert!(colour["hint"].is_string() || colour["hint"].is_null());
+    // in a stream, the error is a line of its own
+    let e = p.infra(&["--json", "up", "bad", "--yes"]);
+    assert_eq!(e.code, 2);
+    let line = crate::common::json_event(&e.stdout, "error");
+    assert_eq!(line["exit_code"], 2, "{line}");
+}
+
+#[test]
+fn results_show_common_settings_and_layer_settings_as_columns() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/m.json.hbs",
+        &one_step_template(
+            "printf '{\\\"value\\\": %s}' {{x}} > m.json; [ {{x}} != 3 ]",
+            r#""outputs": ["m.json"], "table": ["m.json"],"#,
+        ),
+    );
+    p.write(
+        "plans/st.json",
+        r#"{"phase": "st", "name": "settings",
+      "common_settings": {"dgp": "normal", "S": 100},
+      "layers": [
+        {"id": "L0", "settings": {"table": "t1"}, "patterns": [
+          {"id": "st-a", "backend": "m", "x": 1},
+          {"id": "st-b", "backend": "m", "x": 2, "S": 500}]},
+        {"id": "L1", "settings": {"table": "t2", "dgp": "t"}, "patterns": [
+          {"id": "st-c", "backend": "m", "x": 3}]}]}"#,
+    );
+    let run = p.infra(&["run", "st"]);
+    assert_eq!(run.code, 1, "st-c fails: {}\n{}", run.stdout, run.stderr);
+    let by_run = p.read("results/st/failed-tasks.csv");
+    let r = p.infra(&["results", "st"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut rd = csv::Reader::from_path(p.path().join("results/st/table.csv")).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    for c in ["dgp", "S", "table", "x", "value"] {
+        assert!(header.contains(&c.to_string()), "{c} in {header:?}");
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+    let row = |task: &str| rows.iter().find(|r| &r[0] == task).unwrap().clone();
+    assert_eq!(&row("st-a")[col("dgp")], "normal");
+    assert_eq!(&row("st-a")[col("S")], "100");
+    assert_eq!(&row("st-a")[col("table")], "t1");
+    assert_eq!(
+        &row("st-b")[col("S")],
+        "500",
+        "the pattern's own value wins"
+    );
+    // the failed task's settings are in failed-tasks.csv too: one file,
+    // the same whether the run or `infra results` wrote it
+    assert!(!p.exists("results/st/failed.csv"));
+    let failed = p.read("results/st/failed-tasks.csv");
+    assert_eq!(
+        by_run.lines().next(),
+        failed.lines().next(),
+        "the same columns"
+    );
+    let head = failed.lines().next().unwrap();
+    assert!(head.contains("dgp") && head.contains("table"), "{failed}");
+    assert!(
+        failed.lines().nth(1).unwrap().contains(",t,") || failed.contains("t2"),
+        "{failed}"
+    );
+    let meta: Value = serde_json::from_str(&p.read("results/st/table.metadata.json")).unwrap();
+    let dgp = meta["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dgp")
+        .unwrap();
+    assert!(
+        dgp["description"].as_str().unwrap().contains("setting"),
+        "{dgp}"
+    );
+}

@@ -282,4 +282,29 @@ fn the_sweep_runs_locally_and_exports_a_typed_216_row_table_and_resumes_without_
     assert!(p
         .read("results/sweep/sweep-base-lr0.001-wd0.1-s3/loss.csv")
         .starts_with("step,loss,lr\n"));
+
+    // the team's export: floats as %.6f, the column types in the metadata
+    p.infra(&["results", "sweep", "--float-format", "%.6f"])
+        .ok();
+    let fixed = p.read("results/sweep/table.csv");
+    let flines: Vec<&str> = fixed.lines().collect();
+    for line in &flines[1..] {
+        for (cell, (name, ty)) in line.split(',').zip(&cols) {
+            if ty == "float" && !cell.is_empty() {
+                let decimals = cell.split('.').nth(1).map(str::len);
+                assert_eq!(decimals, Some(6), "{name}={cell}");
+            }
+        }
+    }
+    assert!(fixed.contains(",0.000100,"), "lr 0.0001 as %.6f");
+    let meta: serde_json::Value =
+        serde_json::from_str(&p.read("results/sweep/table.metadata.json")).unwrap();
+    assert_eq!(meta["total_runs"], 216);
+    assert!(meta["export_date"].is_string());
+    assert_eq!(meta["column_types"]["lr"], "float");
+    assert_eq!(meta["column_types"]["seed"], "integer");
+    assert_eq!(meta["float_format"], "%.6f");
+    let bad = p.infra(&["results", "sweep", "--float-format", "%d"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("%.6f"), "{}", bad.stderr);
 }

@@ -127,3 +127,121 @@ fn object_and_array_values_render_as_json_text() {
         "{\"a\":[1,\"x y\"]}\n[1,2]\n"
     );
 }
+
+#[test]
+fn a_plan_copied_out_of_the_project_uses_the_projects_templates_scripts_and_state() {
+    let p = Project::with_examples();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("qs-copy.json");
+    std::fs::copy(p.path().join("plans/quickstart.json"), &copy).unwrap();
+    let copy = copy.display().to_string();
+    let plan = p.infra(&["plan", &copy]);
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    let run = p.infra(&["run", &copy]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(p.exists("results/qs-copy/quickstart-L0-sum-1e5/result.json"));
+    assert!(p.exists(".infra/qs-copy/journal.jsonl"));
+    assert!(
+        !elsewhere.path().join(".infra").exists(),
+        "nothing written beside the copy"
+    );
+    // a template beside the copy still wins
+    std::fs::create_dir_all(elsewhere.path().join("templates")).unwrap();
+    std::fs::write(
+        elsewhere.path().join("templates/compute.json.hbs"),
+        r#"{"steps": [{"name": "mine", "command": "echo beside the copy"}]}"#,
+    )
+    .unwrap();
+    let plan = p.infra(&["--json", "list", &copy]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    p.infra(&["plan", &copy]).ok();
+    let task = p.read(".infra/qs-copy/tasks/quickstart-L0-sum-1e5.json");
+    assert!(task.contains("beside the copy"), "{task}");
+}
+
+#[test]
+fn a_misspelt_pattern_field_is_an_error_naming_the_field_it_looks_like() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/c.json.hbs",
+        &one_step_template("echo {{concurrency}}", ""),
+    );
+    for (field, like) in [
+        (r#""concurrency": 1, "concurency": 3"#, "concurrency"),
+        (r#""concurrency": 1, "estimat": "5s""#, "estimate"),
+        (r#""concurrency": 1, "node_grop": "gpu""#, "node_group"),
+    ] {
+        p.write(
+            "plans/ty.json",
+            &format!(
+                r#"{{"phase": "ty", "name": "typos", "node_groups": {{"cpu": {{"instance_type": "local", "count": 1}}, "gpu": {{"instance_type": "local", "count": 1}}}},
+  "layers": [{{"id": "L0", "node_group": "cpu", "patterns": [{{"id": "ty-a", "backend": "c", {field}}}]}}]}}"#
+            ),
+        );
+        let r = p.infra(&["plan", "ty"]);
+        assert_eq!(r.code, 2, "{field}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!("looks like \"{like}\"")),
+            "{field}: {}",
+            r.stderr
+        );
+        assert!(!p.exists(".infra/ty/tasks/ty-a.json"), "nothing rendered");
+    }
+    // a field for the results only (not like any name) stays fine
+    p.write(
+        "plans/ty.json",
+        r#"{"phase": "ty", "name": "typos", "node_groups": {"cpu": {"instance_type": "local", "count": 1}},
+  "layers": [{"id": "L0", "patterns": [{"id": "ty-a", "backend": "c", "concurrency": 1, "label": "baseline"}]}]}"#,
+    );
+    let r = p.infra(&["plan", "ty"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn templates_compute_values_such_as_max_model_len() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/srv.json.hbs",
+        &one_step_template(
+            "serve --max-model-len {{add prompt_tokens max_tokens 64}} --util {{default gpu_memory_utilization 0.9}} --per-gpu {{div concurrency 2}}{{#if (gt (add prompt_tokens max_tokens) 8192)}} --long{{/if}}",
+            "",
+        ),
+    );
+    p.write(
+        "plans/mm.json",
+        r#"{"phase": "mm", "name": "model len",
+  "common_settings": {"max_tokens": 256, "concurrency": 3, "gpu_memory_utilization": null},
+  "layers": [{"id": "L0", "patterns": [
+    {"id": "mm-4k", "backend": "srv", "prompt_tokens": 4000},
+    {"id": "mm-16k", "backend": "srv", "prompt_tokens": 16000, "gpu_memory_utilization": 0.85}]}]}"#,
+    );
+    let r = p.infra(&["plan", "mm"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let cmd = |id: &str| -> String {
+        let t: serde_json::Value =
+            serde_json::from_str(&p.read(&format!(".infra/mm/tasks/{id}.json"))).unwrap();
+        t["steps"][0]["command"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        cmd("mm-4k"),
+        "serve --max-model-len 4320 --util 0.9 --per-gpu 1.5"
+    );
+    assert_eq!(
+        cmd("mm-16k"),
+        "serve --max-model-len 16320 --util 0.85 --per-gpu 1.5 --long"
+    );
+    // a helper given text is an error naming it
+    p.write(
+        "plans/mm.json",
+        r#"{"phase": "mm", "name": "model len", "common_settings": {"max_tokens": "many", "concurrency": 3},
+  "layers": [{"id": "L0", "patterns": [{"id": "mm-4k", "backend": "srv", "prompt_tokens": 4000}]}]}"#,
+    );
+    let r = p.infra(&["plan", "mm"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("{{add ...}}: parameter 2 is \"many\", not a number"),
+        "{}",
+        r.stderr
+    );
+}

@@ -135,6 +135,7 @@ fn layer(
         description: head.description,
         node_group: head.node_group,
         partitions: head.partitions,
+        settings: head.settings,
         grid_cells,
         patterns,
     })

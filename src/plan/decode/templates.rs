@@ -64,6 +64,27 @@ fn inside(root: &Path, plan_dir: &Path, p: &Path) -> bool {
     !p.as_os_str().is_empty()
 }
 
+/// A plan outside the project's `plans/` (copied to /tmp, say) without a
+/// template beside it uses the project's: for each backend neither mapped
+/// in `templates` nor found in `<plan's folder>/templates/`, the project's
+/// `plans/templates/<backend>.json.hbs` when it exists.
+pub(super) fn project_templates(plan: &mut Plan, src: &Source) {
+    let shared = src.root.join("plans").join("templates");
+    if shared == plan.plan_dir.join("templates") {
+        return;
+    }
+    let backends: HashSet<String> = plan.patterns().map(|p| p.backend.clone()).collect();
+    for b in backends {
+        if plan.templates.contains_key(&b) || (src.file_exists)(&plan.template_path(&b)) {
+            continue;
+        }
+        let candidate = shared.join(format!("{b}.json.hbs"));
+        if (src.file_exists)(&candidate) {
+            plan.templates.insert(b, candidate);
+        }
+    }
+}
+
 /// One diagnostic per backend without a template file, at the first
 /// pattern that names it.
 pub(super) fn check_backends(d: &mut Diags, plan: &Plan, src: &Source) {

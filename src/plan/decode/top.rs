@@ -106,6 +106,7 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         layers: decoded.layers,
         positions: value_positions(root_node),
     };
+    templates::project_templates(&mut plan, src);
     templates::check_backends(&mut d, &plan, src);
     slurm::check_time_limits(&mut d, &plan);
     if d.is_empty() {

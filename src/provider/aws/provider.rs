@@ -230,6 +230,11 @@ impl AwsProvider {
         )
         .await?;
         let looked = deploy::looked_up(&base, Some(&compute))?;
+        // what is deployed now: `infra plan` diffs against it
+        let hourly = crate::cost::estimate::estimate(plan, &[], catalog, "").hourly_usd;
+        crate::stacks::deployed::record(&plan.state_dir(), &rendered, hourly).map_err(
+            ProviderError::io(crate::stacks::deployed::path(&plan.state_dir())),
+        )?;
         // nodes
         let timeout = deploy::nodes_timeout(plan, self.settings.nodes_timeout);
         let ready = deploy::wait_for_nodes(&c, &log, plan, &looked.fleets, timeout).await?;

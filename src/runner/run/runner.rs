@@ -11,7 +11,7 @@ use super::{io_at, Paths, RunError, RunEvent, RunOptions, RunSummary};
 use crate::runner::exec::{
     AttemptRequest, Executor, Measured, NodeChange, Outcome, Resume, Seat, StepNote, StepNotes,
 };
-use crate::runner::finalize::{append_failed_csv, finalize, runtime_json, Ended};
+use crate::runner::finalize::{finalize, runtime_json, Ended};
 use crate::runner::journal::{self, Entry, InFlight, Journal, State, Status};
 use crate::runner::lock::{self, Lock};
 use crate::runner::scheduler::{order, Placement, Policy, Pool};
@@ -585,19 +585,14 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
     }
 
     /// A task that used its attempts (or failed while the run stops): into
-    /// the failed-tasks CSV, the journal and the summary.
+    /// the journal and the summary (the command layer rewrites the
+    /// failed-tasks CSV on the event).
     fn failed_for_good(
         &mut self,
         t: &TaskDef,
         attempt: u32,
         error: String,
     ) -> Result<(), RunError> {
-        let paths = self.paths;
-        let dir = &paths.results_dir;
-        if let Err(e) = append_failed_csv(dir, &t.id, attempt, &error) {
-            // the journal has it; the disk's trouble is said once
-            let _ = self.unsaved(&dir.join("failed-tasks.csv"), e);
-        }
         self.journal.append(Entry::Failed {
             task: t.id.clone(),
             key: t.key.clone(),
@@ -718,6 +713,7 @@ impl<'a, E: Executor + ?Sized> Runner<'a, E> {
             }
             (self.report)(&RunEvent::Stopping {
                 reason: why.to_string(),
+                cancel_running,
             });
         }
     }

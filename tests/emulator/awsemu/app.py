@@ -25,8 +25,8 @@ class EmulatorApp:
         registry.CALL_MOTO = registry.MotoCaller(moto_app)
         self.verbose = verbose
         # Import the additions so that they register their intercepts and patches.
-        from . import (cfn_delete, cfn_extra_types, cfn_fleets, cfn_instances, cfn_timing,  # noqa: F401
-                       instance_info, prices, runcommand, shutdown, user_data)
+        from . import (addresses, cfn_delete, cfn_extra_types, cfn_fleets, cfn_instances,  # noqa: F401
+                       cfn_timing, instance_info, prices, runcommand, shutdown, user_data)
 
         cfn_fleets.install()
         cfn_instances.install()
@@ -35,6 +35,7 @@ class EmulatorApp:
         prices.install()
         node_auth.install()
         shutdown.install()
+        addresses.install()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
