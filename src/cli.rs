@@ -181,6 +181,11 @@ pub enum Cmd {
     },
     /// Print the JSON Schema of the plan format.
     Schema,
+    /// Turn another tool's experiment design into a plan.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
     /// The phase's journal (what ran, how it ended).
     Journal {
         #[command(subcommand)]
@@ -294,6 +299,26 @@ pub enum ReportFormat {
     Json,
     Csv,
     Html,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// A doe-suite suite design (designs/<suite>.yml) as plans/<suite>.json
+    /// and its templates (docs/DOE-SUITE.md).
+    DoeSuite {
+        /// The suite design (YAML).
+        design: std::path::PathBuf,
+        /// Where to write the plan (default: plans/<suite>.json); its
+        /// templates go to templates/ beside it.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// The instance type of every node group (doe-suite keeps them in group_vars).
+        #[arg(long, default_value = "c6i.xlarge")]
+        instance_type: String,
+        /// Replace a plan or template that exists and differs.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod destroy;
 pub mod detach;
 pub mod error;
+pub mod import;
 pub mod journal;
 pub mod list;
 pub mod logs;
@@ -26,7 +27,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::cli::{CatalogCmd, Cli, Cmd, JournalCmd};
+use crate::cli::{CatalogCmd, Cli, Cmd, ImportCmd, JournalCmd};
 pub use context::{Ctx, Env};
 pub use error::{exit, AppError};
 
@@ -172,6 +173,23 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
         } => catalog::refresh(ctx).await,
         Cmd::Node { mode, spec } => Ok(node::node(mode, &spec)),
         Cmd::Controller { spec } => Ok(controller::controller(&spec, &Env::from_process())),
+        Cmd::Import {
+            what:
+                ImportCmd::DoeSuite {
+                    design,
+                    output,
+                    instance_type,
+                    force,
+                },
+        } => import::doe_suite(
+            ctx,
+            &import::ImportArgs {
+                design: &design,
+                output: output.as_deref(),
+                instance_type: &instance_type,
+                force,
+            },
+        ),
         Cmd::Schema => {
             let text =
                 serde_json::to_string_pretty(&crate::plan::schema::schema()).unwrap_or_default();

@@ -10,7 +10,7 @@ use crate::plan::model::Plan;
 
 use super::layers::Scope;
 use super::source::Source;
-use super::{budget, estimate, header, layers, machines, names, settings, templates};
+use super::{budget, estimate, header, layers, layout, machines, names, settings, templates};
 
 const TOP_FIELDS: &[&str] = &[
     "$schema",
@@ -32,6 +32,8 @@ const TOP_FIELDS: &[&str] = &[
     "checkpoint_interval",
     "stop_grace_seconds",
     "layers",
+    "results_layout",
+    "extractors",
 ];
 
 /// The plan in `root_node`, or every problem found in it.
@@ -51,6 +53,8 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let estimates = estimate::estimates(&mut d, &top);
     let retry = estimate::retry(&mut d, &top);
     let (checkpoint_interval, stop_grace) = estimate::interruptions(&mut d, &top);
+    let results_layout = layout::results_layout(&mut d, &top);
+    let extractors = layout::extractors(&mut d, &top);
 
     let group_names: Vec<String> = machines.groups.iter().map(|g| g.name.clone()).collect();
     let scope = Scope {
@@ -101,6 +105,8 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         checkpoint_interval,
         stop_grace,
         layers: decoded.layers,
+        results_layout,
+        extractors,
         positions: value_positions(root_node),
     };
     templates::check_backends(&mut d, &plan, src);
