@@ -231,7 +231,7 @@ pub enum JournalCmd {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
     pub phase: String,
@@ -261,6 +261,11 @@ pub struct RunArgs {
     /// at once.
     #[arg(long)]
     pub detach: bool,
+    /// A plan with "results_layout": "doe-suite": start a new suite id
+    /// (results/<suite>_<id>/) and run every selected task again; without
+    /// it the last id goes on.
+    #[arg(long, conflicts_with = "detach")]
+    pub new: bool,
 }
 
 /// Running completed tasks again (`run` and `up`).

@@ -62,11 +62,16 @@ pub fn doe_suite(ctx: &Ctx, a: &ImportArgs) -> Result<i32, AppError> {
         Some(o) => ctx.cwd.join(o),
         None => ctx.cwd.join("plans").join(format!("{suite}.json")),
     };
-    let plan_dir = plan_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let plan_dir = plan_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut files: Vec<(PathBuf, String)> = vec![(plan_path.clone(), plan_text(&imported))];
     for (backend, t) in &imported.templates {
         files.push((
-            plan_dir.join("templates").join(format!("{backend}.json.hbs")),
+            plan_dir
+                .join("templates")
+                .join(format!("{backend}.json.hbs")),
             t.clone(),
         ));
     }
@@ -145,7 +150,9 @@ pub fn text_of(v: &ImportView) -> String {
         s.push_str(&format!("wrote {t}\n"));
     }
     if !v.setup_to_write.is_empty() {
-        s.push_str("setup to write by hand (Ansible roles; put their commands in the plan's `setup`):\n");
+        s.push_str(
+            "setup to write by hand (Ansible roles; put their commands in the plan's `setup`):\n",
+        );
         for r in &v.setup_to_write {
             s.push_str(&format!("  {:<24} {}\n", r.role, r.used_by));
         }

@@ -11,6 +11,7 @@ pub mod context;
 pub mod controller;
 pub mod destroy;
 pub mod detach;
+pub mod doe;
 pub mod error;
 pub mod import;
 pub mod journal;

@@ -31,7 +31,13 @@ impl std::fmt::Display for Problem {
 pub(crate) struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    pub fn add(&mut self, pos: Pos, path: &str, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn add(
+        &mut self,
+        pos: Pos,
+        path: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         self.0.push(Problem {
             pos,
             path: path.to_string(),
@@ -167,7 +173,12 @@ pub fn decode(name: &str, doc: &Marked) -> Result<Suite, Vec<Problem>> {
     let suite_vars = doc.get("$SUITE_VARS$");
     if let Some(v) = suite_vars {
         if !matches!(v.node, Node::Map(_)) {
-            p.add(v.pos, "$SUITE_VARS$", format!("must be a mapping, not {}", v.kind()), "e.g. `$SUITE_VARS$: {seed: 1}`");
+            p.add(
+                v.pos,
+                "$SUITE_VARS$",
+                format!("must be a mapping, not {}", v.kind()),
+                "e.g. `$SUITE_VARS$: {seed: 1}`",
+            );
         } else {
             no_includes(&mut p, v, "$SUITE_VARS$");
         }
@@ -256,13 +267,23 @@ fn names(p: &mut Problems, v: &Marked, path: &str) -> Vec<String> {
             .filter_map(|i| match &i.node {
                 Node::Str(s) => Some(s.clone()),
                 _ => {
-                    p.add(i.pos, path, format!("a role is a name, not {}", i.kind()), "e.g. `setup-small`");
+                    p.add(
+                        i.pos,
+                        path,
+                        format!("a role is a name, not {}", i.kind()),
+                        "e.g. `setup-small`",
+                    );
                     None
                 }
             })
             .collect(),
         _ => {
-            p.add(v.pos, path, format!("must be a role name or a list of them, not {}", v.kind()), "e.g. `[setup-common]`");
+            p.add(
+                v.pos,
+                path,
+                format!("must be a role name or a list of them, not {}", v.kind()),
+                "e.g. `[setup-common]`",
+            );
             Vec::new()
         }
     }
@@ -327,14 +348,24 @@ fn decode_experiment(
         .unwrap_or_default();
     let host_types = match v.get("host_types") {
         None => {
-            p.add(v.pos, &format!("{name}.host_types"), "missing field host_types", "e.g. `host_types: {small: {n: 1, $CMD$: \"echo hi\"}}`");
+            p.add(
+                v.pos,
+                &format!("{name}.host_types"),
+                "missing field host_types",
+                "e.g. `host_types: {small: {n: 1, $CMD$: \"echo hi\"}}`",
+            );
             Vec::new()
         }
         Some(h) => decode_host_types(p, name, h),
     };
     let base = match v.get("base_experiment") {
         None => {
-            p.add(v.pos, &format!("{name}.base_experiment"), "missing field base_experiment", "e.g. `base_experiment: {size: {$FACTOR$: [1, 2]}}` (`{}` for no config)");
+            p.add(
+                v.pos,
+                &format!("{name}.base_experiment"),
+                "missing field base_experiment",
+                "e.g. `base_experiment: {size: {$FACTOR$: [1, 2]}}` (`{}` for no config)",
+            );
             Map::new()
         }
         Some(b) if matches!(b.node, Node::Map(_)) || b.node == Node::Null => {
@@ -351,7 +382,12 @@ fn decode_experiment(
             base
         }
         Some(b) => {
-            p.add(b.pos, &format!("{name}.base_experiment"), format!("must be a mapping, not {}", b.kind()), "e.g. `base_experiment: {size: 10}`");
+            p.add(
+                b.pos,
+                &format!("{name}.base_experiment"),
+                format!("must be a mapping, not {}", b.kind()),
+                "e.g. `base_experiment: {size: 10}`",
+            );
             Map::new()
         }
     };
@@ -364,13 +400,23 @@ fn decode_experiment(
                     .filter_map(|i| match i.to_json() {
                         Value::Object(m) => Some(m),
                         _ => {
-                            p.add(i.pos, &format!("{name}.{field}"), format!("each entry is a mapping, not {}", i.kind()), format!("e.g. `{example}`"));
+                            p.add(
+                                i.pos,
+                                &format!("{name}.{field}"),
+                                format!("each entry is a mapping, not {}", i.kind()),
+                                format!("e.g. `{example}`"),
+                            );
                             None
                         }
                     })
                     .collect(),
                 _ => {
-                    p.add(l.pos, &format!("{name}.{field}"), format!("must be a list of mappings, not {}", l.kind()), format!("e.g. `{field}: [{example}]`"));
+                    p.add(
+                        l.pos,
+                        &format!("{name}.{field}"),
+                        format!("must be a list of mappings, not {}", l.kind()),
+                        format!("e.g. `{field}: [{example}]`"),
+                    );
                     Vec::new()
                 }
             },
@@ -407,11 +453,21 @@ fn include_vars(base: &mut Map<String, Value>, vars: &Map<String, Value>) {
 
 fn decode_host_types(p: &mut Problems, exp: &str, h: &Marked) -> Vec<HostType> {
     let Node::Map(list) = &h.node else {
-        p.add(h.pos, &format!("{exp}.host_types"), format!("must be a mapping of host type names, not {}", h.kind()), "e.g. `host_types: {small: {n: 1, $CMD$: \"echo hi\"}}`");
+        p.add(
+            h.pos,
+            &format!("{exp}.host_types"),
+            format!("must be a mapping of host type names, not {}", h.kind()),
+            "e.g. `host_types: {small: {n: 1, $CMD$: \"echo hi\"}}`",
+        );
         return Vec::new();
     };
     if list.is_empty() {
-        p.add(h.pos, &format!("{exp}.host_types"), "no host type", "add one, e.g. `small: {n: 1, $CMD$: \"echo hi\"}`");
+        p.add(
+            h.pos,
+            &format!("{exp}.host_types"),
+            "no host type",
+            "add one, e.g. `small: {n: 1, $CMD$: \"echo hi\"}`",
+        );
     }
     let mut out = Vec::new();
     for (name, _, ht) in list {
@@ -421,16 +477,31 @@ fn decode_host_types(p: &mut Problems, exp: &str, h: &Marked) -> Vec<HostType> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             || name.is_empty()
         {
-            p.add(ht.pos, &path, format!("host type \"{name}\" cannot name a result folder"), "use letters, digits, '-' and '_' (doe-suite's group_vars folder names)");
+            p.add(
+                ht.pos,
+                &path,
+                format!("host type \"{name}\" cannot name a result folder"),
+                "use letters, digits, '-' and '_' (doe-suite's group_vars folder names)",
+            );
             continue;
         }
         if !matches!(ht.node, Node::Map(_)) {
-            p.add(ht.pos, &path, format!("a host type is a mapping, not {}", ht.kind()), "e.g. `{n: 1, $CMD$: \"echo hi\"}`");
+            p.add(
+                ht.pos,
+                &path,
+                format!("a host type is a mapping, not {}", ht.kind()),
+                "e.g. `{n: 1, $CMD$: \"echo hi\"}`",
+            );
             continue;
         }
         for (k, kpos, _) in entries(ht) {
             if !HOST_TYPE_FIELDS.contains(&k.as_str()) {
-                p.add(*kpos, &format!("{path}.{k}"), format!("unknown field \"{k}\""), did_you_mean(k, HOST_TYPE_FIELDS.iter().copied()));
+                p.add(
+                    *kpos,
+                    &format!("{path}.{k}"),
+                    format!("unknown field \"{k}\""),
+                    did_you_mean(k, HOST_TYPE_FIELDS.iter().copied()),
+                );
             }
         }
         let n = match ht.get("n") {
@@ -442,7 +513,12 @@ fn decode_host_types(p: &mut Problems, exp: &str, h: &Marked) -> Vec<HostType> {
             Some(Node::Bool(b)) => *b,
             Some(_) => {
                 let v = ht.get("check_status").unwrap_or(ht);
-                p.add(v.pos, &format!("{path}.check_status"), format!("must be True or False, not {}", show(v)), "`check_status: False` for a server the experiment does not wait for");
+                p.add(
+                    v.pos,
+                    &format!("{path}.check_status"),
+                    format!("must be True or False, not {}", show(v)),
+                    "`check_status: False` for a server the experiment does not wait for",
+                );
                 true
             }
         };
@@ -482,7 +558,12 @@ fn decode_cmd(p: &mut Problems, path: &str, v: &Marked, n: u32) -> Option<Vec<Cm
                     match &c.node {
                         Node::Str(s) => cmds.push((k.clone(), s.clone())),
                         _ => {
-                            p.add(c.pos, &format!("{path}.{k}"), format!("a command is a string, not {}", c.kind()), "quote the command: `main: \"./run.sh\"`");
+                            p.add(
+                                c.pos,
+                                &format!("{path}.{k}"),
+                                format!("a command is a string, not {}", c.kind()),
+                                "quote the command: `main: \"./run.sh\"`",
+                            );
                             ok = false;
                         }
                     }
@@ -491,7 +572,12 @@ fn decode_cmd(p: &mut Problems, path: &str, v: &Marked, n: u32) -> Option<Vec<Cm
                         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                         || k.is_empty()
                     {
-                        p.add(*kpos, &format!("{path}.{k}"), format!("command name \"{k}\" cannot name a step"), "use letters, digits, '-' and '_'");
+                        p.add(
+                            *kpos,
+                            &format!("{path}.{k}"),
+                            format!("command name \"{k}\" cannot name a step"),
+                            "use letters, digits, '-' and '_'",
+                        );
                         ok = false;
                     }
                 }
@@ -504,7 +590,15 @@ fn decode_cmd(p: &mut Problems, path: &str, v: &Marked, n: u32) -> Option<Vec<Cm
                 ok.then_some(cmds)
             }
             _ => {
-                p.add(v.pos, path, format!("a command is a string or a mapping with `main`, not {}", v.kind()), "e.g. `$CMD$: \"./run.sh\"` or `$CMD$: {main: ./run.sh, monitor: ./mon.sh}`");
+                p.add(
+                    v.pos,
+                    path,
+                    format!(
+                        "a command is a string or a mapping with `main`, not {}",
+                        v.kind()
+                    ),
+                    "e.g. `$CMD$: \"./run.sh\"` or `$CMD$: {main: ./run.sh, monitor: ./mon.sh}`",
+                );
                 None
             }
         }
@@ -673,7 +767,10 @@ fn check_factors(p: &mut Problems, e: &Experiment, v: &Marked) {
                 p.add(
                     pos,
                     &format!("{name}.except_filters[{i}]"),
-                    format!("except_filters entry names \"{}\", which is not a factor", path.join(".")),
+                    format!(
+                        "except_filters entry names \"{}\", which is not a factor",
+                        path.join(".")
+                    ),
                     did_you_mean(&path.join("."), names.iter().map(String::as_str)),
                 );
             }
@@ -698,7 +795,15 @@ fn decode_etl(p: &mut Problems, v: &Marked) -> Vec<EtlPipeline> {
                     .collect(),
             ),
             Some((_, e)) => {
-                p.add(e.pos, &format!("{path}.experiments"), format!("must be \"*\" or a list of experiment names, not {}", e.kind()), "e.g. `experiments: [exp_a]`");
+                p.add(
+                    e.pos,
+                    &format!("{path}.experiments"),
+                    format!(
+                        "must be \"*\" or a list of experiment names, not {}",
+                        e.kind()
+                    ),
+                    "e.g. `experiments: [exp_a]`",
+                );
                 None
             }
             None => None,
@@ -711,30 +816,44 @@ fn decode_etl(p: &mut Problems, v: &Marked) -> Vec<EtlPipeline> {
                         *kpos,
                         &format!("{path}.extractors.{kind}"),
                         format!("extractor \"{kind}\" is not one the import converts"),
-                        format!("{} (a project's own Python extractor needs a rewrite as one of these)", did_you_mean(kind, EXTRACTORS.iter().copied())),
+                        format!(
+                            "{} (a project's own Python extractor needs a rewrite as one of these)",
+                            did_you_mean(kind, EXTRACTORS.iter().copied())
+                        ),
                     );
                     continue;
                 }
                 let o = opts.to_json();
                 let file_regex = match o.get("file_regex") {
                     Some(Value::String(s)) => vec![s.clone()],
-                    Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect(),
                     _ => Vec::new(),
                 };
                 extractors.push(EtlExtractor {
                     kind: kind.clone(),
                     file_regex,
-                    delimiter: o.get("delimiter").and_then(Value::as_str).map(str::to_string),
+                    delimiter: o
+                        .get("delimiter")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     has_header: o.get("has_header").and_then(Value::as_bool),
                     fieldnames: o.get("fieldnames").and_then(Value::as_array).map(|a| {
-                        a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
                     }),
                 });
             }
         }
-        let has_python_steps = ["transformers", "loaders"]
-            .iter()
-            .any(|k| pl.get(k).is_some_and(|t| !matches!(&t.node, Node::Seq(l) if l.is_empty()) && !matches!(&t.node, Node::Map(m) if m.is_empty())));
+        let has_python_steps = ["transformers", "loaders"].iter().any(|k| {
+            pl.get(k).is_some_and(|t| {
+                !matches!(&t.node, Node::Seq(l) if l.is_empty())
+                    && !matches!(&t.node, Node::Map(m) if m.is_empty())
+            })
+        });
         out.push(EtlPipeline {
             name: name.clone(),
             experiments,

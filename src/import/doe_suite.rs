@@ -58,7 +58,12 @@ fn jinja_problems(text: &str) -> Vec<Problem> {
 }
 
 /// Import the design `text` (from `file`, whose stem names the suite).
-pub fn import(file: &str, suite: &str, text: &str, opts: &Options) -> Result<Imported, ImportError> {
+pub fn import(
+    file: &str,
+    suite: &str,
+    text: &str,
+    opts: &Options,
+) -> Result<Imported, ImportError> {
     let fail = |problems| ImportError {
         file: file.to_string(),
         problems,
@@ -72,7 +77,8 @@ pub fn import(file: &str, suite: &str, text: &str, opts: &Options) -> Result<Imp
             pos: e.pos,
             path: "(YAML)".into(),
             message: e.message,
-            hint: "fix the YAML syntax at that place (indentation, an unclosed bracket or quote)".into(),
+            hint: "fix the YAML syntax at that place (indentation, an unclosed bracket or quote)"
+                .into(),
         }])
     })?;
     let suite_design = design::decode(suite, &doc).map_err(fail)?;

@@ -111,7 +111,9 @@ fn insert_at(m: &mut Map<String, Value>, parent: &[String], key: &str, v: Value)
 /// doe-suite's `extract_cross_product`: the base with `$FACTOR$` where a
 /// cross factor was, and the cross product of the cross factors' levels
 /// (first factor slowest).
-fn extract_cross_product(base_in: &Map<String, Value>) -> (Map<String, Value>, Vec<Map<String, Value>>) {
+fn extract_cross_product(
+    base_in: &Map<String, Value>,
+) -> (Map<String, Value>, Vec<Map<String, Value>>) {
     let mut base = Map::new();
     let mut factors: Vec<(String, Vec<String>, Vec<Value>)> = Vec::new();
     fn walk(
@@ -368,10 +370,7 @@ pub fn py_repr(v: &Value) -> String {
             _ => py_float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Value::String(s) => py_str_repr(s),
-        Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(py_repr).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
         Value::Object(o) => format!(
             "{{{}}}",
             o.iter()
@@ -400,7 +399,9 @@ fn py_str_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -548,7 +549,10 @@ mod tests {
     fn config_json_is_sorted_with_four_spaces() {
         let run = Run {
             index: 0,
-            config: json!({"b": 1, "a": {"y": 1e-5, "x": "é"}}).as_object().unwrap().clone(),
+            config: json!({"b": 1, "a": {"y": 1e-5, "x": "é"}})
+                .as_object()
+                .unwrap()
+                .clone(),
             cmds: vec![("small".into(), vec![vec![("main".into(), "echo".into())]])],
         };
         assert_eq!(

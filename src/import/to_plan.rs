@@ -30,7 +30,11 @@ pub struct Options {
 
 /// The template variable holding one command of one host instance.
 pub fn cmd_var(host_type: &str, instance: usize, name: &str) -> String {
-    format!("cmd_{}_{instance}_{}", host_type.replace('-', "_"), name.replace('-', "_"))
+    format!(
+        "cmd_{}_{instance}_{}",
+        host_type.replace('-', "_"),
+        name.replace('-', "_")
+    )
 }
 
 /// The working folder of one host instance, relative to its rank's folder;
@@ -62,7 +66,10 @@ pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, RenderProblem>
             }),
         );
         for r in &e.common_roles {
-            roles.push((format!("{} (common_roles: every host type)", e.name), r.clone()));
+            roles.push((
+                format!("{} (common_roles: every host type)", e.name),
+                r.clone(),
+            ));
         }
         for h in &e.host_types {
             for r in &h.init_roles {
@@ -96,7 +103,13 @@ pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, RenderProblem>
     if !roles.is_empty() {
         not_converted.push(format!(
             "Ansible roles ({}): write their commands into the plan's `setup` by hand",
-            roles.iter().map(|(_, r)| r.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")
+            roles
+                .iter()
+                .map(|(_, r)| r.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     not_converted.push(format!(
@@ -128,7 +141,10 @@ pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, RenderProblem>
     }
     let mut plan = Map::new();
     plan.insert("phase".into(), json!(suite.name));
-    plan.insert("name".into(), json!(format!("doe-suite suite {}", suite.name)));
+    plan.insert(
+        "name".into(),
+        json!(format!("doe-suite suite {}", suite.name)),
+    );
     plan.insert("description".into(), json!(description));
     plan.insert("provider".into(), json!("local"));
     plan.insert("results_layout".into(), json!("doe-suite"));
@@ -150,7 +166,10 @@ pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, RenderProblem>
 
 fn pattern(suite: &str, e: &Experiment, backend: &str, run: &Run, rep: usize) -> Value {
     let mut p = Map::new();
-    p.insert("id".into(), json!(format!("{suite}-{}-run{}-rep{rep}", e.name, run.index)));
+    p.insert(
+        "id".into(),
+        json!(format!("{suite}-{}-run{}-rep{rep}", e.name, run.index)),
+    );
     p.insert("backend".into(), json!(backend));
     p.insert("doe_run".into(), json!(run.index));
     p.insert("doe_rep".into(), json!(rep));

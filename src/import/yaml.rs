@@ -59,11 +59,9 @@ impl Marked {
                 .unwrap_or_else(|| Value::String(f.to_string())),
             Node::Str(s) => Value::String(s.clone()),
             Node::Seq(v) => Value::Array(v.iter().map(Marked::to_json).collect()),
-            Node::Map(m) => Value::Object(
-                m.iter()
-                    .map(|(k, _, v)| (k.clone(), v.to_json()))
-                    .collect(),
-            ),
+            Node::Map(m) => {
+                Value::Object(m.iter().map(|(k, _, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -124,7 +122,9 @@ impl Builder {
                         if self.error.is_none() {
                             self.error = Some(YamlError {
                                 pos: v.pos,
-                                message: "a mapping key must be a plain value, not a list or mapping".into(),
+                                message:
+                                    "a mapping key must be a plain value, not a list or mapping"
+                                        .into(),
                             });
                         }
                         *key = Some((String::new(), v.pos));
@@ -248,7 +248,11 @@ fn resolve(s: &str) -> Node {
         None => (unsigned, None),
     };
     let mant_ok = match mant.split_once('.') {
-        Some((a, b)) => (digits(a) || a.is_empty()) && (digits(b) || b.is_empty()) && !(a.is_empty() && b.is_empty()),
+        Some((a, b)) => {
+            (digits(a) || a.is_empty())
+                && (digits(b) || b.is_empty())
+                && !(a.is_empty() && b.is_empty())
+        }
         None => false,
     } || (digits(mant) && exp.is_some());
     let exp_ok = exp.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
