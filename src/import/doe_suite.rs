@@ -84,8 +84,12 @@ pub fn import(
     let suite_design = design::decode(suite, &doc).map_err(fail)?;
     to_plan::convert(&suite_design, opts).map_err(|r| {
         let exp = doc.get(&r.experiment);
+        let pos = exp
+            .and_then(|e| find_text(e, &r.expr))
+            .or(exp.map(|e| e.pos))
+            .unwrap_or(doc.pos);
         fail(vec![Problem {
-            pos: exp.map_or(doc.pos, |e| e.pos),
+            pos,
             path: format!("{} (run {})", r.experiment, r.run),
             message: if r.text.is_empty() {
                 r.message
@@ -95,6 +99,19 @@ pub fn import(
             hint: r.hint,
         }])
     })
+}
+
+/// The first string under `m` that holds `needle` (in document order).
+fn find_text(m: &yaml::Marked, needle: &str) -> Option<Pos> {
+    if needle.is_empty() {
+        return None;
+    }
+    match &m.node {
+        yaml::Node::Str(s) if s.contains(needle) => Some(m.pos),
+        yaml::Node::Seq(items) => items.iter().find_map(|i| find_text(i, needle)),
+        yaml::Node::Map(entries) => entries.iter().find_map(|(_, _, v)| find_text(v, needle)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

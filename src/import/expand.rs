@@ -51,6 +51,8 @@ pub struct RenderProblem {
     pub run: usize,
     /// The string that holds the expression.
     pub text: String,
+    /// The expression as written (`[% my_run.x %]`), to find it in the file.
+    pub expr: String,
     pub message: String,
     pub hint: String,
 }
@@ -215,11 +217,12 @@ fn render_run(exp: &str, run: &mut Run) -> Result<(), RenderProblem> {
             }
             match render(s, &snapshot, run.index) {
                 Ok(r) => *s = r,
-                Err((message, hint)) => {
+                Err((message, hint, expr)) => {
                     err = Some(RenderProblem {
                         experiment: exp.to_string(),
                         run: run.index,
                         text: s.clone(),
+                        expr,
                         message,
                         hint,
                     })
@@ -242,6 +245,7 @@ fn render_run(exp: &str, run: &mut Run) -> Result<(), RenderProblem> {
         experiment: exp.to_string(),
         run: run.index,
         text: String::new(),
+        expr: String::new(),
         message: format!("`[% ... %]` still present after {MAX_PASSES} rounds of rendering"),
         hint: "two config values refer to each other; make one of them a plain value".into(),
     })
@@ -276,7 +280,11 @@ fn map_strings(m: &mut Map<String, Value>, f: &mut impl FnMut(&mut String)) {
 }
 
 /// Render every `[% expr %]` in `s`.
-fn render(s: &str, my_run: &Map<String, Value>, run: usize) -> Result<String, (String, String)> {
+fn render(
+    s: &str,
+    my_run: &Map<String, Value>,
+    run: usize,
+) -> Result<String, (String, String, String)> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find("[%") {
@@ -285,7 +293,8 @@ fn render(s: &str, my_run: &Map<String, Value>, run: usize) -> Result<String, (S
         };
         out.push_str(&rest[..i]);
         let expr = rest[i + 2..i + 2 + j].trim();
-        out.push_str(&eval(expr, my_run, run)?);
+        let raw = &rest[i..i + 2 + j + 2];
+        out.push_str(&eval(expr, my_run, run).map_err(|(m, h)| (m, h, raw.to_string()))?);
         rest = &rest[i + 2 + j + 2..];
     }
     out.push_str(rest);

@@ -183,9 +183,11 @@ impl MarkedEventReceiver for Builder {
                         node: Node::Seq(items),
                         pos: p,
                     },
+                    // a block mapping's start event comes after its first
+                    // key: the first key is where it starts for a reader
                     Some(Frame::Map(p, entries, _)) => Marked {
+                        pos: entries.first().map_or(p, |(_, kp, _)| (*kp).min(p)),
                         node: Node::Map(entries),
-                        pos: p,
                     },
                     None => return,
                 };
