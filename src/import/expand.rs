@@ -161,7 +161,7 @@ fn extract_cross_product(
 }
 
 /// The runs of `e`, in doe-suite's order and numbering.
-pub fn runs(e: &Experiment) -> Result<Vec<Run>, RenderProblem> {
+pub fn runs(e: &Experiment) -> Result<Vec<Run>, Box<RenderProblem>> {
     let (base, cross) = extract_cross_product(&e.base);
     let levels = if e.factor_levels.is_empty() {
         vec![Map::new()]
@@ -195,7 +195,7 @@ pub fn runs(e: &Experiment) -> Result<Vec<Run>, RenderProblem> {
 
 const MAX_PASSES: usize = 20;
 
-fn render_run(exp: &str, run: &mut Run) -> Result<(), RenderProblem> {
+fn render_run(exp: &str, run: &mut Run) -> Result<(), Box<RenderProblem>> {
     for _ in 0..MAX_PASSES {
         let mut pending = false;
         visit_strings(&run.config, &mut |s| pending |= has_expr(s));
@@ -238,17 +238,17 @@ fn render_run(exp: &str, run: &mut Run) -> Result<(), RenderProblem> {
             }
         }
         if let Some(e) = err {
-            return Err(e);
+            return Err(Box::new(e));
         }
     }
-    Err(RenderProblem {
+    Err(Box::new(RenderProblem {
         experiment: exp.to_string(),
         run: run.index,
         text: String::new(),
         expr: String::new(),
         message: format!("`[% ... %]` still present after {MAX_PASSES} rounds of rendering"),
         hint: "two config values refer to each other; make one of them a plain value".into(),
-    })
+    }))
 }
 
 fn has_expr(s: &str) -> bool {

@@ -47,7 +47,7 @@ pub fn backend(suite: &str, exp: &str) -> String {
     format!("{suite}-{exp}")
 }
 
-pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, RenderProblem> {
+pub fn convert(suite: &Suite, opts: &Options) -> Result<Imported, Box<RenderProblem>> {
     let mut layers = Vec::new();
     let mut groups = Map::new();
     let mut templates = Vec::new();
