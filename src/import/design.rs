@@ -7,6 +7,10 @@ use serde_json::{Map, Value};
 use super::yaml::{Marked, Node, Pos};
 use crate::plan::diag::did_you_mean;
 
+use super::etl::decode_etl;
+pub use super::etl::{EtlExtractor, EtlPipeline, EXTRACTORS};
+use super::factors::check_factors;
+
 /// One problem in a design.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -75,27 +79,6 @@ pub struct Experiment {
     pub except_filters: Vec<Map<String, Value>>,
 }
 
-/// One extractor of a `$ETL$` pipeline (doe-suite's names).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtlExtractor {
-    pub kind: String,
-    pub file_regex: Vec<String>,
-    /// `CsvExtractor`'s options.
-    pub delimiter: Option<String>,
-    pub has_header: Option<bool>,
-    pub fieldnames: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EtlPipeline {
-    pub name: String,
-    /// `None` for `"*"`.
-    pub experiments: Option<Vec<String>>,
-    pub extractors: Vec<EtlExtractor>,
-    /// Transformers and loaders are Python and are not converted.
-    pub has_python_steps: bool,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Suite {
     pub name: String,
@@ -131,15 +114,8 @@ const RESERVED: &[&str] = &[
     "check_status",
     "$CMD$",
 ];
-pub const EXTRACTORS: &[&str] = &[
-    "JsonExtractor",
-    "YamlExtractor",
-    "CsvExtractor",
-    "ErrorExtractor",
-    "IgnoreExtractor",
-];
 
-fn entries(m: &Marked) -> &[(String, Pos, Marked)] {
+pub(crate) fn entries(m: &Marked) -> &[(String, Pos, Marked)] {
     match &m.node {
         Node::Map(e) => e,
         _ => &[],
@@ -304,7 +280,7 @@ fn count(p: &mut Problems, v: &Marked, path: &str, example: &str) -> Option<u32>
     }
 }
 
-fn show(v: &Marked) -> String {
+pub(crate) fn show(v: &Marked) -> String {
     match &v.node {
         Node::Str(s) => format!("\"{s}\""),
         _ => v.to_json().to_string(),
@@ -622,244 +598,4 @@ fn decode_cmd(p: &mut Problems, path: &str, v: &Marked, n: u32) -> Option<Vec<Cm
         }
         _ => one(p, v, path).map(|c| vec![c; n as usize]),
     }
-}
-
-/// Where `$FACTOR$` stands in a config (paths of keys).
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct Factors {
-    /// `x: $FACTOR$` (levels in `factor_levels`).
-    pub level_list: Vec<Vec<String>>,
-    /// `x: {$FACTOR$: [levels]}`, with the levels.
-    pub cross: Vec<(Vec<String>, Vec<Value>)>,
-}
-
-pub(crate) fn find_factors(m: &Map<String, Value>) -> Factors {
-    fn walk(m: &Map<String, Value>, path: &mut Vec<String>, out: &mut Factors) {
-        for (k, v) in m {
-            if k == "$FACTOR$" {
-                if let Value::Array(levels) = v {
-                    out.cross.push((path.clone(), levels.clone()));
-                }
-                continue;
-            }
-            path.push(k.clone());
-            match v {
-                Value::String(s) if s == "$FACTOR$" => out.level_list.push(path.clone()),
-                Value::Object(inner) => walk(inner, path, out),
-                _ => {}
-            }
-            path.pop();
-        }
-    }
-    let mut out = Factors::default();
-    walk(m, &mut Vec::new(), &mut out);
-    out
-}
-
-/// Leaf paths of a mapping (doe-suite's `nested_dict_iter`).
-pub(crate) fn leaf_paths(m: &Map<String, Value>) -> Vec<Vec<String>> {
-    fn walk(m: &Map<String, Value>, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        for (k, v) in m {
-            path.push(k.clone());
-            match v {
-                Value::Object(inner) if !inner.is_empty() => walk(inner, path, out),
-                _ => out.push(path.clone()),
-            }
-            path.pop();
-        }
-    }
-    let mut out = Vec::new();
-    walk(m, &mut Vec::new(), &mut out);
-    out
-}
-
-/// The position of the value at `path` under `v`, else `v`'s.
-fn pos_at(v: &Marked, path: &[&str]) -> Pos {
-    let mut cur = v;
-    for k in path {
-        match cur.get(k) {
-            Some(n) => cur = n,
-            None => break,
-        }
-    }
-    cur.pos
-}
-
-fn check_factors(p: &mut Problems, e: &Experiment, v: &Marked) {
-    let name = &e.name;
-    // a cross factor's value must be a list of levels
-    if let Some(b) = v.get("base_experiment") {
-        fn walk(p: &mut Problems, m: &Marked, path: &str) {
-            for (k, kpos, child) in entries(m) {
-                let here = format!("{path}.{k}");
-                if k == "$FACTOR$" {
-                    match &child.node {
-                        Node::Seq(l) if !l.is_empty() => {}
-                        _ => p.add(
-                            child.pos,
-                            &here,
-                            format!("if $FACTOR$ is the key, its value must be a non-empty list of levels, not {}", show(child)),
-                            "e.g. `size: {$FACTOR$: [10, 20]}`, or `size: $FACTOR$` with the levels in factor_levels",
-                        ),
-                    }
-                    let _ = kpos;
-                } else {
-                    walk(p, child, &here);
-                }
-            }
-        }
-        walk(p, b, &format!("{name}.base_experiment"));
-    }
-    let f = find_factors(&e.base);
-    let mut expected: Vec<Vec<String>> = f.level_list.clone();
-    expected.sort();
-    let fl_node = v.get("factor_levels");
-    for (i, level) in e.factor_levels.iter().enumerate() {
-        let mut actual = leaf_paths(level);
-        actual.sort();
-        if actual != expected {
-            let pos = match fl_node.map(|n| &n.node) {
-                Some(Node::Seq(items)) => items.get(i).map_or(v.pos, |n| n.pos),
-                _ => v.pos,
-            };
-            let show = |l: &[Vec<String>]| {
-                if l.is_empty() {
-                    "none".to_string()
-                } else {
-                    l.iter().map(|p| p.join(".")).collect::<Vec<_>>().join(", ")
-                }
-            };
-            p.add(
-                pos,
-                &format!("{name}.factor_levels[{i}]"),
-                format!(
-                    "expected factors do not match actual factors: expected {} (the `$FACTOR$` values of base_experiment), found {}",
-                    show(&expected),
-                    show(&actual)
-                ),
-                "give every factor_levels entry exactly one level for each `x: $FACTOR$` of base_experiment",
-            );
-        }
-    }
-    if e.factor_levels.is_empty() && !expected.is_empty() {
-        let pos = pos_at(v, &["base_experiment"]);
-        p.add(
-            pos,
-            &format!("{name}.factor_levels"),
-            format!(
-                "base_experiment has `$FACTOR$` values ({}) but the experiment has no factor_levels",
-                expected.iter().map(|p| p.join(".")).collect::<Vec<_>>().join(", ")
-            ),
-            "list their levels: `factor_levels: [{x: 1}, {x: 2}]`, or use `x: {$FACTOR$: [1, 2]}`",
-        );
-    }
-    let mut all: Vec<Vec<String>> = expected.clone();
-    all.extend(f.cross.iter().map(|(p, _)| p.clone()));
-    let ef_node = v.get("except_filters");
-    for (i, filt) in e.except_filters.iter().enumerate() {
-        for path in leaf_paths(filt) {
-            if !all.contains(&path) {
-                let pos = match ef_node.map(|n| &n.node) {
-                    Some(Node::Seq(items)) => items.get(i).map_or(v.pos, |n| n.pos),
-                    _ => v.pos,
-                };
-                let names: Vec<String> = all.iter().map(|p| p.join(".")).collect();
-                p.add(
-                    pos,
-                    &format!("{name}.except_filters[{i}]"),
-                    format!(
-                        "except_filters entry names \"{}\", which is not a factor",
-                        path.join(".")
-                    ),
-                    did_you_mean(&path.join("."), names.iter().map(String::as_str)),
-                );
-            }
-        }
-    }
-}
-
-fn decode_etl(p: &mut Problems, v: &Marked) -> Vec<EtlPipeline> {
-    let mut out = Vec::new();
-    for (name, _, pl) in entries(v) {
-        let path = format!("$ETL$.{name}");
-        let experiments = match pl.get("experiments").map(|e| (&e.node, e)) {
-            Some((Node::Str(s), _)) if s == "*" => None,
-            Some((Node::Str(s), _)) => Some(vec![s.clone()]),
-            Some((Node::Seq(items), _)) => Some(
-                items
-                    .iter()
-                    .filter_map(|i| match &i.node {
-                        Node::Str(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Some((_, e)) => {
-                p.add(
-                    e.pos,
-                    &format!("{path}.experiments"),
-                    format!(
-                        "must be \"*\" or a list of experiment names, not {}",
-                        e.kind()
-                    ),
-                    "e.g. `experiments: [exp_a]`",
-                );
-                None
-            }
-            None => None,
-        };
-        let mut extractors = Vec::new();
-        if let Some(ex) = pl.get("extractors") {
-            for (kind, kpos, opts) in entries(ex) {
-                if !EXTRACTORS.contains(&kind.as_str()) {
-                    p.add(
-                        *kpos,
-                        &format!("{path}.extractors.{kind}"),
-                        format!("extractor \"{kind}\" is not one the import converts"),
-                        format!(
-                            "{} (a project's own Python extractor needs a rewrite as one of these)",
-                            did_you_mean(kind, EXTRACTORS.iter().copied())
-                        ),
-                    );
-                    continue;
-                }
-                let o = opts.to_json();
-                let file_regex = match o.get("file_regex") {
-                    Some(Value::String(s)) => vec![s.clone()],
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                extractors.push(EtlExtractor {
-                    kind: kind.clone(),
-                    file_regex,
-                    delimiter: o
-                        .get("delimiter")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    has_header: o.get("has_header").and_then(Value::as_bool),
-                    fieldnames: o.get("fieldnames").and_then(Value::as_array).map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    }),
-                });
-            }
-        }
-        let has_python_steps = ["transformers", "loaders"].iter().any(|k| {
-            pl.get(k).is_some_and(|t| {
-                !matches!(&t.node, Node::Seq(l) if l.is_empty())
-                    && !matches!(&t.node, Node::Map(m) if m.is_empty())
-            })
-        });
-        out.push(EtlPipeline {
-            name: name.clone(),
-            experiments,
-            extractors,
-            has_python_steps,
-        });
-    }
-    out
 }

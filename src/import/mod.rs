@@ -3,6 +3,8 @@
 
 pub mod design;
 pub mod doe_suite;
+pub mod etl;
 pub mod expand;
+mod factors;
 pub mod to_plan;
 pub mod yaml;
