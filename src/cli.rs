@@ -218,6 +218,11 @@ pub enum Cmd {
     },
     /// Print the JSON Schema of the plan format.
     Schema,
+    /// Turn another tool's experiment design into a plan.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
     /// The phase's journal (what ran, how it ended).
     Journal {
         #[command(subcommand)]
@@ -263,7 +268,7 @@ pub enum JournalCmd {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// The plan: its name in plans/ (`quickstart` for plans/quickstart.json) or a path to a plan file.
     pub phase: String,
@@ -293,6 +298,11 @@ pub struct RunArgs {
     /// at once.
     #[arg(long)]
     pub detach: bool,
+    /// A plan with "results_layout": "doe-suite": start a new suite id
+    /// (results/<suite>_<id>/) and run every selected task again; without
+    /// it the last id goes on.
+    #[arg(long, conflicts_with = "detach")]
+    pub new: bool,
 }
 
 /// Running completed tasks again (`run` and `up`).
@@ -331,6 +341,26 @@ pub enum ReportFormat {
     Json,
     Csv,
     Html,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// A doe-suite suite design (designs/<suite>.yml) as plans/<suite>.json
+    /// and its templates (docs/DOE-SUITE.md).
+    DoeSuite {
+        /// The suite design (YAML).
+        design: std::path::PathBuf,
+        /// Where to write the plan (default: plans/<suite>.json); its
+        /// templates go to templates/ beside it.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// The instance type of every node group (doe-suite keeps them in group_vars).
+        #[arg(long, default_value = "c6i.xlarge")]
+        instance_type: String,
+        /// Replace a plan or template that exists and differs.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

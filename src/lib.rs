@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cmd;
 pub mod cost;
+pub mod import;
 pub mod node;
 pub mod plan;
 pub mod provider;

@@ -362,6 +362,7 @@ mod tests {
             detach: true,
             take_over: false,
             fresh: true,
+            new: false,
         };
         assert_eq!(
             Campaign::Run(&a).commands(),

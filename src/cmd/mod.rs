@@ -11,7 +11,9 @@ pub mod context;
 pub mod controller;
 pub mod destroy;
 pub mod detach;
+pub mod doe;
 pub mod error;
+pub mod import;
 pub mod journal;
 pub mod list;
 pub mod logs;
@@ -28,7 +30,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::cli::{CatalogCmd, Cli, Cmd, JournalCmd};
+use crate::cli::{CatalogCmd, Cli, Cmd, ImportCmd, JournalCmd};
 pub use context::{Ctx, Env};
 pub use error::{exit, AppError};
 
@@ -223,6 +225,23 @@ async fn dispatch(ctx: &Ctx, command: Cmd) -> Result<i32, AppError> {
         } => catalog::refresh(ctx).await,
         Cmd::Node { mode, spec } => Ok(node::node(mode, &spec)),
         Cmd::Controller { spec } => Ok(controller::controller(&spec, &Env::from_process())),
+        Cmd::Import {
+            what:
+                ImportCmd::DoeSuite {
+                    design,
+                    output,
+                    instance_type,
+                    force,
+                },
+        } => import::doe_suite(
+            ctx,
+            &import::ImportArgs {
+                design: &design,
+                output: output.as_deref(),
+                instance_type: &instance_type,
+                force,
+            },
+        ),
         Cmd::Schema => {
             let text =
                 serde_json::to_string_pretty(&crate::plan::schema::schema()).unwrap_or_default();

@@ -110,6 +110,16 @@ async fn run_leased(
 ) -> Result<i32, AppError> {
     // the campaign as any checkout left it (AWS: the bucket's journal):
     // nothing completed runs again. A run needs it: a failure stops it.
+    // `--new` (doe-suite layout): a new suite id runs every task again
+    let renewed;
+    let args = if args.new {
+        let mut a = args.clone();
+        a.again.rerun = true;
+        renewed = a;
+        &renewed
+    } else {
+        args
+    };
     provider.sync_campaign(plan).await.map_err(|e| {
         ProviderError::Failed(format!(
             "{}: the campaign's shared state was not read: {e}\n  (hint: nothing was started; a run needs it so as not to run completed tasks again)",
@@ -252,6 +262,7 @@ async fn run_leased(
     let settings = crate::results::failed::settings_of_plan(plan);
     let mut rep = Reporter::with_outlook(ctx.progress_bar, outlook);
     rep.queued(open);
+    let doe = super::doe::open(plan, args.new, &tasks)?;
     let summary = runner::run(
         tasks,
         started.executor,
@@ -267,12 +278,18 @@ async fn run_leased(
             if ctx.json {
                 ctx.json_doc("run", &serde_json::to_value(e).unwrap_or_default());
             }
+            if let Some(d) = &doe {
+                d.on_event(e);
+            }
         },
     )
     .await;
     rep.finish();
     // also the failures of earlier runs, and without those run again
     failed_csv(plan, &all, &settings, false);
+    if let Some(d) = &doe {
+        d.finish();
+    }
     let mut summary = summary?;
     if stop_seen.borrow().is_some() {
         summary.interrupted = true;
@@ -461,6 +478,7 @@ pub async fn up(
         take_over: false,
         fresh: false,
         detach: false,
+        new: false,
     };
     let code = run(ctx, &args).await?;
     if code == exit::INTERRUPTED {

@@ -5,6 +5,7 @@ pub mod diag;
 mod fields;
 pub mod grid;
 pub mod json;
+pub mod layout;
 pub mod load;
 pub mod model;
 pub mod schema;

@@ -225,6 +225,10 @@ pub struct Plan {
     /// notice; a template's `stop_grace_seconds` overrides it).
     pub stop_grace: Duration,
     pub layers: Vec<Layer>,
+    /// `results_layout`: also the doe-suite result tree (docs/DOE-SUITE.md).
+    pub results_layout: super::layout::ResultsLayout,
+    /// `extractors`: result files to table rows in that layout.
+    pub extractors: Vec<super::layout::Extractor>,
     /// Where each top-level value (and each of `budget`'s) is in the file,
     /// by path (`availability_zone`, `budget.max_hourly_usd`), for
     /// diagnostics found after decoding.

@@ -199,6 +199,16 @@ pub fn schema() -> Value {
                 "How failed tasks are tried again."),
             "checkpoint_interval": duration("How often a running task's $INFRA_CHECKPOINT_DIR is synced to the bucket (AWS), 10 s to a day; default 5 min."),
             "stop_grace_seconds": duration("Between SIGTERM and SIGKILL when a task is stopped (at most 90 s after a spot notice); default 30."),
+            "results_layout": d(json!({"enum": ["flat", "doe-suite"], "default": "flat"}), "doe-suite: results also in results/<suite>_<id>/<exp>/run_<i>/rep_<j>/<host_type>/host_<k>/ (docs/DOE-SUITE.md)."),
+            "extractors": d(json!({"type": "array", "items": d(json!({"type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
+                "kind": d(json!({"enum": ["json", "yaml", "csv", "regex", "error", "ignore"]}), "How a result file becomes rows."),
+                "file_regex": d(json!({"type": "array", "items": {"type": "string"}}), "The files it reads: regexes matched at the start of the file name."),
+                "experiments": d(json!({"type": "array", "items": {"type": "string"}}), "The layers it applies to (all when left out)."),
+                "delimiter": d(json!({"type": "string", "minLength": 1, "maxLength": 1}), "csv: the column separator."),
+                "has_header": d(json!({"type": "boolean"}), "csv: whether the first line names the columns."),
+                "fieldnames": d(json!({"type": "array", "items": {"type": "string"}}), "csv: the columns when there is no header."),
+                "pattern": d(json!({"type": "string"}), "regex: named groups over each line, e.g. latency: (?P<latency_ms>[0-9.]+).")}}),
+                "One extractor.")}), "The doe-suite layout's extractors: they build results/<suite>_<id>/results.csv."),
             "layers": d(json!({"type": "array", "minItems": 1, "items": d(json!({
                 "type": "object", "required": ["id"], "additionalProperties": false,
                 "properties": {

@@ -95,7 +95,7 @@ fn a_failing_task_is_retried_with_backoff_then_recorded_while_others_succeed() {
         csv.lines()
             .next()
             .unwrap()
-            .ends_with(",attempts,error,ended"),
+            .ends_with(",attempts,error,stderr_tail,ended"),
         "{csv}"
     );
     assert!(

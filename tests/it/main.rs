@@ -7,6 +7,7 @@ mod badplans_names;
 mod checkpoint;
 mod common;
 mod cost;
+mod doe_suite;
 mod faults;
 mod fuzz;
 mod live_logs;

@@ -75,14 +75,14 @@ fn slurm_quickstart_up_runs_in_allocations_and_leaves_squeue_empty() {
     );
     for t in ["quickstart-L0-sum-1e5", "quickstart-L1-echo-c4"] {
         assert!(
-            p.exists(&format!("results/quickstart/{t}/runtime.json")),
+            p.exists(&format!("results/quickstart@slurm/{t}/runtime.json")),
             "{t}"
         );
     }
     assert!(
-        jobs_of(&p, "quickstart").is_empty(),
+        jobs_of(&p, "quickstart@slurm").is_empty(),
         "{:?}",
-        jobs_of(&p, "quickstart")
+        jobs_of(&p, "quickstart@slurm")
     );
 }
 
@@ -118,7 +118,7 @@ fn slurm_sweep_of_30_tasks_runs_every_step_inside_an_allocation() {
     let mut jobs = std::collections::BTreeSet::new();
     for lr in 1..=3 {
         for seed in 0..10 {
-            let w = p.read(&format!("results/sw/sw-{lr}-s{seed}/where.txt"));
+            let w = p.read(&format!("results/sw@slurm/sw-{lr}-s{seed}/where.txt"));
             assert!(w.contains("provider=slurm"), "{w}");
             assert!(w.contains(&format!("seed={seed}")), "{w}");
             let job = w
@@ -139,7 +139,7 @@ fn slurm_sweep_of_30_tasks_runs_every_step_inside_an_allocation() {
         2,
         "the two allocations share the work: {jobs:?}"
     );
-    assert!(jobs_of(&p, "sw").is_empty());
+    assert!(jobs_of(&p, "sw@slurm").is_empty());
 }
 
 /// An allocation cancelled while its tasks run (as a time limit, a

@@ -9,6 +9,7 @@ mod budget;
 mod estimate;
 mod header;
 mod layers;
+mod layout;
 mod machines;
 mod names;
 mod patterns;

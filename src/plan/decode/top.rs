@@ -10,7 +10,9 @@ use crate::plan::model::Plan;
 
 use super::layers::Scope;
 use super::source::Source;
-use super::{budget, estimate, header, layers, machines, names, settings, slurm, templates};
+use super::{
+    budget, estimate, header, layers, layout, machines, names, settings, slurm, templates,
+};
 
 const TOP_FIELDS: &[&str] = &[
     "$schema",
@@ -33,6 +35,8 @@ const TOP_FIELDS: &[&str] = &[
     "checkpoint_interval",
     "stop_grace_seconds",
     "layers",
+    "results_layout",
+    "extractors",
 ];
 
 /// The plan in `root_node`, or every problem found in it.
@@ -53,6 +57,8 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
     let estimates = estimate::estimates(&mut d, &top);
     let retry = estimate::retry(&mut d, &top);
     let (checkpoint_interval, stop_grace) = estimate::interruptions(&mut d, &top);
+    let results_layout = layout::results_layout(&mut d, &top);
+    let extractors = layout::extractors(&mut d, &top);
 
     let group_names: Vec<String> = machines.groups.iter().map(|g| g.name.clone()).collect();
     let scope = Scope {
@@ -104,6 +110,8 @@ pub fn decode(root_node: &Spanned, src: &Source) -> Result<Plan, Diags> {
         checkpoint_interval,
         stop_grace,
         layers: decoded.layers,
+        results_layout,
+        extractors,
         positions: value_positions(root_node),
     };
     templates::project_templates(&mut plan, src);
