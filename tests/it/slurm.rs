@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::common::{journal, one_step_template, Project, Run};
 
+mod adopt;
+
 /// Whether a Slurm cluster answers here; without one the test is skipped,
 /// unless INFRA_REQUIRE_SLURM is set (then it fails).
-fn cluster() -> bool {
+pub(crate) fn cluster() -> bool {
     let ok = Command::new("squeue")
         .args(["--me", "--noheader"])
         .stdout(Stdio::null())
@@ -28,7 +30,7 @@ fn cluster() -> bool {
 }
 
 /// The jobs of `project`'s phase `phase` still in squeue.
-fn jobs_of(p: &Project, phase: &str) -> Vec<String> {
+pub(crate) fn jobs_of(p: &Project, phase: &str) -> Vec<String> {
     let project = p
         .path()
         .file_name()
@@ -46,7 +48,7 @@ fn jobs_of(p: &Project, phase: &str) -> Vec<String> {
         .collect()
 }
 
-fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
+pub(crate) fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
     let mut c = p.cmd(args);
     c.env("INFRA_POLL_SECONDS", "0.5")
         .env("INFRA_NODES_TIMEOUT_SECONDS", "120")
@@ -54,7 +56,7 @@ fn slurm_cmd(p: &Project, args: &[&str]) -> Command {
     c
 }
 
-fn slurm(p: &Project, args: &[&str]) -> Run {
+pub(crate) fn slurm(p: &Project, args: &[&str]) -> Run {
     Run::from(slurm_cmd(p, args).output().expect("run infra"))
 }
 
