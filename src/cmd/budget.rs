@@ -53,7 +53,12 @@ fn phase_report(
         phase: &plan.name_key,
         name: &plan.name,
         provider: plan.provider.as_str(),
-        budget_usd: plan.budget.as_ref().map(|b| b.usd),
+        // a budget in hours only (Slurm) has no dollar amount
+        budget_usd: plan
+            .budget
+            .as_ref()
+            .map(|b| b.usd)
+            .filter(|u| u.is_finite()),
         max_hourly_usd: plan.budget.as_ref().and_then(|b| b.max_hourly_usd),
         full: &full,
         remaining: &rest,
@@ -62,6 +67,9 @@ fn phase_report(
         tasks_done: done,
         stopped_by_budget: stopped,
         nodes_up: ctx.provider(&plan).recorded_nodes(&plan),
+        budget_gpu_hours: plan.budget.as_ref().and_then(|b| b.gpu_hours),
+        budget_node_hours: plan.budget.as_ref().and_then(|b| b.node_hours),
+        remaining_alloc_hours: est::alloc_hours(&plan, rest.hours),
     }))
 }
 

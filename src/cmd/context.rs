@@ -399,6 +399,14 @@ pub fn spent(plan: &Plan) -> Result<f64, AppError> {
     ))
 }
 
+/// The allocation hours the ledger records as held by the phase (Slurm).
+pub fn held(plan: &Plan) -> Result<crate::cost::hours::Held, AppError> {
+    Ok(crate::cost::hours::held(
+        &ledger::read(&plan.root)?,
+        &plan.name_key,
+    ))
+}
+
 /// Remember that warning `w` was shown in this process; true the first
 /// time (`up` checks the budget in plan, apply and run: one warning each).
 pub fn said(w: &str) -> bool {
@@ -435,7 +443,7 @@ pub fn gate_with(
 ) -> Result<est::Estimate, AppError> {
     let left = remaining_with(plan, tasks, again);
     let e = est::estimate(plan, &left, catalog, from);
-    let v = est::verdict(plan, &e, spent(plan)?);
+    let v = est::verdict_held(plan, &e, spent(plan)?, held(plan)?);
     for w in v.warnings.iter().filter(|_| warn) {
         if said(w) {
             eprintln!("warning: {w}");

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::context::{journal_path, remaining_with, render_tasks, spent, Ctx};
+use super::context::{held, journal_path, remaining_with, render_tasks, spent, Ctx};
 use super::error::AppError;
 use crate::cost::estimate as est;
 use crate::plan::NodeGroup;
@@ -104,7 +104,7 @@ pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<Plan
         .collect();
     let left = remaining_with(&plan, &tasks, &gone);
     let estimate = est::estimate(&plan, &left, &catalog, &prices_from);
-    let mut verdict = est::verdict(&plan, &estimate, spent(&plan)?);
+    let mut verdict = est::verdict_held(&plan, &estimate, spent(&plan)?, held(&plan)?);
     if let Some(rem) = verdict.remaining_usd {
         verdict.fits =
             crate::cost::fit::what_fits(&plan, &left, &catalog, &prices_from, &estimate, rem);
@@ -359,17 +359,36 @@ pub fn estimate_text(e: &est::Estimate, v: &est::Verdict) -> String {
         _ => h.push_str("  budget: none set\n"),
     }
     if let Some(a) = &v.hours {
-        let n = |x: Option<f64>| x.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into());
+        // a small budget's hours keep their digits (0.002, not 0.0)
+        let hh = |x: f64| {
+            if x >= 1.0 {
+                format!("{x:.1}")
+            } else {
+                crate::cost::hours::fmt(x)
+            }
+        };
+        let n = |x: Option<f64>| x.map(hh).unwrap_or_else(|| "?".into());
+        let used = if a.used_gpu_hours > 0.0 || a.used_node_hours > 0.0 {
+            format!(
+                ", of which {} GPU-h, {} node-h used (remaining {} GPU-h, {} node-h)",
+                hh(a.used_gpu_hours),
+                hh(a.used_node_hours),
+                a.remaining_gpu_hours
+                    .map(|x| hh(x.max(0.0)))
+                    .unwrap_or_else(|| "any".into()),
+                a.remaining_node_hours
+                    .map(|x| hh(x.max(0.0)))
+                    .unwrap_or_else(|| "any".into()),
+            )
+        } else {
+            String::new()
+        };
         h.push_str(&format!(
-            "  budget: {} GPU-h, {} node-h estimated; allowed {} GPU-h, {} node-h -> {}\n",
+            "  budget: {} GPU-h, {} node-h estimated; allowed {} GPU-h, {} node-h{used} -> {}\n",
             n(a.gpu_hours),
             n(a.node_hours),
-            a.budget_gpu_hours
-                .map(|x| format!("{x:.1}"))
-                .unwrap_or_else(|| "any".into()),
-            a.budget_node_hours
-                .map(|x| format!("{x:.1}"))
-                .unwrap_or_else(|| "any".into()),
+            a.budget_gpu_hours.map(hh).unwrap_or_else(|| "any".into()),
+            a.budget_node_hours.map(hh).unwrap_or_else(|| "any".into()),
             if v.ok { "OK" } else { "REFUSED" }
         ));
     }

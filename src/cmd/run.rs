@@ -457,6 +457,20 @@ pub fn failed_csv(
 
 /// `infra up`: plan, apply, run all, destroy (unless `--keep` or the run
 /// was interrupted).
+/// `up --rerun` / `--changed`: the budget looks at the completed tasks
+/// that run again before `apply` brings anything up (`apply`'s own gate
+/// counts only the tasks not completed), so that a refused run leaves no
+/// node up (on Slurm no allocation holding hours).
+fn gate_reruns(ctx: &Ctx, phase: &str, again: &RerunArgs) -> Result<(), AppError> {
+    let (plan, catalog, from) = ctx.prepare(phase)?;
+    let (all, _) = render_tasks(&plan)?;
+    let prints = crate::tasks::fingerprint::all(&plan, &all);
+    let results_local = ctx.provider(&plan).results_are_local();
+    let reruns = super::rerun::reruns(&plan, &all, again, results_local, &prints)?;
+    gate_with(&plan, &all, &reruns.keys(), &catalog, &from, false)?;
+    Ok(())
+}
+
 pub async fn up(
     ctx: &Ctx,
     phase: &str,
@@ -468,6 +482,9 @@ pub async fn up(
 ) -> Result<i32, AppError> {
     super::plan::plan(ctx, phase, None)?;
     super::journal::check_before_run(&ctx.load(phase)?)?;
+    if again.rerun || again.changed {
+        gate_reruns(ctx, phase, &again)?;
+    }
     super::apply::apply(ctx, phase, yes).await?;
     let args = RunArgs {
         phase: phase.to_string(),

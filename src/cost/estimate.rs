@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::hours::{self, Held};
 use crate::catalog::Catalog;
 use crate::plan::{Market, Plan};
 use crate::runner::scheduler::{simulate, Policy, Pool, SimTask, Simulation};
@@ -271,6 +272,13 @@ pub struct AllocHours {
     pub gpu_hours: Option<f64>,
     pub budget_node_hours: Option<f64>,
     pub budget_gpu_hours: Option<f64>,
+    /// What the phase's allocations held already (the ledger: earlier
+    /// runs, and the time between them).
+    pub used_node_hours: f64,
+    pub used_gpu_hours: f64,
+    /// The budget's hours minus those used.
+    pub remaining_node_hours: Option<f64>,
+    pub remaining_gpu_hours: Option<f64>,
 }
 
 /// The node-hours and GPU-hours the plan's nodes are held for `hours`.
@@ -287,6 +295,13 @@ pub fn alloc_hours(plan: &Plan, hours: Option<f64>) -> (Option<f64>, Option<f64>
 
 /// Does the budget pay for the estimate? `spent` is what the ledger holds.
 pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
+    verdict_held(plan, est, spent, Held::default())
+}
+
+/// [`verdict`], with `held` the allocation hours the ledger records as
+/// held by the phase (Slurm): the estimate's hours must fit in what is
+/// left of the budget's.
+pub fn verdict_held(plan: &Plan, est: &Estimate, spent: f64, held: Held) -> Verdict {
     let mut reasons = Vec::new();
     let mut warnings = Vec::new();
     let budget = plan.budget.as_ref();
@@ -343,17 +358,26 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
         .filter(|b| b.gpu_hours.is_some() || b.node_hours.is_some())
         .map(|b| {
             let (node_hours, gpu_hours) = alloc_hours(plan, est.hours);
-            let mut over = |what: &str, field: &str, est: Option<f64>, cap: Option<f64>| {
-                if let (Some(e), Some(c)) = (est, cap) {
-                    if e > c + 1e-9 {
-                        reasons.push(format!(
-                            "the estimate of {e:.1} {what} exceeds \"budget.{field}\" {c:.1}\n  (hint: raise \"budget.{field}\", run fewer patterns, or ask for fewer or smaller allocations)"
-                        ));
-                    }
+            let mut over = |what: &str, field: &str, est: Option<f64>, cap: Option<f64>, used: f64| {
+                let (Some(e), Some(c)) = (est, cap) else { return };
+                let left = c - used;
+                if used <= 0.0 && e > c + 1e-9 {
+                    reasons.push(format!(
+                        "the estimate of {e:.1} {what} exceeds \"budget.{field}\" {c:.1}\n  (hint: raise \"budget.{field}\", run fewer patterns, or ask for fewer or smaller allocations)"
+                    ));
+                } else if used > 0.0 && e > left + 1e-9 {
+                    reasons.push(format!(
+                        "the estimate of {} {what} exceeds the {} {what} that remain of \"budget.{field}\" {} ({} used by the phase's allocations so far)\n  (hint: raise \"budget.{field}\", run fewer patterns, or ask for fewer or smaller allocations; `infra budget {}` shows the hours)",
+                        hours::fmt(e),
+                        hours::fmt(left.max(0.0)),
+                        hours::fmt(c),
+                        hours::fmt(used),
+                        plan.name_key
+                    ));
                 }
             };
-            over("GPU-hours", "gpu_hours", gpu_hours, b.gpu_hours);
-            over("node-hours", "node_hours", node_hours, b.node_hours);
+            over("GPU-hours", "gpu_hours", gpu_hours, b.gpu_hours, held.gpu_hours);
+            over("node-hours", "node_hours", node_hours, b.node_hours, held.node_hours);
             if est.hours.is_none() && est.tasks > 0 {
                 warnings.push("no task has a duration estimate, so the allocation hours are unknown (hint: add \"estimate\": {\"default\": \"30m\"} to the plan)".into());
             }
@@ -362,6 +386,10 @@ pub fn verdict(plan: &Plan, est: &Estimate, spent: f64) -> Verdict {
                 gpu_hours,
                 budget_node_hours: b.node_hours,
                 budget_gpu_hours: b.gpu_hours,
+                used_node_hours: held.node_hours,
+                used_gpu_hours: held.gpu_hours,
+                remaining_node_hours: b.node_hours.map(|c| c - held.node_hours),
+                remaining_gpu_hours: b.gpu_hours.map(|c| c - held.gpu_hours),
             }
         });
     let finite = |x: f64| Some(x).filter(|x| x.is_finite());

@@ -1,5 +1,8 @@
 //! The spend ledger (`.infra/ledger.jsonl`, one per project): every node's
-//! metered lifetime × its price, appended as the runner observes it.
+//! metered lifetime × its price, appended as the runner observes it. A
+//! Slurm allocation's entries carry the hours it held (node-hours, and
+//! GPU-hours in `gpu_hours`) at $0: Slurm's budget is in hours
+//! (`cost::hours`).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -31,6 +34,10 @@ pub struct Spend {
     /// Where the price came from ("spot price history", "catalog ...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_source: Option<String>,
+    /// Slurm: the GPU-hours the allocation held in this entry's span
+    /// (its `hours` are its node-hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_hours: Option<f64>,
 }
 
 /// What makes two entries the same (a local one and its copy from the bucket).
@@ -78,12 +85,38 @@ impl RunSpan<'_> {
             kind: self.kind.to_string(),
             instance: None,
             price_source: Some("catalog".into()),
+            gpu_hours: None,
         }
     }
 }
 
 pub fn path(root: &Path) -> PathBuf {
     root.join(".infra").join("ledger.jsonl")
+}
+
+/// Run `f` holding the ledger's lock (`.infra/ledger.lock`, waited for):
+/// those who append what they computed from the ledger's entries (the
+/// Slurm meter: what a job held past what is recorded) do it one at a
+/// time, so that no span is recorded twice.
+pub fn locked<T>(root: &Path, f: impl FnOnce() -> T) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let p = root.join(".infra").join("ledger.lock");
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)?;
+    // SAFETY: flock on a descriptor we own; released when `file` closes
+    // (below, or when the process dies).
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let out = f();
+    drop(file);
+    Ok(out)
 }
 
 pub fn append(root: &Path, entries: &[Spend]) -> std::io::Result<()> {
@@ -127,6 +160,7 @@ pub fn check(e: &Spend) -> Result<(), (&'static str, f64)> {
         ("usd", e.usd),
         ("hours", e.hours),
         ("usd_per_hour", e.usd_per_hour),
+        ("gpu_hours", e.gpu_hours.unwrap_or(0.0)),
     ] {
         if !v.is_finite() || v < 0.0 {
             return Err((field, v));

@@ -2,5 +2,6 @@
 
 pub mod estimate;
 pub mod fit;
+pub mod hours;
 pub mod ledger;
 pub mod report;

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::estimate::Estimate;
+use super::hours::{self, HoursReport, Measure};
 use super::ledger::Spend;
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +53,10 @@ pub struct PhaseReport {
     /// Hours the work still to run is estimated to take.
     pub remaining_hours: Option<f64>,
     pub stopped_by_budget: Option<String>,
+    /// Slurm: the allocation hours the phase held (every run's, recorded
+    /// in the ledger), against the budget's `gpu_hours`/`node_hours`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hours: Option<HoursReport>,
 }
 
 pub struct Inputs<'a> {
@@ -68,6 +73,12 @@ pub struct Inputs<'a> {
     pub stopped_by_budget: Option<String>,
     /// Nodes up now: without any, nothing burns and no burn rate is shown.
     pub nodes_up: usize,
+    /// The budget's `gpu_hours` and `node_hours`.
+    pub budget_gpu_hours: Option<f64>,
+    pub budget_node_hours: Option<f64>,
+    /// The allocation hours (node, GPU) the work still to run is
+    /// estimated to hold.
+    pub remaining_alloc_hours: (Option<f64>, Option<f64>),
 }
 
 pub fn build(i: Inputs) -> PhaseReport {
@@ -124,6 +135,16 @@ pub fn build(i: Inputs) -> PhaseReport {
                 .sum()),
         })
         .collect();
+    let held = hours::held(i.spend, i.phase);
+    let with_hours = i.provider == "slurm"
+        || i.budget_gpu_hours.is_some()
+        || i.budget_node_hours.is_some()
+        || mine.iter().any(|s| hours::is_held(s));
+    let (est_node, est_gpu) = i.remaining_alloc_hours;
+    let hours = with_hours.then(|| HoursReport {
+        gpu_hours: Measure::new(held.gpu_hours, i.budget_gpu_hours, est_gpu),
+        node_hours: Measure::new(held.node_hours, i.budget_node_hours, est_node),
+    });
     PhaseReport {
         phase: i.phase.into(),
         name: i.name.into(),
@@ -151,6 +172,7 @@ pub fn build(i: Inputs) -> PhaseReport {
         started,
         remaining_hours: i.remaining.hours,
         stopped_by_budget: i.stopped_by_budget,
+        hours,
     }
 }
 
@@ -194,6 +216,13 @@ pub fn table(reports: &[PhaseReport]) -> String {
             r.tasks,
             r.prices
         ));
+        if let Some(h) = &r.hours {
+            out.push_str(&format!(
+                "  GPU-hours {}   node-hours {}\n",
+                h.gpu_hours.text(),
+                h.node_hours.text()
+            ));
+        }
         if let Some(s) = &r.stopped_by_budget {
             out.push_str(&format!("  stopped by the budget: {s}\n"));
         }
@@ -400,6 +429,14 @@ pub fn html(reports: &[PhaseReport], generated: &str) -> String {
                 "<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{}</div></div>",
                 esc(&v)
             ));
+        }
+        if let Some(h) = &r.hours {
+            for (k, m) in [("GPU-hours", h.gpu_hours), ("Node-hours", h.node_hours)] {
+                body.push_str(&format!(
+                    "<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{}</div></div>",
+                    esc(&m.text())
+                ));
+            }
         }
         body.push_str("</div>");
         if let Some(s) = &r.stopped_by_budget {

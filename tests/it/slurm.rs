@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{journal, one_step_template, Project, Run};
 
 mod adopt;
+mod hours;
 
 /// Whether a Slurm cluster answers here; without one the test is skipped,
 /// unless INFRA_REQUIRE_SLURM is set (then it fails).
@@ -384,7 +385,8 @@ fn slurm_budget_in_node_hours_stops_the_run_when_the_allocations_have_held_it() 
         r.stderr
     );
     assert!(
-        r.stderr.contains("in this run (budget: 0.002 node-hours)"),
+        r.stderr
+            .contains("in this run (budget: 0.002 node-hours; the phase used"),
         "{}",
         r.stderr
     );

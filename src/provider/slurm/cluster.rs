@@ -19,6 +19,8 @@ pub struct JobRow {
     pub left: Option<Duration>,
     pub node: String,
     pub cpus: u32,
+    /// How long it has run (`%M`, TimeUsed): the allocation time it held.
+    pub used: Option<Duration>,
 }
 
 impl JobRow {
@@ -28,7 +30,7 @@ impl JobRow {
 }
 
 /// The format `list` asks `squeue` for.
-const FORMAT: &str = "%i|%T|%r|%L|%N|%C|%j";
+const FORMAT: &str = "%i|%T|%r|%L|%N|%C|%M|%j";
 
 /// What failed, with the hint that fits.
 fn failure(program: &str, e: std::io::Error) -> String {
@@ -94,8 +96,8 @@ pub fn list_blocking(prefix: &str) -> Result<BTreeMap<String, JobRow>, String> {
 pub fn parse_list(out: &str, prefix: &str) -> BTreeMap<String, JobRow> {
     out.lines()
         .filter_map(|l| {
-            let f: Vec<&str> = l.trim().splitn(7, '|').collect();
-            let [id, state, reason, left, node, cpus, name] = f.as_slice() else {
+            let f: Vec<&str> = l.trim().splitn(8, '|').collect();
+            let [id, state, reason, left, node, cpus, used, name] = f.as_slice() else {
                 return None;
             };
             if !name.starts_with(prefix) {
@@ -111,13 +113,14 @@ pub fn parse_list(out: &str, prefix: &str) -> BTreeMap<String, JobRow> {
                     left: parse_left(left),
                     node: node.to_string(),
                     cpus: cpus.parse().unwrap_or(0),
+                    used: parse_left(used),
                 },
             ))
         })
         .collect()
 }
 
-/// `%L`: `[days-]hours:minutes:seconds`, `minutes:seconds`, or
+/// `%L` and `%M`: `[days-]hours:minutes:seconds`, `minutes:seconds`, or
 /// `UNLIMITED`/`NOT_SET`/`INVALID` (None).
 pub fn parse_left(s: &str) -> Option<Duration> {
     let (days, rest) = match s.split_once('-') {
@@ -170,9 +173,9 @@ mod tests {
 
     #[test]
     fn squeue_rows_of_the_phase_are_read_and_others_left_out() {
-        let out = "12|RUNNING|None|11:59:02|gpu07|48|infra.lab.sweep.gpu-0\n\
-                   13|PENDING|Resources|12:00:00||48|infra.lab.sweep.gpu-1\n\
-                   14|RUNNING|None|UNLIMITED|n1|1|someone-elses-job\n";
+        let out = "12|RUNNING|None|11:59:02|gpu07|48|1:02|infra.lab.sweep.gpu-0\n\
+                   13|PENDING|Resources|12:00:00||48|0:00|infra.lab.sweep.gpu-1\n\
+                   14|RUNNING|None|UNLIMITED|n1|1|1-00:00:00|someone-elses-job\n";
         let m = parse_list(out, "infra.lab.sweep.");
         assert_eq!(m.len(), 2);
         assert!(m["12"].running());
@@ -182,6 +185,8 @@ mod tests {
         );
         assert_eq!(m["13"].reason, "Resources");
         assert_eq!(m["12"].cpus, 48);
+        assert_eq!(m["12"].used, Some(Duration::from_secs(62)));
+        assert_eq!(m["13"].used, Some(Duration::ZERO));
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! joins as `NodeChange::Added` once it runs. No task starts on an
 //! allocation with less time left than the task's estimate (plus the
 //! plan's `dispatch_margin`): that allocation takes no more tasks and a
-//! replacement is asked for.
+//! replacement is asked for. The hours the allocations hold go to the
+//! ledger as they are held (`meter.rs`), and the budget's hours are
+//! watched against what the phase held in all, earlier runs included.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -18,7 +21,9 @@ use tokio::sync::mpsc;
 
 use super::argv::{self, AllocSpec};
 use super::cluster;
+use super::meter;
 use super::state::{self, Allocation};
+use crate::cost::hours::{self, Held};
 use crate::plan::Plan;
 use crate::provider::launch::Launcher;
 use crate::provider::local::{LocalExecutor, LocalNode};
@@ -124,8 +129,13 @@ struct Shared {
     poll: Duration,
     replacement_wait: Duration,
     log: Log,
-    /// Node-hours and GPU-hours the run's allocations held so far.
-    used: Mutex<(f64, f64)>,
+    /// The hours the phase had held when the run began (the ledger).
+    before: Held,
+    /// The hours the phase has held in all, as last metered.
+    total: Mutex<Held>,
+    /// The phase's jobs as `squeue` last listed them: one that is gone
+    /// is recorded as last seen.
+    seen: Mutex<BTreeMap<String, cluster::JobRow>>,
     /// The budget's hours are spent: no replacement is waited for.
     exhausted: std::sync::atomic::AtomicBool,
 }
@@ -152,10 +162,12 @@ pub(super) fn local_node(plan: &Plan, a: &Allocation, index: usize) -> LocalNode
 }
 
 impl SlurmExecutor {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         plan: &Plan,
         allocations: &[Allocation],
-        left: &std::collections::BTreeMap<String, Duration>,
+        left: &BTreeMap<String, Duration>,
+        before: Held,
         poll: Duration,
         replacement_wait: Duration,
         log: Log,
@@ -207,7 +219,9 @@ impl SlurmExecutor {
                 poll,
                 replacement_wait,
                 log,
-                used: Mutex::new((0.0, 0.0)),
+                before,
+                total: Mutex::new(before),
+                seen: Mutex::new(BTreeMap::new()),
                 exhausted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -240,50 +254,77 @@ fn mins(d: Duration) -> String {
 }
 
 impl SlurmExecutor {
-    /// Node-hours and GPU-hours the run's allocations held so far.
-    pub fn used_hours(&self) -> (f64, f64) {
-        *self.shared.used.lock().unwrap()
+    /// The hours the run's allocations held, and the phase's in all
+    /// (earlier runs included), as last metered.
+    pub fn held(&self) -> (Held, Held) {
+        let total = *self.shared.total.lock().unwrap();
+        (total.since(self.shared.before), total)
+    }
+
+    /// Record all the allocations held so far (the run ends).
+    pub async fn flush(&self) {
+        let sh = &self.shared;
+        match cluster::list(&sh.allocs.prefix).await {
+            Ok(rows) => {
+                hold(sh, &rows, true);
+            }
+            Err(e) => (sh.log)(&format!("squeue: {e}")),
+        }
+    }
+}
+
+/// Record what the allocations held (`rows`: squeue now; a job gone since
+/// the last look is recorded as last seen): what reaches [`meter::FLUSH`],
+/// or everything with `all`. The phase's hours in all.
+fn hold(sh: &Shared, rows: &BTreeMap<String, cluster::JobRow>, all: bool) -> Option<Held> {
+    let mut seen = sh.seen.lock().unwrap();
+    let gone: BTreeSet<String> = seen
+        .keys()
+        .filter(|k| !rows.contains_key(*k))
+        .cloned()
+        .collect();
+    for (k, r) in rows {
+        seen.insert(k.clone(), r.clone());
+    }
+    let min = if all { Duration::ZERO } else { meter::FLUSH };
+    match meter::record(&sh.plan, &seen, min, &gone) {
+        Ok(total) => {
+            seen.retain(|k, _| !gone.contains(k));
+            *sh.total.lock().unwrap() = total;
+            Some(total)
+        }
+        Err(e) => {
+            (sh.log)(&format!("the allocation hours were not recorded: {e}"));
+            None
+        }
     }
 }
 
 /// Hours with the digits that matter (0.0021, 12.5).
 pub(super) fn hours(h: f64) -> String {
-    if h >= 10.0 {
-        format!("{h:.1}")
-    } else if h >= 0.1 {
-        format!("{h:.2}")
-    } else {
-        format!("{h:.4}")
-    }
+    hours::fmt(h)
 }
 
-/// Count `dt` of the allocations that run against the budget's hours;
-/// past them (with `hard_stop`), every allocation is retired and
-/// cancelled: the run stops placing tasks. True once exhausted.
-async fn meter(sh: &Shared, dt: Duration) -> bool {
-    let nodes = sh.allocs.nodes.lock().unwrap().clone();
-    let h = dt.as_secs_f64() / 3600.0;
-    let (mut nh, mut gh) = (0.0, 0.0);
-    for n in nodes.iter().filter(|n| !n.lost) {
-        nh += h;
-        gh += h * n.spec.gpus as f64;
-    }
-    let (node_h, gpu_h) = {
-        let mut u = sh.used.lock().unwrap();
-        u.0 += nh;
-        u.1 += gh;
-        *u
+/// Record what the allocations held, and watch the budget's hours (the
+/// phase's in all, earlier runs included); past them (with `hard_stop`),
+/// every allocation is retired and cancelled: the run stops placing
+/// tasks. True once exhausted.
+async fn meter(sh: &Shared, rows: &BTreeMap<String, cluster::JobRow>) -> bool {
+    let Some(held) = hold(sh, rows, false) else {
+        return false;
     };
     let Some(b) = sh.plan.budget.as_ref().filter(|b| b.hard_stop) else {
         return false;
     };
     let over = match (b.gpu_hours, b.node_hours) {
-        (Some(c), _) if gpu_h >= c => {
-            Some(format!("{} GPU-hours of the budget's {c}", hours(gpu_h)))
-        }
-        (_, Some(c)) if node_h >= c => {
-            Some(format!("{} node-hours of the budget's {c}", hours(node_h)))
-        }
+        (Some(c), _) if held.gpu_hours >= c => Some(format!(
+            "{} GPU-hours of the budget's {c}",
+            hours(held.gpu_hours)
+        )),
+        (_, Some(c)) if held.node_hours >= c => Some(format!(
+            "{} node-hours of the budget's {c}",
+            hours(held.node_hours)
+        )),
         _ => None,
     };
     let Some(what) = over else { return false };
@@ -291,12 +332,14 @@ async fn meter(sh: &Shared, dt: Duration) -> bool {
     sh.exhausted
         .store(true, std::sync::atomic::Ordering::SeqCst);
     (sh.log)(&format!("{reason}: every allocation is cancelled"));
+    let nodes = sh.allocs.nodes.lock().unwrap().clone();
     let mut jobs = Vec::new();
     for (i, n) in nodes.iter().enumerate().filter(|(_, n)| !n.lost) {
         jobs.push(n.job.clone());
         sh.allocs.retire(i, reason.clone());
     }
     sh.allocs.replace.lock().unwrap().clear();
+    hold(sh, rows, true);
     let _ = cluster::cancel(&jobs).await;
     true
 }
@@ -388,7 +431,6 @@ struct Pending {
 async fn monitor(weak: Weak<Shared>) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut submitted = 0usize;
-    let mut last = Instant::now();
     let mut exhausted = false;
     loop {
         let Some(sh) = weak.upgrade() else { return };
@@ -404,9 +446,10 @@ async fn monitor(weak: Weak<Shared>) {
             }
         };
         if !exhausted {
-            exhausted = meter(&sh, last.elapsed()).await;
+            exhausted = meter(&sh, &rows).await;
+        } else {
+            hold(&sh, &rows, false);
         }
-        last = Instant::now();
         if exhausted {
             // nothing is replaced after the budget is spent
             sh.allocs.replace.lock().unwrap().clear();

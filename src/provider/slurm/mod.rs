@@ -12,6 +12,7 @@
 pub mod argv;
 pub mod cluster;
 pub mod executor;
+pub mod meter;
 pub mod provider;
 pub mod state;
 

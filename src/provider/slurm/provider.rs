@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use super::argv::{self, AllocSpec};
 use super::cluster;
 use super::executor::SlurmExecutor;
+use super::meter;
 use super::state::{self, Allocation, SlurmState};
 use crate::campaign::{LeaseDoc, StopRequest};
 use crate::catalog::Catalog;
+use crate::cost::hours::{self, Held};
 use crate::plan::Plan;
 use crate::provider::local_provider::LocalProvider;
 use crate::provider::{
@@ -152,6 +154,8 @@ async fn bring_up(p: &SlurmProvider, plan: &Plan) -> Result<SlurmState, Provider
     let rows = cluster::list(&prefix)
         .await
         .map_err(ProviderError::Failed)?;
+    // the hours held since they were last recorded (between runs)
+    record_hours(p, plan, &rows);
     // what the cluster no longer has ended
     record(plan, |st| {
         for a in st.allocations.iter_mut().filter(|a| a.ended.is_none()) {
@@ -193,6 +197,23 @@ async fn bring_up(p: &SlurmProvider, plan: &Plan) -> Result<SlurmState, Provider
         }
     })
     .map_err(ProviderError::io(state::path(plan)))
+}
+
+/// Record in the ledger what the phase's jobs in `rows` held so far (a
+/// failure is said, not fatal: the next recording catches up).
+fn record_hours(
+    p: &SlurmProvider,
+    plan: &Plan,
+    rows: &std::collections::BTreeMap<String, cluster::JobRow>,
+) -> Option<Held> {
+    match meter::record_all(plan, rows) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            p.settings
+                .log(&format!("the allocation hours were not recorded: {e}"));
+            None
+        }
+    }
 }
 
 /// What sbatch refused: the plan's fault (exit 2, with the field of the
@@ -420,6 +441,8 @@ impl Provider for SlurmProvider {
                 }
             }
             let stopped = crate::provider::local::stop_task_leftovers(plan, &[]);
+            // what they held, up to now
+            record_hours(self, plan, &found);
             cluster::cancel(&ids).await.map_err(ProviderError::Failed)?;
             // scancel returns before the jobs are gone
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -465,8 +488,18 @@ impl Provider for SlurmProvider {
         })
     }
 
-    fn sync_ledger<'a>(&'a self, _plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
+    /// The hours the phase's allocations held up to now go to the ledger
+    /// (`infra budget`, `infra status`): best effort, nothing to do when
+    /// none is up.
+    fn sync_ledger<'a>(&'a self, plan: &'a Plan) -> Fut<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            if state::load(plan).is_some_and(|s| s.live().next().is_some()) {
+                if let Ok(rows) = cluster::list(&argv::job_prefix(plan)).await {
+                    record_hours(self, plan, &rows);
+                }
+            }
+            Ok(())
+        })
     }
 
     fn recorded_nodes(&self, plan: &Plan) -> usize {
@@ -542,9 +575,15 @@ impl RunSession for SlurmRun<'_> {
             }
             let live: Vec<Allocation> = self.state.live().cloned().collect();
             // the time each has left, before the first task is placed
-            let left = cluster::list(&argv::job_prefix(plan))
+            let rows = cluster::list(&argv::job_prefix(plan))
                 .await
-                .map_err(ProviderError::Failed)?
+                .map_err(ProviderError::Failed)?;
+            // the hours the phase held before this run: the meter starts there
+            let before = match record_hours(self.provider, plan, &rows) {
+                Some(h) => h,
+                None => hours::held(&crate::cost::ledger::read(&plan.root)?, &plan.name_key),
+            };
+            let left = rows
                 .into_values()
                 .filter_map(|r| Some((r.id, r.left?)))
                 .collect();
@@ -552,6 +591,7 @@ impl RunSession for SlurmRun<'_> {
                 plan,
                 &live,
                 &left,
+                before,
                 self.provider.poll(),
                 self.provider.settings.replacement_wait,
                 self.provider.settings.log.clone(),
@@ -572,22 +612,34 @@ impl RunSession for SlurmRun<'_> {
         Box::pin(async move {
             let plan = self.plan;
             if let Some(ex) = &self.executor {
-                // what the run held, as the budget counts it
-                let (node_h, gpu_h) = ex.used_hours();
+                ex.flush().await;
+                // what the run held, and the phase in all, as the budget counts it
+                let (run, total) = ex.held();
                 let cap = plan
                     .budget
                     .as_ref()
                     .map(|b| {
-                        [("GPU-hours", b.gpu_hours), ("node-hours", b.node_hours)]
-                            .iter()
-                            .filter_map(|(w, c)| c.map(|c| format!(" (budget: {c} {w})")))
-                            .collect::<String>()
+                        [
+                            ("GPU-hours", b.gpu_hours, total.gpu_hours),
+                            ("node-hours", b.node_hours, total.node_hours),
+                        ]
+                        .iter()
+                        .filter_map(|(w, c, used)| {
+                            c.map(|c| {
+                                format!(
+                                    " (budget: {c} {w}; the phase used {}, {} remain)",
+                                    hours::fmt(*used),
+                                    hours::fmt((c - used).max(0.0))
+                                )
+                            })
+                        })
+                        .collect::<String>()
                     })
                     .unwrap_or_default();
                 self.provider.settings.log(&format!(
                     "allocations held {} node-hours, {} GPU-hours in this run{cap}",
-                    super::executor::hours(node_h),
-                    super::executor::hours(gpu_h)
+                    hours::fmt(run.node_hours),
+                    hours::fmt(run.gpu_hours)
                 ));
             }
             if summary.budget_stop {
