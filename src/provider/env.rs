@@ -8,6 +8,11 @@ use crate::runner::exec::AttemptRequest;
 pub const BASE_PORT: u32 = 20000;
 pub const PORTS_PER_SLOT: u32 = 16;
 
+/// The first port of slot `slot`.
+pub fn port(slot: u32) -> u32 {
+    BASE_PORT + slot * PORTS_PER_SLOT
+}
+
 /// One of the task's nodes, by rank.
 pub struct RankNode<'a> {
     pub name: &'a str,
@@ -42,7 +47,6 @@ pub fn task_env(
 ) -> Vec<(String, String)> {
     let t = &req.task;
     let slot = req.seats[rank].slot;
-    let port = |slot: u32| BASE_PORT + slot * PORTS_PER_SLOT;
     let mut env: Vec<(String, String)> = vec![
         ("INFRA_PHASE".into(), phase.phase.to_string()),
         ("INFRA_PHASE_NAME".into(), phase.name.to_string()),

@@ -39,6 +39,15 @@ pub struct LocalNode {
     pub workers_per_slot: Option<u32>,
     pub instance_type: String,
     pub hourly_usd: f64,
+    /// Slots of other nodes on the same host before this one's (Slurm:
+    /// allocations that share a machine): its slots' ports come after
+    /// theirs. 0 for a node alone on its address.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port_offset: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +87,7 @@ pub fn nodes_for(
                 workers_per_slot: g.workers_per_slot,
                 instance_type: g.instance_type.clone(),
                 hourly_usd: price(&g.instance_type, g.market).unwrap_or(0.0),
+                port_offset: 0,
             });
         }
     }
@@ -291,7 +301,26 @@ impl LocalExecutor {
             ("INFRA_SCRIPTS".into(), path(&self.root.join("scripts"))),
             ("INFRA_ROOT".into(), path(&self.root)),
         ];
-        task_env(&phase, req, rank, &nodes, &shape, extra)
+        let mut env = task_env(&phase, req, rank, &nodes, &shape, extra);
+        // nodes that share a host (Slurm allocations on one machine) give
+        // their slots the ports after those of the nodes before them
+        for (r, s) in req.seats.iter().enumerate() {
+            let off = self.nodes[s.node].port_offset;
+            if off == 0 {
+                continue;
+            }
+            let port = super::env::port(off + s.slot).to_string();
+            let mut set = |k: &str| {
+                if let Some(e) = env.iter_mut().find(|(n, _)| n == k) {
+                    e.1 = port.clone();
+                }
+            };
+            set(&format!("INFRA_NODE_{r}_PORT"));
+            if r == rank {
+                set("INFRA_PORT");
+            }
+        }
+        env
     }
 }
 

@@ -11,6 +11,7 @@ use crate::common::{journal, one_step_template, Project, Run};
 
 mod adopt;
 mod hours;
+mod steps;
 
 /// Whether a Slurm cluster answers here; without one the test is skipped,
 /// unless INFRA_REQUIRE_SLURM is set (then it fails).

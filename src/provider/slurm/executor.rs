@@ -158,6 +158,7 @@ pub(super) fn local_node(plan: &Plan, a: &Allocation, index: usize) -> LocalNode
         workers_per_slot: g.and_then(|g| g.workers_per_slot),
         instance_type: format!("job {}", a.job_id),
         hourly_usd: 0.0,
+        port_offset: a.port_offset,
     }
 }
 
@@ -536,6 +537,11 @@ async fn monitor(weak: Weak<Shared>) {
                     p.alloc.node = r.node.clone();
                     p.alloc.addr = cluster::node_addr(&r.node).await;
                     p.alloc.cpus = r.cpus;
+                    p.alloc.port_offset = state::load(&sh.plan)
+                        .unwrap_or_default()
+                        .port_offset_for(&p.alloc.job_id, &r.node, &|g| {
+                            super::provider::slots_of(&sh.plan, g)
+                        });
                     if let Err(e) = super::provider::setup(&sh.plan, &mut p.alloc).await {
                         (sh.log)(&format!("{e}: it is cancelled"));
                         let _ = cluster::cancel(std::slice::from_ref(&p.alloc.job_id)).await;

@@ -87,6 +87,7 @@ pub(super) async fn submit(plan: &Plan, group: &str) -> Result<Allocation, Strin
         cpus: 0,
         setup: None,
         ended: None,
+        port_offset: 0,
     };
     record(plan, |st| st.allocations.push(a.clone())).map_err(|e| e.to_string())?;
     Ok(a)
@@ -199,6 +200,11 @@ async fn bring_up(p: &SlurmProvider, plan: &Plan) -> Result<SlurmState, Provider
     .map_err(ProviderError::io(state::path(plan)))
 }
 
+/// The slots of node group `group`.
+pub(super) fn slots_of(plan: &Plan, group: &str) -> u32 {
+    plan.node_group(group).map(|g| g.slots).unwrap_or(1)
+}
+
 /// Record in the ledger what the phase's jobs in `rows` held so far (a
 /// failure is said, not fatal: the next recording catches up).
 fn record_hours(
@@ -290,10 +296,12 @@ async fn wait_running(p: &SlurmProvider, plan: &Plan) -> Result<(), ProviderErro
         if !ran.is_empty() {
             record(plan, |st| {
                 for (job, node, addr, cpus) in &ran {
+                    let off = st.port_offset_for(job, node, &|g| slots_of(plan, g));
                     if let Some(a) = st.allocations.iter_mut().find(|a| &a.job_id == job) {
                         a.node = node.clone();
                         a.addr = addr.clone();
                         a.cpus = *cpus;
+                        a.port_offset = off;
                     }
                 }
             })

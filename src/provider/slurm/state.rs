@@ -28,6 +28,11 @@ pub struct Allocation {
     /// It ended (cancelled, time limit, node failure): kept for the record.
     #[serde(default)]
     pub ended: Option<String>,
+    /// Slots of the phase's other allocations on the same node before
+    /// this one's: its slots' ports come after theirs (`LocalNode`'s
+    /// `port_offset`). Kept, so that a later controller gives the same.
+    #[serde(default)]
+    pub port_offset: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -40,6 +45,17 @@ pub struct SlurmState {
 impl SlurmState {
     pub fn live(&self) -> impl Iterator<Item = &Allocation> {
         self.allocations.iter().filter(|a| a.ended.is_none())
+    }
+
+    /// The port offset of allocation `job` that now runs on `node`: after
+    /// the slots of the phase's other live allocations there (`slots` of a
+    /// group).
+    pub fn port_offset_for(&self, job: &str, node: &str, slots: &dyn Fn(&str) -> u32) -> u32 {
+        self.live()
+            .filter(|a| a.job_id != job && a.node == node && !node.is_empty())
+            .map(|a| a.port_offset + slots(&a.group))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The next free name of `group` (`gpu-3`).
@@ -94,6 +110,7 @@ mod tests {
             cpus: 1,
             setup: None,
             ended: None,
+            port_offset: 0,
         };
         let st = SlurmState {
             version: 1,
@@ -103,5 +120,32 @@ mod tests {
         assert_eq!(st.next_name("gpu"), "gpu-2");
         assert_eq!(st.next_name("cpu"), "cpu-1");
         assert_eq!(st.next_name("big"), "big-0");
+    }
+
+    #[test]
+    fn allocations_on_one_node_take_ports_after_each_other_s_slots() {
+        let a = |job: &str, node: &str, off: u32| Allocation {
+            name: format!("cpu-{job}"),
+            group: "cpu".into(),
+            job_id: job.into(),
+            node: node.into(),
+            addr: String::new(),
+            cpus: 1,
+            setup: None,
+            ended: None,
+            port_offset: off,
+        };
+        let mut st = SlurmState {
+            version: 1,
+            phase: "p".into(),
+            allocations: vec![a("1", "n1", 0), a("2", "n1", 4), a("3", "n2", 0)],
+        };
+        let slots = |_: &str| 4;
+        assert_eq!(st.port_offset_for("4", "n1", &slots), 8);
+        assert_eq!(st.port_offset_for("4", "n2", &slots), 4);
+        assert_eq!(st.port_offset_for("4", "n3", &slots), 0);
+        // an allocation that ended frees nothing it did not hold: only live ones count
+        st.allocations[1].ended = Some("gone".into());
+        assert_eq!(st.port_offset_for("4", "n1", &slots), 4);
     }
 }
