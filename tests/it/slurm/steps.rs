@@ -9,10 +9,13 @@ use crate::common::Project;
 /// GPUs: no gres is asked for, the slots' devices are still given out).
 /// Every task starts a server in the background on its node's address and
 /// port, waits for its health check, then asks it from its main step (the
-/// pair: from the other allocation). All run at once: a port two slots
-/// share on one host would fail one of them.
+/// pair: from the other allocation). All run at once, and the test
+/// cluster puts both allocations on one host: slot 0 of each had the same
+/// port (a server failed to bind, or a task's health check and request
+/// reached the other allocation's server); now an allocation's slots take
+/// ports after those of the allocations before it on its node.
 #[test]
-fn slurm_background_steps_health_checks_and_slots_run_as_everywhere() {
+fn slurm_allocations_sharing_a_host_give_their_slots_distinct_ports_for_background_servers() {
     if !cluster() {
         return;
     }
