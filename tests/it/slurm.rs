@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{journal, one_step_template, Project, Run};
 
 mod adopt;
+mod container;
 mod hours;
 mod steps;
 
@@ -159,7 +160,7 @@ fn slurm_allocation_killed_midway_requeues_its_tasks_on_a_replacement() {
     p.write(
         "plans/templates/ck.json.hbs",
         &one_step_template(
-            "n=$(cat $INFRA_CHECKPOINT_DIR/n 2>/dev/null || echo 0); echo $((n+1)) > $INFRA_CHECKPOINT_DIR/n; sleep 6; echo starts=$(cat $INFRA_CHECKPOINT_DIR/n) job=$SLURM_JOB_ID > out.txt",
+            "n=$(cat $INFRA_CHECKPOINT_DIR/n 2>/dev/null || echo 0); echo $((n+1)) > $INFRA_CHECKPOINT_DIR/n; sleep 6; echo starts=$(cat $INFRA_CHECKPOINT_DIR/n) job=$SLURM_JOB_ID ckpt=$INFRA_CHECKPOINT_DIR > out.txt",
             "\"outputs\": [\"out.txt\"],",
         ),
     );
@@ -231,6 +232,10 @@ fn slurm_allocation_killed_midway_requeues_its_tasks_on_a_replacement() {
             !out.contains(&format!("job={victim}")),
             "kill-{i} finished on the cancelled allocation: {out}"
         );
+        // the checkpoint is in the project, on the file system the
+        // allocations share
+        let ckpt = p.path().join(format!(".infra/kill/checkpoints/kill-{i}"));
+        assert!(out.contains(&format!("ckpt={}", ckpt.display())), "{out}");
         if out.contains("starts=2") {
             resumed += 1;
         }
