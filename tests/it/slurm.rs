@@ -372,14 +372,16 @@ fn slurm_budget_in_node_hours_stops_the_run_when_the_allocations_have_held_it() 
     let p = Project::new();
     p.write(
         "plans/templates/nap.json.hbs",
-        &one_step_template("sleep 3", ""),
+        &one_step_template("sleep 4", ""),
     );
-    // 6 tasks of 3 s on one slot: 18 s; the budget holds 0.002 h = 7.2 s
+    // 6 tasks of 4 s on one slot: 24 s; the budget holds 0.004 h = 14.4 s
+    // (counted from when the allocation runs: the gate after it is up
+    // sees a few seconds held and 6 s estimated, and lets the run start)
     p.write(
         "plans/nh.json",
         r#"{"phase": "nh", "name": "node hours", "provider": "slurm",
           "node_groups": {"cpu": {"count": 1, "slots": 1}},
-          "budget": {"node_hours": 0.002},
+          "budget": {"node_hours": 0.004},
           "estimate": {"default": "1s"},
           "layers": [{"id": "L0", "grid": {"backend": "nap", "id": "nh-{i}", "factors": {"i": [0, 1, 2, 3, 4, 5]}}}]}"#,
     );
@@ -392,7 +394,7 @@ fn slurm_budget_in_node_hours_stops_the_run_when_the_allocations_have_held_it() 
     );
     assert!(
         r.stderr
-            .contains("in this run (budget: 0.002 node-hours; the phase used"),
+            .contains("in this run (budget: 0.004 node-hours; the phase used"),
         "{}",
         r.stderr
     );
