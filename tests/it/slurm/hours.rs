@@ -182,3 +182,58 @@ fn slurm_hours_held_before_a_controller_crash_are_recorded_by_the_next_run() {
     );
     assert!(jobs_of(&p, "hcr").is_empty());
 }
+
+/// The run's meter starts from what the phase held before: a second run
+/// whose estimate fits in what remains is let through, then stopped when
+/// the phase's hours in all (the first run's and its own) reach the
+/// budget, not when its own do.
+#[test]
+fn slurm_the_meter_of_a_later_run_counts_the_hours_of_earlier_runs() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    p.write(
+        "plans/templates/nap.json.hbs",
+        &one_step_template("sleep 4", ""),
+    );
+    let plan = |n: usize| {
+        let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        format!(
+            r#"{{"phase": "hmt", "name": "meter across runs", "provider": "slurm",
+          "node_groups": {{"cpu": {{"count": 1, "slots": 1}}}},
+          "budget": {{"node_hours": 0.005}},
+          "estimate": {{"default": "1s"}},
+          "layers": [{{"id": "L0", "grid": {{"backend": "nap", "id": "hmt-{{i}}", "factors": {{"i": [{}]}}}}}}]}}"#,
+            ids.join(", ")
+        )
+    };
+    // the first run: two tasks, ~8 s held (of the budget's 18 s)
+    p.write("plans/hmt.json", &plan(2));
+    slurm(&p, &["up", "hmt", "--yes"]).ok();
+    let (first, _) = ledger_hours(&p, "hmt");
+    assert!(first >= 8.0 / 3600.0, "{first}");
+    // the second: six more tasks of 4 s (24 s, estimated 6 s: let through);
+    // alone it would hold 18 s after some 4 tasks, with the first run's
+    // hours the budget is reached earlier
+    p.write("plans/hmt.json", &plan(8));
+    let r = slurm(&p, &["up", "hmt", "--yes"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("budget reached: the allocations held"),
+        "{}",
+        r.stderr
+    );
+    let (all, _) = ledger_hours(&p, "hmt");
+    let second = all - first;
+    assert!(
+        second < 0.005 - 2.0 / 3600.0,
+        "the second run stopped before holding the whole budget itself: {second}\n{}",
+        r.stderr
+    );
+    let done = (2..8)
+        .filter(|i| p.exists(&format!("results/hmt/hmt-{i}/runtime.json")))
+        .count();
+    assert!(done < 6, "{done}");
+    assert!(jobs_of(&p, "hmt").is_empty(), "{:?}", jobs_of(&p, "hmt"));
+}
