@@ -13,6 +13,7 @@ pub mod launch;
 pub mod live_log;
 pub mod local;
 pub mod local_detach;
+pub mod local_nodes;
 pub mod local_provider;
 pub mod process;
 pub mod sequence;
