@@ -136,6 +136,8 @@ struct Shared {
     /// The phase's jobs as `squeue` last listed them: one that is gone
     /// is recorded as last seen.
     seen: Mutex<BTreeMap<String, cluster::JobRow>>,
+    /// What the ledger had of the phase when the meter last wrote.
+    recorded: Mutex<Option<meter::Recorded>>,
     /// The budget's hours are spent: no replacement is waited for.
     exhausted: std::sync::atomic::AtomicBool,
 }
@@ -223,6 +225,7 @@ impl SlurmExecutor {
                 before,
                 total: Mutex::new(before),
                 seen: Mutex::new(BTreeMap::new()),
+                recorded: Mutex::new(None),
                 exhausted: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -288,7 +291,8 @@ fn hold(sh: &Shared, rows: &BTreeMap<String, cluster::JobRow>, all: bool) -> Opt
         seen.insert(k.clone(), r.clone());
     }
     let min = if all { Duration::ZERO } else { meter::FLUSH };
-    match meter::record(&sh.plan, &seen, min, &gone) {
+    let mut recorded = sh.recorded.lock().unwrap();
+    match meter::record(&sh.plan, &seen, min, &gone, Some(&mut recorded)) {
         Ok(total) => {
             seen.retain(|k, _| !gone.contains(k));
             *sh.total.lock().unwrap() = total;

@@ -74,30 +74,60 @@ pub(super) fn entries(
     (out, unrecorded)
 }
 
+/// What the ledger had of the phase when it was last read: a run's meter
+/// looks every poll, and reads the ledger again only when it writes.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Recorded {
+    per_job: BTreeMap<String, f64>,
+    held: Held,
+}
+
 /// Record what the phase's jobs in `rows` held past what the ledger has
 /// of them (see [`entries`]); the hours the phase has held in all
-/// (recorded, and not yet).
+/// (recorded, and not yet). With `cache`, nothing is read when nothing is
+/// to be written (what another process recorded meanwhile is seen at the
+/// next write).
 pub(super) fn record(
     plan: &Plan,
     rows: &BTreeMap<String, JobRow>,
     min: Duration,
     force: &BTreeSet<String>,
+    cache: Option<&mut Option<Recorded>>,
 ) -> Result<Held, String> {
+    let now = chrono::Utc::now();
+    if let Some(Some(c)) = cache.as_deref() {
+        let (new, unrecorded) = entries(plan, rows, &c.per_job, min, force, now);
+        if new.is_empty() {
+            return Ok(c.held.plus(unrecorded));
+        }
+    }
     let path = ledger::path(&plan.root);
-    ledger::locked(&plan.root, || {
+    let (total, fresh) = ledger::locked(&plan.root, || {
         let past = ledger::read(&plan.root).map_err(|e| e.to_string())?;
-        let recorded = hours::recorded_per_job(&past, &plan.name_key);
-        let (new, unrecorded) = entries(plan, rows, &recorded, min, force, chrono::Utc::now());
+        let mut per_job = hours::recorded_per_job(&past, &plan.name_key);
+        let (new, unrecorded) = entries(plan, rows, &per_job, min, force, now);
         ledger::append(&plan.root, &new)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(hours::held(&past, &plan.name_key).plus(unrecorded))
+        let before = hours::held(&past, &plan.name_key);
+        for e in &new {
+            if let Some(job) = &e.instance {
+                *per_job.entry(job.clone()).or_insert(0.0) += e.hours;
+            }
+        }
+        let held = before.plus(hours::held(&new, &plan.name_key));
+        // every unrecorded part counts, written now or not
+        Ok::<_, String>((before.plus(unrecorded), Recorded { per_job, held }))
     })
-    .map_err(|e| format!("cannot lock the ledger of {}: {e}", path.display()))?
+    .map_err(|e| format!("cannot lock the ledger of {}: {e}", path.display()))??;
+    if let Some(c) = cache {
+        *c = Some(fresh);
+    }
+    Ok(total)
 }
 
 /// Record everything the phase's jobs in `rows` held so far.
 pub(super) fn record_all(plan: &Plan, rows: &BTreeMap<String, JobRow>) -> Result<Held, String> {
-    record(plan, rows, Duration::ZERO, &BTreeSet::new())
+    record(plan, rows, Duration::ZERO, &BTreeSet::new(), None)
 }
 
 #[cfg(test)]
@@ -158,5 +188,41 @@ mod tests {
         let (es, un) = entries(&plan, &rows, &recorded, Duration::ZERO, &force, now);
         assert!(es.is_empty(), "{es:#?}");
         assert_eq!(un, Held::default());
+    }
+
+    #[test]
+    fn the_meter_records_each_second_once_and_reads_the_ledger_only_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = plan();
+        plan.root = dir.path().to_path_buf();
+        let prefix = argv::job_prefix(&plan);
+        let at = |used: u64| -> BTreeMap<String, JobRow> {
+            [row("12", &format!("{prefix}gpu-0"), used)].into()
+        };
+        let mut cache = None;
+        let none = BTreeSet::new();
+        // 2 min held: written at once (past FLUSH)
+        let h = record(&plan, &at(120), FLUSH, &none, Some(&mut cache)).unwrap();
+        assert!((h.node_hours - 120.0 / 3600.0).abs() < 1e-9, "{h:?}");
+        assert!((h.gpu_hours - 8.0 * 120.0 / 3600.0).abs() < 1e-9, "{h:?}");
+        // 30 s more: counted, not written; the ledger is not read (a line
+        // appended by hand is not seen)
+        let before = std::fs::read_to_string(ledger::path(&plan.root)).unwrap();
+        assert_eq!(before.lines().count(), 1);
+        let h = record(&plan, &at(150), FLUSH, &none, Some(&mut cache)).unwrap();
+        assert!((h.node_hours - 150.0 / 3600.0).abs() < 1e-9, "{h:?}");
+        assert_eq!(
+            std::fs::read_to_string(ledger::path(&plan.root)).unwrap(),
+            before
+        );
+        // another process (`infra budget`) records up to 170 s; the run
+        // then writes everything up to 200 s: 200 s in all, none twice
+        record_all(&plan, &at(170)).unwrap();
+        let h = record(&plan, &at(200), Duration::ZERO, &none, Some(&mut cache)).unwrap();
+        assert!((h.node_hours - 200.0 / 3600.0).abs() < 1e-9, "{h:?}");
+        let all = ledger::read(&plan.root).unwrap();
+        let held = hours::held(&all, &plan.name_key);
+        assert!((held.node_hours - 200.0 / 3600.0).abs() < 1e-9, "{held:?}");
+        assert_eq!(all.len(), 3);
     }
 }
