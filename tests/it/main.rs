@@ -10,6 +10,7 @@ mod cost;
 mod doe_suite;
 mod faults;
 mod fuzz;
+mod inference;
 mod live_logs;
 mod local;
 mod local_detach;

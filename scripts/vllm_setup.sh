@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The inference plans' setup (once per node, again when the plan's setup
+# changes): a virtualenv with vLLM and NIXL on the Deep Learning AMI, and
+# the model's weights on the instance's NVMe volume.
+#
+#   vllm_setup.sh --venv DIR --vllm-version vX.Y.Z [--model NAME]
+#
+# Idempotent: a venv whose vllm is already that version is kept as it is
+# (seconds). On the local provider it does nothing: there the steps run the
+# stand-in server (scripts/standin_server.py), see scripts/vllm_serve.sh.
+set -euo pipefail
+
+venv="" version="" model=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) venv=$2; shift 2 ;;
+    --vllm-version) version=$2; shift 2 ;;
+    --model) model=$2; shift 2 ;;
+    *) echo "vllm_setup.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$venv" ] || [ -z "$version" ]; then
+  echo "vllm_setup.sh: --venv and --vllm-version are required" >&2
+  exit 2
+fi
+if [ "${INFRA_PROVIDER:-}" = local ]; then
+  echo "vllm_setup.sh: local provider: no vLLM venv to build (the steps use the stand-in server)"
+  exit 0
+fi
+want=${version#v}
+
+have_vllm() {
+  [ -x "$venv/bin/python" ] &&
+    "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("vllm") != sys.argv[1])' "$want" 2>/dev/null
+}
+
+if have_vllm; then
+  echo "vllm_setup.sh: vllm $want already in $venv"
+else
+  if [ -e "$venv" ]; then
+    echo "vllm_setup.sh: $venv holds no vllm $want: rebuilding it"
+    rm -rf "$venv"
+  fi
+  mkdir -p "$(dirname "$venv")"
+  # the DLAMI's python3; uv resolves and installs vLLM's wheels in minutes
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip uv
+  "$venv/bin/uv" pip install --python "$venv/bin/python" "vllm==$want" nixl
+  have_vllm || { echo "vllm_setup.sh: vllm $want did not install into $venv" >&2; exit 1; }
+  echo "vllm_setup.sh: built $venv with vllm $want"
+fi
+
+if [ -n "$model" ]; then
+  # the weights once per node, before any server waits for them
+  if [ -z "${HF_HOME:-}" ] && [ -d /opt/dlami/nvme ]; then export HF_HOME=/opt/dlami/nvme/huggingface; fi
+  "$venv/bin/python" -c 'import sys; from huggingface_hub import snapshot_download; print(snapshot_download(sys.argv[1]))' "$model"
+fi
