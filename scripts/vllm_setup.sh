@@ -23,10 +23,16 @@ if [ -z "$venv" ] || [ -z "$version" ]; then
   echo "vllm_setup.sh: --venv and --vllm-version are required" >&2
   exit 2
 fi
-if [ "${INFRA_PROVIDER:-}" = local ]; then
-  echo "vllm_setup.sh: local provider: no vLLM venv to build (the steps use the stand-in server)"
-  exit 0
-fi
+case "${INFRA_PROVIDER:-}" in
+  local)
+    echo "vllm_setup.sh: local provider: no vLLM venv to build (the steps use the stand-in server)"
+    exit 0 ;;
+  "")
+    # never a build (gigabytes from PyPI) by mistake on a machine that is no node
+    echo "vllm_setup.sh: INFRA_PROVIDER is not set: infra's setup sets it (aws on a node, local on this machine);" >&2
+    echo "  to build the venv by hand: INFRA_PROVIDER=aws $0 --venv $venv --vllm-version $version" >&2
+    exit 2 ;;
+esac
 want=${version#v}
 
 have_vllm() {

@@ -216,6 +216,15 @@ impl Ctx {
     ) -> Plan {
         if let Some(pk) = provider {
             if pk != p.provider {
+                if pk == ProviderKind::Local && p.provider == ProviderKind::Slurm {
+                    // A local trial of a Slurm plan: its allocations have no
+                    // instance type, the nodes are this machine's
+                    for g in &mut p.node_groups {
+                        if g.instance_type == ProviderKind::Slurm.as_str() {
+                            g.instance_type = "local".to_string();
+                        }
+                    }
+                }
                 // A run on another provider than the plan's (a local trial
                 // of an AWS plan, the quickstart tried on AWS) is its own
                 // campaign: its own journal, results and ledger entries, so

@@ -77,9 +77,15 @@ fn check_rows(rows: &[HashMap<String, String>], measured: f64) {
                 num(r, &format!("{stat}_p99")),
             );
             assert!(mean > 0.0 && p50 > 0.0, "{stat}: {r:?}");
-            assert!(p50 <= p90 && p90 <= p99, "{stat} percentiles in order: {r:?}");
+            assert!(
+                p50 <= p90 && p90 <= p99,
+                "{stat} percentiles in order: {r:?}"
+            );
         }
-        assert!(num(r, "e2e_latency_ms_p50") > num(r, "ttft_ms_p50"), "{r:?}");
+        assert!(
+            num(r, "e2e_latency_ms_p50") > num(r, "ttft_ms_p50"),
+            "{r:?}"
+        );
         assert!(num(r, "request_throughput_rps") > 0.0, "{r:?}");
         assert!(num(r, "output_token_throughput_tps") > 0.0, "{r:?}");
         assert_eq!(num(r, "attempts"), 1.0, "{r:?}");
@@ -103,7 +109,8 @@ fn phase14_runs_as_shipped_on_the_local_provider_with_the_stand_in_server() {
     // the time to the first token grows with the prompt
     let ttft = |t: &str| num(row(&rows, t), "ttft_ms_p50");
     assert!(
-        ttft("p14-L1-unified-tp2-8k-c1") > 2.0 * ttft("p14-L1-unified-tp2-1k-c8").min(ttft("p14-L0-unified-tp2-2k-c1")),
+        ttft("p14-L1-unified-tp2-8k-c1")
+            > 2.0 * ttft("p14-L1-unified-tp2-1k-c8").min(ttft("p14-L0-unified-tp2-2k-c1")),
         "{rows:?}"
     );
     // eight requests at once queue for the prefill
@@ -115,10 +122,7 @@ fn phase14_runs_as_shipped_on_the_local_provider_with_the_stand_in_server() {
     let task: Value =
         serde_json::from_str(&p.read(".infra/phase14@local/tasks/p14-L1-unified-tp2-8k-c1.json"))
             .unwrap();
-    assert!(
-        task.to_string().contains("--max-model-len 8080"),
-        "{task}"
-    );
+    assert!(task.to_string().contains("--max-model-len 8080"), "{task}");
     assert!(took < Duration::from_secs(90), "{took:?}");
 }
 
@@ -139,7 +143,8 @@ fn phase15_runs_as_shipped_on_the_local_provider_unified_and_disaggregated_throu
     let ttft = |t: &str| num(row(&rows, t), "ttft_ms_p50");
     for backend in ["efa", "tcp"] {
         assert!(
-            ttft(&format!("p15-L1-{backend}-16k-c1")) > 2.0 * ttft(&format!("p15-L0-{backend}-4k-c1")),
+            ttft(&format!("p15-L1-{backend}-16k-c1"))
+                > 2.0 * ttft(&format!("p15-L0-{backend}-4k-c1")),
             "{rows:?}"
         );
     }
@@ -259,7 +264,11 @@ fn the_stand_in_speaks_the_openai_completions_api_as_vllm_does() {
     assert_eq!(c["choices"][0]["index"], 0);
     assert_eq!(c["choices"][0]["finish_reason"], "length");
     assert_eq!(
-        c["choices"][0]["text"].as_str().unwrap().split_whitespace().count(),
+        c["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
         5
     );
     assert_eq!(
@@ -281,8 +290,10 @@ fn the_stand_in_speaks_the_openai_completions_api_as_vllm_does() {
         s.port,
         "POST",
         "/v1/completions",
-        Some(&json!({"model": MODEL, "prompt": ids, "max_tokens": 4, "stream": true,
-                     "stream_options": {"include_usage": true}})),
+        Some(
+            &json!({"model": MODEL, "prompt": ids, "max_tokens": 4, "stream": true,
+                     "stream_options": {"include_usage": true}}),
+        ),
     );
     assert_eq!(code, 200);
     let events: Vec<&str> = body
@@ -358,7 +369,16 @@ fn the_proxy_prefills_on_the_producer_and_decodes_on_the_consumer_with_its_kv_ca
     let peer = format!("127.0.0.1:{}", producer.port);
     let consumer = start(
         "standin_server.py",
-        &["--model", MODEL, "--role", "consumer", "--peer", &peer, "--time-scale", "0"],
+        &[
+            "--model",
+            MODEL,
+            "--role",
+            "consumer",
+            "--peer",
+            &peer,
+            "--time-scale",
+            "0",
+        ],
     );
     let proxy = start(
         "disagg_proxy.py",
@@ -406,8 +426,10 @@ fn the_proxy_prefills_on_the_producer_and_decodes_on_the_consumer_with_its_kv_ca
         proxy.port,
         "POST",
         "/v1/completions",
-        Some(&json!({"model": MODEL, "prompt": ids, "max_tokens": 3, "stream": true,
-                     "stream_options": {"include_usage": true}})),
+        Some(
+            &json!({"model": MODEL, "prompt": ids, "max_tokens": 3, "stream": true,
+                     "stream_options": {"include_usage": true}}),
+        ),
     );
     assert_eq!(code, 200, "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
@@ -445,7 +467,14 @@ fn fake_venv(dir: &std::path::Path) -> std::path::PathBuf {
 fn serve(venv: &std::path::Path, env: &[(&str, &str)], role: &str) -> std::process::Output {
     Command::new("bash")
         .arg(repo().join("scripts/vllm_serve.sh"))
-        .args(["--venv", venv.to_str().unwrap(), "--model", MODEL, "--role", role])
+        .args([
+            "--venv",
+            venv.to_str().unwrap(),
+            "--model",
+            MODEL,
+            "--role",
+            role,
+        ])
         .args(["--port", "8100", "--tp", "2", "--max-model-len", "4074"])
         .env_remove("KV_TRANSPORT")
         .envs(env.iter().copied())
@@ -463,13 +492,19 @@ fn vllm_serve_runs_vllm_with_the_kv_transfer_config_and_never_a_stand_in_on_a_cl
     assert!(out.status.success());
     let args = String::from_utf8_lossy(&out.stdout);
     assert!(
-        args.starts_with(&format!("serve\n{MODEL}\n--host\n0.0.0.0\n--port\n8100\n--tensor-parallel-size\n2\n")),
+        args.starts_with(&format!(
+            "serve\n{MODEL}\n--host\n0.0.0.0\n--port\n8100\n--tensor-parallel-size\n2\n"
+        )),
         "{args}"
     );
     assert!(args.contains("--max-model-len\n4074\n"), "{args}");
     assert!(!args.contains("kv-transfer-config"), "{args}");
 
-    let efa: Vec<(&str, &str)> = env.iter().copied().chain([("KV_TRANSPORT", "efa")]).collect();
+    let efa: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("KV_TRANSPORT", "efa")])
+        .collect();
     let out = serve(&venv, &efa, "producer");
     let args = String::from_utf8_lossy(&out.stdout);
     let cfg = args
@@ -486,7 +521,11 @@ fn vllm_serve_runs_vllm_with_the_kv_transfer_config_and_never_a_stand_in_on_a_cl
     assert!(args.contains("FI_PROVIDER=efa"), "{args}");
     assert!(args.contains("SIDE=10.0.1.5"), "{args}");
 
-    let tcp: Vec<(&str, &str)> = env.iter().copied().chain([("KV_TRANSPORT", "tcp")]).collect();
+    let tcp: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("KV_TRANSPORT", "tcp")])
+        .collect();
     let out = serve(&venv, &tcp, "consumer");
     let args = String::from_utf8_lossy(&out.stdout);
     assert!(args.contains("\"kv_role\":\"kv_consumer\""), "{args}");
@@ -512,12 +551,31 @@ fn vllm_setup_is_a_no_op_locally_and_keeps_a_venv_that_has_the_version() {
     let setup = |venv: &std::path::Path, provider: &str| {
         Command::new("bash")
             .arg(repo().join("scripts/vllm_setup.sh"))
-            .args(["--venv", venv.to_str().unwrap(), "--vllm-version", "v0.15.1"])
+            .args([
+                "--venv",
+                venv.to_str().unwrap(),
+                "--vllm-version",
+                "v0.15.1",
+            ])
             .env("INFRA_PROVIDER", provider)
             .output()
             .unwrap()
     };
     let missing = dir.path().join("none");
+    // not run by infra (no INFRA_PROVIDER): refused, nothing downloaded
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/vllm_setup.sh"))
+        .args([
+            "--venv",
+            missing.to_str().unwrap(),
+            "--vllm-version",
+            "v0.15.1",
+        ])
+        .env_remove("INFRA_PROVIDER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!missing.exists());
     let out = setup(&missing, "local");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("local provider"));
@@ -527,15 +585,15 @@ fn vllm_setup_is_a_no_op_locally_and_keeps_a_venv_that_has_the_version() {
     let venv = dir.path().join("venv");
     std::fs::create_dir_all(venv.join("bin")).unwrap();
     let py = venv.join("bin/python");
-    std::fs::write(
-        &py,
-        "#!/bin/sh\n[ \"$3\" = 0.15.1 ] && exit 0\nexit 1\n",
-    )
-    .unwrap();
+    std::fs::write(&py, "#!/bin/sh\n[ \"$3\" = 0.15.1 ] && exit 0\nexit 1\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = setup(&venv, "aws");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("vllm 0.15.1 already in"),
         "{}",
