@@ -164,7 +164,7 @@ fn phase15_runs_as_shipped_on_the_local_provider_unified_and_disaggregated_throu
         assert!(out.contains("disagg_proxy: http://127."), "{out}");
         assert!(out.contains("as consumer"), "{out}");
     }
-    // the setup ran on both nodes, and did nothing locally
+    // (the plan's setup ran on both nodes: locally a no-op, else `up` fails)
     assert!(took < Duration::from_secs(120), "{took:?}");
 }
 
