@@ -88,8 +88,10 @@ if [ "$role" != unified ]; then
   export VLLM_NIXL_SIDE_CHANNEL_HOST=${INFRA_NODE_ADDR:-$(hostname -I | awk '{print $1}')}
   export VLLM_NIXL_SIDE_CHANNEL_PORT=${VLLM_NIXL_SIDE_CHANNEL_PORT:-5600}
   if [ "$transport" = efa ]; then
-    # libfabric's EFA provider (the DLAMI's /opt/amazon/efa), GPU memory registered directly
-    export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1
+    # libfabric's EFA provider (the DLAMI's /opt/amazon/efa); libfabric
+    # finds out itself whether the GPU memory can be registered (p4d, p5)
+    # or goes through host buffers (g5)
+    export FI_PROVIDER=efa
     if [ -d /opt/amazon/efa/lib ]; then export LD_LIBRARY_PATH=/opt/amazon/efa/lib:${LD_LIBRARY_PATH:-}; fi
     backends='["LIBFABRIC"]'
   else

@@ -48,10 +48,16 @@ else
     rm -rf "$venv"
   fi
   mkdir -p "$(dirname "$venv")"
-  # the DLAMI's python3; uv resolves and installs vLLM's wheels in minutes
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip uv
-  "$venv/bin/uv" pip install --python "$venv/bin/python" "vllm==$want" nixl
+  # uv resolves and installs vLLM's wheels in minutes, and brings its own
+  # Python when the AMI's is too old or has no venv module
+  export HOME=${HOME:-/root}
+  uv=$(command -v uv || true)
+  if [ -z "$uv" ]; then
+    curl -LsSf https://astral.sh/uv/install.sh | env UV_INSTALL_DIR=/usr/local/bin UV_NO_MODIFY_PATH=1 sh
+    uv=/usr/local/bin/uv
+  fi
+  "$uv" venv --seed --python 3.12 "$venv"
+  "$uv" pip install --python "$venv/bin/python" "vllm==$want" nixl
   have_vllm || { echo "vllm_setup.sh: vllm $want did not install into $venv" >&2; exit 1; }
   echo "vllm_setup.sh: built $venv with vllm $want"
 fi
