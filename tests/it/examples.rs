@@ -161,3 +161,40 @@ fn the_slurm_sweep_runs_on_the_local_provider_without_its_cluster() {
         "{gpus:?}"
     );
 }
+
+/// The README's table of examples names every plan of plans/ and the five
+/// teams the plans are for.
+#[test]
+fn the_readme_examples_table_names_every_plan_and_the_five_teams() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme.find("## Examples").expect("an Examples section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let rows: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("| `plans/"))
+        .collect();
+    for e in std::fs::read_dir(repo().join("plans")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json") {
+            assert!(
+                rows.iter()
+                    .any(|r| r.starts_with(&format!("| `plans/{name}`"))),
+                "plans/{name} is not in the README's examples table"
+            );
+        }
+    }
+    for team in [
+        "inference-systems team",
+        "statistics team",
+        "deep-learning team",
+        "systems team",
+        "energy-measurement team",
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r.split('|').nth(2).unwrap_or("").contains(team)),
+            "no example for the {team} in {rows:#?}"
+        );
+    }
+}
