@@ -33,6 +33,20 @@ case "${INFRA_PROVIDER:-}" in
     echo "  to build the venv by hand: INFRA_PROVIDER=aws $0 --venv $venv --vllm-version $version" >&2
     exit 2 ;;
 esac
+if [ -n "${INFRA_SANDBOX_DIR:-}" ]; then
+  # the AWS emulator's nodes are folders of the machine that runs it
+  echo "vllm_setup.sh: an emulated node ($INFRA_SANDBOX_DIR) has no GPU: no vLLM is built here." >&2
+  echo "  Try the plan with --provider local (the stand-in server), or on AWS." >&2
+  exit 1
+fi
+case "$venv" in
+  /opt/dlami/*)
+    if [ ! -d /opt/dlami ]; then
+      echo "vllm_setup.sh: $venv is on the Deep Learning AMI's NVMe volume, but this node has no /opt/dlami:" >&2
+      echo "  give its node group a Deep Learning AMI (\"ami\"), or a venv_path that exists here" >&2
+      exit 1
+    fi ;;
+esac
 want=${version#v}
 
 have_vllm() {

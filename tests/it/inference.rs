@@ -595,7 +595,7 @@ fn vllm_serve_runs_vllm_with_the_kv_transfer_config_and_never_a_stand_in_on_a_cl
 }
 
 #[test]
-fn vllm_setup_is_a_no_op_locally_and_keeps_a_venv_that_has_the_version() {
+fn vllm_setup_is_a_no_op_locally_keeps_a_good_venv_and_never_builds_off_a_dlami() {
     let dir = tempfile::tempdir().unwrap();
     let setup = |venv: &std::path::Path, provider: &str| {
         Command::new("bash")
@@ -649,4 +649,30 @@ fn vllm_setup_is_a_no_op_locally_and_keeps_a_venv_that_has_the_version() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(py.exists(), "kept as it was");
+
+    // an emulated node builds nothing (nothing downloaded onto this machine)
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/vllm_setup.sh"))
+        .args([
+            "--venv",
+            missing.to_str().unwrap(),
+            "--vllm-version",
+            "v0.15.1",
+        ])
+        .env("INFRA_PROVIDER", "aws")
+        .env("INFRA_SANDBOX_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("emulated node"));
+    assert!(!missing.exists());
+    // nor a node without the Deep Learning AMI the venv_path is meant for
+    if !std::path::Path::new("/opt/dlami").exists() {
+        let out = setup(
+            std::path::Path::new("/opt/dlami/nvme/venv/vllm-0.16"),
+            "aws",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no /opt/dlami"));
+    }
 }
