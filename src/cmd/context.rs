@@ -204,7 +204,15 @@ impl Ctx {
 
     pub fn load(&self, name: &str) -> Result<Plan, AppError> {
         let p = plan::load(name, &self.cwd)?;
-        Ok(self.overridden(p, self.provider, self.region.as_deref()))
+        self.completed(self.overridden(p, self.provider, self.region.as_deref()))
+    }
+
+    /// What a loaded plan leaves to its templates: EFA on the groups whose
+    /// templates require it (`tasks::requires`).
+    pub fn completed(&self, mut p: Plan) -> Result<Plan, AppError> {
+        let (catalog, _) = self.catalog()?;
+        crate::tasks::requires::efa_by_default(&mut p, &catalog);
+        Ok(p)
     }
 
     /// `--provider` and `--region` applied to a loaded plan.

@@ -210,7 +210,11 @@ pub fn text(v: &PlanView) -> String {
             g.count,
             g.instance_type,
             g.market.as_str(),
-            if g.efa { ", EFA" } else { "" },
+            match (g.efa, g.efa_set) {
+                (true, None) => ", EFA: its templates require it",
+                (true, _) => ", EFA",
+                _ => "",
+            },
             g.slots
         ));
     }

@@ -6,6 +6,7 @@ pub mod lint;
 pub mod marks;
 pub mod model;
 pub mod render;
+pub mod requires;
 mod resolve;
 pub mod shell;
 

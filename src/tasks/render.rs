@@ -474,6 +474,7 @@ fn build(
             ));
         }
     }
+    super::requires::check(plan, p, &out.requires)?;
     let attempts = out.attempts.unwrap_or(plan.retry.attempts).clamp(1, 20);
     let checkpoint_interval_seconds = match out.checkpoint_interval_seconds {
         Some(s) if !(10..=86_400).contains(&s) => {
@@ -515,6 +516,7 @@ fn build(
         env: out.env,
         outputs,
         table: out.table,
+        requires: out.requires,
         steps,
         factors: p.factors.clone(),
         vars: p.vars.clone(),

@@ -11,6 +11,7 @@ pub mod cfn;
 pub mod config;
 pub mod controller;
 pub mod deploy;
+pub mod efa_check;
 pub mod ec2;
 pub mod error;
 pub mod executor;

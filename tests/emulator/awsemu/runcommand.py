@@ -59,10 +59,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import imds, node_auth, node_path, remote_script, shutdown
+from . import fabric, imds, node_auth, node_path, remote_script, shutdown
 from .protocol import AwsRequest, Response, json_error, json_response
 from .registry import intercept
-from .state import CONFIG, MOTO_LOCK, ec2_backend, instance_tags, iso_z, on_reset, sandbox_dir
+from .state import CONFIG, MOTO_LOCK, ec2_backend, find_instance, instance_tags, iso_z, on_reset, sandbox_dir
 
 STDOUT_LIMIT = 24000
 STDERR_LIMIT = 8000
@@ -221,6 +221,10 @@ def instance_env(account_id: str, region: str, instance_id: str, sandbox: str,
         # the host; then the awscli installed with the emulator's interpreter.
         path = os.pathsep.join(p for p in (shutdown.shim_dir(), os.path.dirname(sys.executable),
                                            env.get("PATH", "")) if p)
+    # fi_info / fi_pingpong see the instance's EFA devices (addition 17)
+    path = fabric.shim_dir() + os.pathsep + path
+    found = find_instance(instance_id, account_id)
+    env.update(fabric.env_for(found[0] if found else None, instance_id))
     env.update({
         "PATH": path,
         "HOME": sandbox,
