@@ -354,11 +354,16 @@ pub fn json_line(kind: &str, v: &serde_json::Value) -> String {
 
 /// Render every task definition of the plan into `.infra/<phase>/tasks/`.
 pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
+    render_tasks_warned(plan).map(|(t, w, _)| (t, w))
+}
+
+/// `render_tasks`, with the warnings about fields no template reads.
+pub fn render_tasks_warned(plan: &Plan) -> Result<(Vec<TaskDef>, usize, Vec<String>), AppError> {
     let all: Vec<&plan::Pattern> = plan.patterns().collect();
     let rendered = render_all(plan, &all)?;
     let dir = plan.state_dir().join("tasks");
     let written = write_all(&dir, &rendered.tasks).map_err(io_err(&dir))?;
-    Ok((rendered.tasks, written))
+    Ok((rendered.tasks, written, rendered.warnings))
 }
 
 /// Bring this machine's copy of the campaign up to date from where the

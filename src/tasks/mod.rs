@@ -9,5 +9,6 @@ pub mod render;
 pub mod requires;
 mod resolve;
 pub mod shell;
+mod unused;
 
 pub use model::{Health, Step, TaskDef};

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::model::REQUIREMENTS;
-use super::render::render_all;
+use super::render::render_some;
 use crate::catalog::Catalog;
 use crate::plan::{Pattern, Plan, ProviderKind};
 
@@ -44,8 +44,11 @@ pub fn efa_by_default(plan: &mut Plan, catalog: &Catalog) {
         .collect();
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for p in firsts {
-        if let Ok(r) = render_all(&trial, &[p]) {
-            if r.tasks.iter().any(|t| t.requires.iter().any(|x| x == "efa")) {
+        if let Ok(r) = render_some(&trial, &[p]) {
+            if r.tasks
+                .iter()
+                .any(|t| t.requires.iter().any(|x| x == "efa"))
+            {
                 wanted.insert(p.node_group.clone());
             }
         }

@@ -61,8 +61,7 @@ fn the_seed_phase_format_with_efa_backends_gets_efa_on_every_card_by_default() {
         assert_eq!(n.len(), cards, "{it}");
         assert!(n.iter().all(|x| x["InterfaceType"] == "efa"), "{it}: {n:?}");
         assert_eq!(
-            stack["Resources"]["PlacementGroupDefault"]["Properties"]["Strategy"],
-            "cluster",
+            stack["Resources"]["PlacementGroupDefault"]["Properties"]["Strategy"], "cluster",
             "{it}"
         );
     }

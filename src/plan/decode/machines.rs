@@ -207,9 +207,7 @@ fn group_common(
             None => Market::OnDemand,
         },
     };
-    let efa_set = o
-        .get("efa")
-        .and_then(|v| boolean(d, v, &o.child("efa")));
+    let efa_set = o.get("efa").and_then(|v| boolean(d, v, &o.child("efa")));
     let placement = o.get("placement").and_then(|v| {
         let p = string(d, v, &o.child("placement"))?;
         if !["cluster", "spread", "partition"].contains(&p.as_str()) {

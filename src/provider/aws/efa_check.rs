@@ -110,7 +110,8 @@ pub async fn verify(
                 Ok(p) => {
                     log(&format!(
                         "EFA {key}: {} µs per 8 KiB transfer, {} MB/s",
-                        p.usec_per_transfer.map_or("?".into(), |v| format!("{v:.1}")),
+                        p.usec_per_transfer
+                            .map_or("?".into(), |v| format!("{v:.1}")),
                         p.mb_per_sec.map_or("?".into(), |v| format!("{v:.0}"))
                     ));
                     checked.pingpong.insert(key, p);
@@ -159,7 +160,11 @@ where
 
 /// Each node with the next, and the last of an odd number with the first.
 fn pairs<'a>(nodes: &[&'a AwsNode]) -> Vec<(&'a AwsNode, &'a AwsNode)> {
-    let mut out: Vec<_> = nodes.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0], c[1])).collect();
+    let mut out: Vec<_> = nodes
+        .chunks(2)
+        .filter(|c| c.len() == 2)
+        .map(|c| (c[0], c[1]))
+        .collect();
     if nodes.len() > 2 && nodes.len() % 2 == 1 {
         out.push((nodes[nodes.len() - 1], nodes[0]));
     }
@@ -168,9 +173,7 @@ fn pairs<'a>(nodes: &[&'a AwsNode]) -> Vec<(&'a AwsNode, &'a AwsNode)> {
 
 /// The EFA devices (RDM domains) `fi_info` lists on the node.
 async fn devices(c: &Clients, n: &AwsNode) -> Result<Vec<String>, String> {
-    let script = format!(
-        "export PATH=\"{EFA_BIN}:$PATH\"\nfi_info -p efa -t FI_EP_RDM 2>&1\n"
-    );
+    let script = format!("export PATH=\"{EFA_BIN}:$PATH\"\nfi_info -p efa -t FI_EP_RDM 2>&1\n");
     let (code, out) = run(c, n, &script, Duration::from_secs(120)).await?;
     let domains = parse_domains(&out);
     if code != 0 && domains.is_empty() {
@@ -243,7 +246,11 @@ pub fn parse_pingpong(out: &str) -> Pingpong {
     let row: Option<Vec<&str>> = out
         .lines()
         .rev()
-        .find(|l| l.split_whitespace().nth(2).is_some_and(|w| w.starts_with('=')))
+        .find(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|w| w.starts_with('='))
+        })
         .map(|l| l.split_whitespace().collect());
     let col = |name: &str| -> Option<f64> {
         let i = header.as_ref()?.iter().position(|h| *h == name)?;
@@ -256,7 +263,12 @@ pub fn parse_pingpong(out: &str) -> Pingpong {
 }
 
 fn first_lines(s: &str, n: usize) -> String {
-    let v: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).take(n).collect();
+    let v: Vec<&str> = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .collect();
     if v.is_empty() {
         "(no output)".into()
     } else {
@@ -265,7 +277,12 @@ fn first_lines(s: &str, n: usize) -> String {
 }
 
 /// Run `script` on node `n` and wait for it: (exit code, stdout + stderr).
-async fn run(c: &Clients, n: &AwsNode, script: &str, wait: Duration) -> Result<(i32, String), String> {
+async fn run(
+    c: &Clients,
+    n: &AwsNode,
+    script: &str,
+    wait: Duration,
+) -> Result<(i32, String), String> {
     let ids = [n.instance_id.clone()];
     let sent = ssm::send(
         c,
@@ -311,7 +328,10 @@ async fn run(c: &Clients, n: &AwsNode, script: &str, wait: Duration) -> Result<(
         // not listed yet (SSM is eventually consistent), or still running
         if start.elapsed() > wait + Duration::from_secs(60) {
             ssm::cancel(c, &sent.id).await;
-            return Err(format!("the EFA check did not finish in {} s", wait.as_secs()));
+            return Err(format!(
+                "the EFA check did not finish in {} s",
+                wait.as_secs()
+            ));
         }
     }
 }
@@ -361,7 +381,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec![("gpu-0".into(), "gpu-1".into()), ("gpu-2".into(), "gpu-0".into())]
+            vec![
+                ("gpu-0".into(), "gpu-1".into()),
+                ("gpu-2".into(), "gpu-0".into())
+            ]
         );
         assert!(pairs(&refs[..1]).is_empty());
     }

@@ -37,12 +37,20 @@ fn apply_verifies_efa_on_every_node_and_fails_naming_the_node_without_it() {
     let pp = &efa["pingpong"]["gpu-0 ↔ gpu-1"];
     assert!(pp["usec_per_transfer"].as_f64().unwrap() > 0.0, "{efa}");
     assert!(pp["mb_per_sec"].as_f64().unwrap() > 0.0, "{efa}");
-    assert!(r.stderr.contains("checking EFA on 2 node(s) of group gpu"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("checking EFA on 2 node(s) of group gpu"),
+        "{}",
+        r.stderr
+    );
     let nodes = node_ids(&a, "efa1");
     let (name1, id1) = nodes.iter().find(|(n, _)| n == "gpu-1").unwrap().clone();
 
     // the EFA driver did not load on one node: apply fails naming it
-    a.control("POST", "efa-fault", json!({"instance_id": id1, "fault": "no-device"}));
+    a.control(
+        "POST",
+        "efa-fault",
+        json!({"instance_id": id1, "fault": "no-device"}),
+    );
     let r = a.infra(&["apply", "efa1", "--yes"]);
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -52,10 +60,18 @@ fn apply_verifies_efa_on_every_node_and_fails_naming_the_node_without_it() {
         "{}",
         r.stderr
     );
-    assert!(!r.stderr.contains("node gpu-0 ("), "only the broken node: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("node gpu-0 ("),
+        "only the broken node: {}",
+        r.stderr
+    );
 
     // devices there, but EFA traffic does not flow: the pair is named
-    a.control("POST", "efa-fault", json!({"instance_id": id1, "fault": "unreachable"}));
+    a.control(
+        "POST",
+        "efa-fault",
+        json!({"instance_id": id1, "fault": "unreachable"}),
+    );
     let r = a.infra(&["apply", "efa1", "--yes"]);
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -67,7 +83,11 @@ fn apply_verifies_efa_on_every_node_and_fails_naming_the_node_without_it() {
     );
 
     // fixed: apply passes again; destroy leaves nothing
-    a.control("POST", "efa-fault", json!({"instance_id": id1, "fault": "none"}));
+    a.control(
+        "POST",
+        "efa-fault",
+        json!({"instance_id": id1, "fault": "none"}),
+    );
     ok(&a.infra(&["apply", "efa1", "--yes"]), "apply after the fix");
     ok(&a.infra(&["destroy", "efa1", "--yes"]), "destroy");
 }
