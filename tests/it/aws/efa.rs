@@ -91,3 +91,50 @@ fn apply_verifies_efa_on_every_node_and_fails_naming_the_node_without_it() {
     ok(&a.infra(&["apply", "efa1", "--yes"]), "apply after the fix");
     ok(&a.infra(&["destroy", "efa1", "--yes"]), "destroy");
 }
+
+/// `infra up` whose apply fails after the nodes came up (here: a setup
+/// command that fails; the EFA check fails the same way) destroys what the
+/// apply created, so nothing bills with no one watching; `--keep` leaves it.
+#[test]
+fn up_destroys_what_a_failed_apply_created_unless_keep() {
+    let a = Aws::new("up_failed_apply");
+    a.p.write(
+        "plans/upf.json",
+        r#"{ "phase": "upf", "name": "failing setup", "project": "upfail", "provider": "aws", "region": "us-east-1",
+  "setup": ["echo preparing", "exit 7"],
+  "node_groups": { "cpu": { "instance_type": "c6i.xlarge", "count": 1, "market": "spot" } },
+  "layers": [ { "id": "L0", "patterns": [ { "id": "upf-1", "backend": "one" } ] } ] }"#,
+    );
+    a.p.write(
+        "plans/templates/one.json.hbs",
+        r#"{ "steps": [ {"name": "main", "command": "echo one"} ] }"#,
+    );
+    let r = a.infra(&["up", "upf", "--yes", "--keep"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--keep: the apply failed and the nodes are left up"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(node_ids(&a, "upf").len(), 1, "kept");
+
+    let r = a.infra(&["up", "upf", "--yes"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("setup failed on node cpu-0")
+            && r.stderr.contains("destroying what it created"),
+        "{}",
+        r.stderr
+    );
+    // the phase's stack and nodes are gone (the base stack, shared by the
+    // project's phases and billing nothing, stays as after any `destroy`)
+    let sdk = a.sdk();
+    assert!(sdk.instances().is_empty(), "{:?}", sdk.instances());
+    assert!(sdk.fleets().is_empty(), "{:?}", sdk.fleets());
+    let stacks = sdk.stacks();
+    assert!(
+        stacks.iter().all(|(name, _)| name != "upfail-upf"),
+        "{stacks:?}"
+    );
+}
