@@ -16,7 +16,8 @@ What the emulator does:
   (addition 13) from a launch template has as many EFA devices as the
   template has network interfaces of type ``efa`` (or ``efa-only``).
 - Every command of Run Command finds ``fi_info`` and ``fi_pingpong`` on its
-  PATH (``<state-dir>/node-fabric``, in both PATH modes; a script that
+  PATH (``<state-dir>/node-fabric``; linked into the minimal PATH of
+  addition 11 like the shutdown shims; a script that
   puts ``/opt/amazon/efa/bin`` first still finds them, that folder does not
   exist here). They answer as libfabric's tools do:
 
@@ -54,6 +55,7 @@ from typing import Any
 from .state import CONFIG, on_reset
 
 FAULTS = ("none", "no-device", "unreachable")
+TOOLS = ("fi_info", "fi_pingpong")
 PORT = 47592
 
 _lock = threading.Lock()

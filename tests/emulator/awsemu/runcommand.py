@@ -215,14 +215,14 @@ def instance_env(account_id: str, region: str, instance_id: str, sandbox: str,
     url = imds.imds_url(instance_id)
     no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", env.get("NO_PROXY", "")) if x)
     if minimal:
-        path = node_path.minimal_dir()  # holds the shutdown shims too (addition 15)
+        # holds the shutdown (addition 15) and fabric (addition 17) shims too
+        path = node_path.minimal_dir()
     else:
         # shutdown/poweroff/halt act on this instance (addition 13), never on
-        # the host; then the awscli installed with the emulator's interpreter.
-        path = os.pathsep.join(p for p in (shutdown.shim_dir(), os.path.dirname(sys.executable),
-                                           env.get("PATH", "")) if p)
-    # fi_info / fi_pingpong see the instance's EFA devices (addition 17)
-    path = fabric.shim_dir() + os.pathsep + path
+        # the host; fi_info / fi_pingpong see its EFA devices (addition 17);
+        # then the awscli installed with the emulator's interpreter.
+        path = os.pathsep.join(p for p in (shutdown.shim_dir(), fabric.shim_dir(),
+                                           os.path.dirname(sys.executable), env.get("PATH", "")) if p)
     found = find_instance(instance_id, account_id)
     env.update(fabric.env_for(found[0] if found else None, instance_id))
     env.update({
