@@ -8,6 +8,7 @@ mod checkpoint;
 mod common;
 mod cost;
 mod doe_suite;
+mod efa;
 mod examples;
 mod faults;
 mod fuzz;
