@@ -204,7 +204,15 @@ impl Ctx {
 
     pub fn load(&self, name: &str) -> Result<Plan, AppError> {
         let p = plan::load(name, &self.cwd)?;
-        Ok(self.overridden(p, self.provider, self.region.as_deref()))
+        self.completed(self.overridden(p, self.provider, self.region.as_deref()))
+    }
+
+    /// What a loaded plan leaves to its templates: EFA on the groups whose
+    /// templates require it (`tasks::requires`).
+    pub fn completed(&self, mut p: Plan) -> Result<Plan, AppError> {
+        let (catalog, _) = self.catalog()?;
+        crate::tasks::requires::efa_by_default(&mut p, &catalog);
+        Ok(p)
     }
 
     /// `--provider` and `--region` applied to a loaded plan.
@@ -216,6 +224,15 @@ impl Ctx {
     ) -> Plan {
         if let Some(pk) = provider {
             if pk != p.provider {
+                if pk == ProviderKind::Local && p.provider == ProviderKind::Slurm {
+                    // A local trial of a Slurm plan: its allocations have no
+                    // instance type, the nodes are this machine's
+                    for g in &mut p.node_groups {
+                        if g.instance_type == ProviderKind::Slurm.as_str() {
+                            g.instance_type = "local".to_string();
+                        }
+                    }
+                }
                 // A run on another provider than the plan's (a local trial
                 // of an AWS plan, the quickstart tried on AWS) is its own
                 // campaign: its own journal, results and ledger entries, so
@@ -346,11 +363,16 @@ pub fn json_line(kind: &str, v: &serde_json::Value) -> String {
 
 /// Render every task definition of the plan into `.infra/<phase>/tasks/`.
 pub fn render_tasks(plan: &Plan) -> Result<(Vec<TaskDef>, usize), AppError> {
+    render_tasks_warned(plan).map(|(t, w, _)| (t, w))
+}
+
+/// `render_tasks`, with the warnings about fields no template reads.
+pub fn render_tasks_warned(plan: &Plan) -> Result<(Vec<TaskDef>, usize, Vec<String>), AppError> {
     let all: Vec<&plan::Pattern> = plan.patterns().collect();
     let rendered = render_all(plan, &all)?;
     let dir = plan.state_dir().join("tasks");
     let written = write_all(&dir, &rendered.tasks).map_err(io_err(&dir))?;
-    Ok((rendered.tasks, written))
+    Ok((rendered.tasks, written, rendered.warnings))
 }
 
 /// Bring this machine's copy of the campaign up to date from where the

@@ -129,6 +129,7 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
     let again =
         super::rerun::reruns(&plan, &tasks, again, provider.results_are_local(), &prints)?.keys();
     let estimate = gate_with(&plan, &tasks, &again, &catalog, &from, true)?;
+    controller_fits(&plan, &catalog, &estimate)?;
     if let Some(l) = provider.lease(&plan).await? {
         if !l.expired(chrono::Utc::now()) {
             return Err(ProviderError::Failed(format!(
@@ -164,6 +165,40 @@ pub async fn detach(ctx: &Ctx, what: Campaign<'_>) -> Result<i32, AppError> {
     };
     ctx.emit("detach", &text(ctx, &view), &view);
     Ok(exit::OK)
+}
+
+/// The controller in the cloud bills too (its spend is metered into the
+/// ledger like a node's): the budget must pay for it over the campaign's
+/// estimated hours, on top of the nodes.
+fn controller_fits(
+    plan: &plan::Plan,
+    catalog: &crate::catalog::Catalog,
+    e: &crate::cost::estimate::Estimate,
+) -> Result<(), AppError> {
+    if plan.provider != plan::ProviderKind::Aws {
+        return Ok(());
+    }
+    let (Some((t, usd_h)), Some(h)) = (
+        crate::stacks::controller::instance_type(plan, catalog),
+        e.hours,
+    ) else {
+        return Ok(());
+    };
+    let mut with = e.clone();
+    with.total_usd += usd_h * h;
+    with.total_worst_usd += usd_h * h;
+    with.hourly_usd += usd_h;
+    let v = crate::cost::estimate::verdict(plan, &with, super::context::spent(plan)?);
+    if v.ok {
+        return Ok(());
+    }
+    Err(AppError::Budget(format!(
+        "the budget refuses {} with its controller in the cloud ({t} on-demand, ${usd_h:.4}/h for {h:.1} h: ${:.2}):\n  {}\n  (nothing was started; `infra run {}` without --detach runs it from this machine, or raise \"budget.usd\")",
+        plan.name_key,
+        usd_h * h,
+        v.reasons.join("\n  "),
+        plan.name_key
+    )))
 }
 
 /// The options every command line of the controller carries.

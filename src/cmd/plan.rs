@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::context::{held, journal_path, remaining_with, render_tasks, spent, Ctx};
+use super::context::{held, journal_path, remaining_with, render_tasks_warned, spent, Ctx};
 use super::error::AppError;
 use crate::cost::estimate as est;
 use crate::plan::NodeGroup;
@@ -35,6 +35,9 @@ pub struct PlanView {
     pub tasks_dir: String,
     pub layers: Vec<LayerRow>,
     pub node_groups: Vec<NodeGroup>,
+    /// Fields of the plan no template reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub schedule: Option<Schedule>,
     pub stacks: Option<StacksView>,
     /// Slurm: the holder job each node group submits per allocation.
@@ -88,7 +91,10 @@ pub struct ResourceRow {
 
 pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<PlanView, AppError> {
     let (plan, catalog, prices_from) = ctx.prepare(name)?;
-    let (tasks, written) = render_tasks(&plan)?;
+    let (tasks, written, warnings) = render_tasks_warned(&plan)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let all: Vec<&TaskDef> = tasks.iter().collect();
     let sim = est::schedule(&plan, &all);
     // completed tasks whose result is gone run again: still to run
@@ -169,6 +175,7 @@ pub fn plan(ctx: &Ctx, name: &str, out: Option<&std::path::Path>) -> Result<Plan
             })
             .collect(),
         node_groups: plan.node_groups.clone(),
+        warnings,
         schedule: sim.map(|s| Schedule {
             makespan_seconds: s.makespan,
             lower_bound_seconds: s.lower_bound,
@@ -210,7 +217,11 @@ pub fn text(v: &PlanView) -> String {
             g.count,
             g.instance_type,
             g.market.as_str(),
-            if g.efa { ", EFA" } else { "" },
+            match (g.efa, g.efa_set) {
+                (true, None) => ", EFA: its templates require it",
+                (true, _) => ", EFA",
+                _ => "",
+            },
             g.slots
         ));
     }

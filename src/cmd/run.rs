@@ -485,7 +485,9 @@ pub async fn up(
     if again.rerun || again.changed {
         gate_reruns(ctx, phase, &again)?;
     }
-    super::apply::apply(ctx, phase, yes).await?;
+    if let Err(e) = super::apply::apply(ctx, phase, yes).await {
+        return Err(torn_down(ctx, phase, keep, "apply", e).await);
+    }
     let args = RunArgs {
         phase: phase.to_string(),
         select: vec!["all".into()],
@@ -497,7 +499,10 @@ pub async fn up(
         detach: false,
         new: false,
     };
-    let code = run(ctx, &args).await?;
+    let code = match run(ctx, &args).await {
+        Ok(c) => c,
+        Err(e) => return Err(torn_down(ctx, phase, keep, "run", e).await),
+    };
     if code == exit::INTERRUPTED {
         eprintln!("interrupted: nodes left up; `infra run {phase}` resumes, `infra destroy {phase}` removes them");
         return Ok(code);
@@ -508,6 +513,28 @@ pub async fn up(
         super::destroy::destroy(ctx, Some(phase), DestroyOpts::default()).await?;
     }
     Ok(code)
+}
+
+/// `infra up` after its apply or run failed: what the apply created is
+/// destroyed (unless `--keep`), so that nothing bills with no one watching;
+/// the error is returned as it was. Refusals (bad input, the budget) and
+/// interruptions created nothing to remove, or leave it on purpose.
+async fn torn_down(ctx: &Ctx, phase: &str, keep: bool, what: &str, e: AppError) -> AppError {
+    let code = e.exit_code();
+    if matches!(code, exit::BAD_INPUT | exit::BUDGET | exit::INTERRUPTED) {
+        return e;
+    }
+    if keep {
+        eprintln!("--keep: the {what} failed and the nodes are left up; `infra destroy {phase}` removes them");
+        return e;
+    }
+    eprintln!("the {what} failed (the error follows): destroying what it created, so that nothing bills (`infra up --keep` leaves it up to look at)");
+    if let Err(d) = super::destroy::destroy(ctx, Some(phase), DestroyOpts::default()).await {
+        eprintln!(
+            "warning: destroy failed too ({d}); `infra destroy {phase}` removes what is left"
+        );
+    }
+    e
 }
 
 #[cfg(test)]

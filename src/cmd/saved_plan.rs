@@ -129,7 +129,7 @@ pub fn load(ctx: &Ctx, saved: &SavedPlan, file: &str) -> Result<(Plan, Catalog, 
     let loaded =
         crate::plan::load::load_text(&saved.plan_text, Path::new(&saved.plan_file), &ctx.cwd)?;
     // the provider and region it was reviewed for, whatever this command line says
-    let plan = ctx.overridden(loaded, Some(provider), Some(&saved.region));
+    let plan = ctx.completed(ctx.overridden(loaded, Some(provider), Some(&saved.region)))?;
     let (plan, catalog, from) = ctx.prepare_loaded(plan)?;
     let redo = format!(
         "review it again: `infra plan {} -o {file}`, then `infra apply {file}`",

@@ -37,6 +37,8 @@ pub async fn setup(root: &Path, s: SetupSpec) -> Result<i32, Fail> {
     c.arg("-e")
         .arg(&script)
         .current_dir(&dir)
+        // the bundle's scripts, as the steps see them (`$INFRA_SCRIPTS`)
+        .env("INFRA_SCRIPTS", root.join("bundle/scripts"))
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);

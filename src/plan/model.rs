@@ -97,7 +97,12 @@ pub struct NodeGroup {
     pub instance_type: String,
     pub count: u32,
     pub market: Market,
+    /// EFA on every network card: what the plan says, else on where a
+    /// template the group runs requires it and the type can have it
+    /// (`tasks::requires::efa_by_default`).
     pub efa: bool,
+    /// `efa` as the plan gives it (None: not given).
+    pub efa_set: Option<bool>,
     /// `cluster`, `spread` or `partition` (EC2 placement strategies).
     pub placement: Option<String>,
     pub ami: Option<String>,

@@ -26,7 +26,7 @@ fn node_pool(required: Vec<&str>, count_name: &str, count_text: &str) -> Value {
     let mut props = json!({
         "instance_type": d(json!({"type": "string"}), "EC2 instance type, e.g. c6i.4xlarge or g5.12xlarge (its vCPUs, memory, GPUs and price come from the catalog; `infra catalog show`)."),
         "market": d(json!({"enum": ["spot", "on-demand"], "default": "on-demand"}), "Spot (cheaper, can be reclaimed with two minutes' notice; tasks are re-queued) or on-demand (the default)."),
-        "efa": d(json!({"type": "boolean", "default": false}), "Give the nodes Elastic Fabric Adapter interfaces (EFA-capable instance types only)."),
+        "efa": d(json!({"type": "boolean"}), "Elastic Fabric Adapter on every network card of the nodes, with a cluster placement group and one zone (EFA-capable types only). Default: on where a template the group runs declares \"requires\": [\"efa\"] and the type has EFA; false opts out (a pattern that requires EFA is then refused)."),
         "placement": d(json!({"enum": ["cluster", "spread", "partition"]}), "EC2 placement group strategy for the nodes."),
         "ami": d(json!({"type": "string"}), "An AMI id or an SSM parameter path; default: the latest Amazon Linux 2023 (GPU types: the Deep Learning AMI)."),
         "volume_gb": d(json!({"type": "integer", "minimum": 1, "maximum": 16384, "default": 100}), "Root volume size in GiB (encrypted gp3)."),

@@ -200,6 +200,8 @@ pub async fn run_setup(
             ),
             ("INFRA_NODE_NAME".to_string(), n.name.clone()),
             ("INFRA_NODE_ADDR".to_string(), n.addr.clone()),
+            // as the steps see it: a setup can tell a local trial from a cloud node
+            ("INFRA_PROVIDER".to_string(), "local".to_string()),
             (
                 "INFRA_SCRIPTS".to_string(),
                 plan.root.join("scripts").display().to_string(),

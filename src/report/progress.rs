@@ -328,7 +328,9 @@ fn status_text(c: &Counts, o: &Outlook, start: Instant) -> String {
 /// Seconds until the last task ends, from the plan's estimates (scaled by
 /// how the tasks that ended compared with theirs; else the mean run time of
 /// the tasks that ended): what is left of each running task and the whole
-/// of each queued one, spread over the slots. None while nothing is known.
+/// of each queued one, spread over the slots, and never less than what is
+/// left of the longest one (a task does not spread over idle slots). None
+/// while nothing is known.
 fn eta(c: &Counts, o: &Outlook) -> Option<f64> {
     if c.open.is_empty() {
         return (c.total > 0).then_some(0.0);
@@ -340,6 +342,7 @@ fn eta(c: &Counts, o: &Outlook) -> Option<f64> {
         1.0
     };
     let mut work = 0.0;
+    let mut longest: f64 = 0.0;
     for t in &c.open {
         let est = o.estimates.get(t).map(|e| e * scale).or(mean)?;
         let done = c
@@ -347,9 +350,11 @@ fn eta(c: &Counts, o: &Outlook) -> Option<f64> {
             .get(t)
             .map_or(0.0, |at| at.elapsed().as_secs_f64());
         // a task past its estimate has at least a little left
-        work += (est - done).max(est.min(1.0));
+        let left = (est - done).max(est.min(1.0));
+        work += left;
+        longest = longest.max(left);
     }
-    Some(work / c.slots.max(1) as f64)
+    Some((work / c.slots.max(1) as f64).max(longest))
 }
 
 impl Default for Reporter {
@@ -412,6 +417,22 @@ mod tests {
         assert_eq!(eta(&c, &o), Some(90.0));
         c.open.clear();
         assert_eq!(eta(&c, &o), Some(0.0));
+    }
+
+    #[test]
+    fn the_eta_is_never_less_than_the_longest_task_left() {
+        // one 10-minute task left on 16 slots: 10 minutes, not 37 s
+        let c = Counts {
+            total: 20,
+            slots: 16,
+            open: vec!["long".into()],
+            ..Default::default()
+        };
+        let o = Outlook {
+            estimates: [("long".to_string(), 600.0)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(eta(&c, &o), Some(600.0));
     }
 
     #[test]

@@ -289,6 +289,12 @@ pub(super) fn settings_of<'a>(
         .filter(|k| !t.factors.contains_key(k.as_str()) && t.vars.contains_key(k.as_str()))
 }
 
+/// The same value: equal, or the same number however written (`4000`,
+/// `4000.0`).
+fn same(a: &Value, b: &Value) -> bool {
+    a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+}
+
 pub fn build(results_dir: &Path, tasks: &[TaskDef], settings: &Settings) -> Table {
     let mut cols = Cols::default();
     for (c, d) in FIXED {
@@ -358,13 +364,27 @@ pub fn build(results_dir: &Path, tasks: &[TaskDef], settings: &Settings) -> Tabl
                     if file.rows.is_empty() {
                         continue;
                     }
-                    // the file's columns as the table's, resolved once per file
+                    // the file's columns as the table's, resolved once per file;
+                    // a column named like a parameter or setting that only
+                    // repeats its value is that column, else `<file>.<key>`
+                    let repeats = |j: usize, i: usize| {
+                        file.rows
+                            .iter()
+                            .flatten()
+                            .filter(|(n, _)| *n == j)
+                            .all(|(_, v)| same(v, &base[i]))
+                    };
                     let at: Vec<usize> = file
                         .names
                         .iter()
-                        .map(|k| {
-                            if cols.index.get(k.as_str()).is_some_and(|i| *i < n_base) {
-                                cols.add(&format!("{out}.{k}"), from(out))
+                        .enumerate()
+                        .map(|(j, k)| {
+                            if let Some(&i) = cols.index.get(k.as_str()).filter(|i| **i < n_base) {
+                                if repeats(j, i) {
+                                    i
+                                } else {
+                                    cols.add(&format!("{out}.{k}"), from(out))
+                                }
                             } else if let Some(i) = cols.index.get(k.as_str()) {
                                 *i
                             } else {

@@ -19,10 +19,10 @@ mod write;
 
 pub use limits::{group_limits, group_limits_remaining, GroupLimits};
 pub use model::{RenderedStack, ResourceSummary, StackError, Stacks, MAX_BODY, MAX_INLINE_BODY};
-pub(crate) use render::multi_card_efa;
 pub use render::{
     compute_parameters, group_ids, render, DEFAULT_AMI_CPU, DEFAULT_AMI_GPU, DEFAULT_AMI_NEURON,
 };
+pub(crate) use render::{efa_interfaces as efa_interface_count, multi_card_efa};
 pub use shape::MAX_ZONES;
 pub use validate::{validate, DLAMI_MIN_VOLUME_GB, MAX_NODES, MAX_NODES_PER_GROUP, MAX_RESOURCES};
 pub use write::write;

@@ -141,7 +141,7 @@ fn layout(plan: &Plan, catalog: &Catalog) -> Layout {
     }
 }
 
-fn efa_interfaces(g: &NodeGroup, catalog: &Catalog) -> u32 {
+pub(crate) fn efa_interfaces(g: &NodeGroup, catalog: &Catalog) -> u32 {
     if !g.efa {
         return 0;
     }

@@ -37,8 +37,15 @@ pub struct TemplateOutput {
     /// objects, or CSV); they are collected like any output.
     #[serde(default)]
     pub table: Vec<String>,
+    /// What the task needs of its nodes (`"efa"`): a group that can give
+    /// it gets it by default, one that cannot is refused.
+    #[serde(default)]
+    pub requires: Vec<String>,
     pub steps: Vec<StepSpec>,
 }
+
+/// What a template may require of its nodes.
+pub const REQUIREMENTS: &[&str] = &["efa"];
 
 fn one() -> u32 {
     1
@@ -159,6 +166,9 @@ pub struct TaskDef {
     pub env: BTreeMap<String, String>,
     pub outputs: Vec<String>,
     pub table: Vec<String>,
+    /// What the task needs of its nodes (see [`TemplateOutput::requires`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     pub steps: Vec<Step>,
     pub factors: Map<String, Value>,
     pub vars: Map<String, Value>,

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use super::marks::{self, Marking, Slot};
 use super::model::{Step, TaskDef, TemplateOutput};
+use super::unused::{misspelt, mustache_words, unread};
 use crate::plan::decode::rel;
 use crate::plan::diag::unsafe_id_reason;
 use crate::plan::{Pattern, Plan};
@@ -115,76 +116,28 @@ pub fn context(plan: &Plan, p: &Pattern) -> Value {
     Value::Object(ctx)
 }
 
-/// The identifiers inside a template's `{{...}}` (variables, helpers,
-/// keywords): what the template may use. Partials are not followed, so
-/// this errs on the side of "used".
-fn mustache_words(text: &str) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("{{") {
-        let after = &rest[i + 2..];
-        let end = after.find("}}").unwrap_or(after.len());
-        let inner = &after[..end];
-        for w in inner.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-                out.insert(w.to_string());
-            }
-        }
-        rest = &after[end..];
-    }
-    out
-}
-
-/// Fields of the pattern itself (the `estimate`, `node_group` it may
-/// hold, and the template's variables) a misspelling is measured against.
-const PATTERN_FIELDS: &[&str] = &["id", "backend", "estimate", "node_group"];
-
-/// A field of `p` (its own, or its grid cell's) that its template never
-/// uses and that is one or two letters away from a name it does use or
-/// from a pattern field: a typo that would otherwise pass silently (the
-/// misspelt value becomes an unused variable; `node_grop` would run the
-/// task on the default group). The problem and its hint.
-fn misspelt(p: &Pattern, used: &std::collections::HashSet<String>) -> Option<(String, String)> {
-    for k in p.factors.keys() {
-        if used.contains(k) || PATTERN_FIELDS.contains(&k.as_str()) {
-            continue;
-        }
-        let near = used
-            .iter()
-            .map(String::as_str)
-            .chain(PATTERN_FIELDS.iter().copied())
-            .filter(|c| c.len() >= 4 && k.len() >= 4)
-            .map(|c| {
-                (
-                    crate::plan::diag::distance(&k.to_ascii_lowercase(), &c.to_ascii_lowercase()),
-                    c,
-                )
-            })
-            .filter(|(d, c)| *d <= if c.len().min(k.len()) >= 6 { 2 } else { 1 })
-            .min();
-        if let Some((_, c)) = near {
-            let also = if p.factors.contains_key(c) {
-                format!(" (the pattern sets \"{c}\" too)")
-            } else {
-                String::new()
-            };
-            return Some((
-                format!(
-                    "field \"{k}\" is used by no template variable, and looks like \"{c}\"{also}"
-                ),
-                format!("rename \"{k}\" to \"{c}\", or remove it"),
-            ));
-        }
-    }
-    None
-}
-
 pub struct Rendered {
     pub tasks: Vec<TaskDef>,
+    /// Fields no template reads (`infra plan` shows them).
+    pub warnings: Vec<String>,
 }
 
-/// Render every pattern in `patterns`; all problems are collected.
+/// Render every pattern of the plan; all problems are collected, and the
+/// settings no template reads are found.
 pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, RenderError> {
+    render_patterns(plan, patterns, true)
+}
+
+/// Render some patterns only (no whole-plan checks).
+pub fn render_some(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, RenderError> {
+    render_patterns(plan, patterns, false)
+}
+
+fn render_patterns(
+    plan: &Plan,
+    patterns: &[&Pattern],
+    whole: bool,
+) -> Result<Rendered, RenderError> {
     let (mut hb, marking) = registry();
     let mut loaded: HashMap<String, PathBuf> = HashMap::new();
     let mut words: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
@@ -208,6 +161,19 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
     }
     let mut tasks = Vec::with_capacity(patterns.len());
     let mut problems: Vec<TaskProblem> = Vec::new();
+    let mut warnings = Vec::new();
+    if whole {
+        let (errors, w) = unread(plan, patterns, &words);
+        warnings = w;
+        for (pattern, backend, message, hint) in errors {
+            problems.push(TaskProblem {
+                pattern,
+                template: rel(&loaded[&backend], &plan.root),
+                message,
+                hint,
+            });
+        }
+    }
     for p in patterns {
         let shown = rel(&loaded[&p.backend], &plan.root);
         if let Some((message, hint)) = misspelt(p, &words[&p.backend]) {
@@ -271,7 +237,7 @@ pub fn render_all(plan: &Plan, patterns: &[&Pattern]) -> Result<Rendered, Render
         }
     }
     if problems.is_empty() {
-        Ok(Rendered { tasks })
+        Ok(Rendered { tasks, warnings })
     } else {
         let mut list = String::new();
         for pr in &problems {
@@ -474,6 +440,7 @@ fn build(
             ));
         }
     }
+    super::requires::check(plan, p, &out.requires)?;
     let attempts = out.attempts.unwrap_or(plan.retry.attempts).clamp(1, 20);
     let checkpoint_interval_seconds = match out.checkpoint_interval_seconds {
         Some(s) if !(10..=86_400).contains(&s) => {
@@ -515,6 +482,7 @@ fn build(
         env: out.env,
         outputs,
         table: out.table,
+        requires: out.requires,
         steps,
         factors: p.factors.clone(),
         vars: p.vars.clone(),

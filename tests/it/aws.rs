@@ -1833,6 +1833,7 @@ mod budget;
 mod campaign;
 mod checkpoint;
 mod detach;
+mod efa;
 mod idle;
 mod live_logs;
 mod node;

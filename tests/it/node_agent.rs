@@ -413,6 +413,33 @@ fn sha256(b: &[u8]) -> String {
         .collect()
 }
 
+/// The plan's setup calls the project's scripts the way steps do
+/// (`bash "$INFRA_SCRIPTS/vllm_setup.sh"` in plans/phase15.json).
+#[test]
+fn the_setup_sees_the_bundles_scripts_as_infra_scripts() {
+    let n = Node::new("node_setup_scripts");
+    let script = b"echo from the bundle\n".to_vec();
+    let setup = b"bash \"$INFRA_SCRIPTS/hello.sh\" > from-scripts\n".to_vec();
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "scripts/hello.sh": sha256(&script),
+        "setup.sh": sha256(&setup),
+    }))
+    .unwrap();
+    n.put("ph/_bundle/scripts/hello.sh", &script);
+    n.put("ph/_bundle/setup.sh", &setup);
+    n.put("ph/_bundle.manifest", &manifest);
+    let bundle = json!({"bucket": n.bucket, "prefix": "ph/_bundle",
+                        "manifest_key": "ph/_bundle.manifest", "manifest_sha256": sha256(&manifest)});
+    let setup_spec =
+        json!({"hash": "h1", "dest": format!("s3://{}/ph/logs/setup", n.bucket), "bundle": bundle});
+    let out = n.run("setup", &setup_spec);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(n.root().join("setup/from-scripts")).unwrap(),
+        "from the bundle\n"
+    );
+}
+
 #[test]
 fn node_bundle_is_verified_and_tampering_is_refused() {
     let n = Node::new("node_bundle_verified");

@@ -250,3 +250,35 @@ fn a_multi_row_output_counts_the_tasks_cost_once() {
     // the other task-level values stay on every row
     assert!(rows.iter().all(|r| r["attempts"] == 1), "{text}");
 }
+
+#[test]
+fn an_output_key_that_repeats_a_parameter_is_that_column_and_one_that_differs_is_kept_apart() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/out.json.hbs",
+        r#"{ "table": ["out.json"], "steps": [ { "name": "main", "command": "true" } ] }"#,
+    );
+    p.write(
+        "plans/dup.json",
+        r#"{"phase": "dup", "name": "outputs",
+      "layers": [{"id": "L0", "patterns": [{"id": "dup-a", "backend": "out", "prompt_tokens": 4000, "concurrency": 8}]}]}"#,
+    );
+    let dir = "results/dup/dup-a";
+    p.write(
+        &format!("{dir}/runtime.json"),
+        r#"{"status":"succeeded","attempts":1,"wall_seconds":1.0,"peak_rss_kb":10,"cost_usd":0.0}"#,
+    );
+    // the client writes back what it was asked (4000.0: the same number),
+    // and what it really ran at (7 of 8: not the parameter)
+    p.write(
+        &format!("{dir}/out.json"),
+        r#"{"prompt_tokens": 4000.0, "concurrency": 7, "ttft_ms": 12.5}"#,
+    );
+    p.infra(&["results", "dup"]).ok();
+    let csv = p.read("results/dup/table.csv");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert!(!header.contains(&"out.json.prompt_tokens"), "{csv}");
+    assert!(header.contains(&"out.json.concurrency"), "{csv}");
+    assert_eq!(header.iter().filter(|h| **h == "prompt_tokens").count(), 1, "{csv}");
+    assert!(header.contains(&"ttft_ms"), "{csv}");
+}

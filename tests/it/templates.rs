@@ -195,6 +195,72 @@ fn a_misspelt_pattern_field_is_an_error_naming_the_field_it_looks_like() {
     );
     let r = p.infra(&["plan", "ty"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning: pattern field \"label\" (ty-a) is read by no template"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_misspelt_common_or_layer_setting_is_an_error_and_an_unread_one_a_warning() {
+    let p = Project::new();
+    p.write(
+        "plans/templates/c.json.hbs",
+        &one_step_template("echo {{concurrency}} {{max_tokens}}", ""),
+    );
+    let plan = |common: &str, settings: &str| {
+        format!(
+            r#"{{"phase": "st", "name": "settings", "common_settings": {{"max_tokens": 5{common}}},
+  "layers": [{{"id": "L0", "settings": {{"concurrency": 2{settings}}}, "grid": {{"backend": "c", "id": "st-{{seed}}", "factors": {{"seed": [1, 2]}}}}}}]}}"#
+        )
+    };
+    // one letter off a name the template reads: an error, nothing rendered
+    for (common, settings, place, like) in [
+        (
+            r#", "max_tokns": 9"#,
+            "",
+            "common_settings field \"max_tokns\"",
+            "max_tokens",
+        ),
+        (
+            "",
+            r#", "concurency": 3"#,
+            "layer L0 settings field \"concurency\"",
+            "concurrency",
+        ),
+    ] {
+        p.write("plans/st.json", &plan(common, settings));
+        let r = p.infra(&["plan", "st"]);
+        assert_eq!(r.code, 2, "{place}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(place) && r.stderr.contains(&format!("looks like \"{like}\"")),
+            "{place}: {}",
+            r.stderr
+        );
+        assert!(!p.exists(".infra/st/tasks/st-1.json"), "nothing rendered");
+    }
+    // unlike any name: a warning, and the plan is fine; grid factors that
+    // no template reads (the seed in the id) are not warned about
+    p.write(
+        "plans/st.json",
+        &plan(r#", "paper": "table 2""#, r#", "note": "baseline""#),
+    );
+    let r = p.infra(&["plan", "st"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning: common_settings field \"paper\" is read by no template")
+            && r.stderr
+                .contains("warning: layer L0 settings field \"note\" is read by no template"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("\"seed\""), "{}", r.stderr);
+    let j = p.infra(&["plan", "st", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["warnings"].as_array().map(Vec::len), Some(2), "{v}");
 }
 
 #[test]

@@ -166,6 +166,7 @@ pub(super) fn local_node(pos: Pos) -> NodeGroup {
         count: 1,
         market: Market::OnDemand,
         efa: false,
+        efa_set: None,
         placement: None,
         ami: None,
         volume_gb: 100,
@@ -206,10 +207,7 @@ fn group_common(
             None => Market::OnDemand,
         },
     };
-    let efa = o
-        .get("efa")
-        .and_then(|v| boolean(d, v, &o.child("efa")))
-        .unwrap_or(false);
+    let efa_set = o.get("efa").and_then(|v| boolean(d, v, &o.child("efa")));
     let placement = o.get("placement").and_then(|v| {
         let p = string(d, v, &o.child("placement"))?;
         if !["cluster", "spread", "partition"].contains(&p.as_str()) {
@@ -262,7 +260,8 @@ fn group_common(
         instance_type,
         count: nodes,
         market,
-        efa,
+        efa: efa_set.unwrap_or(false),
+        efa_set,
         placement,
         ami,
         volume_gb,

@@ -30,6 +30,26 @@ pub async fn instances(
     project: &str,
     phase: Option<&str>,
 ) -> Result<Vec<Seen>, AwsError> {
+    instances_tagged(c, project, phase.map(|p| (TAG_PHASE, p))).await
+}
+
+/// The instances of the phase's detached controller (tagged
+/// `infra:controller-of`, never `infra:phase`), in every state; their
+/// group is `controller`.
+pub async fn controllers(c: &Clients, project: &str, phase: &str) -> Result<Vec<Seen>, AwsError> {
+    let tag = crate::stacks::controller::TAG_CONTROLLER_OF;
+    let mut v = instances_tagged(c, project, Some((tag, phase))).await?;
+    for s in &mut v {
+        s.group = "controller".into();
+    }
+    Ok(v)
+}
+
+async fn instances_tagged(
+    c: &Clients,
+    project: &str,
+    tag: Option<(&str, &str)>,
+) -> Result<Vec<Seen>, AwsError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -38,8 +58,8 @@ pub async fn instances(
             .describe_instances()
             .filters(tag_filter(TAG_PROJECT, project))
             .set_next_token(token.clone());
-        if let Some(p) = phase {
-            req = req.filters(tag_filter(TAG_PHASE, p));
+        if let Some((k, v)) = tag {
+            req = req.filters(tag_filter(k, v));
         }
         let page = req
             .send()

@@ -1,4 +1,5 @@
-//! Metered spend on AWS: every instance of a phase is billed for its real
+//! Metered spend on AWS: every instance of a phase (its detached controller
+//! included) is billed for its real
 //! lifetime, from EC2's launch time to now (or to its termination), at the
 //! spot price history of its type and zone over that span (on-demand
 //! instances at the catalog's on-demand price). Each metering appends, per
@@ -92,7 +93,9 @@ pub async fn meter(
     bucket: Option<&str>,
 ) -> Result<Vec<Spend>, AwsError> {
     let now = Utc::now();
-    let seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
+    let mut seen = ec2::instances(c, &plan.project, Some(&plan.name_key)).await?;
+    // the detached controller bills like a node, for the phase it controls
+    seen.extend(ec2::controllers(c, &plan.project, &plan.name_key).await?);
     let names: HashMap<String, String> = state::load(plan)
         .map(|st| {
             st.nodes

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod deploy;
 pub mod ec2;
+pub mod efa_check;
 pub mod error;
 pub mod executor;
 pub mod fleet_restore;

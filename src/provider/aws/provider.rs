@@ -275,7 +275,13 @@ impl AwsProvider {
         }
         let live: Vec<state::AwsNode> =
             state_.nodes.iter().filter(|n| n.alive()).cloned().collect();
+        // EFA is there and carries traffic, or the apply fails naming the node
+        let efa = super::efa_check::verify(&c, &log, plan, catalog, &live).await?;
         let ids: HashSet<String> = live.iter().map(|n| n.instance_id.clone()).collect();
+        let mut details = json!({"security_group": looked.security_group, "vpc": looked.vpc, "fleets": looked.fleets});
+        if let Some(e) = efa {
+            details["efa"] = json!(e);
+        }
         Ok(Applied {
             provider: "aws",
             region: Some(plan.region.clone()),
@@ -286,7 +292,7 @@ impl AwsProvider {
             bucket: Some(looked.bucket.clone()),
             nodes: node_rows(&live, &ids),
             state: state::path(plan),
-            details: json!({"security_group": looked.security_group, "vpc": looked.vpc, "fleets": looked.fleets}),
+            details,
         })
     }
 

@@ -116,6 +116,8 @@ pub(super) async fn setup(plan: &Plan, a: &mut Allocation) -> Result<(), String>
         ),
         ("INFRA_NODE_NAME".to_string(), a.name.clone()),
         ("INFRA_NODE_ADDR".to_string(), a.addr.clone()),
+        // as the steps see it: a setup can tell the cluster from a cloud node
+        ("INFRA_PROVIDER".to_string(), "slurm".to_string()),
         (
             "INFRA_SCRIPTS".to_string(),
             plan.root.join("scripts").display().to_string(),

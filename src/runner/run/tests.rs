@@ -29,6 +29,7 @@ pub(super) fn task(i: usize, nodes: u32) -> TaskDef {
         env: Default::default(),
         outputs: vec![],
         table: vec![],
+        requires: vec![],
         steps: vec![],
         factors: Default::default(),
         vars: Default::default(),

@@ -12,6 +12,7 @@ fn images_resolve_through_ssm_unless_an_ami_id_is_given() {
         count: 1,
         market: crate::plan::Market::Spot,
         efa: false,
+        efa_set: None,
         placement: None,
         ami: None,
         volume_gb: 100,

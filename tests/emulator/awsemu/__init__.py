@@ -27,6 +27,8 @@ lacks and what the addition does:
 - ``shutdown``     -- instances that shut themselves down, processes that
                       die with their instance, EC2 actions of node
                       credentials evaluated (addition 15)
+- ``fabric``       -- EFA devices that fi_info / fi_pingpong see, and
+                      their faults (addition 17)
 
 ``app`` is the WSGI middleware in front of moto's own server application.
 """

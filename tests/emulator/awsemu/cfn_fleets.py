@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 from moto.core.common_models import CloudFormationModel
 
+from . import fabric
 from .prices import on_demand_price, spot_price
 
 SPOT_FLEET_TAG = "aws:ec2spot:fleet-request-id"
@@ -122,6 +123,7 @@ def _spot_fleet_launch_specs(specs: list[dict[str, Any]]) -> list[Any]:
         launch_spec._emu_az = spec.get("AvailabilityZone")
         launch_spec._emu_priority = float(spec.get("Priority", 0) or 0)
         launch_spec._emu_shutdown = spec.get("InstanceInitiatedShutdownBehavior")
+        launch_spec._emu_efa = fabric.efa_count(spec.get("NetworkInterfaces"))
         out.append(launch_spec)
     return out
 
@@ -179,6 +181,8 @@ def _launch(fleet: Any, capacity: float, spot: bool, strategy: str, cap: float |
         instance._emu_profile_arn = profile.get("Arn") if isinstance(profile, dict) else profile
         # the template's InstanceInitiatedShutdownBehavior (addition 15)
         instance._emu_shutdown_behavior = getattr(spec, "_emu_shutdown", None) or "stop"
+        # the template's EFA interfaces (addition 17)
+        instance._emu_efa = getattr(spec, "_emu_efa", 0)
         if not spec.subnet_id and getattr(spec, "_emu_az", None):
             instance._placement.zone = spec._emu_az
         added += spec.weighted_capacity
@@ -350,6 +354,7 @@ def fill_ec2_fleet(fleet: Any) -> None:
 def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
     configs = []
     shutdowns: list[str | None] = []
+    efas: list[int] = []
     for cfg in props.get("LaunchTemplateConfigs") or []:
         spec = cfg.get("LaunchTemplateSpecification") or {}
         data = _template_data(ec2, spec)
@@ -360,6 +365,7 @@ def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
                               "GroupSet": merged.get("SecurityGroups") or [],
                               "InstanceType": merged["InstanceType"]})
             shutdowns.append(merged.get("InstanceInitiatedShutdownBehavior"))
+            efas.append(fabric.efa_count(merged.get("NetworkInterfaces")))
         configs.append({"LaunchTemplateSpecification": spec, "Overrides": overrides})
     spot_options = dict(props.get("SpotOptions") or {})
     spot_options.setdefault("AllocationStrategy", "lowest-price")
@@ -375,7 +381,9 @@ def create_ec2_fleet(ec2: Any, props: dict[str, Any]) -> Any:
         fleet_type=props.get("Type") or "maintain", valid_from=None, valid_until=None,
         tag_specifications=props.get("TagSpecifications") or [],
     )
-    for launch_spec, raw, how in zip(fleet.launch_specs, [o for c in configs for o in c["Overrides"]], shutdowns):
+    for launch_spec, raw, how, efa in zip(fleet.launch_specs, [o for c in configs for o in c["Overrides"]],
+                                          shutdowns, efas):
+        launch_spec._emu_efa = efa
         launch_spec._emu_az = raw.get("AvailabilityZone")
         launch_spec._emu_priority = float(raw.get("Priority", 0) or 0)
         launch_spec._emu_shutdown = how

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import cfn_fleets
+from . import cfn_fleets, fabric
 
 _installed = False
 
@@ -61,6 +61,15 @@ def _merge(ec2: Any, props: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return merged, profile
 
 
+def _efa_nics(ec2: Any, props: dict[str, Any]) -> list[dict[str, Any]]:
+    """The launch template's network interfaces (addition 17 counts EFA)."""
+    try:
+        spec = props.get("LaunchTemplate") or {}
+        return list(cfn_fleets._template_data(ec2, spec).get("NetworkInterfaces") or [])
+    except Exception:
+        return []
+
+
 def install() -> None:
     global _installed
     if _installed:
@@ -83,6 +92,7 @@ def install() -> None:
             merged, profile = _merge(ec2, props)
             instance = original(cls, resource_name, {**cloudformation_json, "Properties": merged}, account_id,
                                 region_name, **kwargs)
+            instance._emu_efa = fabric.efa_count(_efa_nics(ec2, props))
             if profile.get("Arn") or profile.get("Name"):
                 ec2.associate_iam_instance_profile(instance_id=instance.id,
                                                    iam_instance_profile_name=profile.get("Name"),

@@ -19,6 +19,8 @@ else the ``x-moto-account-id`` header, else 123456789012):
   ``DELETE /_emulator/calls`` clears the counts
 - ``POST /_emulator/interrupt`` ``{"instance_id", "delay_seconds"?,
   "action"?: "terminate"|"stop", "replace"?: false}``
+- ``POST /_emulator/efa-fault`` ``{"instance_id", "fault": "no-device"|"unreachable"|"none"}``
+  (addition 17: what ``fi_info`` / ``fi_pingpong`` on the instance see)
 - ``POST /_emulator/throttle`` ``{"action": "DescribeInstances" or
   "ec2:DescribeInstances", "count": N}``; ``GET`` lists them
 - ``POST /_emulator/fail-create-stack`` ``{"stack_name", "reason"?}``
@@ -121,6 +123,17 @@ def handle(environ: dict[str, Any]) -> Response:
         except ValueError as err:
             return json_plain({"error": str(err)}, 409)
         return json_plain(result)
+    if name == "efa-fault" and method == "POST":
+        from . import fabric, state
+
+        if not body.get("instance_id"):
+            return json_plain({"error": "instance_id is required"}, 400)
+        if state.find_instance(body["instance_id"], explicit) is None:
+            return json_plain({"error": f"instance {body['instance_id']} not found"}, 404)
+        try:
+            return json_plain(fabric.set_fault(account, body["instance_id"], str(body.get("fault") or "")))
+        except ValueError as err:
+            return json_plain({"error": str(err)}, 400)
     if name == "instance-shutdown" and method == "POST":
         from . import shutdown
 

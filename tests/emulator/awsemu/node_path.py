@@ -76,6 +76,12 @@ def minimal_dir() -> str:
         sbin = shutdown.shim_dir()
         for name in shutdown.COMMANDS:
             os.symlink(os.path.join(sbin, name), os.path.join(tmp, name))
+        # libfabric's tools, as the Deep Learning AMI has them (addition 17)
+        from . import fabric
+
+        fabric_dir = fabric.shim_dir()
+        for name in fabric.TOOLS:
+            os.symlink(os.path.join(fabric_dir, name), os.path.join(tmp, name))
         os.rename(tmp, folder)
     return folder
 

@@ -59,10 +59,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import imds, node_auth, node_path, remote_script, shutdown
+from . import fabric, imds, node_auth, node_path, remote_script, shutdown
 from .protocol import AwsRequest, Response, json_error, json_response
 from .registry import intercept
-from .state import CONFIG, MOTO_LOCK, ec2_backend, instance_tags, iso_z, on_reset, sandbox_dir
+from .state import CONFIG, MOTO_LOCK, ec2_backend, find_instance, instance_tags, iso_z, on_reset, sandbox_dir
 
 STDOUT_LIMIT = 24000
 STDERR_LIMIT = 8000
@@ -215,12 +215,16 @@ def instance_env(account_id: str, region: str, instance_id: str, sandbox: str,
     url = imds.imds_url(instance_id)
     no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", env.get("NO_PROXY", "")) if x)
     if minimal:
-        path = node_path.minimal_dir()  # holds the shutdown shims too (addition 15)
+        # holds the shutdown (addition 15) and fabric (addition 17) shims too
+        path = node_path.minimal_dir()
     else:
         # shutdown/poweroff/halt act on this instance (addition 13), never on
-        # the host; then the awscli installed with the emulator's interpreter.
-        path = os.pathsep.join(p for p in (shutdown.shim_dir(), os.path.dirname(sys.executable),
-                                           env.get("PATH", "")) if p)
+        # the host; fi_info / fi_pingpong see its EFA devices (addition 17);
+        # then the awscli installed with the emulator's interpreter.
+        path = os.pathsep.join(p for p in (shutdown.shim_dir(), fabric.shim_dir(),
+                                           os.path.dirname(sys.executable), env.get("PATH", "")) if p)
+    found = find_instance(instance_id, account_id)
+    env.update(fabric.env_for(found[0] if found else None, instance_id))
     env.update({
         "PATH": path,
         "HOME": sandbox,

@@ -131,6 +131,16 @@ fn up_detach_returns_at_once_the_campaign_completes_in_the_cloud_and_leaves_noth
          print(json.dumps(sorted(o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='det/results/').get('Contents', []) if o['Key'].endswith('/out.txt'))))",
     );
     assert_eq!(keys.as_array().unwrap().len(), 4, "{keys}");
+    // the controller's instance is in the ledger like a node: the budget
+    // pays for it (it metered itself from the cloud; `budget` merges that)
+    ok(&a.infra(&["budget", "det"]), "budget");
+    let ledger = a.p.read(".infra/ledger.jsonl");
+    assert!(
+        ledger.lines().any(|l| serde_json::from_str::<Value>(l)
+            .map(|v| v["group"] == "controller" && v["usd"].as_f64().unwrap_or(0.0) > 0.0)
+            .unwrap_or(false)),
+        "no controller spend in the ledger:\n{ledger}"
+    );
     // nothing of the phase is billable: compute stack deleted, controller
     // terminated and its stack gone; the bucket kept
     let left = a.boto(
@@ -279,4 +289,36 @@ fn stop_of_a_detached_aws_campaign_requeues_the_running_tasks_and_tears_everythi
     assert_eq!(left, json!([]), "{left}");
     assert_eq!(live_stacks(&a), vec!["stopper-base".to_string()]);
     assert!(!a.p.exists(".infra/dst/stop.json"));
+}
+
+/// `--detach` puts a controller instance in the cloud for the whole
+/// campaign: a budget that pays for the nodes but not for it refuses (exit
+/// 3, naming the controller), and nothing is created.
+#[test]
+fn detach_refuses_when_the_budget_cannot_pay_for_the_controller_too() {
+    let a = Aws::new("detach_budget");
+    sleeper_plan(&a, "detb", "detbudget", 2, 1.0, 1, 1);
+    // a month of one node: the controller's month is what tips it
+    let mut v: Value = serde_json::from_str(&a.p.read("plans/detb.json")).unwrap();
+    v["estimate"] = json!({"duration": "720h"});
+    a.p.write("plans/detb.json", &v.to_string());
+    let r = a.infra(&["--json", "plan", "detb"]);
+    ok(&r, "plan");
+    let nodes: f64 = serde_json::from_str::<Value>(&r.stdout).unwrap()["estimate"]["total_usd"]
+        .as_f64()
+        .unwrap();
+    v["budget"] = json!({"usd": nodes + 1.0});
+    a.p.write("plans/detb.json", &v.to_string());
+    let r = a.infra(&["up", "detb", "--detach"]);
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("with its controller in the cloud")
+            && r.stderr.contains("nothing was started"),
+        "{}",
+        r.stderr
+    );
+    assert!(live_stacks(&a).is_empty(), "{:?}", live_stacks(&a));
+    // without --detach the same budget pays for the nodes
+    let r = a.infra(&["--json", "plan", "detb"]);
+    ok(&r, "plan within the budget");
 }
