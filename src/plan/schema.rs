@@ -175,8 +175,8 @@ pub fn schema() -> Value {
             "node_groups": d(json!({"type": "object", "additionalProperties": group, "minProperties": 1}), "Named pools of nodes; a layer or pattern picks one with node_group."),
             "common_settings": d(json!({"type": "object"}), "Template variables every pattern inherits (a layer's settings, a grid cell and a pattern's own fields override them)."),
             "budget": d(json!({"type": "object", "anyOf": [{"required": ["usd"]}, {"required": ["gpu_hours"]}, {"required": ["node_hours"]}], "additionalProperties": false, "properties": {
-                "gpu_hours": d(json!({"type": "number", "exclusiveMinimum": 0}), "Slurm: the most GPU-hours the allocations may hold (count x gpus x hours): estimated and gated like usd, watched during the run."),
-                "node_hours": d(json!({"type": "number", "exclusiveMinimum": 0}), "Slurm: the most node-hours (allocation-hours) the allocations may hold."),
+                "gpu_hours": d(json!({"type": "number", "exclusiveMinimum": 0}), "Slurm: the most GPU-hours the phase's allocations may hold (count x gpus x hours), over all its runs: what they held is recorded in the ledger; estimated and gated like usd, watched during the run, shown by infra budget."),
+                "node_hours": d(json!({"type": "number", "exclusiveMinimum": 0}), "Slurm: the most node-hours (allocation-hours) the phase's allocations may hold, over all its runs (recorded like gpu_hours)."),
                 "usd": d(json!({"type": "number", "exclusiveMinimum": 0}), "The most the campaign may cost, in US dollars: plan/apply/run refuse an estimate above it, and a run stops before it is spent."),
                 "max_hourly_usd": d(json!({"type": "number", "exclusiveMinimum": 0}), "The most the nodes may cost per hour together."),
                 "hard_stop": d(json!({"type": "boolean", "default": true}), "Stop the run (running tasks re-queued) when the spend would pass the budget; false: warn only."),
