@@ -279,6 +279,10 @@ fn an_output_key_that_repeats_a_parameter_is_that_column_and_one_that_differs_is
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     assert!(!header.contains(&"out.json.prompt_tokens"), "{csv}");
     assert!(header.contains(&"out.json.concurrency"), "{csv}");
-    assert_eq!(header.iter().filter(|h| **h == "prompt_tokens").count(), 1, "{csv}");
+    assert_eq!(
+        header.iter().filter(|h| **h == "prompt_tokens").count(),
+        1,
+        "{csv}"
+    );
     assert!(header.contains(&"ttft_ms"), "{csv}");
 }
