@@ -92,20 +92,28 @@ fn check_rows(rows: &[HashMap<String, String>], measured: f64) {
     }
 }
 
+/// `infra up <phase> --provider local` of the shipped plan in a copy of the
+/// examples: every one of its `n` tasks succeeds, and its table's rows
+/// carry the benchmark's figures.
+fn up_locally(phase: &str, n: usize) -> (Project, Vec<HashMap<String, String>>) {
+    let p = Project::with_examples();
+    let t0 = Instant::now();
+    let r = p.infra(&["up", phase, "--provider", "local", "--yes"]);
+    let took = t0.elapsed();
+    r.ok();
+    println!("infra up {phase} --provider local: {took:?}");
+    assert!(r.stdout.contains(&format!("{n} succeeded")), "{}", r.stdout);
+    p.infra(&["results", phase, "--provider", "local"]).ok();
+    let rows = table(&p, &format!("{phase}@local"));
+    assert_eq!(rows.len(), n);
+    check_rows(&rows, 30.0);
+    (p, rows)
+}
+
 #[test]
 fn phase14_runs_as_shipped_on_the_local_provider_with_the_stand_in_server() {
     let _one = ports();
-    let p = Project::with_examples();
-    let t0 = Instant::now();
-    let r = p.infra(&["up", "phase14", "--provider", "local", "--yes"]);
-    let took = t0.elapsed();
-    r.ok();
-    println!("infra up phase14 --provider local: {took:?}");
-    assert!(r.stdout.contains("6 succeeded"), "{}", r.stdout);
-    p.infra(&["results", "phase14", "--provider", "local"]).ok();
-    let rows = table(&p, "phase14@local");
-    assert_eq!(rows.len(), 6);
-    check_rows(&rows, 30.0);
+    let (p, rows) = up_locally("phase14", 6);
     // the time to the first token grows with the prompt (no more than that:
     // at the stand-in's time scale, 0.01, the HTTP and JSON work of a
     // loaded machine is of the same order as the simulated prefill)
@@ -129,17 +137,7 @@ fn phase14_runs_as_shipped_on_the_local_provider_with_the_stand_in_server() {
 #[test]
 fn phase15_runs_as_shipped_on_the_local_provider_unified_and_disaggregated_through_the_proxy() {
     let _one = ports();
-    let p = Project::with_examples();
-    let t0 = Instant::now();
-    let r = p.infra(&["up", "phase15", "--provider", "local", "--yes"]);
-    let took = t0.elapsed();
-    r.ok();
-    println!("infra up phase15 --provider local: {took:?}");
-    assert!(r.stdout.contains("8 succeeded"), "{}", r.stdout);
-    p.infra(&["results", "phase15", "--provider", "local"]).ok();
-    let rows = table(&p, "phase15@local");
-    assert_eq!(rows.len(), 8);
-    check_rows(&rows, 30.0);
+    let (p, rows) = up_locally("phase15", 8);
     let ttft = |t: &str| num(row(&rows, t), "ttft_ms_p50");
     for backend in ["efa", "tcp"] {
         assert!(

@@ -277,6 +277,9 @@ fn first_lines(s: &str, n: usize) -> String {
 }
 
 /// Run `script` on node `n` and wait for it: (exit code, stdout + stderr).
+/// Not through `ssm::Poller`: its listing carries a plugin's output cut at
+/// 2,500 characters, and `fi_info` of a p5 (32 devices) is longer; one
+/// GetCommandInvocation per node and round is cheap for a few checks.
 async fn run(
     c: &Clients,
     n: &AwsNode,
