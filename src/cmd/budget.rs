@@ -23,6 +23,10 @@ fn phase_report(
     let rest = est::estimate(&plan, &left, &catalog, &from);
     let (state, _) = journal::read(&journal_path(&plan))?;
     let slot_price = |t: &TaskDef| {
+        // as the estimate has it: a Slurm cluster has no dollar price
+        if plan.provider == crate::plan::ProviderKind::Slurm {
+            return Some(0.0);
+        }
         let g = plan.node_group(&t.node_group)?;
         let p = catalog
             .price(&g.instance_type, &plan.region, g.market)?

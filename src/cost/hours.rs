@@ -95,6 +95,12 @@ impl Measure {
     }
 
     /// "0.0123 used of 10.0, 9.99 remaining" (or "0.0123 used, no budget").
+    /// Worth showing: something used, budgeted or estimated (a cluster's
+    /// GPU-hours of CPU-only allocations are not).
+    pub fn shown(&self) -> bool {
+        self.used > 0.0 || self.budget.is_some() || self.estimated.is_some_and(|e| e > 0.0)
+    }
+
     pub fn text(&self) -> String {
         match (self.budget, self.remaining) {
             (Some(b), Some(r)) => format!(
@@ -113,6 +119,16 @@ impl Measure {
 pub struct HoursReport {
     pub gpu_hours: Measure,
     pub node_hours: Measure,
+}
+
+impl HoursReport {
+    /// Each measure with its name as the report shows it.
+    pub fn measures(&self) -> [(&'static str, Measure); 2] {
+        [
+            ("GPU-hours", self.gpu_hours),
+            ("node-hours", self.node_hours),
+        ]
+    }
 }
 
 #[cfg(test)]

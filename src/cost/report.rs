@@ -217,11 +217,15 @@ pub fn table(reports: &[PhaseReport]) -> String {
             r.prices
         ));
         if let Some(h) = &r.hours {
-            out.push_str(&format!(
-                "  GPU-hours {}   node-hours {}\n",
-                h.gpu_hours.text(),
-                h.node_hours.text()
-            ));
+            let shown: Vec<String> = h
+                .measures()
+                .iter()
+                .filter(|(_, m)| m.shown())
+                .map(|(k, m)| format!("{k} {}", m.text()))
+                .collect();
+            if !shown.is_empty() {
+                out.push_str(&format!("  {}\n", shown.join("   ")));
+            }
         }
         if let Some(s) = &r.stopped_by_budget {
             out.push_str(&format!("  stopped by the budget: {s}\n"));
@@ -431,7 +435,8 @@ pub fn html(reports: &[PhaseReport], generated: &str) -> String {
             ));
         }
         if let Some(h) = &r.hours {
-            for (k, m) in [("GPU-hours", h.gpu_hours), ("Node-hours", h.node_hours)] {
+            for (k, m) in h.measures().into_iter().filter(|(_, m)| m.shown()) {
+                let k = if k == "node-hours" { "Node-hours" } else { k };
                 body.push_str(&format!(
                     "<div class=\"card\"><div class=\"k\">{k}</div><div class=\"v\">{}</div></div>",
                     esc(&m.text())
@@ -445,7 +450,10 @@ pub fn html(reports: &[PhaseReport], generated: &str) -> String {
                 esc(s)
             ));
         }
-        body.push_str(&svg(r));
+        // a budget in hours alone (Slurm) has no dollar curve to draw
+        if r.hours.is_none() || r.budget_usd.is_some() || r.metered_usd > 0.0 {
+            body.push_str(&svg(r));
+        }
         body.push_str(&format!(
             "<p class=\"note\">Spend: {}. Prices: {}.</p>",
             esc(&r.metered_kind),
@@ -475,4 +483,66 @@ table{{border-collapse:collapse;width:100%}}th,td{{padding:4px 8px;border-bottom
         esc(generated),
         body
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Slurm campaign with a budget in node-hours: no dollar curve, and
+    /// the GPU-hours of CPU-only allocations are not shown.
+    fn slurm_report() -> PhaseReport {
+        PhaseReport {
+            phase: "quickstart@slurm".into(),
+            name: "Quickstart".into(),
+            provider: "slurm".into(),
+            budget_usd: None,
+            max_hourly_usd: None,
+            estimated_usd: 0.0,
+            estimate_hours: Some(0.01),
+            metered_usd: 0.0,
+            metered_kind: "metered".into(),
+            remaining_usd: None,
+            burn_rate_usd_per_hour: None,
+            projected_usd: 0.0,
+            tasks: 1,
+            tasks_done: 1,
+            prices: "built-in catalog (2026-08)".into(),
+            groups: vec![GroupRow {
+                group: "cpu".into(),
+                instance_type: "c6i.xlarge".into(),
+                market: "spot".into(),
+                nodes: 2,
+                estimated_usd: 0.0,
+                metered_usd: 0.0,
+            }],
+            patterns: vec![PatternRow {
+                task: "quickstart-L0-sum-1e5".into(),
+                status: "succeeded".into(),
+                estimated_usd: Some(0.0),
+                metered_usd: Some(0.0),
+                wall_seconds: Some(0.5),
+            }],
+            timeline: vec![],
+            started: None,
+            remaining_hours: Some(0.0),
+            stopped_by_budget: None,
+            hours: Some(HoursReport {
+                gpu_hours: Measure::new(0.0, None, Some(0.0)),
+                node_hours: Measure::new(0.0011, Some(0.5), Some(0.0)),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_slurm_report_in_hours_shows_the_hours_it_has_and_no_dollar_chart() {
+        let r = slurm_report();
+        insta::assert_snapshot!(table(std::slice::from_ref(&r)));
+        let page = html(&[r], "2026-11-28T09:42:50Z");
+        assert!(page.contains("Node-hours") && page.contains("0.0011 used of 0.50"));
+        assert!(
+            !page.contains("GPU-hours") && !page.contains("<svg"),
+            "{page}"
+        );
+    }
 }
